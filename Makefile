@@ -1,0 +1,27 @@
+# The README's two commands are `make demo` and `make test`; both set up .venv/ first.
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: setup demo test bench clean
+
+setup: $(STAMP)
+
+$(STAMP): setup.py
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+demo: setup
+	$(PY) experiments/demo.py
+
+test: setup
+	$(PY) -m pytest -q tests
+
+bench: setup
+	$(PY) experiments/bench_qwen2.py
+	$(PY) experiments/bench_convert_memory.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info

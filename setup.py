@@ -1,0 +1,32 @@
+"""omni_jax: Omni-Emotion (video + face + audio MLLM) in JAX/Flax."""
+from setuptools import find_packages, setup
+
+setup(
+    name="omni_jax",
+    version="0.1.0",
+    description="JAX/Flax reimplementation of Omni-Emotion, converted from PyTorch and sharded.",
+    packages=find_packages(include=["omni_jax", "omni_jax.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        "jax>=0.10.0",
+        "flax>=0.12.0",
+        "optax>=0.2.5",
+        "orbax-checkpoint>=0.12.0",
+        "grain>=0.2.12",
+        "transformers>=5.0.0",
+        "tokenizers>=0.22.0",
+        "librosa>=0.11.0",
+        "ml-collections>=1.1.0",
+        "av>=14.0.0",
+        "safetensors>=0.6.0",
+        "numpy>=2.0",
+        "ml-dtypes>=0.5.0",
+        "tqdm>=4.66",
+    ],
+    extras_require={
+        # PyTorch is only needed to read pytorch_model*.bin files and for the parity tests.
+        "convert": ["torch==2.13.0"],
+        "test": ["torch==2.13.0", "pytest>=8.0", "pytest-xdist>=3.5", "psutil>=5.9"],
+    },
+    entry_points={"console_scripts": ["omni-jax=omni_jax.cli:main"]},
+)
