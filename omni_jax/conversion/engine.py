@@ -1,0 +1,267 @@
+"""The streaming conversion engine.
+
+HF → orbax: plan every source key against the model's abstract parameter tree and the
+format's table (names, layer indices and shapes are all checked before a byte of data is
+read), then build one Flax leaf at a time — reading its source tensors one by one, stacking
+scanned layers — and hand each leaf to orbax's partial save, so the host holds about one
+leaf at a time. The output appears at `dst` only when everything is written.
+
+orbax → HF: the inverse tables write transformers-loadable safetensors shards.
+"""
+from __future__ import annotations
+
+import collections
+import dataclasses
+import json
+import logging
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import jax
+import ml_dtypes
+import numpy as np
+from tqdm import tqdm
+
+from omni_jax import registry
+from omni_jax.conversion.formats import Format, Rule
+from omni_jax.conversion.io import CheckpointReader, SafetensorsWriter, weight_files
+
+log = logging.getLogger(__name__)
+
+CONFIG_FILE = "omni_jax.json"
+PARAMS_DIR = "params"
+DTYPES = {"float32": np.dtype(np.float32), "bfloat16": np.dtype(ml_dtypes.bfloat16),
+          "float16": np.dtype(np.float16)}
+_WEIGHT_FILE = re.compile(r"(.*\.safetensors|pytorch_model.*\.bin|model\.safetensors\.index\.json|"
+                          r"pytorch_model\.bin\.index\.json|config\.json)$")
+
+
+class ConversionError(ValueError):
+    """A checkpoint that does not fit the model: every offending key with its shapes."""
+
+    def __init__(self, src: Path | str, problems: list[str]):
+        self.problems = problems
+        super().__init__(f"{src}: checkpoint does not match the model ({len(problems)} problem(s)):\n  "
+                         + "\n  ".join(problems))
+
+
+@dataclasses.dataclass
+class _Leaf:
+    """One Flax parameter and the source tensors that build it (layer index → key)."""
+
+    path: str
+    shape: tuple[int, ...]
+    rule: Rule
+    sources: dict[int | None, str] = dataclasses.field(default_factory=dict)
+
+    @property
+    def layer_shape(self) -> tuple[int, ...]:
+        return self.shape[1:] if self.rule.stacked else self.shape
+
+
+def abstract_params(family: registry.ModelFamily, config) -> dict[str, jax.ShapeDtypeStruct]:
+    """Flat {"a/b/c": ShapeDtypeStruct} of the model's parameters, without allocating them."""
+    tree = registry.abstract_params(family, config)
+    return {"/".join(str(k.key) for k in path): leaf
+            for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def _match(fmt: Format, keys: list[str]) -> tuple[dict[str, tuple[Rule, int | None]], list[str], list[str]]:
+    """Source key → (rule, layer); plus the unknown keys and the deliberately ignored ones."""
+    exact = {r.source: r for r in fmt.rules if not r.stacked}
+    stacked = [(r, r.pattern) for r in fmt.rules if r.stacked]
+    ignore = [re.compile(p) for p in fmt.ignore]
+    matched, unknown, ignored = {}, [], []
+    for key in keys:
+        if key in exact:
+            matched[key] = (exact[key], None)
+            continue
+        for rule, pattern in stacked:
+            m = pattern.match(key)
+            if m:
+                matched[key] = (rule, int(m.group("layer")))
+                break
+        else:
+            (ignored if any(p.match(key) for p in ignore) else unknown).append(key)
+    return matched, unknown, ignored
+
+
+def plan(reader: CheckpointReader, family: registry.ModelFamily, config) -> tuple[Format, list[_Leaf]]:
+    """Checks names, layer counts and shapes; raises ConversionError naming every problem."""
+    keys = reader.keys()
+    fmt = max(family.formats, key=lambda f: len(_match(f, keys)[0]))
+    matched, unknown, ignored = _match(fmt, keys)
+    if ignored:
+        log.info("dropping %d tensor(s) the model does not use, e.g. %s", len(ignored), ignored[:3])
+    targets = abstract_params(family, config)
+    leaves = {path: _Leaf(path, tuple(spec.shape), None) for path, spec in targets.items()}
+    rules_by_target = {r.target: r for r in fmt.rules}
+    problems = [f"unexpected key {k!r} {list(reader.tensors[k].shape)}: no parameter of the model takes it"
+                for k in unknown]
+    for key, (rule, layer) in matched.items():
+        leaf = leaves.get(rule.target)
+        if leaf is None:
+            problems.append(f"unexpected key {key!r} {list(reader.tensors[key].shape)}: "
+                            f"this model configuration has no {rule.target!r}")
+            continue
+        leaf.rule = rule
+        if layer is not None and layer >= leaf.shape[0]:
+            problems.append(f"unexpected key {key!r}: layer {layer} but the config has {leaf.shape[0]} layers")
+            continue
+        expected = rule.transform.torch_shape(leaf.layer_shape)
+        found = reader.tensors[key].shape
+        if tuple(found) != tuple(expected):
+            problems.append(f"shape mismatch for {key!r}: expected {list(expected)}, found {list(found)}")
+            continue
+        leaf.sources[layer] = key
+    for leaf in leaves.values():
+        rule = leaf.rule or rules_by_target.get(leaf.path)
+        if rule is None:
+            problems.append(f"parameter {leaf.path!r} {list(leaf.shape)} has no rule in format {fmt.name!r}")
+            continue
+        leaf.rule = rule
+        wanted = range(leaf.shape[0]) if rule.stacked else [None]
+        for layer in wanted:
+            if layer not in leaf.sources:
+                key = rule.source.replace("{layer}", str(layer))
+                problems.append(f"missing key {key!r}: expected {list(rule.transform.torch_shape(leaf.layer_shape))}"
+                                f" for {leaf.path!r}")
+    if problems:
+        raise ConversionError(reader.src, problems)
+    return fmt, list(leaves.values())
+
+
+def _nested(path: str, value: Any) -> dict:
+    out: Any = value
+    for part in reversed(path.split("/")):
+        out = {part: out}
+    return out
+
+
+def _temp_dir(dst: Path) -> Path:
+    if dst.exists():
+        raise FileExistsError(f"{dst} already exists; choose a new output directory")
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.parent / f".{dst.name}.partial-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    return tmp
+
+
+def _copy_side_files(src: Path, dst: Path) -> None:
+    """Tokenizer, processor and generation files travel with the weights."""
+    for path in src.iterdir():
+        if path.is_file() and not _WEIGHT_FILE.match(path.name):
+            shutil.copy2(path, dst / path.name)
+
+
+def convert_hf_to_orbax(src: str | os.PathLike, dst: str | os.PathLike, dtype: str | None = None,
+                        progress: bool = True) -> Path:
+    """Converts a Hugging Face checkpoint directory into `dst` (orbax params + omni_jax.json).
+
+    dtype: "float32", "bfloat16" or "float16" for the stored parameters; None keeps each
+    tensor's source dtype. Returns `dst`. On any error nothing is left at `dst`.
+    """
+    import orbax.checkpoint.experimental.v1 as ocp
+
+    src, dst = Path(src), Path(dst)
+    hf_config = json.loads((src / "config.json").read_text())
+    family, config = registry.family_for_hf_config(hf_config)
+    reader = CheckpointReader(src)
+    fmt, leaves = plan(reader, family, config)
+    out_dtype = DTYPES[dtype] if dtype else None
+    tmp = _temp_dir(dst)
+    try:
+        total = sum(reader.tensors[k].nbytes for leaf in leaves for k in leaf.sources.values())
+        bar = tqdm(total=total, unit="B", unit_scale=True, desc=f"converting {src.name}", disable=not progress)
+        for leaf in leaves:
+            dtypes = {reader.tensors[k].dtype for k in leaf.sources.values()}
+            array = np.empty(leaf.shape, out_dtype or max(dtypes, key=lambda d: d.itemsize))
+            for layer, key in sorted(leaf.sources.items(), key=lambda kv: -1 if kv[0] is None else kv[0]):
+                value = leaf.rule.transform.to_flax(reader.read(key), leaf.layer_shape)
+                if layer is None:
+                    array[...] = value
+                else:
+                    array[layer] = value
+                bar.update(reader.tensors[key].nbytes)
+                del value
+            ocp.partial.save(tmp / PARAMS_DIR, _nested(leaf.path, array))
+            del array
+        ocp.partial.finalize(tmp / PARAMS_DIR)
+        bar.close()
+        meta = {"model_type": family.model_type, "config": config.to_dict(), "hf_config": hf_config,
+                "source_format": fmt.name, "dtype": dtype or "source"}
+        (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=2))
+        _copy_side_files(src, tmp)
+        os.replace(tmp, dst)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(tmp.parent / f"{tmp.name}.partial_save", ignore_errors=True)
+        raise
+    return dst
+
+
+def read_converted_config(path: str | os.PathLike) -> dict[str, Any]:
+    path = Path(path)
+    config_file = path / CONFIG_FILE
+    if not config_file.exists():
+        raise FileNotFoundError(f"{path}: not an omni_jax checkpoint (no {CONFIG_FILE})")
+    return json.loads(config_file.read_text())
+
+
+def export_orbax_to_hf(src: str | os.PathLike, dst: str | os.PathLike, dtype: str | None = None,
+                       naming: str | None = None) -> Path:
+    """Writes a converted checkpoint back as transformers safetensors + config.json.
+
+    naming: the format whose key names to write; default: the one it came from, or
+    transformers' own names when it came from a format transformers cannot load.
+    """
+    import orbax.checkpoint.experimental.v1 as ocp
+
+    src, dst = Path(src), Path(dst)
+    meta = read_converted_config(src)
+    family = registry.FAMILIES[meta["model_type"]]
+    formats = {f.name: f for f in family.formats}
+    naming = naming or (meta["source_format"] if meta["source_format"] in family.transformers_formats
+                        else family.transformers_formats[0])
+    fmt = formats[naming]
+    params = ocp.load_pytree(src / PARAMS_DIR)
+    flat = {"/".join(str(k.key) for k in path): leaf
+            for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]}
+    by_target = collections.defaultdict(list)
+    for rule in fmt.rules:
+        by_target[rule.target].append(rule)
+    tmp = _temp_dir(dst)
+    try:
+        writer = SafetensorsWriter(tmp)
+        for path, value in flat.items():
+            (rule,) = by_target[path]
+            value = np.asarray(value)
+            if dtype:
+                value = value.astype(DTYPES[dtype])
+            layers = range(value.shape[0]) if rule.stacked else [None]
+            for layer in layers:
+                part = value if layer is None else value[layer]
+                key = rule.source.replace("{layer}", str(layer))
+                writer.add(key, np.ascontiguousarray(rule.transform.to_torch(part, part.shape)))
+        writer.close()
+        same_names = naming == meta["source_format"]
+        hf_config = dict(meta["hf_config"] if same_names else family.config_to_hf(registry.to_config(meta["config"])))
+        if dtype:
+            hf_config["dtype"] = dtype
+        (tmp / "config.json").write_text(json.dumps(hf_config, indent=2))
+        for path in src.iterdir():
+            if path.is_file() and path.name != CONFIG_FILE:
+                shutil.copy2(path, tmp / path.name)
+        os.replace(tmp, dst)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return dst
+
+
+__all__ = ["ConversionError", "convert_hf_to_orbax", "export_orbax_to_hf", "plan", "read_converted_config",
+           "weight_files"]

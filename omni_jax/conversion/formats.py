@@ -1,0 +1,125 @@
+"""Declarative rename/reshape tables, one per source checkpoint format.
+
+A rule maps one PyTorch key to one Flax leaf ("a/b/c"). `{layer}` in a key is the index of a
+scanned layer: those tensors are stacked on the leaf's leading axis. Formats for composite
+models are built by prefixing the tables of their parts.
+"""
+from __future__ import annotations
+
+import dataclasses
+import re
+
+from omni_jax.conversion.transforms import (CONV2D, FLATTEN, IDENTITY, LINEAR, LINEAR_FROM_HEADS,
+                                            Transform)
+
+
+@dataclasses.dataclass(frozen=True)
+class Rule:
+    source: str
+    target: str
+    transform: Transform = IDENTITY
+
+    @property
+    def stacked(self) -> bool:
+        return "{layer}" in self.source
+
+    @property
+    def pattern(self) -> re.Pattern:
+        return re.compile(re.escape(self.source).replace(r"\{layer\}", r"(?P<layer>\d+)") + "$")
+
+
+@dataclasses.dataclass(frozen=True)
+class Format:
+    """A source naming scheme: its rules and the source keys it drops on purpose."""
+
+    name: str
+    rules: tuple[Rule, ...]
+    ignore: tuple[str, ...] = ()  # regexes of keys that carry nothing the model needs
+
+
+def linear(src: str, dst: str, bias: bool = True, transform: Transform = LINEAR,
+           bias_transform: Transform = IDENTITY) -> tuple[Rule, ...]:
+    rules = (Rule(f"{src}.weight", f"{dst}/kernel", transform),)
+    return rules + ((Rule(f"{src}.bias", f"{dst}/bias", bias_transform),) if bias else ())
+
+
+def norm(src: str, dst: str, bias: bool = True) -> tuple[Rule, ...]:
+    rules = (Rule(f"{src}.weight", f"{dst}/scale"),)
+    return rules + ((Rule(f"{src}.bias", f"{dst}/bias"),) if bias else ())
+
+
+def prefixed(rules: tuple[Rule, ...], src: str, dst: str) -> tuple[Rule, ...]:
+    return tuple(Rule(src + r.source, f"{dst}/{r.target}" if dst else r.target, r.transform) for r in rules)
+
+
+def _attention(src: str, dst: str, out: str, out_bias: bool) -> tuple[Rule, ...]:
+    return (
+        *(r for p in ("q_proj", "k_proj", "v_proj") for r in linear(f"{src}.{p}", f"{dst}/{p}", bias_transform=FLATTEN)),
+        *linear(f"{src}.{out}", f"{dst}/{out}", bias=out_bias, transform=LINEAR_FROM_HEADS),
+    )
+
+
+# --- Qwen2 (transformers Qwen2Model, without the "model." prefix) ---------------------------
+QWEN2_BODY = (
+    Rule("embed_tokens.weight", "embed_tokens/embedding"),
+    *_attention("layers.{layer}.self_attn", "layers/self_attn", "o_proj", out_bias=False),
+    *(r for p in ("gate_proj", "up_proj", "down_proj") for r in linear(f"layers.{{layer}}.mlp.{p}", f"layers/mlp/{p}",
+                                                                       bias=False)),
+    *norm("layers.{layer}.input_layernorm", "layers/input_layernorm", bias=False),
+    *norm("layers.{layer}.post_attention_layernorm", "layers/post_attention_layernorm", bias=False),
+    *norm("norm", "norm", bias=False),
+)
+LM_HEAD = linear("lm_head", "lm_head", bias=False)
+QWEN2_CAUSAL_LM = prefixed(QWEN2_BODY, "model.", "model") + LM_HEAD
+QWEN2 = Format("qwen2", QWEN2_CAUSAL_LM, ignore=(r".*rotary_emb\.inv_freq$",))
+
+# --- SigLIP vision tower (transformers SiglipVisionTransformer, without "vision_model.") -------
+SIGLIP_VISION_BODY = (
+    *linear("embeddings.patch_embedding", "embeddings/patch_embedding", transform=CONV2D),
+    Rule("embeddings.position_embedding.weight", "embeddings/position_embedding/embedding"),
+    *_attention("encoder.layers.{layer}.self_attn", "encoder/layers/self_attn", "out_proj", out_bias=True),
+    *norm("encoder.layers.{layer}.layer_norm1", "encoder/layers/layer_norm1"),
+    *linear("encoder.layers.{layer}.mlp.fc1", "encoder/layers/mlp/fc1"),
+    *linear("encoder.layers.{layer}.mlp.fc2", "encoder/layers/mlp/fc2"),
+    *norm("encoder.layers.{layer}.layer_norm2", "encoder/layers/layer_norm2"),
+    *norm("post_layernorm", "post_layernorm"),
+    # The attention-pooling head (vision_use_head): probe, nn.MultiheadAttention, LN, MLP.
+    Rule("head.probe", "head/probe"),
+    Rule("head.attention.in_proj_weight", "head/attention/in_proj/kernel", LINEAR),
+    Rule("head.attention.in_proj_bias", "head/attention/in_proj/bias", FLATTEN),
+    *linear("head.attention.out_proj", "head/attention/out_proj", transform=LINEAR_FROM_HEADS),
+    *norm("head.layernorm", "head/layernorm"),
+    *linear("head.mlp.fc1", "head/mlp/fc1"),
+    *linear("head.mlp.fc2", "head/mlp/fc2"),
+)
+SIGLIP_VISION = Format("siglip_vision_model", prefixed(SIGLIP_VISION_BODY, "vision_model.", ""),
+                       ignore=(r"^text_model\..*", r"^logit_scale$", r"^logit_bias$"))
+
+# --- LLaVA-OneVision -------------------------------------------------------------------------
+_PROJECTOR = (*linear("linear_1", "linear_1"), *linear("linear_2", "linear_2"))
+LLAVA_ONEVISION_FORMATS = (
+    # transformers' legacy names (what save_pretrained writes).
+    Format("llava_onevision", (
+        *prefixed(SIGLIP_VISION_BODY, "vision_tower.vision_model.", "vision_tower"),
+        *prefixed(_PROJECTOR, "multi_modal_projector.", "multi_modal_projector"),
+        Rule("image_newline", "image_newline"),
+        *prefixed(QWEN2_CAUSAL_LM, "language_model.", "language_model"),
+    ), ignore=QWEN2.ignore),
+    # transformers' newer names (LlavaOnevisionModel under "model.").
+    Format("llava_onevision_v5", (
+        *prefixed(SIGLIP_VISION_BODY, "model.vision_tower.vision_model.", "vision_tower"),
+        *prefixed(_PROJECTOR, "model.multi_modal_projector.", "multi_modal_projector"),
+        Rule("model.image_newline", "image_newline"),
+        *prefixed(QWEN2_BODY, "model.language_model.", "language_model/model"),
+        *prefixed(LM_HEAD, "", "language_model"),
+    ), ignore=QWEN2.ignore),
+    # The original LLaVA-NeXT (llava_qwen) release.
+    Format("llava_next", (
+        *prefixed(SIGLIP_VISION_BODY, "model.vision_tower.vision_tower.vision_model.", "vision_tower"),
+        *linear("model.mm_projector.0", "multi_modal_projector/linear_1"),
+        *linear("model.mm_projector.2", "multi_modal_projector/linear_2"),
+        Rule("model.image_newline", "image_newline"),
+        *prefixed(QWEN2_BODY, "model.", "language_model/model"),
+        *prefixed(LM_HEAD, "", "language_model"),
+    ), ignore=QWEN2.ignore),
+)

@@ -1,0 +1,117 @@
+"""Multi-head attention with grouped KV heads, boolean masks and a KV cache.
+
+Masks are boolean `[batch, 1, q_length, kv_length]` (True = may attend), built once per
+forward by the model and broadcast to every scanned layer.
+
+The KV cache lives in the flax "cache" collection as `[batch, max_length, kv_heads, head_dim]`
+buffers; the caller owns the write slot (one per model, shared by the batch). Left-padded
+prompts keep one slot for the whole batch; padding is excluded through the key mask, and
+positions come from the attention mask, so a padded row decodes exactly as it would alone.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from omni_jax.layers.linears import DenseGeneral
+from omni_jax.layers.rotary import apply_rotary
+
+_MASKED = -0.7 * float(jnp.finfo(jnp.float32).max)
+
+
+def make_causal_mask(key_valid: jax.Array, q_positions: jax.Array) -> jax.Array:
+    """key_valid: [batch, kv_length] bool; q_positions: [q_length] slot indices of the queries.
+
+    Returns [batch, 1, q_length, kv_length]: query slot i sees valid key slots j ≤ i.
+    """
+    kv_slots = jnp.arange(key_valid.shape[-1])
+    causal = kv_slots[None, :] <= q_positions[:, None]
+    return causal[None, None] & key_valid[:, None, None, :].astype(bool)
+
+
+def attention_mask_bias(mask: jax.Array | None, dtype: Any = jnp.float32) -> jax.Array | None:
+    """Boolean mask → additive bias (0 where allowed, a large negative number elsewhere)."""
+    if mask is None:
+        return None
+    return jnp.where(mask, 0.0, _MASKED).astype(dtype)
+
+
+def dot_product_attention(query: jax.Array, key: jax.Array, value: jax.Array,
+                          mask: jax.Array | None) -> jax.Array:
+    """query: [batch, q, heads, head_dim]; key/value: [batch, kv, kv_heads, head_dim].
+
+    Heads are grouped (GQA) without repeating K/V; softmax runs in float32.
+    """
+    batch, q_len, heads, head_dim = query.shape
+    kv_heads = key.shape[2]
+    query = query.reshape(batch, q_len, kv_heads, heads // kv_heads, head_dim)
+    logits = jnp.einsum("bqkgd,bskd->bkgqs", query, key) * (head_dim ** -0.5)
+    logits = logits.astype(jnp.float32)
+    if mask is not None:
+        logits = jnp.where(mask[:, :, None], logits, _MASKED)
+    weights = jax.nn.softmax(logits, axis=-1).astype(value.dtype)
+    out = jnp.einsum("bkgqs,bskd->bqkgd", weights, value)
+    return out.reshape(batch, q_len, heads, head_dim)
+
+
+class Attention(nn.Module):
+    """Self-attention: q/k/v projections to `[embed, heads, head_dim]` kernels, optional rotary,
+    grouped KV heads, output projection `[heads, head_dim, embed]`.
+
+    Projection names mirror transformers (`q_proj`, `k_proj`, `v_proj`, and `o_proj` or
+    `out_proj`) so checkpoint conversion is a rename.
+    """
+
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    qkv_bias: bool = False
+    out_bias: bool = False
+    out_name: str = "o_proj"
+    decode: bool = False
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, mask: jax.Array | None = None,
+                 rotary: tuple[jax.Array, jax.Array] | None = None,
+                 cache_slot: jax.Array | None = None) -> jax.Array:
+        """x: [batch, length, embed]; mask: [batch, 1, length, kv_length] bool;
+        rotary: (cos, sin) each [batch, length, head_dim]; cache_slot: scalar int, where this
+        step's keys/values are written when decoding. Returns [batch, length, embed]."""
+        def proj(heads, name):
+            return DenseGeneral((heads, self.head_dim), ("embed", "heads" if heads == self.num_heads else "kv_heads",
+                                                         "head_dim"),
+                                use_bias=self.qkv_bias, dtype=self.dtype, param_dtype=self.param_dtype, name=name)(x)
+
+        query = proj(self.num_heads, "q_proj")
+        key = proj(self.num_kv_heads, "k_proj")
+        value = proj(self.num_kv_heads, "v_proj")
+        if rotary is not None:
+            query = apply_rotary(query, *rotary)
+            key = apply_rotary(key, *rotary)
+        query = nn.with_logical_constraint(query, ("activation_batch", "activation_length", "activation_heads", None))
+        if self.decode:
+            key, value = self._update_cache(key, value, cache_slot)
+        out = dot_product_attention(query, key, value, mask)
+        out = nn.with_logical_constraint(out, ("activation_batch", "activation_length", "activation_heads", None))
+        return DenseGeneral(x.shape[-1], ("heads", "head_dim", "embed"), axis=(-2, -1), use_bias=self.out_bias,
+                            dtype=self.dtype, param_dtype=self.param_dtype, name=self.out_name)(out)
+
+    def _update_cache(self, key: jax.Array, value: jax.Array, slot: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """Writes this step's keys/values at `slot`; returns the whole cache.
+
+        The cache is created at its full length by initialising with a max-length input."""
+        is_initialized = self.has_variable("cache", "cached_key")
+        cached_key = self.variable("cache", "cached_key", jnp.zeros, key.shape, key.dtype)
+        cached_value = self.variable("cache", "cached_value", jnp.zeros, value.shape, value.dtype)
+        if not is_initialized:
+            return key, value
+        start = (0, slot, 0, 0)
+        cached_key.value = jax.lax.dynamic_update_slice(cached_key.value, key.astype(cached_key.value.dtype), start)
+        cached_value.value = jax.lax.dynamic_update_slice(
+            cached_value.value, value.astype(cached_value.value.dtype), start)
+        return cached_key.value.astype(key.dtype), cached_value.value.astype(value.dtype)

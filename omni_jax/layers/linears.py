@@ -1,0 +1,83 @@
+"""Dense and embedding layers whose parameters carry logical axis names."""
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Initializer = Callable[..., jax.Array]
+default_kernel_init = nn.initializers.normal(stddev=0.02)
+
+
+def _as_tuple(x: int | Sequence[int]) -> tuple[int, ...]:
+    return tuple(x) if isinstance(x, Sequence) else (x,)
+
+
+def _normalize_axes(axes: tuple[int, ...], ndim: int) -> tuple[int, ...]:
+    return tuple(a if a >= 0 else ndim + a for a in axes)
+
+
+class DenseGeneral(nn.Module):
+    """y = x · kernel (+ bias), contracting `axis` of x with the kernel's leading axes.
+
+    The kernel has shape `[*x.shape[axis], *features]`, e.g. `[embed, heads, head_dim]` for a
+    query projection, so that heads can be sharded by name. `kernel_axes` names every kernel
+    dimension; the bias takes the names of the output dimensions.
+    """
+
+    features: int | Sequence[int]
+    kernel_axes: Sequence[str | None]
+    axis: int | Sequence[int] = -1
+    use_bias: bool = False
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+    kernel_init: Initializer = default_kernel_init
+    precision: Any = None
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        features = _as_tuple(self.features)
+        axis = _normalize_axes(_as_tuple(self.axis), x.ndim)
+        kernel_shape = tuple(x.shape[a] for a in axis) + features
+        if len(self.kernel_axes) != len(kernel_shape):
+            raise ValueError(f"kernel_axes {self.kernel_axes} do not name kernel shape {kernel_shape}")
+        kernel = self.param(
+            "kernel", nn.with_logical_partitioning(self.kernel_init, tuple(self.kernel_axes)),
+            kernel_shape, self.param_dtype)
+        x = x.astype(self.dtype)
+        kernel = kernel.astype(self.dtype)
+        contract = (axis, tuple(range(len(axis))))
+        y = jax.lax.dot_general(x, kernel, (contract, ((), ())), precision=self.precision)
+        if self.use_bias:
+            bias_axes = tuple(self.kernel_axes[len(axis):])
+            bias = self.param(
+                "bias", nn.with_logical_partitioning(nn.initializers.zeros_init(), bias_axes),
+                features, self.param_dtype)
+            y = y + bias.astype(self.dtype)
+        return y
+
+
+class Embed(nn.Module):
+    """Token embedding table `[vocab, embed]`; `attend` gives tied-head logits."""
+
+    num_embeddings: int
+    features: int
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+    axes: tuple[str, str] = ("vocab", "embed")
+    embedding_init: Initializer = default_kernel_init
+
+    def setup(self):
+        self.embedding = self.param(
+            "embedding", nn.with_logical_partitioning(self.embedding_init, self.axes),
+            (self.num_embeddings, self.features), self.param_dtype)
+
+    def __call__(self, ids: jax.Array) -> jax.Array:
+        """ids: [batch, length] int → [batch, length, embed]."""
+        return jnp.take(self.embedding, ids, axis=0).astype(self.dtype)
+
+    def attend(self, x: jax.Array) -> jax.Array:
+        """x: [batch, length, embed] → logits [batch, length, vocab]."""
+        return jnp.einsum("...e,ve->...v", x.astype(self.dtype), self.embedding.astype(self.dtype))

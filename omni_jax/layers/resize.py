@@ -1,0 +1,39 @@
+"""Bilinear resizing that equals torch `interpolate(mode="bilinear", align_corners=False)`.
+
+`jax.image.resize` antialiases when it downsamples, so it differs from torch for the 2×2
+video pooling (27×27 → 14×14). Here each spatial axis is resized by a static
+interpolation matrix, which is exact for up- and downsampling and maps onto the MXU.
+"""
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def bilinear_matrix(in_size: int, out_size: int) -> np.ndarray:
+    """[out_size, in_size] weights of torch's half-pixel bilinear rule (no antialias)."""
+    scale = in_size / out_size
+    src = np.maximum((np.arange(out_size, dtype=np.float64) + 0.5) * scale - 0.5, 0.0)
+    lo = np.minimum(np.floor(src).astype(np.int64), in_size - 1)
+    hi = np.minimum(lo + 1, in_size - 1)
+    frac = src - lo
+    weights = np.zeros((out_size, in_size), np.float64)
+    np.add.at(weights, (np.arange(out_size), lo), 1.0 - frac)
+    np.add.at(weights, (np.arange(out_size), hi), frac)
+    return weights.astype(np.float32)
+
+
+def bilinear_resize(x: jax.Array, size: tuple[int, int]) -> jax.Array:
+    """x: [batch, height, width, channels] → [batch, size[0], size[1], channels]."""
+    wh = jnp.asarray(bilinear_matrix(x.shape[1], size[0]), x.dtype)
+    ww = jnp.asarray(bilinear_matrix(x.shape[2], size[1]), x.dtype)
+    x = jnp.einsum("oh,bhwc->bowc", wh, x)
+    return jnp.einsum("pw,bowc->bopc", ww, x)
+
+
+def half_size(height: int, width: int) -> tuple[int, int]:
+    """The 2×2 pooling target of LLaVA-OneVision: ceil(h/2) × ceil(w/2)."""
+    return math.ceil(height / 2), math.ceil(width / 2)

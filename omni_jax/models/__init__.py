@@ -1,0 +1,1 @@
+"""One file per model; each mirrors its transformers module tree."""

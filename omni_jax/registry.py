@@ -1,0 +1,63 @@
+"""Which Flax module, config translation and checkpoint formats serve each model type."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import ml_collections
+
+from omni_jax.conversion import formats
+from omni_jax.models import llava_onevision, qwen2, siglip
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelFamily:
+    model_type: str
+    module: type[nn.Module]
+    config_from_hf: Callable[[dict[str, Any]], ml_collections.ConfigDict]
+    config_to_hf: Callable[[ml_collections.ConfigDict], dict[str, Any]]
+    formats: tuple[formats.Format, ...]
+    dummy_inputs: Callable[[ml_collections.ConfigDict], dict[str, Any]]
+    transformers_formats: tuple[str, ...]  # formats `from_pretrained` reads, preferred first
+
+
+FAMILIES = {
+    "qwen2": ModelFamily("qwen2", qwen2.Qwen2ForCausalLM, qwen2.config_from_hf, qwen2.config_to_hf,
+                         (formats.QWEN2,), qwen2.dummy_inputs, ("qwen2",)),
+    "siglip_vision_model": ModelFamily("siglip_vision_model", siglip.SiglipVisionModel, siglip.config_from_hf,
+                                       siglip.config_to_hf, (formats.SIGLIP_VISION,), siglip.dummy_inputs,
+                                       ("siglip_vision_model",)),
+    "llava_onevision": ModelFamily("llava_onevision", llava_onevision.LlavaOnevisionForConditionalGeneration,
+                                   llava_onevision.config_from_hf, llava_onevision.config_to_hf,
+                                   formats.LLAVA_ONEVISION_FORMATS, llava_onevision.dummy_inputs,
+                                   ("llava_onevision", "llava_onevision_v5")),
+}
+# config.json model_type → family ("siglip" is the dual tower: its vision half is converted;
+# "llava_qwen" is the original LLaVA-NeXT/OneVision release).
+HF_MODEL_TYPES = {"qwen2": "qwen2", "siglip_vision_model": "siglip_vision_model", "siglip": "siglip_vision_model",
+                  "llava_onevision": "llava_onevision", "llava_qwen": "llava_onevision"}
+
+
+def family_for_hf_config(hf_config: dict[str, Any]) -> tuple[ModelFamily, ml_collections.ConfigDict]:
+    model_type = hf_config.get("model_type")
+    if model_type not in HF_MODEL_TYPES:
+        raise ValueError(f"unsupported model_type {model_type!r} in config.json; supported: {sorted(HF_MODEL_TYPES)}")
+    family = FAMILIES[HF_MODEL_TYPES[model_type]]
+    return family, family.config_from_hf(hf_config)
+
+
+def to_config(config: dict[str, Any] | ml_collections.ConfigDict) -> ml_collections.FrozenConfigDict:
+    return ml_collections.FrozenConfigDict(config)
+
+
+def build(family: ModelFamily, config) -> nn.Module:
+    return family.module(to_config(config))
+
+
+def abstract_params(family: ModelFamily, config) -> Any:
+    """The parameter tree as ShapeDtypeStructs (logical-axis boxes removed)."""
+    model = build(family, config)
+    variables = jax.eval_shape(lambda: model.init(jax.random.key(0), **family.dummy_inputs(config)))
+    return nn.unbox(variables["params"])
