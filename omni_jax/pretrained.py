@@ -47,5 +47,5 @@ def load_pretrained(path: str | os.PathLike, dtype: str | Any = "float32",
         shardings = jax.tree.map(lambda _: jax.sharding.SingleDeviceSharding(jax.devices()[0]), abstract)
     target = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, jnp.dtype(dtype), sharding=sh),
                           abstract, shardings)
-    params = ocp.load_pytree(Path(path) / PARAMS_DIR, target)
+    params = ocp.load(Path(path) / PARAMS_DIR, target)
     return model, params

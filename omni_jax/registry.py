@@ -27,12 +27,12 @@ FAMILIES = {
     "qwen2": ModelFamily("qwen2", qwen2.Qwen2ForCausalLM, qwen2.config_from_hf, qwen2.config_to_hf,
                          (formats.QWEN2,), qwen2.dummy_inputs, ("qwen2",)),
     "siglip_vision_model": ModelFamily("siglip_vision_model", siglip.SiglipVisionModel, siglip.config_from_hf,
-                                       siglip.config_to_hf, (formats.SIGLIP_VISION,), siglip.dummy_inputs,
-                                       ("siglip_vision_model",)),
+                                       siglip.config_to_hf, formats.SIGLIP_VISION_FORMATS, siglip.dummy_inputs,
+                                       ("siglip_vision_model", "siglip")),
     "llava_onevision": ModelFamily("llava_onevision", llava_onevision.LlavaOnevisionForConditionalGeneration,
                                    llava_onevision.config_from_hf, llava_onevision.config_to_hf,
                                    formats.LLAVA_ONEVISION_FORMATS, llava_onevision.dummy_inputs,
-                                   ("llava_onevision", "llava_onevision_v5")),
+                                   ("llava_onevision", "llava_onevision_hub", "llava_onevision_v4")),
 }
 # config.json model_type → family ("siglip" is the dual tower: its vision half is converted;
 # "llava_qwen" is the original LLaVA-NeXT/OneVision release).

@@ -228,7 +228,7 @@ def export_orbax_to_hf(src: str | os.PathLike, dst: str | os.PathLike, dtype: st
     naming = naming or (meta["source_format"] if meta["source_format"] in family.transformers_formats
                         else family.transformers_formats[0])
     fmt = formats[naming]
-    params = ocp.load_pytree(src / PARAMS_DIR)
+    params = ocp.load(src / PARAMS_DIR)
     flat = {"/".join(str(k.key) for k in path): leaf
             for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]}
     by_target = collections.defaultdict(list)

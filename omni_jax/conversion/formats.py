@@ -92,34 +92,44 @@ SIGLIP_VISION_BODY = (
     *linear("head.mlp.fc1", "head/mlp/fc1"),
     *linear("head.mlp.fc2", "head/mlp/fc2"),
 )
-SIGLIP_VISION = Format("siglip_vision_model", prefixed(SIGLIP_VISION_BODY, "vision_model.", ""),
-                       ignore=(r"^text_model\..*", r"^logit_scale$", r"^logit_bias$"))
+SIGLIP_VISION_FORMATS = (
+    # transformers 5 writes SiglipVisionModel without the "vision_model." prefix.
+    Format("siglip_vision_model", SIGLIP_VISION_BODY),
+    # Older transformers, and the dual-tower SiglipModel (whose text half is dropped).
+    Format("siglip", prefixed(SIGLIP_VISION_BODY, "vision_model.", ""),
+           ignore=(r"^text_model\..*", r"^logit_scale$", r"^logit_bias$")),
+)
 
 # --- LLaVA-OneVision -------------------------------------------------------------------------
 _PROJECTOR = (*linear("linear_1", "linear_1"), *linear("linear_2", "linear_2"))
+
+
+def _llava(name: str, vision: str, projector: tuple[Rule, ...], newline: str, lm_body: str,
+           lm_head: str) -> Format:
+    return Format(name, (
+        *prefixed(SIGLIP_VISION_BODY, vision, "vision_tower"),
+        *projector,
+        Rule(newline, "image_newline"),
+        *prefixed(QWEN2_BODY, lm_body, "language_model/model"),
+        *prefixed(LM_HEAD, lm_head, "language_model"),
+    ), ignore=QWEN2.ignore)
+
+
 LLAVA_ONEVISION_FORMATS = (
-    # transformers' legacy names (what save_pretrained writes).
-    Format("llava_onevision", (
-        *prefixed(SIGLIP_VISION_BODY, "vision_tower.vision_model.", "vision_tower"),
-        *prefixed(_PROJECTOR, "multi_modal_projector.", "multi_modal_projector"),
-        Rule("image_newline", "image_newline"),
-        *prefixed(QWEN2_CAUSAL_LM, "language_model.", "language_model"),
-    ), ignore=QWEN2.ignore),
-    # transformers' newer names (LlavaOnevisionModel under "model.").
-    Format("llava_onevision_v5", (
-        *prefixed(SIGLIP_VISION_BODY, "model.vision_tower.vision_model.", "vision_tower"),
-        *prefixed(_PROJECTOR, "model.multi_modal_projector.", "multi_modal_projector"),
-        Rule("model.image_newline", "image_newline"),
-        *prefixed(QWEN2_BODY, "model.language_model.", "language_model/model"),
-        *prefixed(LM_HEAD, "", "language_model"),
-    ), ignore=QWEN2.ignore),
+    # What transformers 5 `save_pretrained` writes.
+    _llava("llava_onevision", "vision_tower.", prefixed(_PROJECTOR, "multi_modal_projector.", "multi_modal_projector"),
+           "image_newline", "language_model.model.", "language_model."),
+    # The llava-hf hub release (transformers 4 legacy names).
+    _llava("llava_onevision_hub", "vision_tower.vision_model.",
+           prefixed(_PROJECTOR, "multi_modal_projector.", "multi_modal_projector"),
+           "image_newline", "language_model.model.", "language_model."),
+    # transformers 4.52+ names (LlavaOnevisionModel under "model.").
+    _llava("llava_onevision_v4", "model.vision_tower.vision_model.",
+           prefixed(_PROJECTOR, "model.multi_modal_projector.", "multi_modal_projector"),
+           "model.image_newline", "model.language_model.", ""),
     # The original LLaVA-NeXT (llava_qwen) release.
-    Format("llava_next", (
-        *prefixed(SIGLIP_VISION_BODY, "model.vision_tower.vision_tower.vision_model.", "vision_tower"),
-        *linear("model.mm_projector.0", "multi_modal_projector/linear_1"),
-        *linear("model.mm_projector.2", "multi_modal_projector/linear_2"),
-        Rule("model.image_newline", "image_newline"),
-        *prefixed(QWEN2_BODY, "model.", "language_model/model"),
-        *prefixed(LM_HEAD, "", "language_model"),
-    ), ignore=QWEN2.ignore),
+    _llava("llava_next", "model.vision_tower.vision_tower.vision_model.",
+           (*linear("model.mm_projector.0", "multi_modal_projector/linear_1"),
+            *linear("model.mm_projector.2", "multi_modal_projector/linear_2")),
+           "model.image_newline", "model.", ""),
 )

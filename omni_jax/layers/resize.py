@@ -14,16 +14,19 @@ import numpy as np
 
 
 def bilinear_matrix(in_size: int, out_size: int) -> np.ndarray:
-    """[out_size, in_size] weights of torch's half-pixel bilinear rule (no antialias)."""
-    scale = in_size / out_size
-    src = np.maximum((np.arange(out_size, dtype=np.float64) + 0.5) * scale - 0.5, 0.0)
+    """[out_size, in_size] weights of torch's half-pixel bilinear rule (no antialias).
+
+    Computed in float32 as torch's CPU kernel does, so the weights are bit-identical."""
+    scale = np.float32(in_size / out_size)
+    src = np.maximum(scale * (np.arange(out_size, dtype=np.float32) + np.float32(0.5)) - np.float32(0.5),
+                     np.float32(0.0))
     lo = np.minimum(np.floor(src).astype(np.int64), in_size - 1)
     hi = np.minimum(lo + 1, in_size - 1)
-    frac = src - lo
-    weights = np.zeros((out_size, in_size), np.float64)
-    np.add.at(weights, (np.arange(out_size), lo), 1.0 - frac)
+    frac = src - lo.astype(np.float32)
+    weights = np.zeros((out_size, in_size), np.float32)
+    np.add.at(weights, (np.arange(out_size), lo), np.float32(1.0) - frac)
     np.add.at(weights, (np.arange(out_size), hi), frac)
-    return weights.astype(np.float32)
+    return weights
 
 
 def bilinear_resize(x: jax.Array, size: tuple[int, int]) -> jax.Array:

@@ -1,0 +1,99 @@
+"""Test set-up: 8 simulated CPU devices (set before JAX is imported) and tiny checkpoints.
+
+Every checkpoint is built here with transformers' `save_pretrained` on random weights and
+converted with the real converter: nothing reaches the network.
+"""
+import os
+
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from omni_jax.conversion import convert_hf_to_orbax  # noqa: E402
+
+RTOL = 5e-5  # max|Δ| / max|ref|, the project's parity bar in float32
+
+
+def rel_err(ours, ref) -> float:
+    ours, ref = np.asarray(ours, np.float64), np.asarray(ref, np.float64)
+    return float(np.abs(ours - ref).max() / np.abs(ref).max())
+
+
+def tiny_qwen2_config(**overrides):
+    from transformers import Qwen2Config
+
+    kwargs = dict(vocab_size=160, hidden_size=64, intermediate_size=96, num_hidden_layers=3,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128, rope_theta=10000.0,
+                  tie_word_embeddings=False)
+    kwargs.update(overrides)
+    return Qwen2Config(**kwargs)
+
+
+def tiny_siglip_config(**overrides):
+    from transformers import SiglipVisionConfig
+
+    kwargs = dict(hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4, image_size=56,
+                  patch_size=14, vision_use_head=False)
+    kwargs.update(overrides)
+    return SiglipVisionConfig(**kwargs)
+
+
+def tiny_llava_config(**overrides):
+    from transformers import LlavaOnevisionConfig
+
+    kwargs = dict(text_config=tiny_qwen2_config(), vision_config=tiny_siglip_config(image_size=70),
+                  vision_feature_layer=-1, vision_feature_select_strategy="full", image_token_index=150,
+                  video_token_index=151, tie_word_embeddings=False)
+    kwargs.update(overrides)
+    return LlavaOnevisionConfig(**kwargs)
+
+
+def build_hf(model_cls, config, path, seed=0, **save_kwargs):
+    """A random-weight transformers model saved at `path` (float32, eval mode)."""
+    torch.manual_seed(seed)
+    model = model_cls(config).eval()
+    with torch.no_grad():  # make biases and norms non-trivial so a dropped tensor shows
+        for name, p in model.named_parameters():
+            if name.endswith("bias") or "norm" in name or "newline" in name:
+                p.add_(torch.randn_like(p) * 0.1)
+    model.save_pretrained(path, **save_kwargs)
+    return model
+
+
+def convert(src, dst, **kwargs):
+    return convert_hf_to_orbax(src, dst, progress=False, **kwargs)
+
+
+@pytest.fixture(scope="session")
+def qwen2_untied(tmp_path_factory):
+    from transformers import Qwen2ForCausalLM
+
+    root = tmp_path_factory.mktemp("qwen2_untied")
+    hf = build_hf(Qwen2ForCausalLM, tiny_qwen2_config(), root / "hf")
+    convert(root / "hf", root / "ox")
+    return hf, root
+
+
+@pytest.fixture(scope="session")
+def qwen2_tied(tmp_path_factory):
+    from transformers import Qwen2ForCausalLM
+
+    root = tmp_path_factory.mktemp("qwen2_tied")
+    hf = build_hf(Qwen2ForCausalLM, tiny_qwen2_config(tie_word_embeddings=True, num_key_value_heads=1), root / "hf")
+    convert(root / "hf", root / "ox")
+    return hf, root
+
+
+@pytest.fixture(scope="session")
+def llava(tmp_path_factory):
+    from transformers import LlavaOnevisionForConditionalGeneration
+
+    root = tmp_path_factory.mktemp("llava")
+    hf = build_hf(LlavaOnevisionForConditionalGeneration, tiny_llava_config(), root / "hf")
+    convert(root / "hf", root / "ox")
+    return hf, root

@@ -1,0 +1,143 @@
+"""Qwen2ForCausalLM parity with transformers through the real converter."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+
+import omni_jax
+from omni_jax.generate import greedy_generate, init_cache
+from tests.conftest import RTOL, rel_err
+
+
+def _ids(batch, length, vocab, seed=0):
+    return np.random.RandomState(seed).randint(0, vocab, (batch, length))
+
+
+@pytest.mark.parametrize("fixture", ["qwen2_untied", "qwen2_tied"])
+def test_logits_and_hidden_states_match_transformers(fixture, request):
+    hf, root = request.getfixturevalue(fixture)
+    model, params = omni_jax.load_pretrained(root / "ox")
+    ids = _ids(2, 17, hf.config.vocab_size)
+    with torch.no_grad():
+        ref = hf(torch.tensor(ids), output_hidden_states=True)
+    out = model.apply({"params": params}, input_ids=jnp.asarray(ids), output_hidden_states=True)
+    assert rel_err(out["logits"], ref.logits) < RTOL
+    assert len(out["hidden_states"]) == len(ref.hidden_states)
+    for ours, theirs in zip(out["hidden_states"], ref.hidden_states):
+        assert rel_err(ours, theirs) < RTOL
+
+
+def test_tied_checkpoint_has_no_head(qwen2_tied):
+    _, root = qwen2_tied
+    _, params = omni_jax.load_pretrained(root / "ox")
+    assert "lm_head" not in params
+
+
+def test_left_padding_equals_unpadded(qwen2_untied):
+    """Positions come from the attention mask: a left-padded row equals the same row alone,
+    and equals transformers given the same position ids."""
+    hf, root = qwen2_untied
+    model, params = omni_jax.load_pretrained(root / "ox")
+    ids = _ids(2, 12, hf.config.vocab_size, seed=1)
+    mask = np.ones_like(ids)
+    mask[1, :5] = 0
+    out = model.apply({"params": params}, input_ids=jnp.asarray(ids), attention_mask=jnp.asarray(mask))["logits"]
+    alone = model.apply({"params": params}, input_ids=jnp.asarray(ids[1:, 5:]))["logits"]
+    assert rel_err(out[1, 5:], alone[0]) < RTOL
+    positions = np.clip(mask.cumsum(-1) - 1, 0, None)
+    with torch.no_grad():
+        ref = hf(torch.tensor(ids), attention_mask=torch.tensor(mask), position_ids=torch.tensor(positions)).logits
+    assert rel_err(np.asarray(out)[mask == 1], ref.numpy()[mask == 1]) < RTOL
+
+
+def test_kv_cache_decoding_equals_full_forward(qwen2_untied):
+    hf, root = qwen2_untied
+    model, params = omni_jax.load_pretrained(root / "ox")
+    ids = _ids(2, 14, hf.config.vocab_size, seed=2)
+    mask = np.ones_like(ids)
+    mask[0, :3] = 0
+    full = model.apply({"params": params}, input_ids=jnp.asarray(ids), attention_mask=jnp.asarray(mask))["logits"]
+    prompt = 6
+    cache = init_cache(model, 2, ids.shape[1])
+    step = jax.jit(lambda cache, tokens: model.apply({"params": params, "cache": cache}, input_ids=tokens,
+                                                     attention_mask=jnp.asarray(mask), decode=True, mutable=["cache"]))
+    out, variables = step(cache, jnp.asarray(ids[:, :prompt]))
+    logits = [out["logits"]]
+    for t in range(prompt, ids.shape[1]):
+        out, variables = step(variables["cache"], jnp.asarray(ids[:, t:t + 1]))
+        logits.append(out["logits"])
+    cached = np.concatenate([np.asarray(x) for x in logits], axis=1)
+    real = mask == 1
+    assert rel_err(cached[real], np.asarray(full)[real]) < RTOL
+
+
+def test_greedy_generate_equals_transformers(qwen2_tied):
+    hf, root = qwen2_tied
+    model, params = omni_jax.load_pretrained(root / "ox")
+    ids = _ids(2, 9, hf.config.vocab_size, seed=3)
+    mask = np.ones_like(ids)
+    mask[1, :4] = 0
+    ids[1, :4] = 0
+    with torch.no_grad():
+        ref = hf.generate(torch.tensor(ids), attention_mask=torch.tensor(mask), max_new_tokens=10, min_new_tokens=10,
+                          do_sample=False, pad_token_id=0)[:, ids.shape[1]:].numpy()
+    ours = np.asarray(greedy_generate(model, params, jnp.asarray(ids), jnp.asarray(mask), max_new_tokens=10))
+    np.testing.assert_array_equal(ours, ref)
+
+
+def test_generation_stops_at_eos_and_pads(qwen2_tied):
+    hf, root = qwen2_tied
+    model, params = omni_jax.load_pretrained(root / "ox")
+    ids = jnp.asarray(_ids(1, 5, hf.config.vocab_size, seed=4))
+    free = np.asarray(greedy_generate(model, params, ids, max_new_tokens=6))
+    eos = int(free[0, 2])
+    stopped = np.asarray(greedy_generate(model, params, ids, max_new_tokens=6, eos_token_id=eos, pad_token_id=-1))
+    first = list(free[0]).index(eos)
+    np.testing.assert_array_equal(stopped[0, :first + 1], free[0, :first + 1])
+    assert (stopped[0, first + 1:] == -1).all()
+
+
+def test_bfloat16_forward_within_bound(qwen2_untied):
+    """bf16 parameters and compute: logits within 5e-2 of the float32 reference (relative to
+    max|ref|); bf16 has 8 mantissa bits, and 3 layers accumulate a few ulps."""
+    hf, root = qwen2_untied
+    model, params = omni_jax.load_pretrained(root / "ox", dtype="bfloat16")
+    assert all(x.dtype == jnp.bfloat16 for x in jax.tree.leaves(params))
+    ids = _ids(2, 16, hf.config.vocab_size, seed=5)
+    with torch.no_grad():
+        ref = hf(torch.tensor(ids)).logits.numpy()
+    out = model.apply({"params": params}, input_ids=jnp.asarray(ids))["logits"]
+    assert out.dtype == jnp.float32
+    assert rel_err(out, ref) < 5e-2
+
+
+def test_inputs_embeds_equal_input_ids(qwen2_untied):
+    _, root = qwen2_untied
+    model, params = omni_jax.load_pretrained(root / "ox")
+    ids = jnp.asarray(_ids(1, 8, 160, seed=6))
+    embeds = model.apply({"params": params}, ids, method=lambda m, x: m.embed(x))
+    a = model.apply({"params": params}, input_ids=ids)["logits"]
+    b = model.apply({"params": params}, inputs_embeds=embeds)["logits"]
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_remat_and_scan_give_same_gradients(qwen2_untied):
+    """Rematerialisation changes memory, never numbers."""
+    import ml_collections
+
+    from omni_jax.models.qwen2 import Qwen2ForCausalLM
+
+    _, root = qwen2_untied
+    model, params = omni_jax.load_pretrained(root / "ox")
+    ids = jnp.asarray(_ids(2, 8, 160, seed=7))
+
+    def loss(m, p):
+        return jnp.mean(jax.nn.log_softmax(m.apply({"params": p}, input_ids=ids)["logits"])[..., 0])
+
+    base = jax.grad(lambda p: loss(model, p))(params)
+    for policy in ("full", "dots"):
+        cfg = ml_collections.FrozenConfigDict({**model.config.as_configdict().to_dict(), "remat_policy": policy})
+        grads = jax.grad(lambda p: loss(Qwen2ForCausalLM(cfg), p))(params)
+        for g, b in zip(jax.tree.leaves(grads), jax.tree.leaves(base)):
+            np.testing.assert_allclose(np.asarray(g), np.asarray(b), rtol=1e-5, atol=1e-7)
