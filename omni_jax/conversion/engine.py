@@ -115,7 +115,6 @@ def plan(reader: CheckpointReader, family: registry.ModelFamily, config) -> tupl
         found = reader.tensors[key].shape
         if tuple(found) != tuple(expected):
             problems.append(f"shape mismatch for {key!r}: expected {list(expected)}, found {list(found)}")
-            continue
         leaf.sources[layer] = key
     for leaf in leaves.values():
         rule = leaf.rule or rules_by_target.get(leaf.path)
