@@ -224,5 +224,9 @@ def test_command_line_scripts(qwen2_untied, tmp_path):
     back = run("convert/orbax_to_hf.py", "--src", str(tmp_path / "ox"), "--dst", str(tmp_path / "back"))
     assert back.returncode == 0, back.stderr
     _assert_same_tensors(_state(root / "hf"), _state(tmp_path / "back"))
-    again = run("convert/hf_to_orbax.py", "--src", str(root / "hf"), "--dst", str(tmp_path / "ox"))
+    again = run("-m", "omni_jax.cli", "--json", "convert", "--src", str(root / "hf"), "--dst", str(tmp_path / "ox"))
     assert again.returncode == 1 and "already exists" in again.stderr
+    assert json.loads(again.stdout.splitlines()[-1])["ok"] is False
+    cli = run("-m", "omni_jax.cli", "--json", "convert", "--src", str(root / "hf"), "--dst", str(tmp_path / "ox2"))
+    result = json.loads(cli.stdout.splitlines()[-1])
+    assert result["ok"] and result["model_type"] == "qwen2" and result["source_format"] == "qwen2"
