@@ -37,7 +37,8 @@ def tiny_qwen2_config(**overrides):
 def tiny_siglip_config(**overrides):
     from transformers import SiglipVisionConfig
 
-    kwargs = dict(hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4, image_size=56,
+    # 60 = 4 × 14 + 4: like 384 = 27 × 14 + 6, the edge that fills no patch is dropped.
+    kwargs = dict(hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4, image_size=60,
                   patch_size=14, vision_use_head=False)
     kwargs.update(overrides)
     return SiglipVisionConfig(**kwargs)
@@ -46,7 +47,7 @@ def tiny_siglip_config(**overrides):
 def tiny_llava_config(**overrides):
     from transformers import LlavaOnevisionConfig
 
-    kwargs = dict(text_config=tiny_qwen2_config(), vision_config=tiny_siglip_config(image_size=70),
+    kwargs = dict(text_config=tiny_qwen2_config(), vision_config=tiny_siglip_config(image_size=75),
                   vision_feature_layer=-1, vision_feature_select_strategy="full", image_token_index=150,
                   video_token_index=151, tie_word_embeddings=False)
     kwargs.update(overrides)

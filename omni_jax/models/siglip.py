@@ -71,7 +71,9 @@ class SiglipEmbeddings(nn.Module):
         """pixel_values: [batch, height, width, channels] → [batch, patches, embed]."""
         cfg, p = self.config, self.config.patch_size
         b, h, w, c = pixel_values.shape
-        patches = pixel_values.reshape(b, h // p, p, w // p, p, c).transpose(0, 1, 3, 2, 4, 5)
+        gh, gw = h // p, w // p
+        # A VALID convolution drops the edge that does not fill a patch (384 = 27 × 14 + 6).
+        patches = pixel_values[:, :gh * p, :gw * p].reshape(b, gh, p, gw, p, c).transpose(0, 1, 3, 2, 4, 5)
         x = DenseGeneral(cfg.hidden_size, (None, None, None, "embed"), axis=(3, 4, 5), use_bias=True,
                          name="patch_embedding", **_dtypes(cfg))(patches)
         x = x.reshape(b, -1, cfg.hidden_size)

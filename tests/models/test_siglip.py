@@ -15,7 +15,7 @@ def test_siglip_vision_matches_transformers(tmp_path, use_head):
     hf = build_hf(SiglipVisionModel, tiny_siglip_config(vision_use_head=use_head), tmp_path / "hf")
     convert(tmp_path / "hf", tmp_path / "ox")
     model, params = omni_jax.load_pretrained(tmp_path / "ox")
-    pixels = np.random.RandomState(0).randn(2, 56, 56, 3).astype(np.float32)
+    pixels = np.random.RandomState(0).randn(2, 60, 60, 3).astype(np.float32)
     with torch.no_grad():
         ref = hf(torch.from_numpy(pixels).permute(0, 3, 1, 2), output_hidden_states=True)
     out = model.apply({"params": params}, jnp.asarray(pixels), output_hidden_states=True)
@@ -38,7 +38,7 @@ def test_dual_tower_siglip_converts_its_vision_half(tmp_path):
     hf = build_hf(SiglipModel, config, tmp_path / "hf")
     convert(tmp_path / "hf", tmp_path / "ox")
     model, params = omni_jax.load_pretrained(tmp_path / "ox")
-    pixels = np.random.RandomState(1).randn(1, 56, 56, 3).astype(np.float32)
+    pixels = np.random.RandomState(1).randn(1, 60, 60, 3).astype(np.float32)
     with torch.no_grad():
         ref = hf.vision_model(torch.from_numpy(pixels).permute(0, 3, 1, 2))
     out = model.apply({"params": params}, jnp.asarray(pixels))

@@ -1,0 +1,42 @@
+"""Full-size configs are checked without materialising them (jax.eval_shape)."""
+import jax
+import numpy as np
+import pytest
+
+from configs import llava_onevision, qwen2, siglip
+from omni_jax import registry
+from omni_jax.conversion.engine import abstract_params
+from omni_jax.models.llava_onevision import video_tokens
+
+
+def _count(family, config):
+    return sum(int(np.prod(s.shape)) for s in abstract_params(registry.FAMILIES[family], config).values())
+
+
+@pytest.mark.parametrize("family,config,expected", [
+    ("qwen2", qwen2.get_config("7b"), 7_615_616_512),          # Qwen2-7B
+    ("qwen2", qwen2.get_config("0.5b"), 494_032_768),          # Qwen2-0.5B
+    # 26 layers × 15,239,504 + patch conv 678,528 + 729 positions × 1152 + post-LN 2,304
+    ("siglip_vision_model", siglip.get_config("so400m"), 397_747_744),
+    ("llava_onevision", llava_onevision.get_config("7b"), 8_030_000_000),
+])
+def test_full_size_parameter_counts(family, config, expected):
+    n = _count(family, config)
+    if family == "llava_onevision":
+        assert abs(n - expected) / expected < 0.01  # "8.03B" as published
+    else:
+        assert n == expected
+
+
+def test_llava_7b_video_token_count():
+    cfg = llava_onevision.get_config("7b")
+    assert video_tokens(cfg, 1) == 14 * 14 + 1  # 27×27 patches pooled to 14×14, plus the newline
+    assert video_tokens(cfg, 8) == 8 * 196 + 1
+
+
+def test_every_parameter_has_logical_axes():
+    model = registry.build(registry.FAMILIES["llava_onevision"], llava_onevision.get_config("tiny"))
+    boxed = jax.eval_shape(lambda: model.init(jax.random.key(0), **registry.FAMILIES["llava_onevision"]
+                                              .dummy_inputs(llava_onevision.get_config("tiny"))))["params"]
+    leaves = jax.tree.leaves(boxed, is_leaf=lambda x: hasattr(x, "names"))
+    assert leaves and all(hasattr(x, "names") and len(x.names) == len(x.value.shape) for x in leaves)
