@@ -9,7 +9,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from omni_jax import registry
+from omni_jax import registry, sharding
 from omni_jax.conversion.engine import PARAMS_DIR, read_converted_config
 
 
@@ -27,12 +27,12 @@ def _with_dtype(config: dict[str, Any], dtype: str) -> dict[str, Any]:
 
 
 def load_pretrained(path: str | os.PathLike, dtype: str | Any = "float32",
-                    shardings: Any = None) -> tuple[nn.Module, Any]:
+                    mesh: jax.sharding.Mesh | None = None) -> tuple[nn.Module, Any]:
     """Loads a directory written by `convert/hf_to_orbax.py`.
 
     dtype: parameter and compute dtype ("float32", "bfloat16", ...); stored parameters are
-    cast while restoring. shardings: optional pytree of `jax.sharding.Sharding` (same
-    structure as the params) to restore each leaf directly onto a mesh.
+    cast while restoring. mesh: restore every leaf directly into its shards on this mesh,
+    placed by the logical-axis rules of `omni_jax.sharding` (no host holds a whole copy).
     Returns `(model, params)`: `model.apply({"params": params}, **inputs)`.
     """
     import orbax.checkpoint.experimental.v1 as ocp
@@ -43,8 +43,10 @@ def load_pretrained(path: str | os.PathLike, dtype: str | Any = "float32",
     config = registry.to_config(_with_dtype(meta["config"], dtype))
     model = registry.build(family, config)
     abstract = registry.abstract_params(family, config)
-    if shardings is None:
+    if mesh is None:
         shardings = jax.tree.map(lambda _: jax.sharding.SingleDeviceSharding(jax.devices()[0]), abstract)
+    else:
+        shardings = sharding.param_shardings(registry.abstract_params(family, config, boxed=True), mesh)
     target = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, jnp.dtype(dtype), sharding=sh),
                           abstract, shardings)
     params = ocp.load(Path(path) / PARAMS_DIR, target)

@@ -56,8 +56,8 @@ def build(family: ModelFamily, config) -> nn.Module:
     return family.module(to_config(config))
 
 
-def abstract_params(family: ModelFamily, config) -> Any:
-    """The parameter tree as ShapeDtypeStructs (logical-axis boxes removed)."""
+def abstract_params(family: ModelFamily, config, boxed: bool = False) -> Any:
+    """The parameter tree as ShapeDtypeStructs; `boxed` keeps the logical-axis metadata."""
     model = build(family, config)
     variables = jax.eval_shape(lambda: model.init(jax.random.key(0), **family.dummy_inputs(config)))
-    return nn.unbox(variables["params"])
+    return variables["params"] if boxed else nn.unbox(variables["params"])

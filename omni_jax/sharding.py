@@ -10,7 +10,7 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax
 import numpy as np
-from jax.sharding import Mesh
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 MESH_AXES = ("data", "fsdp", "tensor")
 
@@ -49,9 +49,22 @@ def make_mesh(data: int = 1, fsdp: int = -1, tensor: int = 1, devices: Sequence[
     return Mesh(np.asarray(devices).reshape(sizes), MESH_AXES)
 
 
+def _divisible(spec: PartitionSpec, shape: tuple[int, ...], mesh: Mesh) -> PartitionSpec:
+    """Replicates any dimension the mesh axes do not divide (e.g. 4 KV heads on tensor=8)."""
+    dims = []
+    for size, axes in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec))):
+        names = (axes,) if isinstance(axes, str) else tuple(axes or ())
+        ways = int(np.prod([mesh.shape[n] for n in names])) if names else 1
+        dims.append(axes if size % ways == 0 else None)
+    return PartitionSpec(*dims)
+
+
 def param_shardings(boxed_abstract_params: Any, mesh: Mesh,
                     rules: Sequence[tuple[str, Any]] = LOGICAL_AXIS_RULES) -> Any:
     """NamedShardings for a parameter tree that still carries its logical-axis boxes
     (e.g. `jax.eval_shape(model.init, ...)["params"]`)."""
     logical = nn.get_partition_spec(boxed_abstract_params)
-    return nn.logical_to_mesh_sharding(logical, mesh, rules)
+    mesh_specs = nn.logical_to_mesh(logical, rules)
+    shapes = nn.unbox(boxed_abstract_params)
+    return jax.tree.map(lambda spec, s: NamedSharding(mesh, _divisible(spec, s.shape, mesh)), mesh_specs, shapes,
+                        is_leaf=lambda x: isinstance(x, PartitionSpec))
