@@ -116,3 +116,13 @@ def test_other_namings_convert_to_the_same_model(llava, tmp_path, naming):
     ids, pixels = video_inputs(hf, model.config, batch=1, seed=3)
     out = model.apply({"params": params}, input_ids=jnp.asarray(ids), pixel_values_videos=jnp.asarray(pixels))
     assert rel_err(out["logits"], hf_logits(hf, ids, pixels)) < RTOL
+
+
+def test_bfloat16_video_forward_within_bound(llava):
+    """bf16 parameters and compute through tower, projector, pooling and LM: logits within
+    2e-2 of the float32 transformers reference (relative to max|ref|; measured ≤ 0.9e-2)."""
+    hf, root = llava
+    model, params = omni_jax.load_pretrained(root / "ox", dtype="bfloat16")
+    ids, pixels = video_inputs(hf, model.config, batch=1, seed=7)
+    out = model.apply({"params": params}, input_ids=jnp.asarray(ids), pixel_values_videos=jnp.asarray(pixels))
+    assert rel_err(out["logits"], hf_logits(hf, ids, pixels)) < 2e-2

@@ -99,8 +99,8 @@ def test_generation_stops_at_eos_and_pads(qwen2_tied):
 
 
 def test_bfloat16_forward_within_bound(qwen2_untied):
-    """bf16 parameters and compute: logits within 5e-2 of the float32 reference (relative to
-    max|ref|); bf16 has 8 mantissa bits, and 3 layers accumulate a few ulps."""
+    """bf16 parameters and compute: logits within 2e-2 of the float32 reference (relative to
+    max|ref|; measured ≤ 0.9e-2): bf16 has 8 mantissa bits, and each layer adds a few ulps."""
     hf, root = qwen2_untied
     model, params = omni_jax.load_pretrained(root / "ox", dtype="bfloat16")
     assert all(x.dtype == jnp.bfloat16 for x in jax.tree.leaves(params))
@@ -109,7 +109,7 @@ def test_bfloat16_forward_within_bound(qwen2_untied):
         ref = hf(torch.tensor(ids)).logits.numpy()
     out = model.apply({"params": params}, input_ids=jnp.asarray(ids))["logits"]
     assert out.dtype == jnp.float32
-    assert rel_err(out, ref) < 5e-2
+    assert rel_err(out, ref) < 2e-2
 
 
 def test_inputs_embeds_equal_input_ids(qwen2_untied):
