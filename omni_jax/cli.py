@@ -37,7 +37,7 @@ def _export(args: argparse.Namespace) -> dict[str, Any]:
     from omni_jax.conversion import export_orbax_to_hf
 
     start = time.perf_counter()
-    dst = export_orbax_to_hf(args.src, args.dst, dtype=args.dtype, naming=args.naming)
+    dst = export_orbax_to_hf(args.src, args.dst, dtype=args.dtype, naming=args.naming, progress=not args.json)
     return {"dst": str(dst), "files": sorted(p.name for p in dst.iterdir()), "bytes": _dir_bytes(dst),
             "seconds": round(time.perf_counter() - start, 2)}
 

@@ -70,31 +70,31 @@ def convert(src, dst, **kwargs):
     return convert_hf_to_orbax(src, dst, progress=False, **kwargs)
 
 
+def _converted(tmp_path_factory, name, model_cls, config):
+    root = tmp_path_factory.mktemp(name)
+    hf = build_hf(model_cls, config, root / "hf")
+    convert(root / "hf", root / "ox")
+    return hf, root
+
+
 @pytest.fixture(scope="session")
 def qwen2_untied(tmp_path_factory):
     from transformers import Qwen2ForCausalLM
 
-    root = tmp_path_factory.mktemp("qwen2_untied")
-    hf = build_hf(Qwen2ForCausalLM, tiny_qwen2_config(), root / "hf")
-    convert(root / "hf", root / "ox")
-    return hf, root
+    return _converted(tmp_path_factory, "qwen2_untied", Qwen2ForCausalLM, tiny_qwen2_config())
 
 
 @pytest.fixture(scope="session")
 def qwen2_tied(tmp_path_factory):
+    """Tied head and a single KV head (multi-query attention)."""
     from transformers import Qwen2ForCausalLM
 
-    root = tmp_path_factory.mktemp("qwen2_tied")
-    hf = build_hf(Qwen2ForCausalLM, tiny_qwen2_config(tie_word_embeddings=True, num_key_value_heads=1), root / "hf")
-    convert(root / "hf", root / "ox")
-    return hf, root
+    return _converted(tmp_path_factory, "qwen2_tied", Qwen2ForCausalLM,
+                      tiny_qwen2_config(tie_word_embeddings=True, num_key_value_heads=1))
 
 
 @pytest.fixture(scope="session")
 def llava(tmp_path_factory):
     from transformers import LlavaOnevisionForConditionalGeneration
 
-    root = tmp_path_factory.mktemp("llava")
-    hf = build_hf(LlavaOnevisionForConditionalGeneration, tiny_llava_config(), root / "hf")
-    convert(root / "hf", root / "ox")
-    return hf, root
+    return _converted(tmp_path_factory, "llava", LlavaOnevisionForConditionalGeneration, tiny_llava_config())

@@ -10,7 +10,6 @@ orbax → HF: the inverse tables write transformers-loadable safetensors shards.
 """
 from __future__ import annotations
 
-import collections
 import dataclasses
 import json
 import logging
@@ -211,41 +210,66 @@ def read_converted_config(path: str | os.PathLike) -> dict[str, Any]:
     return json.loads(config_file.read_text())
 
 
+def _stored_leaves(params_dir: Path) -> dict[str, Any]:
+    """Flat {"a/b/c": metadata with .shape and .dtype} of an orbax params checkpoint."""
+    import orbax.checkpoint.experimental.v1 as ocp
+
+    tree = ocp.pytree_metadata(params_dir).metadata
+    return {"/".join(str(k.key) for k in path): leaf for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def _load_leaf(params_dir: Path, path: str, meta: Any) -> np.ndarray:
+    """Reads one stored leaf (orbax partial load), leaving the rest on disk."""
+    import orbax.checkpoint.experimental.v1 as ocp
+
+    target = _nested(path, jax.ShapeDtypeStruct(meta.shape, meta.dtype,
+                                                sharding=jax.sharding.SingleDeviceSharding(jax.devices()[0])))
+    context = ocp.Context()
+    context.pytree.loading.partial_load = True
+    with context:
+        tree = ocp.load(params_dir, target)
+    for part in path.split("/"):
+        tree = tree[part]
+    return np.asarray(tree)
+
+
 def export_orbax_to_hf(src: str | os.PathLike, dst: str | os.PathLike, dtype: str | None = None,
-                       naming: str | None = None) -> Path:
+                       naming: str | None = None, progress: bool = True) -> Path:
     """Writes a converted checkpoint back as transformers safetensors + config.json.
 
+    One leaf is read at a time and its tensors streamed into planned shards.
     naming: the format whose key names to write; default: the one it came from, or
     transformers' own names when it came from a format transformers cannot load.
     """
-    import orbax.checkpoint.experimental.v1 as ocp
-
     src, dst = Path(src), Path(dst)
     meta = read_converted_config(src)
     family = registry.FAMILIES[meta["model_type"]]
     formats = {f.name: f for f in family.formats}
     naming = naming or (meta["source_format"] if meta["source_format"] in family.transformers_formats
                         else family.transformers_formats[0])
-    fmt = formats[naming]
-    params = ocp.load(src / PARAMS_DIR)
-    flat = {"/".join(str(k.key) for k in path): leaf
-            for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]}
-    by_target = collections.defaultdict(list)
-    for rule in fmt.rules:
-        by_target[rule.target].append(rule)
+    if naming not in formats:
+        raise ValueError(f"unknown naming {naming!r} for {family.model_type}; choose from {sorted(formats)}")
+    rules = {rule.target: rule for rule in formats[naming].rules}
+    stored = _stored_leaves(src / PARAMS_DIR)
+    entries, plan_by_leaf = [], []
+    for path, leaf in stored.items():
+        rule = rules[path]
+        out_dtype = DTYPES[dtype] if dtype else np.dtype(leaf.dtype)
+        layer_shape = tuple(leaf.shape[1:] if rule.stacked else leaf.shape)
+        keys = ([rule.source.replace("{layer}", str(i)) for i in range(leaf.shape[0])] if rule.stacked
+                else [rule.source])
+        entries += [(key, rule.transform.torch_shape(layer_shape), out_dtype) for key in keys]
+        plan_by_leaf.append((path, leaf, rule, keys, out_dtype))
     tmp = _temp_dir(dst)
     try:
-        writer = SafetensorsWriter(tmp)
-        for path, value in flat.items():
-            (rule,) = by_target[path]
-            value = np.asarray(value)
-            if dtype:
-                value = value.astype(DTYPES[dtype])
-            layers = range(value.shape[0]) if rule.stacked else [None]
-            for layer in layers:
-                part = value if layer is None else value[layer]
-                key = rule.source.replace("{layer}", str(layer))
-                writer.add(key, np.ascontiguousarray(rule.transform.to_torch(part, part.shape)))
+        writer = SafetensorsWriter(tmp, entries)
+        for path, leaf, rule, keys, out_dtype in tqdm(plan_by_leaf, desc=f"exporting {src.name}",
+                                                      disable=not progress):
+            value = _load_leaf(src / PARAMS_DIR, path, leaf)
+            for i, key in enumerate(keys):
+                part = value[i] if rule.stacked else value
+                writer.write(key, np.ascontiguousarray(rule.transform.to_torch(part, part.shape)).astype(out_dtype))
+            del value
         writer.close()
         same_names = naming == meta["source_format"]
         hf_config = dict(meta["hf_config"] if same_names else family.config_to_hf(registry.to_config(meta["config"])))

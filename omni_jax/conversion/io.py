@@ -115,53 +115,77 @@ def _torch_to_numpy(tensor) -> np.ndarray:
 
 
 class SafetensorsWriter:
-    """Writes tensors as they come into ≤5 GB safetensors shards plus the index transformers reads.
+    """Streams tensors into ≤5 GB safetensors shards plus the index transformers reads.
 
-    Each shard's tensors are buffered only until the shard is written."""
+    Shard headers are planned up front from the (key, shape, dtype) list, so tensors are
+    written as they come, in that order, and only the tensor being written is in memory."""
 
-    def __init__(self, dst: Path, shard_bytes: int = SHARD_BYTES):
-        self.dst, self.shard_bytes = dst, shard_bytes
-        self.pending: list[tuple[str, np.ndarray]] = []
-        self.pending_bytes = 0
-        self.shards: list[list[str]] = []
-        self.total_bytes = 0
+    def __init__(self, dst: Path, entries: list[tuple[str, tuple[int, ...], np.dtype]],
+                 shard_bytes: int = SHARD_BYTES):
+        self.dst = Path(dst)
+        self.shards: list[list[tuple[str, tuple[int, ...], np.dtype]]] = [[]]
+        size = 0
+        for key, shape, dtype in entries:
+            nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+            if self.shards[-1] and size + nbytes > shard_bytes:
+                self.shards.append([])
+                size = 0
+            self.shards[-1].append((key, tuple(shape), np.dtype(dtype)))
+            size += nbytes
+        n = len(self.shards)
+        self.names = ["model.safetensors"] if n == 1 else [f"model-{i + 1:05d}-of-{n:05d}.safetensors"
+                                                           for i in range(n)]
+        self._order = [(i, key, shape, dtype) for i, shard in enumerate(self.shards) for key, shape, dtype in shard]
+        self._next = 0
+        self._file = None
+        self._file_index = -1
 
-    def add(self, key: str, array: np.ndarray) -> None:
-        if self.pending and self.pending_bytes + array.nbytes > self.shard_bytes:
-            self._flush()
-        self.pending.append((key, np.ascontiguousarray(array)))
-        self.pending_bytes += array.nbytes
-        self.total_bytes += array.nbytes
-
-    def _flush(self) -> None:
-        index = len(self.shards)
-        path = self.dst / f"model-{index:05d}.safetensors.tmp"
+    def _open(self, index: int) -> None:
+        if self._file:
+            self._file.close()
         header, offset = {}, 0
-        for key, array in self.pending:
-            header[key] = {"dtype": NUMPY_TO_SAFETENSORS[array.dtype], "shape": list(array.shape),
-                           "data_offsets": [offset, offset + array.nbytes]}
-            offset += array.nbytes
+        for key, shape, dtype in self.shards[index]:
+            nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+            header[key] = {"dtype": NUMPY_TO_SAFETENSORS[dtype], "shape": list(shape),
+                           "data_offsets": [offset, offset + nbytes]}
+            offset += nbytes
         header["__metadata__"] = {"format": "pt"}
         blob = json.dumps(header, separators=(",", ":")).encode()
         blob += b" " * (-len(blob) % 8)
-        with open(path, "wb") as f:
-            f.write(struct.pack("<Q", len(blob)))
-            f.write(blob)
-            for _, array in self.pending:
-                f.write(array.reshape(-1).view(np.uint8).data)
-        self.shards.append([key for key, _ in self.pending])
-        self.pending, self.pending_bytes = [], 0
+        self._file = open(self.dst / f"{self.names[index]}.tmp", "wb")
+        self._file.write(struct.pack("<Q", len(blob)))
+        self._file.write(blob)
+        self._file_index = index
+
+    def write(self, key: str, array: np.ndarray) -> None:
+        index, expected_key, shape, dtype = self._order[self._next]
+        if (key, tuple(array.shape), array.dtype) != (expected_key, shape, dtype):
+            raise ValueError(f"writing {key!r} {list(array.shape)} {array.dtype}, but the plan expects "
+                             f"{expected_key!r} {list(shape)} {dtype} next")
+        if index != self._file_index:
+            self._open(index)
+        self._file.write(np.ascontiguousarray(array).reshape(-1).view(np.uint8).data)
+        self._next += 1
 
     def close(self) -> list[Path]:
-        if self.pending or not self.shards:
-            self._flush()
-        n = len(self.shards)
-        names = ["model.safetensors"] if n == 1 else [f"model-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)]
-        for i, name in enumerate(names):
-            os.replace(self.dst / f"model-{i:05d}.safetensors.tmp", self.dst / name)
-        if n > 1:
-            weight_map = {key: names[i] for i, keys in enumerate(self.shards) for key in keys}
+        if self._next != len(self._order):
+            raise ValueError(f"only {self._next} of {len(self._order)} planned tensors were written")
+        if self._file_index < len(self.shards) - 1:  # a plan with no tensors still writes its (empty) file
+            self._open(len(self.shards) - 1)
+        self._file.close()
+        for name in self.names:
+            os.replace(self.dst / f"{name}.tmp", self.dst / name)
+        if len(self.names) > 1:
+            weight_map = {key: self.names[i] for i, shard in enumerate(self.shards) for key, _, _ in shard}
+            total = sum(int(np.prod(s, dtype=np.int64)) * d.itemsize for shard in self.shards for _, s, d in shard)
             with open(self.dst / "model.safetensors.index.json", "w") as f:
-                json.dump({"metadata": {"total_size": self.total_bytes}, "weight_map": weight_map}, f, indent=2)
-        return [self.dst / name for name in names]
+                json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)
+        return [self.dst / name for name in self.names]
 
+
+def write_safetensors(dst: Path, tensors: dict[str, np.ndarray], shard_bytes: int = SHARD_BYTES) -> list[Path]:
+    """Writes an in-memory {key: array} dict (small checkpoints, tests)."""
+    writer = SafetensorsWriter(dst, [(k, v.shape, v.dtype) for k, v in tensors.items()], shard_bytes)
+    for key, value in tensors.items():
+        writer.write(key, value)
+    return writer.close()

@@ -14,7 +14,7 @@ import torch
 
 import omni_jax
 from omni_jax.conversion import ConversionError, convert_hf_to_orbax, export_orbax_to_hf
-from omni_jax.conversion.io import CheckpointReader, SafetensorsWriter
+from omni_jax.conversion.io import CheckpointReader, write_safetensors
 from tests.conftest import RTOL, build_hf, convert, rel_err, tiny_qwen2_config
 
 REPO = Path(__file__).resolve().parents[2]
@@ -38,6 +38,17 @@ def test_round_trip_is_bit_exact_and_loads_in_transformers(fixture, request, tmp
     export_orbax_to_hf(root / "ox", tmp_path / "back")
     _assert_same_tensors(_state(root / "hf"), _state(tmp_path / "back"))
     reloaded = type(hf).from_pretrained(tmp_path / "back").eval()
+    for (name, p), (_, q) in zip(hf.state_dict().items(), reloaded.state_dict().items()):
+        assert torch.equal(p, q), name
+
+
+def test_sharded_writer_output_loads_in_transformers(qwen2_untied, tmp_path):
+    hf, root = qwen2_untied
+    (tmp_path / "out").mkdir()
+    files = write_safetensors(tmp_path / "out", _state(root / "hf"), shard_bytes=60_000)
+    assert len(files) > 2 and (tmp_path / "out" / "model.safetensors.index.json").exists()
+    shutil.copy(root / "hf" / "config.json", tmp_path / "out" / "config.json")
+    reloaded = type(hf).from_pretrained(tmp_path / "out")
     for (name, p), (_, q) in zip(hf.state_dict().items(), reloaded.state_dict().items()):
         assert torch.equal(p, q), name
 
@@ -103,11 +114,7 @@ def test_bf16_source_and_output_dtypes(tmp_path):
 def _edited(src: Path, dst: Path, edit) -> Path:
     """A copy of checkpoint `src` whose {key: array} dict went through `edit`."""
     dst.mkdir()
-    state = edit(_state(src))
-    writer = SafetensorsWriter(dst)
-    for key, value in state.items():
-        writer.add(key, value)
-    writer.close()
+    write_safetensors(dst, edit(_state(src)))
     shutil.copy(src / "config.json", dst / "config.json")
     return dst
 

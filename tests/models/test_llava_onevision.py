@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import omni_jax
-from omni_jax.conversion.io import CheckpointReader, SafetensorsWriter
+from omni_jax.conversion.io import CheckpointReader, write_safetensors
 from omni_jax.models.llava_onevision import video_tokens
 from tests.conftest import RTOL, convert, rel_err
 
@@ -61,10 +61,7 @@ def _renamed_checkpoint(src, dst, rename, config):
     """Writes src's tensors under new names (another release's naming) with `config`."""
     dst.mkdir()
     reader = CheckpointReader(src)
-    writer = SafetensorsWriter(dst)
-    for key in reader.keys():
-        writer.add(rename(key), reader.read(key))
-    writer.close()
+    write_safetensors(dst, {rename(key): reader.read(key) for key in reader.keys()})
     (dst / "config.json").write_text(json.dumps(config))
 
 
