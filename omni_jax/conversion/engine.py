@@ -214,7 +214,7 @@ def _stored_leaves(params_dir: Path) -> dict[str, Any]:
     """Flat {"a/b/c": metadata with .shape and .dtype} of an orbax params checkpoint."""
     import orbax.checkpoint.experimental.v1 as ocp
 
-    tree = ocp.pytree_metadata(params_dir).metadata
+    tree = ocp.metadata(params_dir).metadata
     return {"/".join(str(k.key) for k in path): leaf for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
