@@ -197,7 +197,6 @@ def convert_hf_to_orbax(src: str | os.PathLike, dst: str | os.PathLike, dtype: s
         os.replace(tmp, dst)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
-        shutil.rmtree(tmp.parent / f"{tmp.name}.partial_save", ignore_errors=True)
         raise
     return dst
 
