@@ -163,18 +163,31 @@ def convert_hf_to_orbax(src: str | os.PathLike, dst: str | os.PathLike, dtype: s
     dtype: "float32", "bfloat16" or "float16" for the stored parameters; None keeps each
     tensor's source dtype. Returns `dst`. On any error nothing is left at `dst`.
     """
+    src = Path(src)
+    config_file = src / "config.json"
+    if not config_file.exists():
+        raise FileNotFoundError(f"{src}: no config.json (a Hugging Face checkpoint directory is expected)")
+    hf_config = json.loads(config_file.read_text())
+    family, config = registry.family_for_hf_config(hf_config)
+    return write_checkpoint(CheckpointReader(src), family, config, dst, dtype, hf_config, progress, side_files=src)
+
+
+def write_checkpoint(reader: CheckpointReader, family: registry.ModelFamily, config, dst: str | os.PathLike,
+                     dtype: str | None, hf_config: dict[str, Any], progress: bool = True,
+                     side_files: Path | None = None) -> Path:
+    """Plans `reader`'s tensors against `family` and streams them into an orbax checkpoint at `dst`.
+
+    The engine every converter shares: only the reader (which file, which keys) differs."""
     import orbax.checkpoint.experimental.v1 as ocp
 
-    src, dst = Path(src), Path(dst)
-    hf_config = json.loads((src / "config.json").read_text())
-    family, config = registry.family_for_hf_config(hf_config)
-    reader = CheckpointReader(src)
+    dst = Path(dst)
     fmt, leaves = plan(reader, family, config)
     out_dtype = DTYPES[dtype] if dtype else None
     tmp = _temp_dir(dst)
     try:
         total = sum(reader.tensors[k].nbytes for leaf in leaves for k in leaf.sources.values())
-        bar = tqdm(total=total, unit="B", unit_scale=True, desc=f"converting {src.name}", disable=not progress)
+        bar = tqdm(total=total, unit="B", unit_scale=True, desc=f"converting {reader.src.name}",
+                   disable=not progress)
         for leaf in leaves:
             dtypes = {reader.tensors[k].dtype for k in leaf.sources.values()}
             array = np.empty(leaf.shape, out_dtype or max(dtypes, key=lambda d: d.itemsize))
@@ -193,7 +206,8 @@ def convert_hf_to_orbax(src: str | os.PathLike, dst: str | os.PathLike, dtype: s
         meta = {"model_type": family.model_type, "config": config.to_dict(), "hf_config": hf_config,
                 "source_format": fmt.name, "dtype": dtype or "source"}
         (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=2))
-        _copy_side_files(src, tmp)
+        if side_files is not None:
+            _copy_side_files(side_files, tmp)
         os.replace(tmp, dst)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -60,11 +60,16 @@ def weight_files(src: Path) -> list[Path]:
 
 
 class CheckpointReader:
-    """Lazy view of every tensor in a checkpoint directory: names and shapes first, data on read."""
+    """Lazy view of every tensor in a checkpoint: names and shapes first, data on read.
 
-    def __init__(self, src: str | os.PathLike):
+    src: a Hugging Face directory, or a single .pt/.bin/.safetensors file. state_dict_key:
+    for torch files that nest their weights (FaceXFormer's `state_dict_backbone`).
+    """
+
+    def __init__(self, src: str | os.PathLike, state_dict_key: str | None = None):
         self.src = Path(src)
-        self.files = weight_files(self.src)
+        self.state_dict_key = state_dict_key
+        self.files = [self.src] if self.src.is_file() else weight_files(self.src)
         self.tensors: dict[str, TensorInfo] = {}
         self._torch_state: dict[Path, dict] = {}
         for file in self.files:
@@ -78,6 +83,10 @@ class CheckpointReader:
         import torch  # only .bin checkpoints need torch (the `convert` extra)
 
         state = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+        if self.state_dict_key is not None:
+            if self.state_dict_key not in state:
+                raise ValueError(f"{file}: no {self.state_dict_key!r} entry (found {sorted(state)[:10]})")
+            state = state[self.state_dict_key]
         self._torch_state[file] = state
         return {k: TensorInfo(file, tuple(v.shape), _torch_np_dtype(v.dtype), None) for k, v in state.items()}
 
