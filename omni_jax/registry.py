@@ -9,7 +9,7 @@ import jax
 import ml_collections
 
 from omni_jax.conversion import formats
-from omni_jax.models import llava_onevision, qwen2, siglip
+from omni_jax.models import llava_onevision, qwen2, siglip, whisper
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,11 +33,14 @@ FAMILIES = {
                                    llava_onevision.config_from_hf, llava_onevision.config_to_hf,
                                    formats.LLAVA_ONEVISION_FORMATS, llava_onevision.dummy_inputs,
                                    ("llava_onevision", "llava_onevision_hub", "llava_onevision_v4")),
+    "whisper": ModelFamily("whisper", whisper.WhisperEncoder, whisper.config_from_hf, whisper.config_to_hf,
+                           formats.WHISPER_FORMATS, whisper.dummy_inputs,
+                           ("whisper", "whisper_generation", "whisper_encoder")),
 }
 # config.json model_type → family ("siglip" is the dual tower: its vision half is converted;
 # "llava_qwen" is the original LLaVA-NeXT/OneVision release).
 HF_MODEL_TYPES = {"qwen2": "qwen2", "siglip_vision_model": "siglip_vision_model", "siglip": "siglip_vision_model",
-                  "llava_onevision": "llava_onevision", "llava_qwen": "llava_onevision"}
+                  "llava_onevision": "llava_onevision", "llava_qwen": "llava_onevision", "whisper": "whisper"}
 
 
 def family_for_hf_config(hf_config: dict[str, Any]) -> tuple[ModelFamily, ml_collections.ConfigDict]:

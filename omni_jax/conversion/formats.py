@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import re
 
-from omni_jax.conversion.transforms import (CONV2D, FLATTEN, IDENTITY, LINEAR, LINEAR_FROM_HEADS,
+from omni_jax.conversion.transforms import (CONV, FLATTEN, IDENTITY, LINEAR, LINEAR_FROM_HEADS,
                                             Transform)
 
 
@@ -75,7 +75,7 @@ QWEN2 = Format("qwen2", QWEN2_CAUSAL_LM, ignore=(r".*rotary_emb\.inv_freq$",))
 
 # --- SigLIP vision tower (transformers SiglipVisionTransformer, without "vision_model.") -------
 SIGLIP_VISION_BODY = (
-    *linear("embeddings.patch_embedding", "embeddings/patch_embedding", transform=CONV2D),
+    *linear("embeddings.patch_embedding", "embeddings/patch_embedding", transform=CONV),
     Rule("embeddings.position_embedding.weight", "embeddings/position_embedding/embedding"),
     *_attention("encoder.layers.{layer}.self_attn", "encoder/layers/self_attn", "out_proj", out_bias=True),
     *norm("encoder.layers.{layer}.layer_norm1", "encoder/layers/layer_norm1"),
@@ -98,6 +98,31 @@ SIGLIP_VISION_FORMATS = (
     # Older transformers, and the dual-tower SiglipModel (whose text half is dropped).
     Format("siglip", prefixed(SIGLIP_VISION_BODY, "vision_model.", ""),
            ignore=(r"^text_model\..*", r"^logit_scale$", r"^logit_bias$")),
+)
+
+# --- Whisper encoder (transformers WhisperEncoder, without its prefix) ----------------------
+WHISPER_ENCODER_BODY = (
+    *linear("conv1", "conv1", transform=CONV),
+    *linear("conv2", "conv2", transform=CONV),
+    Rule("embed_positions.weight", "embed_positions/embedding"),
+    *(r for p in ("q_proj", "v_proj") for r in linear(f"layers.{{layer}}.self_attn.{p}", f"layers/self_attn/{p}",
+                                                       bias_transform=FLATTEN)),
+    *linear("layers.{layer}.self_attn.k_proj", "layers/self_attn/k_proj", bias=False),
+    *linear("layers.{layer}.self_attn.out_proj", "layers/self_attn/out_proj", transform=LINEAR_FROM_HEADS),
+    *norm("layers.{layer}.self_attn_layer_norm", "layers/self_attn_layer_norm"),
+    *linear("layers.{layer}.fc1", "layers/mlp/fc1"),
+    *linear("layers.{layer}.fc2", "layers/mlp/fc2"),
+    *norm("layers.{layer}.final_layer_norm", "layers/final_layer_norm"),
+    *norm("layer_norm", "layer_norm"),
+)
+_WHISPER_NOT_ENCODER = (r"^(model\.)?decoder\..*", r"^proj_out\.weight$", r"^projector\..*", r"^classifier\..*")
+WHISPER_FORMATS = (
+    # WhisperModel and WhisperForAudioClassification ("encoder." + their own heads, dropped).
+    Format("whisper", prefixed(WHISPER_ENCODER_BODY, "encoder.", ""), ignore=_WHISPER_NOT_ENCODER),
+    # WhisperForConditionalGeneration.
+    Format("whisper_generation", prefixed(WHISPER_ENCODER_BODY, "model.encoder.", ""), ignore=_WHISPER_NOT_ENCODER),
+    # An encoder saved on its own.
+    Format("whisper_encoder", WHISPER_ENCODER_BODY),
 )
 
 # --- LLaVA-OneVision -------------------------------------------------------------------------

@@ -54,20 +54,22 @@ class Flatten(Transform):
 
 
 @dataclasses.dataclass(frozen=True)
-class Conv2d(Transform):
-    """torch `[out, in, kh, kw]` ↔ flax `[kh, kw, in, out]`."""
+class Conv(Transform):
+    """torch `[out, in, *kernel]` ↔ flax `[*kernel, in, out]` (any number of spatial dims)."""
 
-    name: str = "conv2d"
+    name: str = "conv"
 
     def to_flax(self, x, shape):
-        return x.transpose(2, 3, 1, 0)
+        spatial = tuple(range(2, x.ndim))
+        return x.transpose(*spatial, 1, 0)
 
     def to_torch(self, x, shape):
-        return x.transpose(3, 2, 0, 1)
+        rank = x.ndim - 2
+        return x.transpose(rank + 1, rank, *range(rank))
 
 
 IDENTITY = Transform()
 LINEAR = Linear()
 LINEAR_FROM_HEADS = Linear(name="linear_from_heads", num_in=2)
 FLATTEN = Flatten()
-CONV2D = Conv2d()
+CONV = Conv()

@@ -68,7 +68,7 @@ class Attention(nn.Module):
     num_heads: int
     num_kv_heads: int
     head_dim: int
-    qkv_bias: bool = False
+    qkv_bias: bool | tuple[bool, bool, bool] = False  # per projection where they differ (Whisper: no k bias)
     out_bias: bool = False
     out_name: str = "o_proj"
     decode: bool = False
@@ -82,14 +82,16 @@ class Attention(nn.Module):
         """x: [batch, length, embed]; mask: [batch, 1, length, kv_length] bool;
         rotary: (cos, sin) each [batch, length, head_dim]; cache_slot: scalar int, where this
         step's keys/values are written when decoding. Returns [batch, length, embed]."""
-        def proj(heads, name):
+        q_bias, k_bias, v_bias = self.qkv_bias if isinstance(self.qkv_bias, tuple) else (self.qkv_bias,) * 3
+
+        def proj(heads, bias, name):
             return DenseGeneral((heads, self.head_dim), ("embed", "heads" if heads == self.num_heads else "kv_heads",
                                                          "head_dim"),
-                                use_bias=self.qkv_bias, dtype=self.dtype, param_dtype=self.param_dtype, name=name)(x)
+                                use_bias=bias, dtype=self.dtype, param_dtype=self.param_dtype, name=name)(x)
 
-        query = proj(self.num_heads, "q_proj")
-        key = proj(self.num_kv_heads, "k_proj")
-        value = proj(self.num_kv_heads, "v_proj")
+        query = proj(self.num_heads, q_bias, "q_proj")
+        key = proj(self.num_kv_heads, k_bias, "k_proj")
+        value = proj(self.num_kv_heads, v_bias, "v_proj")
         if rotary is not None:
             query = apply_rotary(query, *rotary)
             key = apply_rotary(key, *rotary)

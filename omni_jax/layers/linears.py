@@ -81,3 +81,38 @@ class Embed(nn.Module):
     def attend(self, x: jax.Array) -> jax.Array:
         """x: [batch, length, embed] → logits [batch, length, vocab]."""
         return jnp.einsum("...e,ve->...v", x.astype(self.dtype), self.embedding.astype(self.dtype))
+
+
+class Conv(nn.Module):
+    """Channels-last convolution `[batch, *spatial, in] → [batch, *spatial', features]`.
+
+    The kernel is `[*kernel_size, in, features]` (torch's `[out, in, *k]` transposed), named by
+    `kernel_axes`; padding is per spatial dim as torch's symmetric `padding=p`.
+    """
+
+    features: int
+    kernel_size: Sequence[int]
+    kernel_axes: Sequence[str | None]
+    strides: Sequence[int] | None = None
+    padding: Sequence[int] | None = None
+    use_bias: bool = True
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+    kernel_init: Initializer = default_kernel_init
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        rank = len(self.kernel_size)
+        kernel = self.param("kernel", nn.with_logical_partitioning(self.kernel_init, tuple(self.kernel_axes)),
+                            (*self.kernel_size, x.shape[-1], self.features), self.param_dtype)
+        padding = [(p, p) for p in (self.padding or (0,) * rank)]
+        spatial = "".join("HWD"[:rank])
+        y = jax.lax.conv_general_dilated(
+            x.astype(self.dtype), kernel.astype(self.dtype), window_strides=tuple(self.strides or (1,) * rank),
+            padding=padding, dimension_numbers=(f"N{spatial}C", f"{spatial}IO", f"N{spatial}C"))
+        if self.use_bias:
+            bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros_init(),
+                                                                   (self.kernel_axes[-1],)),
+                              (self.features,), self.param_dtype)
+            y = y + bias.astype(self.dtype)
+        return y
