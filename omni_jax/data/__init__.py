@@ -1,0 +1,1 @@
+"""Data: media decoding, features and (later) the input pipeline."""
