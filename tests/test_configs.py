@@ -3,7 +3,7 @@ import jax
 import numpy as np
 import pytest
 
-from configs import llava_onevision, qwen2, siglip
+from configs import llava_onevision, qwen2, siglip, whisper
 from omni_jax import registry
 from omni_jax.conversion.engine import abstract_params
 from omni_jax.models.llava_onevision import video_tokens
@@ -19,6 +19,8 @@ def _count(family, config):
     # 26 layers × 15,239,504 + patch conv 678,528 + 729 positions × 1152 + post-LN 2,304
     ("siglip_vision_model", siglip.get_config("so400m"), 397_747_744),
     ("llava_onevision", llava_onevision.get_config("7b"), 8_030_000_000),
+    # = transformers WhisperEncoder at large-v3 size (incl. the 1500×1280 position table)
+    ("whisper", whisper.get_config("large-v3"), 636_968_960),
 ])
 def test_full_size_parameter_counts(family, config, expected):
     n = _count(family, config)
