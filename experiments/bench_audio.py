@@ -1,0 +1,127 @@
+"""Audio path benchmarks, JAX vs PyTorch in the same process on the same machine.
+
+1. Whisper encoder: audio-seconds encoded per second, our jitted encoder vs transformers'
+   `WhisperEncoder` (random weights converted with our converter; float32, CPU), for a
+   whisper-base-shaped and (with --large) a large-v3-shaped encoder.
+2. Log-mel: 30-s clips per second, `omni_jax.data.audio.log_mel_spectrogram` vs
+   `WhisperFeatureExtractor` on the same clips (its torch path and its NumPy path).
+
+    .venv/bin/python experiments/bench_audio.py [--large] [--clips 100] [--json]
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import torch
+from transformers import WhisperConfig, WhisperFeatureExtractor
+from transformers.models.whisper.modeling_whisper import WhisperEncoder
+
+import omni_jax
+from omni_jax.conversion import convert_hf_to_orbax
+from omni_jax.data.audio import log_mel_spectrogram
+
+SHAPES = {
+    "base": dict(num_mel_bins=80, d_model=512, encoder_layers=6, encoder_attention_heads=8, encoder_ffn_dim=2048),
+    "large-v3": dict(num_mel_bins=128, d_model=1280, encoder_layers=32, encoder_attention_heads=20,
+                     encoder_ffn_dim=5120),
+}
+
+
+def median_seconds(fn: Callable[[], object], repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def bench_encoder(shape: str, batch: int, repeats: int) -> dict:
+    """Encoder audio-seconds/s for both frameworks, plus their agreement."""
+    config = WhisperConfig(**SHAPES[shape], decoder_layers=1, decoder_attention_heads=4, decoder_ffn_dim=64)
+    torch.manual_seed(0)
+    reference = WhisperEncoder(config).eval()
+    features = np.random.RandomState(0).randn(batch, config.num_mel_bins, 3000).astype(np.float32)
+    with tempfile.TemporaryDirectory() as tmp:
+        reference.save_pretrained(Path(tmp) / "hf")
+        convert_hf_to_orbax(Path(tmp) / "hf", Path(tmp) / "ox", progress=False)
+        model, params = omni_jax.load_pretrained(Path(tmp) / "ox")
+    forward = jax.jit(lambda p, x: model.apply({"params": p}, x)["last_hidden_state"])
+    x = jnp.asarray(features)
+    ours = forward(params, x).block_until_ready()  # compile
+    jax_s = median_seconds(lambda: forward(params, x).block_until_ready(), repeats)
+    with torch.inference_mode():
+        theirs = reference(torch.from_numpy(features)).last_hidden_state.numpy()
+        torch_s = median_seconds(lambda: reference(torch.from_numpy(features)), repeats)
+    audio_seconds = batch * 30.0
+    return {"shape": shape, "batch": batch, "jax_audio_s_per_s": audio_seconds / jax_s,
+            "torch_audio_s_per_s": audio_seconds / torch_s, "ratio": torch_s / jax_s,
+            "max_rel_err": float(np.abs(np.asarray(ours) - theirs).max() / np.abs(theirs).max())}
+
+
+def bench_log_mel(clips: int, n_mels: int) -> dict:
+    """Ours vs WhisperFeatureExtractor as called (its torch.stft path when torch is installed)
+    and vs its NumPy path (what it runs where torch is not installed, e.g. a JAX-only worker)."""
+    rng = np.random.RandomState(1)
+    audio = np.stack([(0.1 * rng.randn(30 * 16000)).astype(np.float32) for _ in range(clips)])
+    extractor = WhisperFeatureExtractor(feature_size=n_mels)
+    log_mel_spectrogram(audio[:1], n_mels), extractor(list(audio[:1]), sampling_rate=16000)  # warm caches
+    start = time.perf_counter()
+    theirs = extractor(list(audio), sampling_rate=16000, return_tensors="np").input_features
+    theirs_s = time.perf_counter() - start
+    start = time.perf_counter()
+    ours = log_mel_spectrogram(audio, n_mels)
+    ours_s = time.perf_counter() - start
+    subset = max(1, clips // 10)  # the NumPy path loops over frames in Python: time a tenth
+    start = time.perf_counter()
+    extractor._np_extract_fbank_features(audio[:subset], "cpu")
+    numpy_s = (time.perf_counter() - start) * clips / subset
+    return {"clips": clips, "n_mels": n_mels, "ours_clips_per_s": clips / ours_s,
+            "extractor_torch_clips_per_s": clips / theirs_s, "extractor_numpy_clips_per_s": clips / numpy_s,
+            "ratio_vs_torch_path": theirs_s / ours_s, "ratio_vs_numpy_path": numpy_s / ours_s,
+            "max_abs_err": float(np.abs(ours - theirs).max())}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--large", action="store_true", help="also the large-v3-shaped encoder (~1 min per run)")
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--clips", type=int, default=100)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    torch.set_num_threads(os.cpu_count())
+    results = {"date": datetime.date.today().isoformat(), "machine": f"{platform.machine()} {os.cpu_count()} cores",
+               "jax": jax.__version__, "torch": torch.__version__, "encoder": [], "log_mel": []}
+    for shape in ["base"] + (["large-v3"] if args.large else []):
+        r = bench_encoder(shape, args.batch, args.repeats)
+        results["encoder"].append(r)
+        print(f"encoder {shape:>8} batch {r['batch']}: JAX {r['jax_audio_s_per_s']:7.1f} audio-s/s, "
+              f"PyTorch {r['torch_audio_s_per_s']:7.1f} audio-s/s, ratio {r['ratio']:.2f}x, "
+              f"max rel err {r['max_rel_err']:.1e}")
+    for n_mels in (80, 128):
+        r = bench_log_mel(args.clips, n_mels)
+        results["log_mel"].append(r)
+        print(f"log-mel {n_mels:>3} bins, {r['clips']} x 30 s: ours {r['ours_clips_per_s']:6.1f} clips/s | "
+              f"WhisperFeatureExtractor torch path {r['extractor_torch_clips_per_s']:6.1f} clips/s "
+              f"({r['ratio_vs_torch_path']:.2f}x), NumPy path {r['extractor_numpy_clips_per_s']:6.2f} clips/s "
+              f"({r['ratio_vs_numpy_path']:.0f}x) | max |d| {r['max_abs_err']:.1e}")
+    print(f"torch threads {torch.get_num_threads()}; {results['machine']}; {results['date']}")
+    if args.json:
+        print(json.dumps(results))
+
+
+if __name__ == "__main__":
+    main()
