@@ -2,6 +2,7 @@
 
     omni-jax convert --src HF_DIR --dst OUT_DIR [--dtype bfloat16]
     omni-jax export  --src OUT_DIR --dst HF_DIR [--dtype float32] [--naming NAME]
+    omni-jax convert-facexformer --src FILE.pt --dst OUT_DIR [--face-grid 14] [--llm-width 3584]
 
 Each prints a readable result; with --json its last line is one JSON object.
 """
@@ -22,15 +23,33 @@ def _dir_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
-def _convert(args: argparse.Namespace) -> dict[str, Any]:
-    from omni_jax.conversion import convert_hf_to_orbax
+def _converted(dst: Path, start: float) -> dict[str, Any]:
+    """The summary of a finished conversion into `dst`."""
     from omni_jax.conversion.engine import read_converted_config
 
-    start = time.perf_counter()
-    dst = convert_hf_to_orbax(args.src, args.dst, dtype=args.dtype, progress=not args.json)
     meta = read_converted_config(dst)
     return {"dst": str(dst), "model_type": meta["model_type"], "source_format": meta["source_format"],
             "dtype": meta["dtype"], "bytes": _dir_bytes(dst), "seconds": round(time.perf_counter() - start, 2)}
+
+
+def _convert(args: argparse.Namespace) -> dict[str, Any]:
+    from omni_jax.conversion import convert_hf_to_orbax
+
+    start = time.perf_counter()
+    return _converted(convert_hf_to_orbax(args.src, args.dst, dtype=args.dtype, progress=not args.json), start)
+
+
+def _convert_facexformer(args: argparse.Namespace) -> dict[str, Any]:
+    from omni_jax.conversion.engine import read_converted_config
+    from omni_jax.conversion.facexformer import convert_facexformer
+    from omni_jax.models.facexformer import face_tokens, release_config
+
+    start = time.perf_counter()
+    config = release_config(args.face_grid, args.llm_width)
+    dst = convert_facexformer(args.src, args.dst, config, dtype=args.dtype, seed=args.seed, progress=not args.json)
+    initialised = "projector_init" in read_converted_config(dst)["hf_config"]
+    return {**_converted(dst, start), "face_tokens": face_tokens(config),
+            "projector": f"initialised, seed {args.seed}" if initialised else "from the file"}
 
 
 def _export(args: argparse.Namespace) -> dict[str, Any]:
@@ -63,7 +82,31 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=_export)
 
 
-SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_convert, _add_export]
+def _grid(text: str) -> tuple[int, int]:
+    """"14" → (14, 14); "12x16" → (12, 16)."""
+    sides = [int(s) for s in text.lower().split("x")]
+    if len(sides) not in (1, 2) or min(sides) < 1:
+        raise argparse.ArgumentTypeError(f"expected N or HxW, got {text!r}")
+    return (sides[0], sides[-1])
+
+
+def _add_convert_facexformer(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("convert-facexformer", help="FaceXFormer release (.pt) → omni_jax face encoder checkpoint",
+                       description="Reads torch.load(FILE, weights_only=True)['state_dict_backbone'] (Swin-B + "
+                                   "fusion head); drops the task decoder and positional matrix; initialises the "
+                                   "face projector unless the file has one. Missing, unexpected or mis-shaped "
+                                   "tensors are all listed and no output directory is left.")
+    p.add_argument("--src", required=True, help="the release's .pt file")
+    p.add_argument("--dst", required=True, help="new output directory (must not exist)")
+    p.add_argument("--face-grid", type=_grid, default=(14, 14), help="face tokens grid, N or HxW (default 14)")
+    p.add_argument("--llm-width", type=int, default=3584, help="projector output width (default 3584, Qwen2-7B)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the projector's initialisation (default 0)")
+    p.add_argument("--dtype", choices=DTYPE_CHOICES, default=None, help="stored dtype (default: the source's)")
+    p.set_defaults(run=_convert_facexformer)
+
+
+SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_convert, _add_export,
+                                                                   _add_convert_facexformer]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,7 +9,7 @@ import jax
 import ml_collections
 
 from omni_jax.conversion import formats
-from omni_jax.models import llava_onevision, qwen2, siglip, whisper
+from omni_jax.models import facexformer, llava_onevision, qwen2, siglip, swin, whisper
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,11 +36,18 @@ FAMILIES = {
     "whisper": ModelFamily("whisper", whisper.WhisperEncoder, whisper.config_from_hf, whisper.config_to_hf,
                            formats.WHISPER_FORMATS, whisper.dummy_inputs,
                            ("whisper", "whisper_generation", "whisper_encoder")),
+    "swin": ModelFamily("swin", swin.SwinModel, swin.config_from_hf, swin.config_to_hf, formats.SWIN_FORMATS,
+                        swin.dummy_inputs, ("swin", "swin_image_classification")),
+    # The FaceXFormer release is a torch file without config.json (convert/facexformer_to_orbax.py);
+    # no transformers model holds it, so it is not exported.
+    "facexformer": ModelFamily("facexformer", facexformer.FaceXFormerEncoder, facexformer.config_from_hf,
+                               facexformer.config_to_hf, formats.FACEXFORMER_FORMATS, facexformer.dummy_inputs, ()),
 }
 # config.json model_type → family ("siglip" is the dual tower: its vision half is converted;
 # "llava_qwen" is the original LLaVA-NeXT/OneVision release).
 HF_MODEL_TYPES = {"qwen2": "qwen2", "siglip_vision_model": "siglip_vision_model", "siglip": "siglip_vision_model",
-                  "llava_onevision": "llava_onevision", "llava_qwen": "llava_onevision", "whisper": "whisper"}
+                  "llava_onevision": "llava_onevision", "llava_qwen": "llava_onevision", "whisper": "whisper",
+                  "swin": "swin"}
 
 
 def family_for_hf_config(hf_config: dict[str, Any]) -> tuple[ModelFamily, ml_collections.ConfigDict]:

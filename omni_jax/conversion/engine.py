@@ -68,21 +68,17 @@ def abstract_params(family: registry.ModelFamily, config) -> dict[str, jax.Shape
             for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
-def _match(fmt: Format, keys: list[str]) -> tuple[dict[str, tuple[Rule, int | None]], list[str], list[str]]:
-    """Source key → (rule, layer); plus the unknown keys and the deliberately ignored ones."""
-    exact = {r.source: r for r in fmt.rules if not r.stacked}
+def _match(fmt: Format, keys: list[str]) -> tuple[dict[str, list[tuple[Rule, int | None]]], list[str], list[str]]:
+    """Source key → its (rule, layer) pairs (several where one packed tensor feeds several
+    parameters, e.g. torchvision's qkv); plus the unknown keys and the deliberately ignored ones."""
     stacked = [(r, r.pattern) for r in fmt.rules if r.stacked]
     ignore = [re.compile(p) for p in fmt.ignore]
     matched, unknown, ignored = {}, [], []
     for key in keys:
-        if key in exact:
-            matched[key] = (exact[key], None)
-            continue
-        for rule, pattern in stacked:
-            m = pattern.match(key)
-            if m:
-                matched[key] = (rule, int(m.group("layer")))
-                break
+        hits = [(r, None) for r in fmt.rules if not r.stacked and r.source == key]
+        hits += [(r, int(m.group("layer"))) for r, pattern in stacked if (m := pattern.match(key))]
+        if hits:
+            matched[key] = hits
         else:
             (ignored if any(p.match(key) for p in ignore) else unknown).append(key)
     return matched, unknown, ignored
@@ -100,7 +96,7 @@ def plan(reader: CheckpointReader, family: registry.ModelFamily, config) -> tupl
     rules_by_target = {r.target: r for r in fmt.rules}
     problems = [f"unexpected key {k!r} {list(reader.tensors[k].shape)}: no parameter of the model takes it"
                 for k in unknown]
-    for key, (rule, layer) in matched.items():
+    for key, rule, layer in ((k, r, i) for k, hits in matched.items() for r, i in hits):
         leaf = leaves.get(rule.target)
         if leaf is None:
             problems.append(f"unexpected key {key!r} {list(reader.tensors[key].shape)}: "
@@ -257,6 +253,8 @@ def export_orbax_to_hf(src: str | os.PathLike, dst: str | os.PathLike, dtype: st
     src, dst = Path(src), Path(dst)
     meta = read_converted_config(src)
     family = registry.FAMILIES[meta["model_type"]]
+    if not family.transformers_formats:
+        raise ValueError(f"{src}: {family.model_type} has no transformers model to export to")
     formats = {f.name: f for f in family.formats}
     naming = naming or (meta["source_format"] if meta["source_format"] in family.transformers_formats
                         else family.transformers_formats[0])

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import re
 
-from omni_jax.conversion.transforms import (CONV, FLATTEN, IDENTITY, LINEAR, LINEAR_FROM_HEADS,
+from omni_jax.conversion.transforms import (CONV, FLATTEN, IDENTITY, LINEAR, LINEAR_FROM_HEADS, Packed,
                                             Transform)
 
 
@@ -158,3 +158,81 @@ LLAVA_ONEVISION_FORMATS = (
             *linear("model.mm_projector.2", "multi_modal_projector/linear_2")),
            "model.image_newline", "model.", ""),
 )
+
+
+# --- Swin v1 (transformers SwinModel and torchvision swin_b names, one Flax tree) --------------
+SWIN_STAGES = 4  # every Swin v1 (tiny to large) has four stages
+_HF_SWIN_BLOCK = dict(norm1="layernorm_before", table="attention.self.relative_position_bias_table",
+                      out="attention.output.dense", norm2="layernorm_after", fc1="intermediate.dense",
+                      fc2="output.dense")
+_TORCHVISION_SWIN_BLOCK = dict(norm1="norm1", table="attn.relative_position_bias_table", out="attn.proj",
+                               norm2="norm2", fc1="mlp.0", fc2="mlp.3")
+_QKV = ("q_proj", "k_proj", "v_proj")
+
+
+def _hf_swin_qkv(src: str, dst: str) -> tuple[Rule, ...]:
+    return tuple(r for name, proj in zip(("query", "key", "value"), _QKV)
+                 for r in linear(f"{src}attention.self.{name}", f"{dst}{proj}", bias_transform=FLATTEN))
+
+
+def _torchvision_swin_qkv(src: str, dst: str) -> tuple[Rule, ...]:
+    """torchvision packs q, k, v in one Linear: each of our projections reads its third."""
+    return tuple(r for i, proj in enumerate(_QKV)
+                 for r in linear(f"{src}attn.qkv", f"{dst}{proj}", transform=Packed(inner=LINEAR, index=i),
+                                 bias_transform=Packed(inner=FLATTEN, index=i)))
+
+
+def _swin(patch: str, patch_norm: str, final_norm: str, blocks, merges, names: dict[str, str],
+          qkv) -> tuple[Rule, ...]:
+    """blocks(s) / merges(s): the source prefix of stage s's blocks (with {layer}) / patch merging."""
+    rules = [*linear(patch, "embeddings/patch_embeddings", transform=CONV), *norm(patch_norm, "embeddings/norm"),
+             *norm(final_norm, "layernorm")]
+    for s in range(SWIN_STAGES):
+        src, dst = blocks(s), f"encoder/layers_{s}/blocks/"
+        rules += [*qkv(src, f"{dst}attention/"),
+                  *linear(f"{src}{names['out']}", f"{dst}attention/o_proj", transform=LINEAR_FROM_HEADS),
+                  Rule(f"{src}{names['table']}", f"{dst}relative_position_bias_table"),
+                  *norm(f"{src}{names['norm1']}", f"{dst}layernorm_before"),
+                  *norm(f"{src}{names['norm2']}", f"{dst}layernorm_after"),
+                  *linear(f"{src}{names['fc1']}", f"{dst}mlp/fc1"),
+                  *linear(f"{src}{names['fc2']}", f"{dst}mlp/fc2")]
+        if s < SWIN_STAGES - 1:
+            rules += [*linear(f"{merges(s)}reduction", f"encoder/layers_{s}/downsample/reduction", bias=False),
+                      *norm(f"{merges(s)}norm", f"encoder/layers_{s}/downsample/norm")]
+    return tuple(rules)
+
+
+SWIN_HF_BODY = _swin("embeddings.patch_embeddings.projection", "embeddings.norm", "layernorm",
+                     lambda s: f"encoder.layers.{s}.blocks.{{layer}}.", lambda s: f"encoder.layers.{s}.downsample.",
+                     _HF_SWIN_BLOCK, _hf_swin_qkv)
+
+
+def swin_torchvision(features: str, final_norm: str) -> tuple[Rule, ...]:
+    """torchvision `SwinTransformer`: features.0 = conv + permute + norm, features.{1,3,5,7} the
+    stages' blocks, features.{2,4,6} the patch mergings; `norm` after the last stage."""
+    return _swin(f"{features}0.0", f"{features}0.2", final_norm, lambda s: f"{features}{2 * s + 1}.{{layer}}.",
+                 lambda s: f"{features}{2 * s + 2}.", _TORCHVISION_SWIN_BLOCK, _torchvision_swin_qkv)
+
+
+# Hub checkpoints still carry the relative-position index buffers; they are computed from the window.
+_SWIN_BUFFERS = (r".*relative_position_index$",)
+SWIN_FORMATS = (
+    # SwinModel, as transformers (4 and 5) writes it.
+    Format("swin", SWIN_HF_BODY, ignore=_SWIN_BUFFERS),
+    # SwinForImageClassification (e.g. microsoft/swin-base-patch4-window7-224): its classifier is dropped.
+    Format("swin_image_classification", prefixed(SWIN_HF_BODY, "swin.", ""),
+           ignore=_SWIN_BUFFERS + (r"^classifier\..*",)),
+)
+
+# --- FaceXFormer release: torch.load(file)["state_dict_backbone"] -----------------------------
+# torchvision swin_b minus its head: backbone.0 = features, backbone.1 = the final norm. The
+# projector is Omni-Emotion's, not the release's: the converter initialises it unless given.
+FACEXFORMER_FORMATS = (
+    Format("facexformer", (
+        *prefixed(swin_torchvision("backbone.0.", "backbone.1"), "", "backbone"),
+        *(r for i in range(SWIN_STAGES) for r in linear(f"linear_c.{i}.proj", f"linear_c_{i}")),
+        Rule("linear_fuse.weight", "linear_fuse/kernel", CONV),
+        *prefixed(_PROJECTOR, "face_projector.", "projector"),
+    ), ignore=_SWIN_BUFFERS + (r"^face_decoder\..*", r"^pe_layer\..*")),
+)
+

@@ -68,6 +68,31 @@ class Conv(Transform):
         return x.transpose(rank + 1, rank, *range(rank))
 
 
+@dataclasses.dataclass(frozen=True)
+class Packed(Transform):
+    """Block `index` of `count` equal row blocks of a packed torch tensor, converted by `inner`
+    (torchvision's attention `qkv` Linear stacks q, k and v on its output rows).
+
+    One rule per block reads the same source key. Writing one block back would need the others,
+    so packed sources are import-only: export writes formats that keep q, k and v apart."""
+
+    name: str = "packed"
+    inner: Transform = Transform()
+    index: int = 0
+    count: int = 3
+
+    def to_flax(self, x, shape):
+        rows = x.shape[0] // self.count
+        return self.inner.to_flax(x[self.index * rows:(self.index + 1) * rows], shape)
+
+    def to_torch(self, x, shape):
+        raise NotImplementedError(f"a {self.name} block cannot be written back on its own")
+
+    def torch_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        block = self.inner.torch_shape(shape)
+        return (block[0] * self.count, *block[1:])
+
+
 IDENTITY = Transform()
 LINEAR = Linear()
 LINEAR_FROM_HEADS = Linear(name="linear_from_heads", num_in=2)

@@ -40,9 +40,11 @@ def attention_mask_bias(mask: jax.Array | None, dtype: Any = jnp.float32) -> jax
 
 
 def dot_product_attention(query: jax.Array, key: jax.Array, value: jax.Array,
-                          mask: jax.Array | None) -> jax.Array:
+                          mask: jax.Array | None, bias: jax.Array | None = None) -> jax.Array:
     """query: [batch, q, heads, head_dim]; key/value: [batch, kv, kv_heads, head_dim].
 
+    bias: additive logits bias [batch or 1, heads, q, kv] (Swin's relative positions and
+    shifted-window mask), added in float32 before the boolean mask.
     Heads are grouped (GQA) without repeating K/V; softmax runs in float32.
     """
     batch, q_len, heads, head_dim = query.shape
@@ -50,6 +52,9 @@ def dot_product_attention(query: jax.Array, key: jax.Array, value: jax.Array,
     query = query.reshape(batch, q_len, kv_heads, heads // kv_heads, head_dim)
     logits = jnp.einsum("bqkgd,bskd->bkgqs", query, key) * (head_dim ** -0.5)
     logits = logits.astype(jnp.float32)
+    if bias is not None:
+        logits = logits + bias.astype(jnp.float32).reshape(bias.shape[0], kv_heads, heads // kv_heads,
+                                                           *bias.shape[2:])
     if mask is not None:
         logits = jnp.where(mask[:, :, None], logits, _MASKED)
     weights = jax.nn.softmax(logits, axis=-1).astype(value.dtype)
@@ -78,10 +83,11 @@ class Attention(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, mask: jax.Array | None = None,
                  rotary: tuple[jax.Array, jax.Array] | None = None,
-                 cache_slot: jax.Array | None = None) -> jax.Array:
+                 cache_slot: jax.Array | None = None, bias: jax.Array | None = None) -> jax.Array:
         """x: [batch, length, embed]; mask: [batch, 1, length, kv_length] bool;
         rotary: (cos, sin) each [batch, length, head_dim]; cache_slot: scalar int, where this
-        step's keys/values are written when decoding. Returns [batch, length, embed]."""
+        step's keys/values are written when decoding; bias: additive [batch or 1, heads, length,
+        kv_length] logits bias. Returns [batch, length, embed]."""
         q_bias, k_bias, v_bias = self.qkv_bias if isinstance(self.qkv_bias, tuple) else (self.qkv_bias,) * 3
 
         def proj(heads, bias, name):
@@ -98,7 +104,7 @@ class Attention(nn.Module):
         query = nn.with_logical_constraint(query, ("activation_batch", "activation_length", "activation_heads", None))
         if self.decode:
             key, value = self._update_cache(key, value, cache_slot)
-        out = dot_product_attention(query, key, value, mask)
+        out = dot_product_attention(query, key, value, mask, bias)
         out = nn.with_logical_constraint(out, ("activation_batch", "activation_length", "activation_heads", None))
         return DenseGeneral(x.shape[-1], ("heads", "head_dim", "embed"), axis=(-2, -1), use_bias=self.out_bias,
                             dtype=self.dtype, param_dtype=self.param_dtype, name=self.out_name)(out)

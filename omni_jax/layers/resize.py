@@ -1,4 +1,5 @@
-"""Bilinear resizing that equals torch `interpolate(mode="bilinear", align_corners=False)`.
+"""Bilinear resizing that equals torch `interpolate(mode="bilinear", align_corners=False)`, and
+adaptive average pooling that equals torch `adaptive_avg_pool2d`.
 
 `jax.image.resize` antialiases when it downsamples, so it differs from torch for the 2×2
 video pooling (27×27 → 14×14). Here each spatial axis is resized by a static
@@ -29,14 +30,33 @@ def bilinear_matrix(in_size: int, out_size: int) -> np.ndarray:
     return weights
 
 
+def _separable(x: jax.Array, rows: np.ndarray, cols: np.ndarray) -> jax.Array:
+    """x: [batch, height, width, channels]; rows: [out_h, height]; cols: [out_w, width]."""
+    x = jnp.einsum("oh,bhwc->bowc", jnp.asarray(rows, x.dtype), x)
+    return jnp.einsum("pw,bowc->bopc", jnp.asarray(cols, x.dtype), x)
+
+
 def bilinear_resize(x: jax.Array, size: tuple[int, int]) -> jax.Array:
     """x: [batch, height, width, channels] → [batch, size[0], size[1], channels]."""
-    wh = jnp.asarray(bilinear_matrix(x.shape[1], size[0]), x.dtype)
-    ww = jnp.asarray(bilinear_matrix(x.shape[2], size[1]), x.dtype)
-    x = jnp.einsum("oh,bhwc->bowc", wh, x)
-    return jnp.einsum("pw,bowc->bopc", ww, x)
+    return _separable(x, bilinear_matrix(x.shape[1], size[0]), bilinear_matrix(x.shape[2], size[1]))
 
 
 def half_size(height: int, width: int) -> tuple[int, int]:
     """The 2×2 pooling target of LLaVA-OneVision: ceil(h/2) × ceil(w/2)."""
     return math.ceil(height / 2), math.ceil(width / 2)
+
+
+def adaptive_avg_matrix(in_size: int, out_size: int) -> np.ndarray:
+    """[out_size, in_size] weights of torch `adaptive_avg_pool`: output i averages the inputs
+    floor(i * in / out) .. ceil((i + 1) * in / out) - 1 (equal bins when out divides in)."""
+    weights = np.zeros((out_size, in_size), np.float32)
+    for i in range(out_size):
+        start, end = (i * in_size) // out_size, -(-((i + 1) * in_size) // out_size)
+        weights[i, start:end] = 1.0 / (end - start)
+    return weights
+
+
+def adaptive_avg_pool(x: jax.Array, size: tuple[int, int]) -> jax.Array:
+    """x: [batch, height, width, channels] → [batch, size[0], size[1], channels], as torch
+    `adaptive_avg_pool2d` (separable, so one static matrix per axis)."""
+    return _separable(x, adaptive_avg_matrix(x.shape[1], size[0]), adaptive_avg_matrix(x.shape[2], size[1]))

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from omni_jax.layers import bilinear_resize
+from omni_jax.layers import adaptive_avg_pool, bilinear_resize
 from tests.conftest import rel_err
 
 
@@ -27,3 +27,13 @@ def test_jax_image_resize_differs_when_downsampling():
     ours = np.asarray(bilinear_resize(jnp.asarray(x), (14, 14)))
     theirs = np.asarray(jax.image.resize(jnp.asarray(x), (1, 14, 14, 3), "bilinear"))
     assert rel_err(theirs, ours) > 1e-2
+
+
+@pytest.mark.parametrize("in_hw,out_hw", [((56, 56), (14, 14)), ((24, 24), (5, 7)), ((7, 9), (7, 9)),
+                                          ((10, 3), (4, 2))])
+def test_adaptive_avg_pool_equals_torch(in_hw, out_hw):
+    x = np.random.RandomState(2).randn(2, *in_hw, 5).astype(np.float32)
+    ref = torch.nn.functional.adaptive_avg_pool2d(torch.from_numpy(x).permute(0, 3, 1, 2), out_hw)
+    ours = np.asarray(adaptive_avg_pool(jnp.asarray(x), out_hw))
+    assert ours.shape == (2, *out_hw, 5)
+    assert rel_err(ours, ref.permute(0, 2, 3, 1).numpy()) < 1e-6
