@@ -94,11 +94,9 @@ def test_audio_projector_pools_three_to_one_and_matches_torch():
     params = nn.unbox(projector.init(jax.random.key(0), jnp.asarray(states))["params"])
     out = projector.apply({"params": params}, jnp.asarray(states))
     assert out.shape == (2, 500, 40)
-    mlp = params["mlp"]
+    mlp = jax.tree.map(lambda x: torch.tensor(np.asarray(x)), params["mlp"])
     with torch.no_grad():
         pooled = torch.nn.functional.avg_pool1d(torch.from_numpy(states).transpose(1, 2), 3, 3).transpose(1, 2)
-        hidden = torch.nn.functional.gelu(pooled @ torch.from_numpy(np.asarray(mlp["linear_1"]["kernel"]))
-                                          + torch.from_numpy(np.asarray(mlp["linear_1"]["bias"])))
-        ref = hidden @ torch.from_numpy(np.asarray(mlp["linear_2"]["kernel"])) + torch.from_numpy(
-            np.asarray(mlp["linear_2"]["bias"]))
+        hidden = torch.nn.functional.gelu(pooled @ mlp["linear_1"]["kernel"] + mlp["linear_1"]["bias"])
+        ref = hidden @ mlp["linear_2"]["kernel"] + mlp["linear_2"]["bias"]
     assert rel_err(out, ref) < RTOL
