@@ -3,12 +3,14 @@ that feeds one token per step (no Python per token).
 
 Works for any model whose `__call__(input_ids, attention_mask, ..., decode=True)` returns
 `logits` (Qwen2ForCausalLM, LlavaOnevisionForConditionalGeneration): multimodal inputs go
-to the prefill only. Only the last position's logits are computed (see `_last_position_logits`).
+to the prefill only. Only the last position's logits are computed (`logits_to_keep=1`): a long
+(video) prompt would otherwise build [batch, prompt, vocab] float32 logits, 0.6 GB per 1000
+tokens at Qwen2's vocabulary.
 """
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -21,19 +23,6 @@ def init_cache(model: nn.Module, batch: int, max_length: int) -> Any:
         jax.random.key(0), input_ids=jnp.zeros((batch, max_length), jnp.int32),
         attention_mask=jnp.ones((batch, max_length), jnp.int32), decode=True)["cache"])
     return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
-
-
-def _last_position_logits(next_fun: Callable[..., Any], args: tuple, kwargs: dict,
-                           context: nn.module.InterceptorContext) -> Any:
-    """Method interceptor: a model's `logits(hidden, ...)` sees only the last position.
-
-    Greedy decoding reads nothing else, and a long (e.g. video) prompt's prefill would
-    otherwise build [batch, prompt, vocab] float32 logits: 0.6 GB per 1000 tokens at
-    Qwen2's vocabulary. The last position is the last prompt token since prompts are left-padded.
-    """
-    if context.method_name == "logits":
-        args = (args[0][:, -1:], *args[1:])
-    return next_fun(*args, **kwargs)
 
 
 @functools.partial(jax.jit, static_argnames=("model", "max_new_tokens", "eos_token_id", "pad_token_id"))
@@ -51,9 +40,8 @@ def greedy_generate(model: nn.Module, params: Any, input_ids: jax.Array, attenti
     cache = init_cache(model, batch, prompt_len + max_new_tokens)
 
     def step(cache, tokens, **inputs):
-        with nn.intercept_methods(_last_position_logits):
-            out, variables = model.apply({"params": params, "cache": cache}, input_ids=tokens,
-                                         attention_mask=full_mask, decode=True, mutable=["cache"], **inputs)
+        out, variables = model.apply({"params": params, "cache": cache}, input_ids=tokens, attention_mask=full_mask,
+                                     decode=True, logits_to_keep=1, mutable=["cache"], **inputs)
         return jnp.argmax(out["logits"][:, -1], axis=-1).astype(jnp.int32), variables["cache"]
 
     token, cache = step(cache, input_ids, **prefill_inputs)

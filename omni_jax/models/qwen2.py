@@ -166,12 +166,13 @@ class Qwen2ForCausalLM(nn.Module):
                                           ("activation_batch", "activation_length", "activation_vocab"))
 
     def __call__(self, input_ids=None, attention_mask=None, position_ids=None, inputs_embeds=None,
-                 decode: bool = False, output_hidden_states: bool = False,
-                 return_logits: bool = True) -> dict[str, Any]:
+                 decode: bool = False, output_hidden_states: bool = False, logits_to_keep: int = 0) -> dict[str, Any]:
+        """As Qwen2Model, plus logits [batch, length, vocab] (float32) — for the last
+        `logits_to_keep` positions only when it is > 0, as transformers."""
         out = self.model(input_ids, attention_mask, position_ids, inputs_embeds, decode=decode,
                          output_hidden_states=output_hidden_states)
-        if return_logits:
-            out["logits"] = self.logits(out["last_hidden_state"])
+        hidden = out["last_hidden_state"]
+        out["logits"] = self.logits(hidden[:, -logits_to_keep:] if logits_to_keep else hidden)
         return out
 
 
