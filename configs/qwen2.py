@@ -20,4 +20,5 @@ def get_config(variant: str = "7b") -> ml_collections.ConfigDict:
         dtype="bfloat16",
         param_dtype="float32",
         remat_policy="full",
+        scan_layers=True,
     ))

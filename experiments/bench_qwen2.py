@@ -52,6 +52,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--new-tokens", type=int, default=64, help="tokens generated per decode run")
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per measurement (median)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--scan-layers", action="store_true",
+                        help="keep the layers scanned (the training layout) instead of unrolled for inference")
     parser.add_argument("--json", action="store_true", help="also print one JSON line with every figure")
     return parser.parse_args()
 
@@ -67,14 +69,14 @@ def qwen2_config(layers: int) -> transformers.Qwen2Config:
         bos_token_id=None, eos_token_id=None, pad_token_id=0)
 
 
-def build_models(config: transformers.Qwen2Config, seed: int) -> tuple[torch.nn.Module, Any, Any]:
+def build_models(config: transformers.Qwen2Config, seed: int, scan_layers: bool) -> tuple[torch.nn.Module, Any, Any]:
     """The torch model, and the same weights through save_pretrained → convert → load_pretrained."""
     torch.manual_seed(seed)
     hf_model = transformers.Qwen2ForCausalLM(config).eval()
     with tempfile.TemporaryDirectory(prefix="bench_qwen2_") as tmp:
         hf_model.save_pretrained(Path(tmp) / "hf")
         convert_hf_to_orbax(Path(tmp) / "hf", Path(tmp) / "orbax", dtype="float32", progress=False)
-        model, params = omni_jax.load_pretrained(Path(tmp) / "orbax", dtype="float32")
+        model, params = omni_jax.load_pretrained(Path(tmp) / "orbax", dtype="float32", scan_layers=scan_layers)
         params = jax.block_until_ready(params)
     return hf_model, model, params
 
@@ -139,7 +141,9 @@ def machine() -> dict[str, Any]:
 
 def report(r: dict[str, Any]) -> None:
     c, m = r["config"], r["machine"]
-    print(f"\nQwen2 {c['layers']} layers (hidden 896, vocab 151936, tied), float32, batch 1, random weights — "
+    layout = "scanned" if c["scan_layers"] else "unrolled"
+    print(f"\nQwen2 {c['layers']} layers ({layout} in JAX; hidden 896, vocab 151936, tied), float32, batch 1, "
+          f"random weights — "
           f"{m['processor']}, {m['cpu_count']} CPUs, jax {m['jax']}, torch {m['torch']}")
     print(f"threads: torch intra-op {r['threads']['torch_intra_op']}, inter-op {r['threads']['torch_inter_op']}; "
           f"XLA default intra-op pool (one per core), XLA_FLAGS={r['threads']['xla_flags']!r}; "
@@ -163,7 +167,7 @@ def main() -> None:
     torch.set_num_threads(os.cpu_count())
     load_before = os.getloadavg()[0]
     config = qwen2_config(args.layers)
-    hf_model, model, params = build_models(config, args.seed)
+    hf_model, model, params = build_models(config, args.seed, args.scan_layers)
     rng = np.random.default_rng(args.seed)
     ids = rng.integers(0, config.vocab_size, (1, args.seq), dtype=np.int64)
     prompt = rng.integers(0, config.vocab_size, (1, args.prompt_tokens), dtype=np.int64)
@@ -183,7 +187,7 @@ def main() -> None:
                     "xla_flags": os.environ.get("XLA_FLAGS", "")},
         "torch_attention": hf_model.config._attn_implementation,
         "loadavg": [load_before, os.getloadavg()[0]],
-        "config": {"layers": args.layers, "seq": args.seq, "prompt_tokens": args.prompt_tokens,
+        "config": {"layers": args.layers, "scan_layers": args.scan_layers, "seq": args.seq, "prompt_tokens": args.prompt_tokens,
                    "new_tokens": args.new_tokens, "repeats": args.repeats, "dtype": "float32", "batch": 1},
         "prefill": {**throughput(prefill_s, args.seq), "logits_max_rel_err": rel_err},
         "decode": {**throughput(decode_s, args.new_tokens), "agree": int(same.sum()),

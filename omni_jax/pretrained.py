@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import flax.linen as nn
+from flax import traverse_util
 import jax
 import jax.numpy as jnp
 
@@ -13,26 +14,42 @@ from omni_jax import registry, sharding
 from omni_jax.conversion.engine import PARAMS_DIR, read_converted_config
 
 
-def _with_dtype(config: dict[str, Any], dtype: str) -> dict[str, Any]:
-    """Sets the compute dtype (and keeps param dtype in step) in every sub-config."""
+def _override(config: dict[str, Any], **values: Any) -> dict[str, Any]:
+    """Sets `values` wherever their keys occur, in every sub-config."""
+    return {k: _override(v, **values) if isinstance(v, dict) else values.get(k, v) for k, v in config.items()}
+
+
+def unstack_layers(params: dict[str, Any], target: Any) -> dict[str, Any]:
+    """Stored (scanned) params → the unrolled layout of `target`: where `target` has
+    "layers_0", "layers_1", ... and `params` has "layers", each stacked leaf is sliced and then
+    dropped, so the extra memory is one leaf."""
     out = {}
-    for key, value in config.items():
-        if isinstance(value, dict):
-            out[key] = _with_dtype(value, dtype)
-        elif key in ("dtype", "param_dtype"):
-            out[key] = dtype
+    for key, value in params.items():
+        if key == "layers" and "layers_0" in target:
+            flat = traverse_util.flatten_dict(value)
+            per_layer = [dict() for name in target if name.startswith("layers_")]
+            for leaf_path in list(flat):
+                stacked = flat.pop(leaf_path)
+                for i, layer in enumerate(per_layer):
+                    layer[leaf_path] = stacked[i]
+                del stacked
+            out.update({f"layers_{i}": traverse_util.unflatten_dict(layer) for i, layer in enumerate(per_layer)})
+        elif isinstance(value, dict):
+            out[key] = unstack_layers(value, target[key])
         else:
             out[key] = value
     return out
 
 
-def load_pretrained(path: str | os.PathLike, dtype: str | Any = "float32",
-                    mesh: jax.sharding.Mesh | None = None) -> tuple[nn.Module, Any]:
+def load_pretrained(path: str | os.PathLike, dtype: str | Any = "float32", mesh: jax.sharding.Mesh | None = None,
+                    scan_layers: bool = True) -> tuple[nn.Module, Any]:
     """Loads a directory written by `convert/hf_to_orbax.py`.
 
     dtype: parameter and compute dtype ("float32", "bfloat16", ...); stored parameters are
     cast while restoring. mesh: restore every leaf directly into its shards on this mesh,
     placed by the logical-axis rules of `omni_jax.sharding` (no host holds a whole copy).
+    scan_layers=False unrolls the language model's layers (faster decoding on CPU; longer
+    compiles): for inference, while training keeps them scanned.
     Returns `(model, params)`: `model.apply({"params": params}, **inputs)`.
     """
     import orbax.checkpoint.experimental.v1 as ocp
@@ -40,14 +57,16 @@ def load_pretrained(path: str | os.PathLike, dtype: str | Any = "float32",
     dtype = jnp.dtype(dtype).name
     meta = read_converted_config(path)
     family = registry.FAMILIES[meta["model_type"]]
-    config = registry.to_config(_with_dtype(meta["config"], dtype))
-    model = registry.build(family, config)
-    abstract = registry.abstract_params(family, config)
+    stored_config = registry.to_config(_override(meta["config"], dtype=dtype, param_dtype=dtype))
+    abstract = registry.abstract_params(family, stored_config)
     if mesh is None:
         shardings = jax.tree.map(lambda _: jax.sharding.SingleDeviceSharding(jax.devices()[0]), abstract)
     else:
-        shardings = sharding.param_shardings(registry.abstract_params(family, config, boxed=True), mesh)
+        shardings = sharding.param_shardings(registry.abstract_params(family, stored_config, boxed=True), mesh)
     target = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, jnp.dtype(dtype), sharding=sh),
                           abstract, shardings)
     params = ocp.load(Path(path) / PARAMS_DIR, target)
-    return model, params
+    if scan_layers:
+        return registry.build(family, stored_config), params
+    config = registry.to_config(_override(stored_config.to_dict(), scan_layers=False))
+    return registry.build(family, config), unstack_layers(params, registry.abstract_params(family, config))

@@ -5,10 +5,10 @@ from omni_jax.layers.mlp import GatedMlp, Mlp
 from omni_jax.layers.norms import LayerNorm, RMSNorm
 from omni_jax.layers.resize import adaptive_avg_pool, bilinear_resize
 from omni_jax.layers.rotary import apply_rotary, rotary_cos_sin
-from omni_jax.layers.scan import remat_policy, scan_layers
+from omni_jax.layers.scan import apply_layers, remat_policy, scan_layers
 
 __all__ = [
     "Attention", "Conv", "DenseGeneral", "Embed", "GatedMlp", "LayerNorm", "Mlp", "RMSNorm",
-    "adaptive_avg_pool", "apply_rotary", "attention_mask_bias", "bilinear_resize", "make_causal_mask",
+    "adaptive_avg_pool", "apply_layers", "apply_rotary", "attention_mask_bias", "bilinear_resize", "make_causal_mask",
     "remat_policy", "rotary_cos_sin", "scan_layers",
 ]

@@ -18,8 +18,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from omni_jax.layers import (Attention, DenseGeneral, Embed, GatedMlp, RMSNorm, make_causal_mask,
-                             rotary_cos_sin, scan_layers)
+from omni_jax.layers import (Attention, DenseGeneral, Embed, GatedMlp, RMSNorm, apply_layers, make_causal_mask,
+                             rotary_cos_sin)
 
 ACT = ("activation_batch", "activation_length", "activation_embed")
 
@@ -48,6 +48,7 @@ def config_from_hf(hf: dict[str, Any]) -> ml_collections.ConfigDict:
         dtype="float32",
         param_dtype="float32",
         remat_policy="none",
+        scan_layers=True,  # False unrolls the layers: faster memory-bound decoding on CPU
     ))
 
 
@@ -129,9 +130,9 @@ class Qwen2Model(nn.Module):
             position_ids = jnp.take(positions_from_mask(attention_mask), q_slots, axis=1)
         mask = make_causal_mask(attention_mask.astype(bool), q_slots)
         rotary = rotary_cos_sin(position_ids, cfg.head_dim, cfg.rope_theta)
-        layers = scan_layers(DecoderLayer, cfg.num_layers, cfg.remat_policy, num_broadcast_args=3)
-        x, per_layer = layers(cfg, decode=decode, return_hidden=output_hidden_states, name="layers")(
-            x, mask, rotary, cache_slot)
+        x, per_layer = apply_layers(DecoderLayer, cfg.num_layers, x, mask, rotary, cache_slot,
+                                    remat=cfg.remat_policy, scan=cfg.get("scan_layers", True), config=cfg,
+                                    decode=decode, return_hidden=output_hidden_states)
         out = self.norm(x)
         result = {"last_hidden_state": out}
         if output_hidden_states:

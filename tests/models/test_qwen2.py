@@ -141,3 +141,22 @@ def test_remat_and_scan_give_same_gradients(qwen2_untied):
         grads = jax.grad(lambda p: loss(Qwen2ForCausalLM(cfg), p))(params)
         for g, b in zip(jax.tree.leaves(grads), jax.tree.leaves(base)):
             np.testing.assert_allclose(np.asarray(g), np.asarray(b), rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("fixture", ["qwen2_untied", "llava"])
+def test_unrolled_layers_equal_scanned(fixture, request):
+    """load_pretrained(scan_layers=False) unstacks the stored layers; numbers do not change."""
+    _, root = request.getfixturevalue(fixture)
+    model, params = omni_jax.load_pretrained(root / "ox")
+    unrolled, unrolled_params = omni_jax.load_pretrained(root / "ox", scan_layers=False)
+    lm = unrolled_params["model"] if fixture == "qwen2_untied" else unrolled_params["language_model"]["model"]
+    assert "layers" not in lm and sorted(k for k in lm if k.startswith("layers_")) == ["layers_0", "layers_1",
+                                                                                       "layers_2"]
+    ids = jnp.asarray(_ids(2, 9, 140, seed=8))
+    mask = jnp.asarray(np.array([[0, 0] + [1] * 7, [1] * 9]))
+    a = greedy_generate(model, params, ids, mask, max_new_tokens=5)
+    b = greedy_generate(unrolled, unrolled_params, ids, mask, max_new_tokens=5)
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    la = model.apply({"params": params}, input_ids=ids, attention_mask=mask)["logits"]
+    lb = unrolled.apply({"params": unrolled_params}, input_ids=ids, attention_mask=mask)["logits"]
+    assert rel_err(lb, la) < 1e-6
