@@ -22,6 +22,7 @@ test: setup
 bench: setup
 	$(PY) experiments/bench_qwen2.py
 	$(PY) experiments/bench_convert_memory.py
+	$(PY) experiments/bench_face_encoder.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

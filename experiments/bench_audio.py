@@ -11,15 +11,10 @@
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import os
-import platform
-import statistics
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -32,20 +27,13 @@ import omni_jax
 from omni_jax.conversion import convert_hf_to_orbax
 from omni_jax.data.audio import log_mel_spectrogram
 
+from bench_common import finish, median_seconds, run_info  # experiments/, the script's folder
+
 SHAPES = {
     "base": dict(num_mel_bins=80, d_model=512, encoder_layers=6, encoder_attention_heads=8, encoder_ffn_dim=2048),
     "large-v3": dict(num_mel_bins=128, d_model=1280, encoder_layers=32, encoder_attention_heads=20,
                      encoder_ffn_dim=5120),
 }
-
-
-def median_seconds(fn: Callable[[], object], repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def bench_encoder(shape: str, batch: int, repeats: int) -> dict:
@@ -103,8 +91,7 @@ def main() -> None:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(os.cpu_count())
-    results = {"date": datetime.date.today().isoformat(), "machine": f"{platform.machine()} {os.cpu_count()} cores",
-               "jax": jax.__version__, "torch": torch.__version__, "encoder": [], "log_mel": []}
+    results = {**run_info(), "encoder": [], "log_mel": []}
     for shape in ["base"] + (["large-v3"] if args.large else []):
         r = bench_encoder(shape, args.batch, args.repeats)
         results["encoder"].append(r)
@@ -118,9 +105,7 @@ def main() -> None:
               f"WhisperFeatureExtractor torch path {r['extractor_torch_clips_per_s']:6.1f} clips/s "
               f"({r['ratio_vs_torch_path']:.2f}x), NumPy path {r['extractor_numpy_clips_per_s']:6.2f} clips/s "
               f"({r['ratio_vs_numpy_path']:.0f}x) | max |d| {r['max_abs_err']:.1e}")
-    print(f"torch threads {torch.get_num_threads()}; {results['machine']}; {results['date']}")
-    if args.json:
-        print(json.dumps(results))
+    finish(results, args.json)
 
 
 if __name__ == "__main__":

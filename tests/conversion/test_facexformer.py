@@ -28,7 +28,8 @@ def _norm(name: str, width: int) -> dict[str, tuple[int, ...]]:
 
 def swin_b_table() -> dict[str, tuple[int, ...]]:
     """torchvision swin_b minus its head, as FaceXFormer nests it (backbone.0 = features, backbone.1 = norm)."""
-    table = {"backbone.0.0.0.weight": (EMBED, 3, 4, 4), "backbone.0.0.0.bias": (EMBED,), **_norm("backbone.0.0.2", EMBED)}
+    table = {"backbone.0.0.0.weight": (EMBED, 3, 4, 4), "backbone.0.0.0.bias": (EMBED,),
+             **_norm("backbone.0.0.2", EMBED)}
     for stage, (depth, heads) in enumerate(zip(DEPTHS, HEADS)):
         dim = EMBED * 2 ** stage
         for block in range(depth):
@@ -70,12 +71,15 @@ def decoder_table() -> dict[str, tuple[int, ...]]:
                       **{k: v for n in range(1, 5) for k, v in _norm(f"{t}norm{n}", d).items()}})
     table.update({**attention("face_decoder.transformer.final_attn_token_to_image", half),
                   **_norm("face_decoder.transformer.norm_final_attn", d),
-                  "face_decoder.output_upscaling.0.weight": (d, d // 4, 2, 2), "face_decoder.output_upscaling.0.bias": (d // 4,),
+                  "face_decoder.output_upscaling.0.weight": (d, d // 4, 2, 2),
+                  "face_decoder.output_upscaling.0.bias": (d // 4,),
                   **_norm("face_decoder.output_upscaling.1", d // 4),
-                  "face_decoder.output_upscaling.3.weight": (d // 4, d // 8, 2, 2), "face_decoder.output_upscaling.3.bias": (d // 8,)})
-    for head, out in (("output_hypernetwork_mlps", d // 8), ("landmarks_prediction_head", 136), ("pose_prediction_head", 3),
-                      ("attribute_prediction_head", 40), ("visibility_prediction_head", 29), ("age_prediction_head", 8),
-                      ("gender_prediction_head", 2), ("race_prediction_head", 5)):
+                  "face_decoder.output_upscaling.3.weight": (d // 4, d // 8, 2, 2),
+                  "face_decoder.output_upscaling.3.bias": (d // 8,)})
+    heads = (("output_hypernetwork_mlps", d // 8), ("landmarks_prediction_head", 136), ("pose_prediction_head", 3),
+             ("attribute_prediction_head", 40), ("visibility_prediction_head", 29), ("age_prediction_head", 8),
+             ("gender_prediction_head", 2), ("race_prediction_head", 5))
+    for head, out in heads:
         for i, (o, n) in enumerate(((d, d), (d, d), (out, d))):
             table.update(_linear(f"face_decoder.{head}.layers.{i}", o, n))
     return {**table, "pe_layer.positional_encoding_gaussian_matrix": (2, half)}
@@ -122,7 +126,8 @@ def test_full_size_release_converts_and_loads(release, tmp_path):
         np.testing.assert_array_equal(attention[name]["kernel"][17].reshape(512, 512), qkv[i * 512:(i + 1) * 512].T)
     np.testing.assert_array_equal(params["linear_fuse"]["kernel"][0, 0], state["linear_fuse.weight"][:, :, 0, 0].T)
     projector = initial_projector(FUSION, 896, seed=3)
-    np.testing.assert_array_equal(params["projector"]["linear_1"]["kernel"], projector["face_projector.linear_1.weight"].T)
+    np.testing.assert_array_equal(params["projector"]["linear_1"]["kernel"],
+                                  projector["face_projector.linear_1.weight"].T)
     source = json.loads((dst / "omni_jax.json").read_text())
     assert source["source_format"] == "facexformer" and source["hf_config"]["projector_init"]["seed"] == 3
 

@@ -1,15 +1,13 @@
-"""The face encoder against a PyTorch reference: transformers' SwinModel for the backbone and the
-fusion head, pooling and projector written here from their description, with the weights going
-through the FaceXFormer converter in the release's key names."""
+"""The face encoder against a PyTorch reference (tests/face_reference.py: transformers' SwinModel
+for the backbone; fusion head, pooling and projector written from their description), with the
+weights going through the FaceXFormer converter in the release's key names."""
 import json
-import re
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 import omni_jax
 from configs import facexformer as facexformer_configs
@@ -17,85 +15,10 @@ from omni_jax import registry
 from omni_jax.conversion.facexformer import convert_facexformer
 from omni_jax.models import facexformer, swin
 from tests.conftest import RTOL, rel_err
-from tests.models.test_swin import build_swin, reference_outputs, tiny_swin_config
+from tests.face_reference import LLM_WIDTH, FaceEncoder, FusionHead, release_file, torch_projector
+from tests.models.test_swin import build_swin, tiny_swin_config
 
-LLM_WIDTH = 64
 IMAGE = 96  # window 3: stage grids 24, 12, 6, 3 (the last equals the window)
-
-# transformers Swin module names → torchvision swin_b names as FaceXFormer stores them (backbone.0 =
-# features, backbone.1 = the final norm); q, k and v are packed into qkv separately.
-_TORCHVISION = [
-    (r"^embeddings\.patch_embeddings\.projection\.", "backbone.0.0.0."),
-    (r"^embeddings\.norm\.", "backbone.0.0.2."),
-    (r"^layernorm\.", "backbone.1."),
-    (r"^encoder\.layers\.(\d)\.downsample\.", lambda m: f"backbone.0.{2 * int(m[1]) + 2}."),
-    (r"^encoder\.layers\.(\d)\.blocks\.", lambda m: f"backbone.0.{2 * int(m[1]) + 1}."),
-    (r"layernorm_before", "norm1"), (r"layernorm_after", "norm2"),
-    (r"attention\.relative_position_bias\.relative_position_bias_table", "attn.relative_position_bias_table"),
-    (r"attention\.o_proj", "attn.proj"), (r"mlp\.fc1", "mlp.0"), (r"mlp\.fc2", "mlp.3"),
-]
-
-
-class FusionHead(torch.nn.Module):
-    """FaceXFormer's multi-scale fusion as described: a Linear to 256 per scale, bilinear
-    upsampling to the first scale's grid, deepest-first concatenation, 1×1 conv without bias."""
-
-    def __init__(self, widths, width=256):
-        super().__init__()
-        self.linear_c = torch.nn.ModuleList(torch.nn.ModuleDict({"proj": torch.nn.Linear(w, width)}) for w in widths)
-        self.linear_fuse = torch.nn.Conv2d(len(widths) * width, width, kernel_size=1, bias=False)
-
-    def forward(self, features):
-        """features: [batch, c_s, h_s, w_s] per stage → [batch, 256, h_0, w_0]."""
-        size = features[0].shape[2:]
-        scales = [F.interpolate(mlp["proj"](f.permute(0, 2, 3, 1)).permute(0, 3, 1, 2), size=size, mode="bilinear",
-                                align_corners=False) for mlp, f in zip(self.linear_c, features)]
-        return self.linear_fuse(torch.cat(scales[::-1], dim=1))
-
-
-def face_tokens_reference(fused, grid, projector):
-    """Omni-Emotion's face tokens: adaptive average pooling, flattening, Linear → GELU → Linear."""
-    pooled = F.adaptive_avg_pool2d(fused, grid).flatten(2).transpose(1, 2)
-    return pooled, projector["linear_2"](F.gelu(projector["linear_1"](pooled)))
-
-
-def torchvision_names(hf_state: dict, window: int) -> dict:
-    """A transformers SwinModel state dict (its module names) in torchvision's names."""
-    out = {}
-    for key, value in hf_state.items():
-        qkv = re.match(r"(.*)attention\.q_proj\.(weight|bias)$", key)
-        if qkv:
-            parts = [hf_state[f"{qkv[1]}attention.{p}.{qkv[2]}"] for p in ("q_proj", "k_proj", "v_proj")]
-            key, value = f"{qkv[1]}attn.qkv.{qkv[2]}", torch.cat(parts)
-            # torchvision keeps the index as a persistent buffer: the release carries it.
-            out[_rename(f"{qkv[1]}attn.relative_position_index")] = torch.arange(window ** 4)
-        elif re.search(r"attention\.(k_proj|v_proj)\.|relative_position_index", key):
-            continue
-        out[_rename(key)] = value
-    return out
-
-
-def _rename(key: str) -> str:
-    for pattern, replacement in _TORCHVISION:
-        key = re.sub(pattern, replacement, key)
-    return key
-
-
-def release_file(path, hf_swin, head, projector=None):
-    """A .pt laid out as the FaceXFormer release, with decoder and positional tensors to drop."""
-    state = {**torchvision_names(hf_swin.state_dict(), hf_swin.config.window_size), **head.state_dict(),
-             "face_decoder.landmarks_token.weight": torch.randn(1, 256),
-             "face_decoder.transformer.layers.0.self_attn.q_proj.weight": torch.randn(256, 256),
-             "pe_layer.positional_encoding_gaussian_matrix": torch.randn(2, 128)}
-    if projector is not None:
-        state.update({f"face_projector.{k}": v for k, v in projector.state_dict().items()})
-    torch.save({"state_dict_backbone": state, "epoch": 12}, path)
-    return path
-
-
-def torch_projector(width=256, llm_width=LLM_WIDTH):
-    return torch.nn.ModuleDict({"linear_1": torch.nn.Linear(width, llm_width),
-                                "linear_2": torch.nn.Linear(llm_width, llm_width)})
 
 
 @pytest.fixture(scope="module")
@@ -122,10 +45,8 @@ def test_face_encoder_matches_reference(converted, grid):
     model, params = omni_jax.load_pretrained(ox)
     model = registry.build(registry.FAMILIES["facexformer"], {**model.config.to_dict(), "face_grid": list(grid)})
     pixels = np.random.RandomState(0).randn(2, IMAGE, IMAGE, 3).astype(np.float32)
-    ref, stages = reference_outputs(hf, pixels)
     with torch.no_grad():
-        fused = head([torch.from_numpy(s).permute(0, 3, 1, 2) for s in stages])
-        pooled, tokens = face_tokens_reference(fused, grid, projector)
+        fused, pooled, tokens = FaceEncoder(hf, head, projector, grid)(torch.from_numpy(pixels).permute(0, 3, 1, 2))
     out = jax.jit(model.apply)({"params": params}, jnp.asarray(pixels))
     assert out["fused_features"].shape == (2, 24, 24, 256)
     assert rel_err(out["fused_features"], fused.permute(0, 2, 3, 1)) < RTOL
