@@ -3,6 +3,7 @@ for the backbone; fusion head, pooling and projector written from their descript
 weights going through the FaceXFormer converter in the release's key names."""
 import json
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -14,6 +15,7 @@ from configs import facexformer as facexformer_configs
 from omni_jax import registry
 from omni_jax.conversion.facexformer import convert_facexformer
 from omni_jax.models import facexformer, swin
+from omni_jax.sharding import LOGICAL_AXIS_RULES, make_mesh
 from tests.conftest import RTOL, rel_err
 from tests.face_reference import LLM_WIDTH, FaceEncoder, FusionHead, release_file, torch_projector
 from tests.models.test_swin import build_swin, tiny_swin_config
@@ -74,6 +76,21 @@ def test_projector_in_the_file_is_used(converted):
     np.testing.assert_array_equal(params["projector"]["linear_2"]["kernel"],
                                   projector["linear_2"].weight.detach().numpy().T)
     assert "projector_init" not in json.loads((ox / "omni_jax.json").read_text())["hf_config"]
+
+
+@pytest.mark.parametrize("data,fsdp,tensor", [(1, 8, 1), (2, 2, 2)])
+def test_sharded_equals_unsharded(converted, data, fsdp, tensor):
+    """Parameters restored straight into shards by their logical axes; batch over data × fsdp."""
+    ox = converted[3]
+    pixels = np.random.RandomState(3).randn(8, IMAGE, IMAGE, 3).astype(np.float32)
+    model, params = omni_jax.load_pretrained(ox)
+    expected = jax.jit(model.apply)({"params": params}, pixels)["last_hidden_state"]
+    mesh = make_mesh(data, fsdp, tensor)
+    model, params = omni_jax.load_pretrained(ox, mesh=mesh)
+    batch = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(("data", "fsdp")))
+    with jax.set_mesh(mesh), nn.logical_axis_rules(LOGICAL_AXIS_RULES):
+        out = jax.jit(model.apply)({"params": params}, jax.device_put(pixels, batch))["last_hidden_state"]
+    assert rel_err(out, expected) < 1e-5
 
 
 def test_full_size_shapes():
