@@ -3,7 +3,7 @@ import jax
 import numpy as np
 import pytest
 
-from configs import llava_onevision, qwen2, siglip, whisper
+from configs import facexformer, llava_onevision, qwen2, siglip, swin, whisper
 from omni_jax import registry
 from omni_jax.conversion.engine import abstract_params
 from omni_jax.models.llava_onevision import video_tokens
@@ -21,6 +21,10 @@ def _count(family, config):
     ("llava_onevision", llava_onevision.get_config("7b"), 8_030_000_000),
     # = transformers WhisperEncoder at large-v3 size (incl. the 1500×1280 position table)
     ("whisper", whisper.get_config("large-v3"), 636_968_960),
+    # torchvision swin_b's published 87,768,224 minus its 1000-class head (1,025,000)
+    ("swin", swin.get_config("base"), 86_743_224),
+    # + fusion (4 Linear to 256: 492,544; 1×1 conv 1024 → 256: 262,144) + projector 256 → 3584 → 3584
+    ("facexformer", facexformer.get_config("base"), 86_743_224 + 754_688 + 13_769_728),
 ])
 def test_full_size_parameter_counts(family, config, expected):
     n = _count(family, config)
