@@ -25,7 +25,6 @@ from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
 import omni_jax
 from omni_jax.conversion import convert_hf_to_orbax
-from omni_jax.data.audio import log_mel_spectrogram
 
 from bench_common import finish, median_seconds, run_info  # experiments/, the script's folder
 
@@ -36,8 +35,12 @@ SHAPES = {
 }
 
 
-def bench_encoder(shape: str, batch: int, repeats: int) -> dict:
-    """Encoder audio-seconds/s for both frameworks, plus their agreement."""
+TORCH_DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def bench_encoder(shape: str, batch: int, repeats: int, dtype: str) -> dict:
+    """Encoder audio-seconds/s for both frameworks (torch on the GPU when there is one), plus
+    their agreement."""
     config = WhisperConfig(**SHAPES[shape], decoder_layers=1, decoder_attention_heads=4, decoder_ffn_dim=64)
     torch.manual_seed(0)
     reference = WhisperEncoder(config).eval()
@@ -45,23 +48,35 @@ def bench_encoder(shape: str, batch: int, repeats: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         reference.save_pretrained(Path(tmp) / "hf")
         convert_hf_to_orbax(Path(tmp) / "hf", Path(tmp) / "ox", progress=False)
-        model, params = omni_jax.load_pretrained(Path(tmp) / "ox")
+        model, params = omni_jax.load_pretrained(Path(tmp) / "ox", dtype=dtype)
+    reference = reference.to(TORCH_DEVICE, getattr(torch, dtype))
     forward = jax.jit(lambda p, x: model.apply({"params": p}, x)["last_hidden_state"])
     x = jnp.asarray(features)
     ours = forward(params, x).block_until_ready()  # compile
     jax_s = median_seconds(lambda: forward(params, x).block_until_ready(), repeats)
+    torch_x = torch.from_numpy(features).to(TORCH_DEVICE, getattr(torch, dtype))
+
+    def torch_run() -> torch.Tensor:
+        out = reference(torch_x).last_hidden_state
+        if TORCH_DEVICE == "cuda":
+            torch.cuda.synchronize()
+        return out
+
     with torch.inference_mode():
-        theirs = reference(torch.from_numpy(features)).last_hidden_state.numpy()
-        torch_s = median_seconds(lambda: reference(torch.from_numpy(features)), repeats)
+        theirs = torch_run().float().cpu().numpy()
+        torch_s = median_seconds(torch_run, repeats)
     audio_seconds = batch * 30.0
-    return {"shape": shape, "batch": batch, "jax_audio_s_per_s": audio_seconds / jax_s,
+    return {"shape": shape, "batch": batch, "dtype": dtype, "jax_device": jax.devices()[0].device_kind,
+            "torch_device": TORCH_DEVICE, "jax_audio_s_per_s": audio_seconds / jax_s,
             "torch_audio_s_per_s": audio_seconds / torch_s, "ratio": torch_s / jax_s,
-            "max_rel_err": float(np.abs(np.asarray(ours) - theirs).max() / np.abs(theirs).max())}
+            "max_rel_err": float(np.abs(np.asarray(ours, np.float32) - theirs).max() / np.abs(theirs).max())}
 
 
 def bench_log_mel(clips: int, n_mels: int) -> dict:
     """Ours vs WhisperFeatureExtractor as called (its torch.stft path when torch is installed)
     and vs its NumPy path (what it runs where torch is not installed, e.g. a JAX-only worker)."""
+    from omni_jax.data.audio import log_mel_spectrogram  # here: GPU images may lack PyAV/soxr
+
     rng = np.random.RandomState(1)
     audio = np.stack([(0.1 * rng.randn(30 * 16000)).astype(np.float32) for _ in range(clips)])
     extractor = WhisperFeatureExtractor(feature_size=n_mels)
@@ -87,18 +102,21 @@ def main() -> None:
     parser.add_argument("--large", action="store_true", help="also the large-v3-shaped encoder (~1 min per run)")
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--clips", type=int, default=100)
+    parser.add_argument("--clips", type=int, default=100, help="log-mel clips (0: skip the log-mel benchmark)")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
+                        help="encoder parameters and compute on both sides (bfloat16 for GPU runs)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(os.cpu_count())
     results = {**run_info(), "encoder": [], "log_mel": []}
     for shape in ["base"] + (["large-v3"] if args.large else []):
-        r = bench_encoder(shape, args.batch, args.repeats)
+        r = bench_encoder(shape, args.batch, args.repeats, args.dtype)
         results["encoder"].append(r)
-        print(f"encoder {shape:>8} batch {r['batch']}: JAX {r['jax_audio_s_per_s']:7.1f} audio-s/s, "
+        print(f"encoder {shape:>8} {args.dtype} batch {r['batch']} (JAX on {r['jax_device']}, torch on "
+              f"{r['torch_device']}): JAX {r['jax_audio_s_per_s']:7.1f} audio-s/s, "
               f"PyTorch {r['torch_audio_s_per_s']:7.1f} audio-s/s, ratio {r['ratio']:.2f}x, "
               f"max rel err {r['max_rel_err']:.1e}")
-    for n_mels in (80, 128):
+    for n_mels in (80, 128) if args.clips else ():
         r = bench_log_mel(args.clips, n_mels)
         results["log_mel"].append(r)
         print(f"log-mel {n_mels:>3} bins, {r['clips']} x 30 s: ours {r['ours_clips_per_s']:6.1f} clips/s | "

@@ -52,6 +52,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--new-tokens", type=int, default=64, help="tokens generated per decode run")
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per measurement (median)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
+                        help="parameters and compute on both sides (bfloat16 for GPU runs)")
     parser.add_argument("--scan-layers", action="store_true",
                         help="keep the layers scanned (the training layout) instead of unrolled for inference")
     parser.add_argument("--json", action="store_true", help="also print one JSON line with every figure")
@@ -69,16 +71,27 @@ def qwen2_config(layers: int) -> transformers.Qwen2Config:
         bos_token_id=None, eos_token_id=None, pad_token_id=0)
 
 
-def build_models(config: transformers.Qwen2Config, seed: int, scan_layers: bool) -> tuple[torch.nn.Module, Any, Any]:
-    """The torch model, and the same weights through save_pretrained → convert → load_pretrained."""
+TORCH_DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def build_models(config: transformers.Qwen2Config, seed: int, scan_layers: bool,
+                 dtype: str) -> tuple[torch.nn.Module, Any, Any]:
+    """The torch model (on the GPU when there is one), and the same weights through
+    save_pretrained → convert → load_pretrained."""
     torch.manual_seed(seed)
     hf_model = transformers.Qwen2ForCausalLM(config).eval()
     with tempfile.TemporaryDirectory(prefix="bench_qwen2_") as tmp:
         hf_model.save_pretrained(Path(tmp) / "hf")
         convert_hf_to_orbax(Path(tmp) / "hf", Path(tmp) / "orbax", dtype="float32", progress=False)
-        model, params = omni_jax.load_pretrained(Path(tmp) / "orbax", dtype="float32", scan_layers=scan_layers)
+        model, params = omni_jax.load_pretrained(Path(tmp) / "orbax", dtype=dtype, scan_layers=scan_layers)
         params = jax.block_until_ready(params)
-    return hf_model, model, params
+    return hf_model.to(TORCH_DEVICE, getattr(torch, dtype)), model, params
+
+
+def _sync(x: torch.Tensor) -> torch.Tensor:
+    if TORCH_DEVICE == "cuda":
+        torch.cuda.synchronize()
+    return x
 
 
 def interleaved_medians(runs: dict[str, Callable[[], Any]], repeats: int) -> tuple[dict[str, Any], dict[str, float]]:
@@ -98,18 +111,18 @@ def interleaved_medians(runs: dict[str, Callable[[], Any]], repeats: int) -> tup
 def prefill_runs(hf_model: torch.nn.Module, model: Any, params: Any,
                  ids: np.ndarray) -> dict[str, Callable[[], Any]]:
     forward = jax.jit(lambda p, x: model.apply({"params": p}, input_ids=x)["logits"])
-    jax_ids, torch_ids = jnp.asarray(ids, jnp.int32), torch.from_numpy(ids)
+    jax_ids, torch_ids = jnp.asarray(ids, jnp.int32), torch.from_numpy(ids).to(TORCH_DEVICE)
 
     def torch_run() -> torch.Tensor:
         with torch.inference_mode():
-            return hf_model(torch_ids).logits
+            return _sync(hf_model(torch_ids).logits)
 
     return {"jax": lambda: jax.block_until_ready(forward(params, jax_ids)), "torch": torch_run}
 
 
 def decode_runs(hf_model: torch.nn.Module, model: Any, params: Any, prompt: np.ndarray,
                 new_tokens: int) -> dict[str, Callable[[], Any]]:
-    jax_ids, torch_ids = jnp.asarray(prompt, jnp.int32), torch.from_numpy(prompt)
+    jax_ids, torch_ids = jnp.asarray(prompt, jnp.int32), torch.from_numpy(prompt).to(TORCH_DEVICE)
 
     def jax_run() -> jax.Array:
         return jax.block_until_ready(greedy_generate(model, params, jax_ids, jnp.ones_like(jax_ids),
@@ -117,8 +130,8 @@ def decode_runs(hf_model: torch.nn.Module, model: Any, params: Any, prompt: np.n
 
     def torch_run() -> torch.Tensor:
         with torch.inference_mode():
-            return hf_model.generate(torch_ids, attention_mask=torch.ones_like(torch_ids), do_sample=False,
-                                     max_new_tokens=new_tokens, min_new_tokens=new_tokens)[:, prompt.shape[1]:]
+            return _sync(hf_model.generate(torch_ids, attention_mask=torch.ones_like(torch_ids), do_sample=False,
+                                           max_new_tokens=new_tokens, min_new_tokens=new_tokens)[:, prompt.shape[1]:])
 
     return {"jax": jax_run, "torch": torch_run}
 
@@ -142,8 +155,8 @@ def machine() -> dict[str, Any]:
 def report(r: dict[str, Any]) -> None:
     c, m = r["config"], r["machine"]
     layout = "scanned" if c["scan_layers"] else "unrolled"
-    print(f"\nQwen2 {c['layers']} layers ({layout} in JAX; hidden 896, vocab 151936, tied), float32, batch 1, "
-          f"random weights — "
+    print(f"\nQwen2 {c['layers']} layers ({layout} in JAX; hidden 896, vocab 151936, tied), {c['dtype']}, batch 1, "
+          f"random weights, JAX on {c['jax_device']}, torch on {c['torch_device']} — "
           f"{m['processor']}, {m['cpu_count']} CPUs, jax {m['jax']}, torch {m['torch']}")
     print(f"threads: torch intra-op {r['threads']['torch_intra_op']}, inter-op {r['threads']['torch_inter_op']}; "
           f"XLA default intra-op pool (one per core), XLA_FLAGS={r['threads']['xla_flags']!r}; "
@@ -167,18 +180,18 @@ def main() -> None:
     torch.set_num_threads(os.cpu_count())
     load_before = os.getloadavg()[0]
     config = qwen2_config(args.layers)
-    hf_model, model, params = build_models(config, args.seed, args.scan_layers)
+    hf_model, model, params = build_models(config, args.seed, args.scan_layers, args.dtype)
     rng = np.random.default_rng(args.seed)
     ids = rng.integers(0, config.vocab_size, (1, args.seq), dtype=np.int64)
     prompt = rng.integers(0, config.vocab_size, (1, args.prompt_tokens), dtype=np.int64)
 
     logits, prefill_s = interleaved_medians(prefill_runs(hf_model, model, params, ids), args.repeats)
-    jax_logits, torch_logits = np.asarray(logits["jax"]), logits["torch"].numpy()
+    jax_logits, torch_logits = np.asarray(logits["jax"], np.float32), logits["torch"].float().cpu().numpy()
     rel_err = float(np.abs(jax_logits - torch_logits).max() / np.abs(torch_logits).max())
     del logits, jax_logits, torch_logits
     tokens, decode_s = interleaved_medians(decode_runs(hf_model, model, params, prompt, args.new_tokens),
                                            args.repeats)
-    same = np.asarray(tokens["jax"])[0] == tokens["torch"].numpy()[0]
+    same = np.asarray(tokens["jax"])[0] == tokens["torch"].cpu().numpy()[0]
 
     result = {
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
@@ -188,7 +201,8 @@ def main() -> None:
         "torch_attention": hf_model.config._attn_implementation,
         "loadavg": [load_before, os.getloadavg()[0]],
         "config": {"layers": args.layers, "scan_layers": args.scan_layers, "seq": args.seq, "prompt_tokens": args.prompt_tokens,
-                   "new_tokens": args.new_tokens, "repeats": args.repeats, "dtype": "float32", "batch": 1},
+                   "new_tokens": args.new_tokens, "repeats": args.repeats, "dtype": args.dtype, "batch": 1,
+                   "jax_device": jax.devices()[0].device_kind, "torch_device": TORCH_DEVICE},
         "prefill": {**throughput(prefill_s, args.seq), "logits_max_rel_err": rel_err},
         "decode": {**throughput(decode_s, args.new_tokens), "agree": int(same.sum()),
                    "first_difference": None if same.all() else int(np.argmin(same))},
