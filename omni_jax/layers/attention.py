@@ -47,6 +47,11 @@ def dot_product_attention(query: jax.Array, key: jax.Array, value: jax.Array,
     shifted-window mask), added in float32 before the boolean mask.
     Heads are grouped (GQA) without repeating K/V; softmax runs in float32.
     """
+    if mask is None and bias is None:
+        # Unmasked (encoder) attention: JAX's fused kernel (cuDNN flash attention on GPUs, the same
+        # float32-softmax math elsewhere). Masked calls keep the path below, whose fully masked
+        # (padding) rows stay finite.
+        return jax.nn.dot_product_attention(query, key, value)
     batch, q_len, heads, head_dim = query.shape
     kv_heads = key.shape[2]
     query = query.reshape(batch, q_len, kv_heads, heads // kv_heads, head_dim)
