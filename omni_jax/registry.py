@@ -9,7 +9,7 @@ import jax
 import ml_collections
 
 from omni_jax.conversion import formats
-from omni_jax.models import facexformer, llava_onevision, qwen2, siglip, swin, whisper
+from omni_jax.models import facexformer, llava_onevision, omni_emotion, qwen2, siglip, swin, whisper
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,6 +42,9 @@ FAMILIES = {
     # no transformers model holds it, so it is not exported.
     "facexformer": ModelFamily("facexformer", facexformer.FaceXFormerEncoder, facexformer.config_from_hf,
                                facexformer.config_to_hf, formats.FACEXFORMER_FORMATS, facexformer.dummy_inputs, ()),
+    # Assembled from converted parts; no single checkpoint converts into it or exports from it yet.
+    "omni_emotion": ModelFamily("omni_emotion", omni_emotion.OmniEmotion, omni_emotion.unsupported_conversion,
+                                omni_emotion.unsupported_conversion, (), omni_emotion.dummy_inputs, ()),
 }
 # config.json model_type → family ("siglip" is the dual tower: its vision half is converted;
 # "llava_qwen" is the original LLaVA-NeXT/OneVision release).

@@ -3,10 +3,17 @@ import jax
 import numpy as np
 import pytest
 
-from configs import facexformer, llava_onevision, qwen2, siglip, swin, whisper
+from configs import facexformer, llava_onevision, omni_emotion, qwen2, siglip, swin, whisper
 from omni_jax import registry
 from omni_jax.conversion.engine import abstract_params
 from omni_jax.models.llava_onevision import video_tokens
+from omni_jax.models.omni_emotion import placeholder_counts
+
+
+def _cross_attention_7b():
+    cfg = omni_emotion.get_config("7b")
+    cfg.fusion = "frame_cross_attention"
+    return cfg
 
 
 def _count(family, config):
@@ -25,6 +32,13 @@ def _count(family, config):
     ("swin", swin.get_config("base"), 86_743_224),
     # + fusion (4 Linear to 256: 492,544; 1×1 conv 1024 → 256: 262,144) + projector 256 → 3584 → 3584
     ("facexformer", facexformer.get_config("base"), 86_743_224 + 754_688 + 13_769_728),
+    # LLaVA-OV-7B exactly (Qwen2-7B 7,615,616,512 + so400m 397,747,744 + projector 1152·3584 + 3584 + 3584² + 3584
+    # = 16,980,992 + newline 3,584 = 8,030,348,832) + Whisper-large-v3 encoder 636,968,960 + audio projector
+    # (1280·3584 + 3584 + 3584² + 3584 = 17,439,744) + face encoder 101,267,640 + frame embeddings 8 × 3584
+    ("omni_emotion", omni_emotion.get_config("7b"), 8_030_348_832 + 636_968_960 + 17_439_744 + 101_267_640 + 28_672),
+    # the default (8,786,053,848) + the cross-attention block: q, k, v, o (3584² + 3584 each) and two
+    # LayerNorms (2 × 2 × 3584)
+    ("omni_emotion", _cross_attention_7b(), 8_786_053_848 + 4 * (3584 ** 2 + 3584) + 4 * 3584),
 ])
 def test_full_size_parameter_counts(family, config, expected):
     n = _count(family, config)
@@ -38,6 +52,11 @@ def test_llava_7b_video_token_count():
     cfg = llava_onevision.get_config("7b")
     assert video_tokens(cfg, 1) == 14 * 14 + 1  # 27×27 patches pooled to 14×14, plus the newline
     assert video_tokens(cfg, 8) == 8 * 196 + 1
+
+
+def test_omni_emotion_7b_placeholder_counts():
+    # 8 frames × (196 visual + 196 face tokens) + the newline; one 30-s window of 1500 / 3 audio tokens
+    assert placeholder_counts(omni_emotion.get_config("7b")) == {"video": 8 * (196 + 196) + 1, "audio": 500}
 
 
 def test_every_parameter_has_logical_axes():

@@ -39,31 +39,57 @@ def attention_mask_bias(mask: jax.Array | None, dtype: Any = jnp.float32) -> jax
     return jnp.where(mask, 0.0, _MASKED).astype(dtype)
 
 
+QUERY_CHUNK = 256
+
+
 def dot_product_attention(query: jax.Array, key: jax.Array, value: jax.Array,
-                          mask: jax.Array | None, bias: jax.Array | None = None) -> jax.Array:
+                          mask: jax.Array | None, bias: jax.Array | None = None,
+                          query_chunk: int = QUERY_CHUNK) -> jax.Array:
     """query: [batch, q, heads, head_dim]; key/value: [batch, kv, kv_heads, head_dim].
 
-    bias: additive logits bias [batch or 1, heads, q, kv] (Swin's relative positions and
-    shifted-window mask), added in float32 before the boolean mask.
-    Heads are grouped (GQA) without repeating K/V; softmax runs in float32.
+    mask: [batch, 1, q, kv] bool. bias: additive logits bias [batch or 1, heads, q, kv] (Swin's
+    relative positions and shifted-window mask), added in float32 before the mask.
+    Heads are grouped (GQA) without repeating K/V; softmax runs in float32. Queries longer
+    than `query_chunk` are processed in chunks, so the [heads, q, kv] logits never exist whole:
+    memory stays linear in q, and on CPU the chunk's logits stay in cache (2.7x faster at
+    Whisper's 1500 tokens than one [1500, 1500] softmax).
     """
-    if mask is None and bias is None:
-        # Unmasked (encoder) attention: JAX's fused kernel (cuDNN flash attention on GPUs, the same
-        # float32-softmax math elsewhere). Masked calls keep the path below, whose fully masked
-        # (padding) rows stay finite.
-        return jax.nn.dot_product_attention(query, key, value)
+    q_len = query.shape[1]
+    if q_len <= query_chunk or bias is not None:
+        return _attend(query, key, value, mask, bias)
+    chunks = -(-q_len // query_chunk)
+    query_chunk = -(-q_len // chunks)  # even chunks: 1500 → 6 × 250, no padding
+    pad = chunks * query_chunk - q_len
+    split = lambda x: jnp.moveaxis(x.reshape(x.shape[0], chunks, query_chunk, *x.shape[2:]), 1, 0)
+    queries = split(jnp.pad(query, ((0, 0), (0, pad), (0, 0), (0, 0))))
+    if mask is None:
+        out = jax.lax.map(lambda q: _attend(q, key, value, None, None), queries)
+    else:  # padded query rows are fully masked: finite, and sliced off below
+        masks = jnp.moveaxis(jnp.pad(mask, ((0, 0), (0, 0), (0, pad), (0, 0))).reshape(
+            mask.shape[0], mask.shape[1], chunks, query_chunk, mask.shape[-1]), 2, 0)
+        out = jax.lax.map(lambda qm: _attend(qm[0], key, value, qm[1], None), (queries, masks))
+    out = jnp.moveaxis(out, 0, 1).reshape(query.shape[0], chunks * query_chunk, *query.shape[2:])
+    return out[:, :q_len]
+
+
+def _attend(query, key, value, mask, bias):
     batch, q_len, heads, head_dim = query.shape
-    kv_heads = key.shape[2]
-    query = query.reshape(batch, q_len, kv_heads, heads // kv_heads, head_dim)
-    logits = jnp.einsum("bqkgd,bskd->bkgqs", query, key) * (head_dim ** -0.5)
+    groups = heads // key.shape[2]
+    # Grouped heads as [kv_heads, groups]; plain multi-head attention keeps 4-D einsums, which
+    # XLA lays out without the extra transposes (1.3x faster on CPU).
+    q_spec, kv_spec, w_spec = ("bqhgd", "bshd", "bhgqs") if groups > 1 else ("bqhd", "bshd", "bhqs")
+    if groups > 1:
+        query = query.reshape(batch, q_len, heads // groups, groups, head_dim)
+    logits = jnp.einsum(f"{q_spec},{kv_spec}->{w_spec}", query, key) * (head_dim ** -0.5)
     logits = logits.astype(jnp.float32)
     if bias is not None:
-        logits = logits + bias.astype(jnp.float32).reshape(bias.shape[0], kv_heads, heads // kv_heads,
-                                                           *bias.shape[2:])
+        bias = bias.astype(jnp.float32)
+        logits = logits + (bias.reshape(bias.shape[0], heads // groups, groups, *bias.shape[2:]) if groups > 1
+                           else bias)
     if mask is not None:
-        logits = jnp.where(mask[:, :, None], logits, _MASKED)
+        logits = jnp.where(mask[:, :, None] if groups > 1 else mask, logits, _MASKED)
     weights = jax.nn.softmax(logits, axis=-1).astype(value.dtype)
-    out = jnp.einsum("bkgqs,bskd->bqkgd", weights, value)
+    out = jnp.einsum(f"{w_spec},{kv_spec}->{q_spec}", weights, value)
     return out.reshape(batch, q_len, heads, head_dim)
 
 
@@ -88,21 +114,24 @@ class Attention(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, mask: jax.Array | None = None,
                  rotary: tuple[jax.Array, jax.Array] | None = None,
-                 cache_slot: jax.Array | None = None, bias: jax.Array | None = None) -> jax.Array:
+                 cache_slot: jax.Array | None = None, bias: jax.Array | None = None,
+                 kv: jax.Array | None = None) -> jax.Array:
         """x: [batch, length, embed]; mask: [batch, 1, length, kv_length] bool;
         rotary: (cos, sin) each [batch, length, head_dim]; cache_slot: scalar int, where this
         step's keys/values are written when decoding; bias: additive [batch or 1, heads, length,
-        kv_length] logits bias. Returns [batch, length, embed]."""
+        kv_length] logits bias; kv: [batch, kv_length, kv_embed], the keys' and values' source
+        for cross-attention (default: x). Returns [batch, length, embed]."""
         q_bias, k_bias, v_bias = self.qkv_bias if isinstance(self.qkv_bias, tuple) else (self.qkv_bias,) * 3
 
-        def proj(heads, bias, name):
+        def proj(source, heads, bias, name):
             return DenseGeneral((heads, self.head_dim), ("embed", "heads" if heads == self.num_heads else "kv_heads",
                                                          "head_dim"),
-                                use_bias=bias, dtype=self.dtype, param_dtype=self.param_dtype, name=name)(x)
+                                use_bias=bias, dtype=self.dtype, param_dtype=self.param_dtype, name=name)(source)
 
-        query = proj(self.num_heads, q_bias, "q_proj")
-        key = proj(self.num_kv_heads, k_bias, "k_proj")
-        value = proj(self.num_kv_heads, v_bias, "v_proj")
+        kv = x if kv is None else kv
+        query = proj(x, self.num_heads, q_bias, "q_proj")
+        key = proj(kv, self.num_kv_heads, k_bias, "k_proj")
+        value = proj(kv, self.num_kv_heads, v_bias, "v_proj")
         if rotary is not None:
             query = apply_rotary(query, *rotary)
             key = apply_rotary(key, *rotary)

@@ -1,0 +1,304 @@
+"""Omni-Emotion: LLaVA-OneVision's video path + FaceXFormer face tokens + Whisper audio tokens,
+fused in the Qwen2 input sequence (Yang et al. 2025, §4).
+
+Prompt layout (the chat template wraps it; `multimodal_prompt_ids` builds it):
+  <vi_start> [video block: `video_token_id` × placeholder_counts(cfg)["video"]] <vi_end>
+  <au_start> [audio block: `audio_token_id` × placeholder_counts(cfg)["audio"]] <au_end>
+
+Video block layouts (F frames; V visual tokens per frame = the 2×2-pooled SigLIP grid; A face
+tokens per frame = the face grid; one learned `image_newline`), F·(V + A) + 1 slots in every mode:
+  video_concat (default):    frame 1..F visual, newline, frame 1..F face          (paper Table 3)
+  frame_concat:              frame 1 visual, frame 1 face, ..., frame F face, newline
+  frame_cross_attention:     as frame_concat, each frame's face tokens replaced by
+                             face + CrossAttention(query = face, key/value = that frame's visual)
+The newline stays where LLaVA-OV puts it, after all of a video's visual tokens (in the per-frame
+layouts: after the last frame), so LLaVA-OV's layout is the video_concat prefix. The frame
+embedding (one learned vector per frame index, zero-initialised so a LLaVA-OV checkpoint starts
+unchanged) is added to a frame's visual and face tokens (before the cross-attention); the
+newline and the audio tokens get none. Audio block: windows × 500 tokens, windows in order.
+
+Missing modality (paper: "replaced by a zero tensor of the same shape"): the data pipeline gives
+zeros of the same static shape and a `has_video`/`has_face`/`has_audio` [batch] flag; the model
+zeroes that modality's *embeddings*, so its slots carry exact zero vectors and no token count
+changes. Zeros are taken at the embedding level, not the input: a zero image or log-mel is not
+"nothing" to an encoder (biases, normalisation and positions make its output a constant,
+input-independent feature the LM would read as a real blank face, frame or voice). An absent
+video also zeroes the newline, and its zeroed visual tokens are what face tokens attend to.
+
+Parameter tree (LLaVA-OV's names at the top level, so a converted LLaVA-OV tree drops in):
+  vision_tower/..., multi_modal_projector/..., image_newline, language_model/...   (LLaVA-OV)
+  face_encoder/...           FaceXFormerEncoder (backbone, linear_c_*, linear_fuse, projector)
+  audio_encoder/...          WhisperEncoder
+  audio_projector/mlp/{linear_1, linear_2}
+  frame_embedding            [frames, embed]
+  face_cross_attention/...   frame_cross_attention only: {query_norm, key_value_norm, attention}
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from omni_jax.layers import Attention, LayerNorm
+from omni_jax.models import facexformer, whisper
+from omni_jax.models.llava_onevision import LlavaOnevisionForConditionalGeneration, merge_at_placeholders, video_tokens
+
+FUSIONS = ("video_concat", "frame_concat", "frame_cross_attention")
+IGNORE = -100  # label of positions that carry no loss (everything but the assistant's tokens)
+# config field → token text; the placeholders' and the four modality tokens' trainable rows.
+SPECIAL_TOKENS = {"audio_token_id": "<audio>", "vi_start_token_id": "<vi_start>", "vi_end_token_id": "<vi_end>",
+                  "au_start_token_id": "<au_start>", "au_end_token_id": "<au_end>"}
+
+
+def unsupported_conversion(_: Any) -> Any:
+    raise NotImplementedError("omni_emotion checkpoints are assembled from converted parts; converting or exporting "
+                              "one as a whole is not supported yet")
+
+
+def audio_tokens_per_window(cfg: ml_collections.ConfigDict) -> int:
+    return cfg.audio.max_source_positions // cfg.audio_pool
+
+
+def placeholder_counts(cfg: ml_collections.ConfigDict) -> dict[str, int]:
+    """Placeholders per clip: {"video": F·(V + A) + 1, "audio": windows × tokens per window}."""
+    visual = video_tokens(cfg, 1) - 1  # per frame, without the newline
+    face = facexformer.face_tokens(cfg.face)
+    return {"video": cfg.num_frames * (visual + face) + 1, "audio": cfg.audio_windows * audio_tokens_per_window(cfg)}
+
+
+def multimodal_prompt_ids(cfg: ml_collections.ConfigDict, before: Sequence[int] = (),
+                          after: Sequence[int] = ()) -> np.ndarray:
+    """before + <vi_start> video placeholders <vi_end> <au_start> audio placeholders <au_end> + after."""
+    counts = placeholder_counts(cfg)
+    block = ([cfg.vi_start_token_id] + [cfg.video_token_id] * counts["video"] + [cfg.vi_end_token_id]
+             + [cfg.au_start_token_id] + [cfg.audio_token_id] * counts["audio"] + [cfg.au_end_token_id])
+    return np.asarray([*before, *block, *after], np.int32)
+
+
+def dummy_inputs(cfg: ml_collections.ConfigDict) -> dict[str, jax.Array]:
+    """Smallest inputs that trace every parameter: one clip, every modality."""
+    frames, size = cfg.num_frames, cfg.vision.image_size
+    face = cfg.face.swin.image_size
+    return {"input_ids": jnp.zeros((1, 1), jnp.int32),
+            "pixel_values_videos": jnp.zeros((1, frames, size, size, cfg.vision.num_channels), jnp.float32),
+            "face_pixels": jnp.zeros((1, frames, face, face, cfg.face.swin.num_channels), jnp.float32),
+            "input_features": jnp.zeros((1, cfg.audio_windows, cfg.audio.num_mel_bins,
+                                         whisper.input_frames(cfg.audio)), jnp.float32)}
+
+
+def _present(tokens: jax.Array, flag: jax.Array | None) -> jax.Array:
+    """Zeroes the rows of an absent modality; tokens: [batch, ...]; flag: [batch] bool or None."""
+    if flag is None:
+        return tokens
+    return jnp.where(flag.reshape((-1,) + (1,) * (tokens.ndim - 1)), tokens, jnp.zeros_like(tokens))
+
+
+class FaceCrossAttention(nn.Module):
+    """Per frame: face + Attention(query = LN(face), key/value = LN(visual)).
+
+    face: [frames, A, embed]; visual: [frames, V, embed] → [frames, A, embed]."""
+
+    num_heads: int
+    epsilon: float = 1e-6
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, face: jax.Array, visual: jax.Array) -> jax.Array:
+        dtypes = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        width = face.shape[-1]
+        attention = Attention(self.num_heads, self.num_heads, width // self.num_heads, qkv_bias=True, out_bias=True,
+                              name="attention", **dtypes)
+        query = LayerNorm(self.epsilon, name="query_norm", **dtypes)(face)
+        return face + attention(query, kv=LayerNorm(self.epsilon, name="key_value_norm", **dtypes)(visual))
+
+
+class OmniEmotion(LlavaOnevisionForConditionalGeneration):
+    """LLaVA-OneVision (inherited: tower, projector, newline, LM, `get_video_features`) with the
+    face and audio paths, frame embeddings and the fusion of module docstring."""
+
+    def setup(self):
+        super().setup()
+        cfg = self.config
+        if cfg.fusion not in FUSIONS:
+            raise ValueError(f"unknown fusion {cfg.fusion!r}; choose one of {FUSIONS}")
+        if cfg.face.llm_width != cfg.text.hidden_size:
+            raise ValueError(f"face.llm_width {cfg.face.llm_width} != text.hidden_size {cfg.text.hidden_size}")
+        dtypes = dict(dtype=jnp.dtype(cfg.text.dtype), param_dtype=jnp.dtype(cfg.text.param_dtype))
+        self.face_encoder = facexformer.FaceXFormerEncoder(cfg.face)
+        self.audio_encoder = whisper.WhisperEncoder(cfg.audio)
+        self.audio_projector = whisper.AudioProjector(cfg.text.hidden_size, cfg.audio_pool, **dtypes)
+        self.frame_embedding = self.param("frame_embedding",
+                                          nn.with_logical_partitioning(nn.initializers.zeros_init(), (None, "embed")),
+                                          (cfg.num_frames, cfg.text.hidden_size), dtypes["param_dtype"])
+        if cfg.fusion == "frame_cross_attention":
+            self.face_cross_attention = FaceCrossAttention(cfg.cross_attention_heads, cfg.text.rms_norm_eps, **dtypes)
+
+    def video_block(self, pixel_values_videos: jax.Array, face_pixels: jax.Array, has_video: jax.Array | None = None,
+                    has_face: jax.Array | None = None) -> jax.Array:
+        """pixel_values_videos: [batch, F, H, W, C] (SigLIP-preprocessed); face_pixels:
+        [batch, F, 224, 224, C] (ImageNet-normalised crops) → [batch, F·(V + A) + 1, embed]."""
+        cfg = self.config
+        batch, frames = pixel_values_videos.shape[:2]
+        if frames != cfg.num_frames or face_pixels.shape[:2] != (batch, frames):
+            raise ValueError(f"expected {cfg.num_frames} frames and face crops per clip, got "
+                             f"{pixel_values_videos.shape[:2]} and {face_pixels.shape[:2]}")
+        features = self.get_video_features(pixel_values_videos)  # [batch, F·V + 1, embed]
+        width = features.shape[-1]
+        visual = features[:, :-1].reshape(batch, frames, -1, width)
+        newline = _present(features[:, -1:], has_video)
+        faces = self.face_encoder(face_pixels.reshape(batch * frames, *face_pixels.shape[2:]))["last_hidden_state"]
+        frame_embedding = self.frame_embedding.astype(features.dtype)[None, :, None]
+        visual = _present(visual + frame_embedding, has_video)
+        faces = faces.reshape(batch, frames, -1, width).astype(features.dtype) + frame_embedding
+        if cfg.fusion == "frame_cross_attention":
+            faces = self.face_cross_attention(faces.reshape(batch * frames, -1, width),
+                                              visual.reshape(batch * frames, -1, width)).reshape(faces.shape)
+        faces = _present(faces, has_face)
+        if cfg.fusion == "video_concat":
+            parts = [visual.reshape(batch, -1, width), newline, faces.reshape(batch, -1, width)]
+        else:
+            parts = [jnp.concatenate([visual, faces], axis=2).reshape(batch, -1, width), newline]
+        return jnp.concatenate(parts, axis=1)
+
+    def audio_block(self, input_features: jax.Array, has_audio: jax.Array | None = None) -> jax.Array:
+        """input_features: [batch, windows, n_mels, 3000] log-mel → [batch, windows × 500, embed]."""
+        batch, windows = input_features.shape[:2]
+        states = self.audio_encoder(input_features.reshape(batch * windows, *input_features.shape[2:]))
+        tokens = self.audio_projector(states["last_hidden_state"])
+        return _present(tokens.reshape(batch, -1, tokens.shape[-1]), has_audio)
+
+    def embed_inputs(self, input_ids: jax.Array, pixel_values_videos: jax.Array | None = None,
+                     face_pixels: jax.Array | None = None, input_features: jax.Array | None = None,
+                     has_video: jax.Array | None = None, has_face: jax.Array | None = None,
+                     has_audio: jax.Array | None = None) -> jax.Array:
+        """Token embeddings [batch, length, embed] with the video block at the `video_token_id`
+        positions and the audio block at the `audio_token_id` positions (each row holds exactly
+        `placeholder_counts` of each). Modalities left None are not merged (decoding steps)."""
+        cfg = self.config
+        embeds = self.language_model.embed(input_ids)
+        if (pixel_values_videos is None) != (face_pixels is None):
+            raise ValueError("the video block needs pixel_values_videos and face_pixels together")
+        if pixel_values_videos is not None:
+            block = self.video_block(pixel_values_videos, face_pixels, has_video, has_face)
+            embeds = merge_at_placeholders(embeds, input_ids, cfg.video_token_id, block.reshape(-1, block.shape[-1]))
+        if input_features is not None:
+            block = self.audio_block(input_features, has_audio)
+            embeds = merge_at_placeholders(embeds, input_ids, cfg.audio_token_id, block.reshape(-1, block.shape[-1]))
+        return embeds
+
+    def last_hidden_state(self, input_ids: jax.Array, attention_mask: jax.Array | None = None,
+                          **modalities: jax.Array | None) -> jax.Array:
+        """The LM's final hidden states [batch, length, embed], without logits (for the loss)."""
+        embeds = self.embed_inputs(input_ids, **modalities)
+        return self.language_model.model(attention_mask=attention_mask, inputs_embeds=embeds)["last_hidden_state"]
+
+    def lm_logits(self, hidden: jax.Array) -> jax.Array:
+        return self.language_model.logits(hidden)
+
+    def __call__(self, input_ids: jax.Array, attention_mask: jax.Array | None = None,
+                 pixel_values_videos: jax.Array | None = None, face_pixels: jax.Array | None = None,
+                 input_features: jax.Array | None = None, has_video: jax.Array | None = None,
+                 has_face: jax.Array | None = None, has_audio: jax.Array | None = None,
+                 position_ids: jax.Array | None = None, decode: bool = False, output_hidden_states: bool = False,
+                 logits_to_keep: int = 0) -> dict[str, Any]:
+        """input_ids: [batch, length] laid out by `multimodal_prompt_ids`; input_features:
+        [batch, windows, n_mels, 3000]; has_*: [batch] bool (None: present). Returns logits
+        [batch, length, vocab] (float32), last_hidden_state and (if asked) hidden_states."""
+        embeds = self.embed_inputs(input_ids, pixel_values_videos, face_pixels, input_features,
+                                   has_video, has_face, has_audio)
+        return self.language_model(attention_mask=attention_mask, position_ids=position_ids, inputs_embeds=embeds,
+                                   decode=decode, output_hidden_states=output_hidden_states,
+                                   logits_to_keep=logits_to_keep)
+
+
+def next_token_targets(labels: jax.Array) -> jax.Array:
+    """labels: [batch, length] (IGNORE except assistant tokens) → the label each position
+    predicts: labels shifted left by one, IGNORE at the end (as transformers' causal LM loss)."""
+    return jnp.concatenate([labels[:, 1:], jnp.full_like(labels[:, :1], IGNORE)], axis=1)
+
+
+def chunked_cross_entropy(hidden: jax.Array, targets: jax.Array, logits_fn: Callable[[jax.Array], jax.Array],
+                          chunk_size: int) -> tuple[jax.Array, jax.Array]:
+    """Mean cross-entropy over positions whose target is not IGNORE, and their count.
+
+    hidden: [batch, length, embed]; targets: [batch, length]; logits_fn: [batch, chunk, embed]
+    → [batch, chunk, vocab]. The sequence is scanned in chunks of `chunk_size` positions (the
+    last padded with IGNORE), so [batch, length, vocab] logits never exist: each chunk's logits
+    are reduced to logsumexp − target logit at once, and the chunk is rematerialised in the
+    backward pass (a scan would otherwise keep every chunk's logits as residuals).
+    """
+    batch, length, width = hidden.shape
+    chunks = -(-length // chunk_size)
+    pad = chunks * chunk_size - length
+    hidden = jnp.pad(hidden, ((0, 0), (0, pad), (0, 0))).reshape(batch, chunks, chunk_size, width)
+    targets = jnp.pad(targets, ((0, 0), (0, pad)), constant_values=IGNORE).reshape(batch, chunks, chunk_size)
+
+    @jax.checkpoint
+    def chunk_loss(h: jax.Array, t: jax.Array) -> tuple[jax.Array, jax.Array]:
+        logits = logits_fn(h).astype(jnp.float32)
+        counted = t != IGNORE
+        target_logit = jnp.take_along_axis(logits, jnp.where(counted, t, 0)[..., None], axis=-1)[..., 0]
+        nll = jax.nn.logsumexp(logits, axis=-1) - target_logit
+        return jnp.sum(jnp.where(counted, nll, 0.0)), jnp.sum(counted)
+
+    def step(carry, chunk):
+        total, count = chunk_loss(*chunk)
+        return (carry[0] + total, carry[1] + count), None
+
+    (total, count), _ = jax.lax.scan(step, (jnp.zeros((), jnp.float32), jnp.zeros((), jnp.int32)),
+                                     (jnp.swapaxes(hidden, 0, 1), jnp.swapaxes(targets, 0, 1)))
+    return total / jnp.maximum(count, 1), count
+
+
+def next_token_loss(model: OmniEmotion, params: Any, batch: dict[str, jax.Array],
+                    chunk_size: int | None = None) -> tuple[jax.Array, jax.Array]:
+    """batch: the model's inputs plus `labels` [batch, length] (IGNORE except assistant tokens).
+
+    Returns (mean next-token cross-entropy over the assistant tokens, their count), computed
+    `chunk_size` (default: the config's `loss_chunk_size`) positions at a time."""
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    hidden = model.apply({"params": params}, **inputs, method=OmniEmotion.last_hidden_state)
+    logits_fn = lambda h: model.apply({"params": params}, h, method=OmniEmotion.lm_logits)
+    return chunked_cross_entropy(hidden, next_token_targets(batch["labels"]), logits_fn,
+                                 chunk_size or model.config.loss_chunk_size)
+
+
+def add_special_tokens(tokenizer: Any, cfg: ml_collections.ConfigDict) -> None:
+    """Adds <audio>, <vi_start>, <vi_end>, <au_start>, <au_end> to a transformers tokenizer (in
+    place; ones it has are kept) and checks they got the config's ids."""
+    from tokenizers import AddedToken
+
+    fields = sorted(SPECIAL_TOKENS, key=lambda field: cfg[field])
+    tokenizer.add_tokens([AddedToken(SPECIAL_TOKENS[f], special=True, normalized=False) for f in fields],
+                         special_tokens=True)
+    got = {SPECIAL_TOKENS[f]: tokenizer.convert_tokens_to_ids(SPECIAL_TOKENS[f]) for f in fields}
+    want = {SPECIAL_TOKENS[f]: cfg[f] for f in fields}
+    if got != want:
+        raise ValueError(f"the tokenizer assigns {got}, the config expects {want}: set the config's token ids")
+
+
+def init_token_rows(params: dict[str, Any], token_ids: Sequence[int], trained_rows: int) -> dict[str, Any]:
+    """Sets the embedding rows (and untied LM-head columns) of `token_ids` to the mean of the
+    first `trained_rows` rows (the tokens the checkpoint learned); both tables grow to
+    max(token_ids) + 1 rows if they are shorter (then set `text.vocab_size` to match).
+    Pure: returns a new tree, `params` is unchanged."""
+    ids = jnp.asarray(token_ids)
+
+    def fill(table: jax.Array, vocab_axis: int) -> jax.Array:
+        table = jnp.moveaxis(table, vocab_axis, 0)
+        rows = max(table.shape[0], int(max(token_ids)) + 1)
+        table = jnp.pad(table, ((0, rows - table.shape[0]),) + ((0, 0),) * (table.ndim - 1))
+        mean = jnp.mean(table[:trained_rows].astype(jnp.float32), axis=0).astype(table.dtype)
+        return jnp.moveaxis(table.at[ids].set(mean), 0, vocab_axis)
+
+    lm = params["language_model"]
+    new_lm = {**lm, "model": {**lm["model"], "embed_tokens": {
+        "embedding": fill(lm["model"]["embed_tokens"]["embedding"], 0)}}}
+    if "lm_head" in lm:
+        new_lm["lm_head"] = {**lm["lm_head"], "kernel": fill(lm["lm_head"]["kernel"], 1)}
+    return {**params, "language_model": new_lm}
