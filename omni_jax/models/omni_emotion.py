@@ -119,7 +119,7 @@ class FaceCrossAttention(nn.Module):
 
 class OmniEmotion(LlavaOnevisionForConditionalGeneration):
     """LLaVA-OneVision (inherited: tower, projector, newline, LM, `get_video_features`) with the
-    face and audio paths, frame embeddings and the fusion of module docstring."""
+    face and audio paths, frame embeddings and the fusions the module docstring lays out."""
 
     def setup(self):
         super().setup()
@@ -136,7 +136,7 @@ class OmniEmotion(LlavaOnevisionForConditionalGeneration):
                                           nn.with_logical_partitioning(nn.initializers.zeros_init(), (None, "embed")),
                                           (cfg.num_frames, cfg.text.hidden_size), dtypes["param_dtype"])
         if cfg.fusion == "frame_cross_attention":
-            self.face_cross_attention = FaceCrossAttention(cfg.cross_attention_heads, cfg.text.rms_norm_eps, **dtypes)
+            self.face_cross_attention = FaceCrossAttention(cfg.cross_attention_heads, **dtypes)
 
     def video_block(self, pixel_values_videos: jax.Array, face_pixels: jax.Array, has_video: jax.Array | None = None,
                     has_face: jax.Array | None = None) -> jax.Array:
