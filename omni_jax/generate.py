@@ -2,7 +2,7 @@
 that feeds one token per step (no Python per token).
 
 Works for any model whose `__call__(input_ids, attention_mask, ..., decode=True)` returns
-`logits` (Qwen2ForCausalLM, LlavaOnevisionForConditionalGeneration): multimodal inputs go
+`logits` (Qwen2ForCausalLM, LlavaOnevisionForConditionalGeneration, OmniEmotion): multimodal inputs go
 to the prefill only. Only the last position's logits are computed (`logits_to_keep=1`): a long
 (video) prompt would otherwise build [batch, prompt, vocab] float32 logits, 0.6 GB per 1000
 tokens at Qwen2's vocabulary.

@@ -15,7 +15,7 @@ The newline stays where LLaVA-OV puts it, after all of a video's visual tokens (
 layouts: after the last frame), so LLaVA-OV's layout is the video_concat prefix. The frame
 embedding (one learned vector per frame index, zero-initialised so a LLaVA-OV checkpoint starts
 unchanged) is added to a frame's visual and face tokens (before the cross-attention); the
-newline and the audio tokens get none. Audio block: windows × 500 tokens, windows in order.
+newline and the audio tokens get none. Audio block: windows × 500 tokens (full size), in order.
 
 Missing modality (paper: "replaced by a zero tensor of the same shape"): the data pipeline gives
 zeros of the same static shape and a `has_video`/`has_face`/`has_audio` [batch] flag; the model
@@ -55,8 +55,8 @@ SPECIAL_TOKENS = {"audio_token_id": "<audio>", "vi_start_token_id": "<vi_start>"
 
 
 def unsupported_conversion(_: Any) -> Any:
-    raise NotImplementedError("omni_emotion checkpoints are assembled from converted parts; converting or exporting "
-                              "one as a whole is not supported yet")
+    raise NotImplementedError("converting or exporting an omni_emotion checkpoint as a whole is not supported yet "
+                              "(it is built from converted LLaVA-OneVision, Whisper and FaceXFormer parts)")
 
 
 def audio_tokens_per_window(cfg: ml_collections.ConfigDict) -> int:
