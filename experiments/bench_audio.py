@@ -19,6 +19,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+import threadpoolctl
 import torch
 from transformers import WhisperConfig, WhisperFeatureExtractor
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
@@ -105,6 +106,8 @@ def main() -> None:
     parser.add_argument("--clips", type=int, default=100, help="log-mel clips (0: skip the log-mel benchmark)")
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
                         help="encoder parameters and compute on both sides (bfloat16 for GPU runs)")
+    parser.add_argument("--mel-threads", type=int, default=1,
+                        help="threads for the log-mel comparison (torch and BLAS alike; 1 = a loader worker)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(os.cpu_count())
@@ -116,10 +119,12 @@ def main() -> None:
               f"{r['torch_device']}): JAX {r['jax_audio_s_per_s']:7.1f} audio-s/s, "
               f"PyTorch {r['torch_audio_s_per_s']:7.1f} audio-s/s, ratio {r['ratio']:.2f}x, "
               f"max rel err {r['max_rel_err']:.1e}")
+    torch.set_num_threads(args.mel_threads)
     for n_mels in (80, 128) if args.clips else ():
-        r = bench_log_mel(args.clips, n_mels)
+        with threadpoolctl.threadpool_limits(args.mel_threads):
+            r = bench_log_mel(args.clips, n_mels)
         results["log_mel"].append(r)
-        print(f"log-mel {n_mels:>3} bins, {r['clips']} x 30 s: ours {r['ours_clips_per_s']:6.1f} clips/s | "
+        print(f"log-mel {n_mels:>3} bins, {args.mel_threads} thread(s), {r['clips']} x 30 s: ours {r['ours_clips_per_s']:6.1f} clips/s | "
               f"WhisperFeatureExtractor torch path {r['extractor_torch_clips_per_s']:6.1f} clips/s "
               f"({r['ratio_vs_torch_path']:.2f}x), NumPy path {r['extractor_numpy_clips_per_s']:6.2f} clips/s "
               f"({r['ratio_vs_numpy_path']:.0f}x) | max |d| {r['max_abs_err']:.1e}")

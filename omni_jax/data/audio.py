@@ -152,7 +152,8 @@ def log_mel_spectrogram(waveform_16k: np.ndarray, n_mels: int = 128, chunk: int 
     for start in range(0, audio.shape[0], chunk):  # bounds the [chunk, 3001, 400] frame buffer
         padded = np.pad(audio[start:start + chunk], ((0, 0), (N_FFT // 2, N_FFT // 2)), mode="reflect")
         frames = np.lib.stride_tricks.sliding_window_view(padded, N_FFT, axis=-1)[:, ::HOP_LENGTH][:, :WINDOW_FRAMES]
-        power = np.abs(scipy.fft.rfft(frames * _hann(), axis=-1, workers=-1)) ** 2
+        spectrum = scipy.fft.rfft(frames * _hann(), axis=-1)  # one thread: loader workers run side by side
+        power = spectrum.real ** 2 + spectrum.imag ** 2
         mel = np.maximum(power @ filters_t, 1e-10)
         out[start:start + chunk] = np.swapaxes(np.log10(mel), 1, 2)
     out = _normalise(out, np)
