@@ -10,6 +10,7 @@ orbax → HF: the inverse tables write transformers-loadable safetensors shards.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -17,7 +18,7 @@ import os
 import re
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator
 
 import jax
 import ml_dtypes
@@ -168,28 +169,56 @@ def convert_hf_to_orbax(src: str | os.PathLike, dst: str | os.PathLike, dtype: s
     return write_checkpoint(CheckpointReader(src), family, config, dst, dtype, hf_config, progress, side_files=src)
 
 
-def write_checkpoint(reader: CheckpointReader, family: registry.ModelFamily, config, dst: str | os.PathLike,
-                     dtype: str | None, hf_config: dict[str, Any], progress: bool = True,
-                     side_files: Path | None = None) -> Path:
-    """Plans `reader`'s tensors against `family` and streams them into an orbax checkpoint at `dst`.
+@contextlib.contextmanager
+def checkpoint_writer(dst: str | os.PathLike, meta: dict[str, Any],
+                      side_files: Path | None = None) -> Iterator[Callable[[str, np.ndarray], None]]:
+    """Yields `save(path, array)`, which writes one leaf ("a/b/c") of a new checkpoint at `dst`.
 
-    The engine every converter shares: only the reader (which file, which keys) differs."""
+    Leaves go to orbax one at a time (partial saves), so the host holds about one leaf. On a
+    clean exit the params are finalised, `meta` becomes omni_jax.json, `side_files`' tokenizer
+    and processor files are copied, and the directory appears at `dst` at once; on any error
+    nothing is left behind."""
     import orbax.checkpoint.experimental.v1 as ocp
 
-    dst = Path(dst)
-    fmt, leaves = plan(reader, family, config)
-    out_dtype = DTYPES[dtype] if dtype else None
     # Orbax's defaults copy each host array before writing it and hold a zstd-compressed copy
     # too: 3.6x the leaf at peak. save() returns once written, so no copy is needed; weights
     # barely compress (~25%), so peak memory and time win over disk (bench_convert_memory.py).
     context = ocp.Context()
     context.memory.deepcopy_host_arrays = False
     context.array.saving.use_compression = False
+    dst = Path(dst)
     tmp = _temp_dir(dst)
+
+    def save(path: str, array: np.ndarray) -> None:
+        with context:
+            ocp.partial.save(tmp / PARAMS_DIR, _nested(path, array))
+
     try:
-        total = sum(reader.tensors[k].nbytes for leaf in leaves for k in leaf.sources.values())
-        bar = tqdm(total=total, unit="B", unit_scale=True, desc=f"converting {reader.src.name}",
-                   disable=not progress)
+        yield save
+        with context:
+            ocp.partial.finalize(tmp / PARAMS_DIR)
+        (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=2))
+        if side_files is not None:
+            _copy_side_files(side_files, tmp)
+        os.replace(tmp, dst)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def write_checkpoint(reader: CheckpointReader, family: registry.ModelFamily, config, dst: str | os.PathLike,
+                     dtype: str | None, hf_config: dict[str, Any], progress: bool = True,
+                     side_files: Path | None = None) -> Path:
+    """Plans `reader`'s tensors against `family` and streams them into an orbax checkpoint at `dst`.
+
+    The engine every converter shares: only the reader (which file, which keys) differs."""
+    fmt, leaves = plan(reader, family, config)
+    out_dtype = DTYPES[dtype] if dtype else None
+    meta = {"model_type": family.model_type, "config": config.to_dict(), "hf_config": hf_config,
+            "source_format": fmt.name, "dtype": dtype or "source"}
+    total = sum(reader.tensors[k].nbytes for leaf in leaves for k in leaf.sources.values())
+    with checkpoint_writer(dst, meta, side_files) as save, tqdm(
+            total=total, unit="B", unit_scale=True, desc=f"converting {reader.src.name}", disable=not progress) as bar:
         for leaf in leaves:
             dtypes = {reader.tensors[k].dtype for k in leaf.sources.values()}
             array = np.empty(leaf.shape, out_dtype or max(dtypes, key=lambda d: d.itemsize))
@@ -201,22 +230,9 @@ def write_checkpoint(reader: CheckpointReader, family: registry.ModelFamily, con
                     array[layer] = value
                 bar.update(reader.tensors[key].nbytes)
                 del value
-            with context:
-                ocp.partial.save(tmp / PARAMS_DIR, _nested(leaf.path, array))
+            save(leaf.path, array)
             del array
-        with context:
-            ocp.partial.finalize(tmp / PARAMS_DIR)
-        bar.close()
-        meta = {"model_type": family.model_type, "config": config.to_dict(), "hf_config": hf_config,
-                "source_format": fmt.name, "dtype": dtype or "source"}
-        (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=2))
-        if side_files is not None:
-            _copy_side_files(side_files, tmp)
-        os.replace(tmp, dst)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return dst
+    return Path(dst)
 
 
 def read_converted_config(path: str | os.PathLike) -> dict[str, Any]:
