@@ -3,6 +3,7 @@
     omni-jax convert --src HF_DIR --dst OUT_DIR [--dtype bfloat16]
     omni-jax export  --src OUT_DIR --dst HF_DIR [--dtype float32] [--naming NAME]
     omni-jax convert-facexformer --src FILE.pt --dst OUT_DIR [--face-grid 14] [--llm-width 3584]
+    omni-jax assemble --llava DIR --whisper DIR --face DIR --config configs/omni_emotion.py:7b --dst OUT_DIR
 
 Each prints a readable result; with --json its last line is one JSON object.
 """
@@ -61,6 +62,52 @@ def _export(args: argparse.Namespace) -> dict[str, Any]:
             "seconds": round(time.perf_counter() - start, 2)}
 
 
+def load_config(spec: str) -> Any:
+    """"configs/omni_emotion.py:tiny" → that file's get_config("tiny") (no variant: its default)."""
+    import importlib.util
+
+    path, _, variant = spec.partition(":")
+    module_spec = importlib.util.spec_from_file_location(Path(path).stem, path)
+    if module_spec is None or not Path(path).is_file():
+        raise FileNotFoundError(f"{path}: no such config file")
+    module = importlib.util.module_from_spec(module_spec)
+    sys.path.insert(0, str(Path(path).resolve().parent.parent))  # configs import each other as `configs.*`
+    try:
+        module_spec.loader.exec_module(module)
+    finally:
+        sys.path.pop(0)
+    return module.get_config(variant) if variant else module.get_config()
+
+
+def _assemble(args: argparse.Namespace) -> dict[str, Any]:
+    from omni_jax.conversion.assemble import assemble_omni_emotion
+
+    start = time.perf_counter()
+    config = load_config(args.config)
+    if args.fusion:
+        config.fusion = args.fusion
+    dst = assemble_omni_emotion(args.llava, args.whisper, args.face, args.dst, config, seed=args.seed,
+                                dtype=args.dtype, progress=not args.json)
+    return {**_converted(dst, start), "fusion": config.fusion}
+
+
+def _add_assemble(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("assemble", help="converted LLaVA-OneVision + Whisper + FaceXFormer → Omni-Emotion checkpoint",
+                       description="Reads each part one leaf at a time (never two copies of the LLM), initialises "
+                                   "what no part has (audio projector, frame embeddings, cross-attention) and sets "
+                                   "the new special tokens' rows to the mean of the learned rows.")
+    p.add_argument("--llava", required=True, help="`omni-jax convert` output of a LLaVA-OneVision checkpoint")
+    p.add_argument("--whisper", required=True, help="`omni-jax convert` output of a Whisper checkpoint")
+    p.add_argument("--face", required=True, help="`omni-jax convert-facexformer` output")
+    p.add_argument("--config", default="configs/omni_emotion.py:7b", help="config file[:variant]")
+    p.add_argument("--fusion", choices=["video_concat", "frame_concat", "frame_cross_attention"], default=None,
+                   help="override the config's fusion mode")
+    p.add_argument("--dst", required=True, help="new output directory (must not exist)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the new parameters' initialisation")
+    p.add_argument("--dtype", choices=DTYPE_CHOICES, default=None, help="stored dtype (default: the parts')")
+    p.set_defaults(run=_assemble)
+
+
 def _add_convert(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("convert", help="Hugging Face checkpoint directory → omni_jax (orbax) checkpoint",
                        description="Streams tensors one at a time; the model comes from config.json's model_type "
@@ -106,7 +153,7 @@ def _add_convert_facexformer(sub: argparse._SubParsersAction) -> None:
 
 
 SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_convert, _add_export,
-                                                                   _add_convert_facexformer]
+                                                                   _add_convert_facexformer, _add_assemble]
 
 
 def main(argv: list[str] | None = None) -> int:

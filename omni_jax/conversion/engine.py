@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import jax
+import ml_collections
 import ml_dtypes
 import numpy as np
 from tqdm import tqdm
@@ -149,7 +150,7 @@ def _temp_dir(dst: Path) -> Path:
 def _copy_side_files(src: Path, dst: Path) -> None:
     """Tokenizer, processor and generation files travel with the weights."""
     for path in src.iterdir():
-        if path.is_file() and not _WEIGHT_FILE.match(path.name):
+        if path.is_file() and not _WEIGHT_FILE.match(path.name) and path.name != CONFIG_FILE:
             shutil.copy2(path, dst / path.name)
 
 
@@ -235,6 +236,18 @@ def write_checkpoint(reader: CheckpointReader, family: registry.ModelFamily, con
     return Path(dst)
 
 
+def save_params(dst: str | os.PathLike, family: registry.ModelFamily, config, params: Any,
+                hf_config: dict[str, Any] | None = None) -> Path:
+    """Writes an in-memory parameter tree (e.g. a trained or freshly initialised model) as an
+    omni_jax checkpoint that `load_pretrained` reads."""
+    meta = {"model_type": family.model_type, "config": ml_collections.ConfigDict(config).to_dict(),
+            "hf_config": hf_config or {}, "source_format": "params", "dtype": "source"}
+    with checkpoint_writer(dst, meta) as save:
+        for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+            save("/".join(str(k.key) for k in path), np.asarray(leaf))
+    return Path(dst)
+
+
 def read_converted_config(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
     config_file = path / CONFIG_FILE
@@ -243,7 +256,7 @@ def read_converted_config(path: str | os.PathLike) -> dict[str, Any]:
     return json.loads(config_file.read_text())
 
 
-def _stored_leaves(params_dir: Path) -> dict[str, Any]:
+def stored_leaves(params_dir: Path) -> dict[str, Any]:
     """Flat {"a/b/c": metadata with .shape and .dtype} of an orbax params checkpoint."""
     import orbax.checkpoint.experimental.v1 as ocp
 
@@ -251,7 +264,7 @@ def _stored_leaves(params_dir: Path) -> dict[str, Any]:
     return {"/".join(str(k.key) for k in path): leaf for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
-def _load_leaf(params_dir: Path, path: str, meta: Any) -> np.ndarray:
+def load_leaf(params_dir: Path, path: str, meta: Any) -> np.ndarray:
     """Reads one stored leaf (orbax partial load), leaving the rest on disk."""
     import orbax.checkpoint.experimental.v1 as ocp
 
@@ -285,7 +298,7 @@ def export_orbax_to_hf(src: str | os.PathLike, dst: str | os.PathLike, dtype: st
     if naming not in formats:
         raise ValueError(f"unknown naming {naming!r} for {family.model_type}; choose from {sorted(formats)}")
     rules = {rule.target: rule for rule in formats[naming].rules}
-    stored = _stored_leaves(src / PARAMS_DIR)
+    stored = stored_leaves(src / PARAMS_DIR)
     entries, plan_by_leaf = [], []
     for path, leaf in stored.items():
         rule = rules[path]
@@ -300,7 +313,7 @@ def export_orbax_to_hf(src: str | os.PathLike, dst: str | os.PathLike, dtype: st
         writer = SafetensorsWriter(tmp, entries)
         for path, leaf, rule, keys, out_dtype in tqdm(plan_by_leaf, desc=f"exporting {src.name}",
                                                       disable=not progress):
-            value = _load_leaf(src / PARAMS_DIR, path, leaf)
+            value = load_leaf(src / PARAMS_DIR, path, leaf)
             for i, key in enumerate(keys):
                 part = value[i] if rule.stacked else value
                 writer.write(key, np.ascontiguousarray(rule.transform.to_torch(part, part.shape)).astype(out_dtype))
@@ -321,5 +334,5 @@ def export_orbax_to_hf(src: str | os.PathLike, dst: str | os.PathLike, dtype: st
     return dst
 
 
-__all__ = ["ConversionError", "convert_hf_to_orbax", "export_orbax_to_hf", "plan", "read_converted_config",
-           "weight_files"]
+__all__ = ["ConversionError", "checkpoint_writer", "convert_hf_to_orbax", "export_orbax_to_hf", "load_leaf", "plan",
+           "read_converted_config", "save_params", "stored_leaves", "weight_files"]

@@ -282,23 +282,26 @@ def add_special_tokens(tokenizer: Any, cfg: ml_collections.ConfigDict) -> None:
         raise ValueError(f"the tokenizer assigns {got}, the config expects {want}: set the config's token ids")
 
 
+def fill_token_rows(table: jax.Array, token_ids: Sequence[int], trained_rows: int, vocab_axis: int,
+                    rows: int | None = None) -> jax.Array:
+    """`table` with the rows (along `vocab_axis`) of `token_ids` set to the mean of its first
+    `trained_rows` rows, grown to `rows` (default: enough for every id) if it is shorter."""
+    table = jnp.moveaxis(jnp.asarray(table), vocab_axis, 0)
+    rows = rows or max(table.shape[0], int(max(token_ids)) + 1)
+    table = jnp.pad(table, ((0, rows - table.shape[0]),) + ((0, 0),) * (table.ndim - 1))
+    mean = jnp.mean(table[:trained_rows].astype(jnp.float32), axis=0).astype(table.dtype)
+    return jnp.moveaxis(table.at[jnp.asarray(token_ids)].set(mean), 0, vocab_axis)
+
+
 def init_token_rows(params: dict[str, Any], token_ids: Sequence[int], trained_rows: int) -> dict[str, Any]:
     """Sets the embedding rows (and untied LM-head columns) of `token_ids` to the mean of the
     first `trained_rows` rows (the tokens the checkpoint learned); both tables grow to
     max(token_ids) + 1 rows if they are shorter (then set `text.vocab_size` to match).
     Pure: returns a new tree, `params` is unchanged."""
-    ids = jnp.asarray(token_ids)
-
-    def fill(table: jax.Array, vocab_axis: int) -> jax.Array:
-        table = jnp.moveaxis(table, vocab_axis, 0)
-        rows = max(table.shape[0], int(max(token_ids)) + 1)
-        table = jnp.pad(table, ((0, rows - table.shape[0]),) + ((0, 0),) * (table.ndim - 1))
-        mean = jnp.mean(table[:trained_rows].astype(jnp.float32), axis=0).astype(table.dtype)
-        return jnp.moveaxis(table.at[ids].set(mean), 0, vocab_axis)
-
     lm = params["language_model"]
     new_lm = {**lm, "model": {**lm["model"], "embed_tokens": {
-        "embedding": fill(lm["model"]["embed_tokens"]["embedding"], 0)}}}
+        "embedding": fill_token_rows(lm["model"]["embed_tokens"]["embedding"], token_ids, trained_rows, 0)}}}
     if "lm_head" in lm:
-        new_lm["lm_head"] = {**lm["lm_head"], "kernel": fill(lm["lm_head"]["kernel"], 1)}
+        new_lm["lm_head"] = {**lm["lm_head"], "kernel": fill_token_rows(lm["lm_head"]["kernel"], token_ids,
+                                                                        trained_rows, 1)}
     return {**params, "language_model": new_lm}

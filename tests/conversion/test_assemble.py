@@ -1,0 +1,98 @@
+"""An Omni-Emotion checkpoint assembled from converted parts: every leaf where it belongs."""
+import jax
+import ml_collections
+import numpy as np
+import pytest
+
+import omni_jax
+from configs import omni_emotion as omni_configs
+from omni_jax import registry
+from omni_jax.conversion import ConversionError
+from omni_jax.conversion.assemble import assemble_omni_emotion
+from omni_jax.conversion.engine import save_params
+from omni_jax.models.omni_emotion import SPECIAL_TOKENS
+
+LLAVA_FIELDS = ("text", "vision", "vision_feature_layers", "vision_feature_select_strategy", "projector_hidden_act",
+                "projector_bias", "image_token_id", "video_token_id")
+
+
+def _random_part(dst, family_name, config, seed):
+    """A part checkpoint with random values in the shapes of `config` (no init compile)."""
+    family = registry.FAMILIES[family_name]
+    shapes = registry.abstract_params(family, config)
+    leaves, treedef = jax.tree.flatten(shapes)
+    rng = np.random.RandomState(seed)
+    params = jax.tree.unflatten(treedef, [rng.randn(*s.shape).astype(np.float32) for s in leaves])
+    save_params(dst, family, config, params)
+    return params
+
+
+@pytest.fixture(scope="module")
+def parts(tmp_path_factory):
+    root = tmp_path_factory.mktemp("parts")
+    cfg = omni_configs.get_config("tiny")
+    llava_cfg = ml_collections.ConfigDict({k: cfg[k] for k in LLAVA_FIELDS})
+    return root, cfg, {"llava": _random_part(root / "llava", "llava_onevision", llava_cfg, 0),
+                       "whisper": _random_part(root / "whisper", "whisper", cfg.audio, 1),
+                       "face": _random_part(root / "face", "facexformer", cfg.face, 2)}
+
+
+def test_parts_land_where_the_model_reads_them(parts, tmp_path):
+    root, cfg, sources = parts
+    assemble_omni_emotion(root / "llava", root / "whisper", root / "face", tmp_path / "omni", cfg, progress=False)
+    model, params = omni_jax.load_pretrained(tmp_path / "omni")
+    assert type(model).__name__ == "OmniEmotion"
+    np.testing.assert_array_equal(params["audio_encoder"]["layers"]["mlp"]["fc1"]["kernel"],
+                                  sources["whisper"]["layers"]["mlp"]["fc1"]["kernel"])
+    np.testing.assert_array_equal(params["face_encoder"]["linear_fuse"]["kernel"],
+                                  sources["face"]["linear_fuse"]["kernel"])
+    np.testing.assert_array_equal(params["vision_tower"]["post_layernorm"]["scale"],
+                                  sources["llava"]["vision_tower"]["post_layernorm"]["scale"])
+    # New token rows: the mean of the rows before the first new id; other rows untouched.
+    ids = [cfg[f] for f in SPECIAL_TOKENS]
+    table = np.asarray(params["language_model"]["model"]["embed_tokens"]["embedding"])
+    source = sources["llava"]["language_model"]["model"]["embed_tokens"]["embedding"]
+    np.testing.assert_allclose(table[ids], np.broadcast_to(source[:min(ids)].mean(0), (len(ids), table.shape[1])),
+                               rtol=1e-5, atol=1e-6)
+    keep = np.setdiff1d(np.arange(table.shape[0]), ids)
+    np.testing.assert_array_equal(table[keep], source[keep])
+    head = np.asarray(params["language_model"]["lm_head"]["kernel"])
+    np.testing.assert_allclose(head[:, ids[0]], sources["llava"]["language_model"]["lm_head"]["kernel"][
+        :, :min(ids)].mean(1), rtol=1e-5, atol=1e-6)
+    # What no part has: initialised (zeros for frame embeddings, the projector's own init).
+    assert not np.asarray(params["frame_embedding"]).any()
+    assert np.asarray(params["audio_projector"]["mlp"]["linear_1"]["kernel"]).std() > 0
+
+
+def test_mismatched_or_wrong_parts_are_named_and_nothing_is_written(parts, tmp_path):
+    root, cfg, _ = parts
+    bigger = ml_collections.ConfigDict(cfg.audio.to_dict())
+    bigger.max_source_positions = cfg.audio.max_source_positions + 10
+    _random_part(tmp_path / "whisper_long", "whisper", bigger, 3)
+    with pytest.raises(ConversionError, match=r"'audio_encoder/embed_positions/embedding' .*expected \[30, 32\], "
+                                              r"found \[40, 32\]"):
+        assemble_omni_emotion(root / "llava", tmp_path / "whisper_long", root / "face", tmp_path / "out", cfg,
+                              progress=False)
+    with pytest.raises(ConversionError, match="holds a 'facexformer' checkpoint; expected 'whisper'"):
+        assemble_omni_emotion(root / "llava", root / "face", root / "face", tmp_path / "out", cfg, progress=False)
+    assert not (tmp_path / "out").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
+
+
+def test_assemble_command_line(parts, tmp_path):
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root, _, _ = parts
+    repo = Path(__file__).resolve().parents[2]
+    out = subprocess.run([sys.executable, "-m", "omni_jax.cli", "--json", "assemble", "--llava", str(root / "llava"),
+                          "--whisper", str(root / "whisper"), "--face", str(root / "face"),
+                          "--config", "configs/omni_emotion.py:tiny", "--fusion", "frame_cross_attention",
+                          "--dst", str(tmp_path / "omni")], capture_output=True, text=True, cwd=repo)
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout.splitlines()[-1])
+    assert result["ok"] and result["model_type"] == "omni_emotion" and result["fusion"] == "frame_cross_attention"
+    _, params = omni_jax.load_pretrained(tmp_path / "omni")
+    assert "face_cross_attention" in params
