@@ -1,0 +1,1 @@
+"""Training: the phase-masked step (the loop, data and checkpoints build around it)."""
