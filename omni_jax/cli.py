@@ -4,6 +4,7 @@
     omni-jax export  --src OUT_DIR --dst HF_DIR [--dtype float32] [--naming NAME]
     omni-jax convert-facexformer --src FILE.pt --dst OUT_DIR [--face-grid 14] [--llm-width 3584]
     omni-jax assemble --llava DIR --whisper DIR --face DIR --config configs/omni_emotion.py:7b --dst OUT_DIR
+    omni-jax plan --config configs/omni_emotion.py:7b --mesh data=2,fsdp=64,tensor=2 --batch 128 --seq 4096
 
 Each prints a readable result; with --json its last line is one JSON object.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -108,6 +110,45 @@ def _add_assemble(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=_assemble)
 
 
+def _mesh_sizes(text: str) -> dict[str, int]:
+    """"data=2,fsdp=64,tensor=2" → {"data": 2, "fsdp": 64, "tensor": 2} (missing axes are 1)."""
+    sizes = {"data": 1, "fsdp": 1, "tensor": 1}
+    for item in filter(None, text.split(",")):
+        name, _, value = item.partition("=")
+        if name not in sizes or not value.isdigit() or int(value) < 1:
+            raise argparse.ArgumentTypeError(f"expected data=N,fsdp=N,tensor=N, got {text!r}")
+        sizes[name] = int(value)
+    return sizes
+
+
+def _plan(args: argparse.Namespace) -> dict[str, Any]:
+    from omni_jax.sharding import make_mesh
+    from omni_jax.train.plan import plan_train_step
+
+    config = load_config(args.config)
+    start = time.perf_counter()
+    result = plan_train_step(config, make_mesh(**args.mesh), args.batch, args.seq, args.phase)
+    gib = lambda n: f"{n / 2**30:.3f} GiB"
+    return {**{k: v for k, v in result.items() if not k.endswith("bytes_per_device")},
+            **{k.replace("_bytes", ""): gib(v) for k, v in result.items() if k.endswith("bytes_per_device")},
+            **{k: v for k, v in result.items() if k.endswith("bytes_per_device")},
+            "compile_seconds": round(time.perf_counter() - start, 1)}
+
+
+def _add_plan(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("plan", help="compile a sharded train step ahead of time; per-device bytes and FLOPs",
+                       description="Lowers and compiles the train step for a mesh of simulated CPU devices without "
+                                   "materialising any weight, and prints XLA's memory and cost analyses.")
+    p.add_argument("--config", default="configs/omni_emotion.py:7b", help="config file[:variant]")
+    p.add_argument("--mesh", type=_mesh_sizes, default={"data": 1, "fsdp": 8, "tensor": 1},
+                   help="data=N,fsdp=N,tensor=N (their product is the device count)")
+    p.add_argument("--batch", type=int, default=8, help="global batch (clips)")
+    p.add_argument("--seq", type=int, default=4096, help="tokens per clip")
+    p.add_argument("--phase", default="instruction_tuning",
+                   choices=["audio_alignment", "face_alignment", "instruction_tuning"])
+    p.set_defaults(run=_plan)
+
+
 def _add_convert(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("convert", help="Hugging Face checkpoint directory → omni_jax (orbax) checkpoint",
                        description="Streams tensors one at a time; the model comes from config.json's model_type "
@@ -153,7 +194,7 @@ def _add_convert_facexformer(sub: argparse._SubParsersAction) -> None:
 
 
 SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_convert, _add_export,
-                                                                   _add_convert_facexformer, _add_assemble]
+                                                                   _add_convert_facexformer, _add_assemble, _add_plan]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -164,6 +205,10 @@ def main(argv: list[str] | None = None) -> int:
     for add in SUBCOMMANDS:
         add(sub)
     args = parser.parse_args(argv)
+    if args.command == "plan":  # read when JAX starts its CPU backend, which nothing has done yet
+        devices = args.mesh["data"] * args.mesh["fsdp"] * args.mesh["tensor"]
+        os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices}"
+        os.environ.setdefault("JAX_PLATFORMS", "cpu")
     logging.basicConfig(level=logging.WARNING if args.json else logging.INFO, format="%(message)s")
     try:
         result = args.run(args)

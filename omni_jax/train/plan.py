@@ -1,0 +1,87 @@
+"""Ahead-of-time plan of a sharded train step: compile it for a mesh without any weights.
+
+Parameters, optimizer state and the batch are `jax.ShapeDtypeStruct`s carrying their target
+shardings; the step is lowered and compiled for that mesh (simulated CPU devices will do), and
+XLA's memory and cost analyses give the per-device bytes and the FLOPs of one step.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from omni_jax import registry, sharding
+from omni_jax.models import whisper
+from omni_jax.models.omni_emotion import placeholder_counts
+from omni_jax.train.step import make_optimizer, train_step, trainable_labels
+
+
+def abstract_batch(cfg: ml_collections.ConfigDict, batch: int, seq: int) -> dict[str, jax.ShapeDtypeStruct]:
+    """The shapes of one training batch of `batch` clips padded to `seq` tokens."""
+    needed = sum(placeholder_counts(cfg).values()) + 4  # + the four modality tokens
+    if seq < needed:
+        raise ValueError(f"--seq {seq} is shorter than the {needed} multimodal positions of one clip")
+    f, size, face = cfg.num_frames, cfg.vision.image_size, cfg.face.swin.image_size
+    spec = jax.ShapeDtypeStruct
+    return {"input_ids": spec((batch, seq), jnp.int32), "attention_mask": spec((batch, seq), jnp.int32),
+            "labels": spec((batch, seq), jnp.int32),
+            "pixel_values_videos": spec((batch, f, size, size, cfg.vision.num_channels), jnp.float32),
+            "face_pixels": spec((batch, f, face, face, cfg.face.swin.num_channels), jnp.float32),
+            "input_features": spec((batch, cfg.audio_windows, cfg.audio.num_mel_bins,
+                                    whisper.input_frames(cfg.audio)), jnp.float32),
+            "has_video": spec((batch,), jnp.bool_), "has_face": spec((batch,), jnp.bool_),
+            "has_audio": spec((batch,), jnp.bool_)}
+
+
+def sharded_params(cfg: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Any:
+    """The parameter tree as ShapeDtypeStructs carrying their shardings on `mesh` (no weights)."""
+    boxed = registry.abstract_params(registry.FAMILIES["omni_emotion"], cfg, boxed=True)
+    return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), nn.unbox(boxed),
+                        sharding.param_shardings(boxed, mesh))
+
+
+def bytes_per_device(tree: Any) -> int:
+    """Bytes one device holds of a tree of sharded ShapeDtypeStructs."""
+    return sum(_shard_bytes(s) for s in jax.tree.leaves(tree))
+
+
+def plan_train_step(cfg: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, batch: int, seq: int,
+                    phase: str = "instruction_tuning") -> dict[str, Any]:
+    """Compiles the phase's train step for `mesh`; returns per-device bytes and FLOPs per step."""
+    model = registry.build(registry.FAMILIES["omni_emotion"], cfg)
+    params = sharded_params(cfg, mesh)
+    param_shardings = jax.tree.map(lambda s: s.sharding, params)
+    optimizer = make_optimizer(params, phase)
+    labels = trainable_labels(params, phase)
+    data = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(("data", "fsdp")))
+    inputs = abstract_batch(cfg, batch, seq)
+    with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.LOGICAL_AXIS_RULES):
+        # Adam's moments are shaped like their parameters and are placed like them.
+        opt_state = jax.eval_shape(optimizer.init, params)
+        opt_shardings = jax.jit(optimizer.init).lower(params).compile().output_shardings
+        step = jax.jit(functools.partial(train_step, model, optimizer, labels),
+                       in_shardings=(param_shardings, opt_shardings, jax.tree.map(lambda _: data, inputs)),
+                       out_shardings=(param_shardings, opt_shardings, None), donate_argnums=(0, 1))
+        compiled = step.lower(params, opt_state, inputs).compile()
+    memory = compiled.memory_analysis()
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    devices = mesh.devices.size
+    return {"devices": devices, "mesh": dict(mesh.shape), "batch": batch, "seq": seq, "phase": phase,
+            "params_bytes_per_device": bytes_per_device(params),
+            "optimizer_bytes_per_device": bytes_per_device(jax.tree.map(
+                lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), opt_state, opt_shardings)),
+            "temp_bytes_per_device": int(memory.temp_size_in_bytes),
+            "argument_bytes_per_device": int(memory.argument_size_in_bytes),
+            # XLA's cost analysis is of one device's program
+            "flops_per_step": float(cost.get("flops", float("nan"))) * devices}
+
+
+def _shard_bytes(spec: jax.ShapeDtypeStruct) -> int:
+    shard = spec.sharding.shard_shape(spec.shape) if spec.sharding is not None else spec.shape
+    return int(np.prod(shard, dtype=np.int64)) * jnp.dtype(spec.dtype).itemsize
