@@ -50,6 +50,25 @@ def bytes_per_device(tree: Any) -> int:
     return sum(_shard_bytes(s) for s in jax.tree.leaves(tree))
 
 
+def optimizer_shardings(opt_state: Any, params: Any, mesh: jax.sharding.Mesh) -> Any:
+    """Adam's moments placed like their parameters; counters and the like replicated. (XLA does
+    not carry parameter shardings into `init`'s zeros: left alone they come out replicated.)
+
+    A moment is recognised by its key path ending in a parameter's path, with its shape."""
+    by_path = {tuple(k.key for k in path): leaf for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]}
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+
+    def place(path, leaf):
+        keys = tuple(getattr(k, "key", getattr(k, "name", getattr(k, "idx", None))) for k in path)
+        for start in range(len(keys)):
+            param = by_path.get(keys[start:])
+            if param is not None and param.shape == leaf.shape:
+                return param.sharding
+        return replicated
+
+    return jax.tree_util.tree_map_with_path(place, opt_state)
+
+
 def plan_train_step(cfg: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, batch: int, seq: int,
                     phase: str = "instruction_tuning") -> dict[str, Any]:
     """Compiles the phase's train step for `mesh`; returns per-device bytes and FLOPs per step."""
@@ -61,9 +80,8 @@ def plan_train_step(cfg: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, bat
     data = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(("data", "fsdp")))
     inputs = abstract_batch(cfg, batch, seq)
     with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.LOGICAL_AXIS_RULES):
-        # Adam's moments are shaped like their parameters and are placed like them.
         opt_state = jax.eval_shape(optimizer.init, params)
-        opt_shardings = jax.jit(optimizer.init).lower(params).compile().output_shardings
+        opt_shardings = optimizer_shardings(opt_state, params, mesh)
         step = jax.jit(functools.partial(train_step, model, optimizer, labels),
                        in_shardings=(param_shardings, opt_shardings, jax.tree.map(lambda _: data, inputs)),
                        out_shardings=(param_shardings, opt_shardings, None), donate_argnums=(0, 1))

@@ -11,6 +11,7 @@ from configs import omni_emotion
 from omni_jax import registry
 from omni_jax.sharding import make_mesh
 from omni_jax.train.plan import bytes_per_device, sharded_params
+from omni_jax.train.step import trainable_labels
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -27,6 +28,10 @@ def test_plan_reports_fsdp_sharded_bytes_and_flops():
     # tiny: norm scales and odd-sized leaves (replicated) are a visible share; the 7B test is tight
     assert total / 8 <= result["params_bytes_per_device"] < 1.1 * total / 8
     assert result["temp_bytes_per_device"] > 0
+    # Adam's two moments exist for the trainable leaves only, sharded like them.
+    labels = jax.tree.leaves(trainable_labels(shapes, "instruction_tuning"))
+    trainable = sum(int(np.prod(s.shape)) * 4 for s, l in zip(jax.tree.leaves(shapes), labels) if l == "train")
+    assert 2 * trainable / 8 <= result["optimizer_bytes_per_device"] < 1.1 * 2 * trainable / 8
 
 
 def test_full_size_fsdp_holds_one_eighth_of_the_parameters_per_device():
