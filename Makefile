@@ -23,6 +23,7 @@ bench: setup
 	$(PY) experiments/bench_qwen2.py
 	$(PY) experiments/bench_convert_memory.py
 	$(PY) experiments/bench_face_encoder.py
+	$(PY) experiments/bench_audio.py --large
 
 clean:
 	rm -rf $(VENV) build *.egg-info
