@@ -94,6 +94,8 @@ def _assemble(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _add_assemble(sub: argparse._SubParsersAction) -> None:
+    from omni_jax.models.omni_emotion import FUSIONS
+
     p = sub.add_parser("assemble", help="converted LLaVA-OneVision + Whisper + FaceXFormer → Omni-Emotion checkpoint",
                        description="Reads each part one leaf at a time (never two copies of the LLM), initialises "
                                    "what no part has (audio projector, frame embeddings, cross-attention) and sets "
@@ -102,7 +104,7 @@ def _add_assemble(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--whisper", required=True, help="`omni-jax convert` output of a Whisper checkpoint")
     p.add_argument("--face", required=True, help="`omni-jax convert-facexformer` output")
     p.add_argument("--config", default="configs/omni_emotion.py:7b", help="config file[:variant]")
-    p.add_argument("--fusion", choices=["video_concat", "frame_concat", "frame_cross_attention"], default=None,
+    p.add_argument("--fusion", choices=FUSIONS, default=None,
                    help="override the config's fusion mode")
     p.add_argument("--dst", required=True, help="new output directory (must not exist)")
     p.add_argument("--seed", type=int, default=0, help="seed of the new parameters' initialisation")
@@ -136,6 +138,8 @@ def _plan(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _add_plan(sub: argparse._SubParsersAction) -> None:
+    from omni_jax.train.step import PHASES
+
     p = sub.add_parser("plan", help="compile a sharded train step ahead of time; per-device bytes and FLOPs",
                        description="Lowers and compiles the train step for a mesh of simulated CPU devices without "
                                    "materialising any weight, and prints XLA's memory and cost analyses.")
@@ -144,8 +148,7 @@ def _add_plan(sub: argparse._SubParsersAction) -> None:
                    help="data=N,fsdp=N,tensor=N (their product is the device count)")
     p.add_argument("--batch", type=int, default=8, help="global batch (clips)")
     p.add_argument("--seq", type=int, default=4096, help="tokens per clip")
-    p.add_argument("--phase", default="instruction_tuning",
-                   choices=["audio_alignment", "face_alignment", "instruction_tuning"])
+    p.add_argument("--phase", default="instruction_tuning", choices=sorted(PHASES))
     p.set_defaults(run=_plan)
 
 

@@ -19,12 +19,11 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from flax import traverse_util
 from tqdm import tqdm
 
 from omni_jax import registry
 from omni_jax.conversion.engine import (DTYPES, PARAMS_DIR, ConversionError, abstract_params, checkpoint_writer,
-                                        load_leaf, read_converted_config, stored_leaves)
+                                        flat_leaves, load_leaf, read_converted_config, stored_leaves)
 from omni_jax.models.omni_emotion import SPECIAL_TOKENS, fill_token_rows
 
 PARTS = {"": "llava_onevision", "audio_encoder/": "whisper", "face_encoder/": "facexformer"}  # prefix → model type
@@ -48,12 +47,12 @@ def new_parameters(config: ml_collections.ConfigDict, seed: int) -> dict[str, np
             module.face_cross_attention(tokens, tokens)
 
     params = nn.unbox(model.init(jax.random.key(seed), method=touch)["params"])
-    return {"/".join(k): np.asarray(v) for k, v in traverse_util.flatten_dict(params).items()}
+    return {path: np.asarray(v) for path, v in flat_leaves(params).items()}
 
 
-def _plan(parts: dict[str, Path], config) -> tuple[list[tuple[str, str | None, Any]], dict[str, Any], list[str]]:
-    """(target path, part prefix or None for a new parameter, stored metadata) per leaf, the
-    stored leaves of each part, and every problem found (types, shapes, missing, unexpected)."""
+def _plan(parts: dict[str, Path], config) -> tuple[list[tuple[str, Any, str | None, Any]], list[str]]:
+    """(target path, target ShapeDtypeStruct, part prefix and stored metadata, or None for a new
+    parameter) per leaf, and every problem found (types, shapes, missing, unexpected)."""
     problems, stored = [], {}
     for prefix, path in parts.items():
         model_type = read_converted_config(path)["model_type"]
@@ -62,14 +61,14 @@ def _plan(parts: dict[str, Path], config) -> tuple[list[tuple[str, str | None, A
         else:
             stored[prefix] = stored_leaves(path / PARAMS_DIR)
     if problems:
-        return [], stored, problems
+        return [], problems
     plan, used = [], {prefix: set() for prefix in parts}
     for path, spec in abstract_params(registry.FAMILIES["omni_emotion"], config).items():
         prefix = _part_prefix(path)
         source = path[len(prefix):]
         meta = stored[prefix].get(source)
         if meta is None:
-            plan.append((path, None, spec))
+            plan.append((path, spec, None, None))
             continue
         used[prefix].add(source)
         expected, found = tuple(spec.shape), tuple(meta.shape)
@@ -79,11 +78,11 @@ def _plan(parts: dict[str, Path], config) -> tuple[list[tuple[str, str | None, A
         if found != expected and not grows:
             problems.append(f"shape mismatch for {path!r} (from {parts[prefix]}): expected {list(expected)}, "
                             f"found {list(found)}")
-        plan.append((path, prefix, meta))
+        plan.append((path, spec, prefix, meta))
     for prefix, leaves in stored.items():
         problems += [f"unexpected {key!r} in {parts[prefix]}: the assembled model has no {prefix + key!r}"
                      for key in sorted(leaves.keys() - used[prefix])]
-    return plan, stored, problems
+    return plan, problems
 
 
 def assemble_omni_emotion(llava: str | os.PathLike, whisper: str | os.PathLike, face: str | os.PathLike,
@@ -93,22 +92,20 @@ def assemble_omni_emotion(llava: str | os.PathLike, whisper: str | os.PathLike, 
     Whisper and FaceXFormer directories. Every mismatch is listed before anything is written."""
     config = ml_collections.ConfigDict(config)
     parts = {"": Path(llava), "audio_encoder/": Path(whisper), "face_encoder/": Path(face)}
-    plan, _, problems = _plan(parts, config)
+    plan, problems = _plan(parts, config)
     new = new_parameters(config, seed)
     problems += [f"parameter {path!r} {list(spec.shape)} is in no part and has no initialiser"
-                 for path, prefix, spec in plan if prefix is None and path not in new]
+                 for path, spec, prefix, _ in plan if prefix is None and path not in new]
     if problems:
         raise ConversionError("the Omni-Emotion parts", problems)
     token_ids = [config[field] for field in SPECIAL_TOKENS]
     meta = {"model_type": "omni_emotion", "config": config.to_dict(), "hf_config": {}, "source_format": "assembled",
             "dtype": dtype or "source", "parts": {PARTS[p]: str(path) for p, path in parts.items()}, "seed": seed}
-    targets = abstract_params(registry.FAMILIES["omni_emotion"], config)
     with checkpoint_writer(dst, meta, side_files=parts[""]) as save:
-        for path, prefix, meta_or_spec in tqdm(plan, desc="assembling", disable=not progress):
-            value = new[path] if prefix is None else load_leaf(parts[prefix] / PARAMS_DIR, path[len(prefix):],
-                                                               meta_or_spec)
+        for path, spec, prefix, stored in tqdm(plan, desc="assembling", disable=not progress):
+            value = new[path] if prefix is None else load_leaf(parts[prefix] / PARAMS_DIR, path[len(prefix):], stored)
             if path in TOKEN_TABLES:
                 axis = TOKEN_TABLES[path]
-                value = fill_token_rows(value, token_ids, min(token_ids), axis, rows=targets[path].shape[axis])
+                value = fill_token_rows(value, token_ids, min(token_ids), axis, rows=spec.shape[axis])
             save(path, np.asarray(value, DTYPES[dtype] if dtype else None))
     return Path(dst)

@@ -63,11 +63,14 @@ class _Leaf:
         return self.shape[1:] if self.rule.stacked else self.shape
 
 
+def flat_leaves(tree: Any) -> dict[str, Any]:
+    """A nested dict tree as {"a/b/c": leaf}: the path form every table and plan here uses."""
+    return {"/".join(str(k.key) for k in path): leaf for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
 def abstract_params(family: registry.ModelFamily, config) -> dict[str, jax.ShapeDtypeStruct]:
     """Flat {"a/b/c": ShapeDtypeStruct} of the model's parameters, without allocating them."""
-    tree = registry.abstract_params(family, config)
-    return {"/".join(str(k.key) for k in path): leaf
-            for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+    return flat_leaves(registry.abstract_params(family, config))
 
 
 def _match(fmt: Format, keys: list[str]) -> tuple[dict[str, list[tuple[Rule, int | None]]], list[str], list[str]]:
@@ -243,8 +246,8 @@ def save_params(dst: str | os.PathLike, family: registry.ModelFamily, config, pa
     meta = {"model_type": family.model_type, "config": ml_collections.ConfigDict(config).to_dict(),
             "hf_config": hf_config or {}, "source_format": "params", "dtype": "source"}
     with checkpoint_writer(dst, meta) as save:
-        for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
-            save("/".join(str(k.key) for k in path), np.asarray(leaf))
+        for path, leaf in flat_leaves(params).items():
+            save(path, np.asarray(leaf))
     return Path(dst)
 
 
@@ -260,8 +263,7 @@ def stored_leaves(params_dir: Path) -> dict[str, Any]:
     """Flat {"a/b/c": metadata with .shape and .dtype} of an orbax params checkpoint."""
     import orbax.checkpoint.experimental.v1 as ocp
 
-    tree = ocp.metadata(params_dir).metadata
-    return {"/".join(str(k.key) for k in path): leaf for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+    return flat_leaves(ocp.metadata(params_dir).metadata)
 
 
 def load_leaf(params_dir: Path, path: str, meta: Any) -> np.ndarray:
@@ -334,5 +336,5 @@ def export_orbax_to_hf(src: str | os.PathLike, dst: str | os.PathLike, dtype: st
     return dst
 
 
-__all__ = ["ConversionError", "checkpoint_writer", "convert_hf_to_orbax", "export_orbax_to_hf", "load_leaf", "plan",
-           "read_converted_config", "save_params", "stored_leaves", "weight_files"]
+__all__ = ["ConversionError", "checkpoint_writer", "convert_hf_to_orbax", "export_orbax_to_hf", "flat_leaves",
+           "load_leaf", "plan", "read_converted_config", "save_params", "stored_leaves", "weight_files"]

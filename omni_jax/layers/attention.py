@@ -32,13 +32,6 @@ def make_causal_mask(key_valid: jax.Array, q_positions: jax.Array) -> jax.Array:
     return causal[None, None] & key_valid[:, None, None, :].astype(bool)
 
 
-def attention_mask_bias(mask: jax.Array | None, dtype: Any = jnp.float32) -> jax.Array | None:
-    """Boolean mask → additive bias (0 where allowed, a large negative number elsewhere)."""
-    if mask is None:
-        return None
-    return jnp.where(mask, 0.0, _MASKED).astype(dtype)
-
-
 QUERY_CHUNK = 256
 
 
