@@ -25,6 +25,8 @@ import numpy as np
 import scipy.fft
 import soxr
 
+from omni_jax.data.errors import ExampleError
+
 SAMPLE_RATE = 16_000
 N_FFT = 400
 HOP_LENGTH = 160
@@ -33,8 +35,11 @@ WINDOW_SAMPLES = SAMPLE_RATE * WINDOW_SECONDS  # 480,000
 WINDOW_FRAMES = WINDOW_SAMPLES // HOP_LENGTH  # 3,000
 
 
-class AudioError(ValueError):
+class AudioError(ExampleError):
     """A media file whose audio cannot be read; the message names the file and the reason."""
+
+    def __init__(self, message: str, reason: str = "unreadable_audio"):
+        super().__init__(reason, message)
 
 
 @dataclasses.dataclass
@@ -81,7 +86,7 @@ def load_audio(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE) -> np.nd
     """
     path = Path(path)
     if not path.exists():
-        raise AudioError(f"{path}: no such file")
+        raise AudioError(f"{path}: no such file", "missing_file")
     try:
         decoded = _decode_pyav(path)
     except (av.error.FFmpegError, OSError, ValueError) as pyav_error:
