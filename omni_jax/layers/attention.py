@@ -22,14 +22,18 @@ from omni_jax.layers.rotary import apply_rotary
 _MASKED = -0.7 * float(jnp.finfo(jnp.float32).max)
 
 
-def make_causal_mask(key_valid: jax.Array, q_positions: jax.Array) -> jax.Array:
-    """key_valid: [batch, kv_length] bool; q_positions: [q_length] slot indices of the queries.
+def make_causal_mask(key_segments: jax.Array, q_positions: jax.Array) -> jax.Array:
+    """key_segments: [batch, kv_length], 0 at padding, else 1 — or segment ids (1, 2, … per
+    example) in packed rows; q_positions: [q_length] slot indices of the queries.
 
-    Returns [batch, 1, q_length, kv_length]: query slot i sees valid key slots j ≤ i.
+    Returns [batch, 1, q_length, kv_length]: query slot i sees non-padding key slots j ≤ i of its
+    own segment. (A query at padding sees every earlier non-padding key: its output is unused.)
     """
-    kv_slots = jnp.arange(key_valid.shape[-1])
+    kv_slots = jnp.arange(key_segments.shape[-1])
     causal = kv_slots[None, :] <= q_positions[:, None]
-    return causal[None, None] & key_valid[:, None, None, :].astype(bool)
+    q_segments = jnp.take(key_segments, q_positions, axis=-1)
+    same = (q_segments[:, :, None] == key_segments[:, None, :]) | (q_segments[:, :, None] == 0)
+    return (causal[None] & same & (key_segments[:, None, :] != 0))[:, None]
 
 
 QUERY_CHUNK = 256

@@ -64,8 +64,13 @@ def config_to_hf(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
 
 
 def positions_from_mask(attention_mask: jax.Array) -> jax.Array:
-    """[batch, length] 0/1 → position ids counting real tokens only (left padding → 0-based)."""
-    return jnp.maximum(jnp.cumsum(attention_mask.astype(jnp.int32), axis=-1) - 1, 0)
+    """[batch, length] 0/1 or segment ids → position ids counting real tokens only, from 0 in
+    each segment (left padding → 0-based; a packed row's examples each start at 0)."""
+    valid = attention_mask != 0
+    count = jnp.cumsum(valid, axis=-1, dtype=jnp.int32) - 1
+    previous = jnp.pad(attention_mask, ((0, 0), (1, 0)))[:, :-1]
+    first = jax.lax.cummax(jnp.where(valid & (attention_mask != previous), count, 0), axis=1)
+    return jnp.where(valid, count - first, jnp.maximum(count, 0))
 
 
 class DecoderLayer(nn.Module):
@@ -107,8 +112,10 @@ class Qwen2Model(nn.Module):
                  decode: bool = False, output_hidden_states: bool = False) -> dict[str, Any]:
         """input_ids: [batch, length] (or inputs_embeds [batch, length, embed]).
 
-        attention_mask: [batch, length] 1 for real tokens; when decoding, [batch, cache_length]
-        covering every cache slot (prompt, generated and still-to-come tokens).
+        attention_mask: [batch, length] 1 for real tokens, 0 for padding, or segment ids (1, 2, …)
+        for rows packed with several examples, which then neither see each other nor share
+        positions; when decoding, [batch, cache_length] covering every cache slot (prompt,
+        generated and still-to-come tokens).
         Returns last_hidden_state [batch, length, embed] and, if asked, hidden_states: the
         embeddings and each layer's output (the last one after the final norm), as transformers.
         """
@@ -128,7 +135,7 @@ class Qwen2Model(nn.Module):
             attention_mask = jnp.ones((batch, length), jnp.int32)
         if position_ids is None:
             position_ids = jnp.take(positions_from_mask(attention_mask), q_slots, axis=1)
-        mask = make_causal_mask(attention_mask.astype(bool), q_slots)
+        mask = make_causal_mask(attention_mask.astype(jnp.int32), q_slots)
         rotary = rotary_cos_sin(position_ids, cfg.head_dim, cfg.rope_theta)
         x, per_layer = apply_layers(DecoderLayer, cfg.num_layers, x, mask, rotary, cache_slot,
                                     remat=cfg.remat_policy, scan=cfg.get("scan_layers", True), config=cfg,

@@ -7,6 +7,7 @@ import torch
 
 import omni_jax
 from omni_jax.generate import greedy_generate, init_cache
+from omni_jax.models.qwen2 import positions_from_mask
 from tests.conftest import RTOL, rel_err
 
 
@@ -49,6 +50,20 @@ def test_left_padding_equals_unpadded(qwen2_untied):
     with torch.no_grad():
         ref = hf(torch.tensor(ids), attention_mask=torch.tensor(mask), position_ids=torch.tensor(positions)).logits
     assert rel_err(np.asarray(out)[mask == 1], ref.numpy()[mask == 1]) < RTOL
+
+
+def test_packed_row_equals_its_examples_alone(qwen2_untied):
+    """attention_mask as segment ids: each packed example sees only itself and starts at position 0."""
+    hf, root = qwen2_untied
+    model, params = omni_jax.load_pretrained(root / "ox")
+    ids = _ids(1, 16, hf.config.vocab_size, seed=2)
+    segments = np.array([[1] * 5 + [2] * 7 + [3] * 2 + [0] * 2])
+    np.testing.assert_array_equal(positions_from_mask(jnp.asarray(segments)),
+                                  [[0, 1, 2, 3, 4, 0, 1, 2, 3, 4, 5, 6, 0, 1, 13, 13]])
+    packed = model.apply({"params": params}, input_ids=jnp.asarray(ids), attention_mask=jnp.asarray(segments))["logits"]
+    for start, stop in [(0, 5), (5, 12), (12, 14)]:
+        alone = model.apply({"params": params}, input_ids=jnp.asarray(ids[:, start:stop]))["logits"]
+        assert rel_err(packed[:, start:stop], alone) < RTOL
 
 
 def test_kv_cache_decoding_equals_full_forward(qwen2_untied):
