@@ -1,0 +1,139 @@
+"""The JSONL manifest (SPEC §2) as a grain random-access data source.
+
+One clip a line, LLaVA-style:
+
+    {"id": "clip-1", "video": "clips/a.mp4", "audio": null, "faces": [[x0, y0, x1, y1], null, ...],
+     "conversations": [{"from": "human", "value": "<video>\\nHow does she feel?"},
+                       {"from": "gpt", "value": "Surprised."}]}
+
+`video` (absent or null: a text-only example), `audio` (absent or null: the clip's own track)
+and relative paths resolve against the manifest's folder; `gs://` and other remote paths go
+through etils.epath (its filesystem backend must be installed). `faces` is null (the pipeline
+detects faces) or one box or null per sampled frame, in pixels of the source video.
+
+The source indexes each line's byte offset once (8 bytes per clip, nothing parsed is held) and
+reads a line on demand; worker processes reopen the file after pickling. Parsing is separate
+(`parse_record`) so a malformed line becomes an `ExampleError("malformed_json")` inside the
+transform, where the pipeline counts it, instead of an exception in grain's sampler.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any, NamedTuple
+
+import numpy as np
+from etils import epath
+
+from omni_jax.data.errors import ExampleError
+
+
+class ManifestLine(NamedTuple):
+    number: int  # 1-based line number in the file, for messages
+    text: bytes
+
+
+@dataclasses.dataclass(frozen=True)
+class Record:
+    """One parsed manifest line; paths already resolved."""
+
+    id: str
+    video: epath.Path | None
+    audio: epath.Path | None
+    faces: tuple[tuple[float, float, float, float] | None, ...] | None
+    conversations: list[dict[str, Any]]
+    where: str  # "manifest.jsonl:12", for skip messages
+
+
+def _index_lines(path: epath.Path) -> tuple[np.ndarray, np.ndarray]:
+    """Byte offsets [lines] int64 and 1-based line numbers [lines] int64 of the non-blank lines."""
+    starts, numbers, position = [], [], 0
+    with path.open("rb") as f:
+        for number, line in enumerate(f, 1):
+            if line.strip():
+                starts.append(position), numbers.append(number)
+            position += len(line)
+    return np.asarray(starts, np.int64), np.asarray(numbers, np.int64)
+
+
+class ManifestSource:
+    """grain `RandomAccessDataSource` over a JSONL manifest: source[i] is the i-th line (ManifestLine).
+
+    Blank lines are not examples; every other line is, including malformed ones (they are
+    skipped later, counted as malformed_json).
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = epath.Path(path)
+        if not self.path.exists():
+            raise FileNotFoundError(f"{self.path}: no such manifest")
+        self._starts, self._numbers = _index_lines(self.path)
+        self._file = None
+
+    def __len__(self) -> int:
+        return len(self._numbers)
+
+    def __getitem__(self, index: int) -> ManifestLine:
+        if self._file is None:
+            self._file = self.path.open("rb")
+        self._file.seek(int(self._starts[index]))
+        return ManifestLine(int(self._numbers[index]), self._file.readline())
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_file": None}  # an open file does not cross into a worker process
+
+    def __repr__(self) -> str:
+        return f"ManifestSource({str(self.path)!r}, {len(self)} lines)"
+
+    def parse(self, line: ManifestLine) -> Record:
+        return parse_record(line, self.path)
+
+
+def resolve(value: str, root: epath.Path) -> epath.Path:
+    """A manifest path: absolute or remote (`gs://…`) as written, relative to `root` otherwise."""
+    path = epath.Path(value)
+    return path if "://" in value or path.is_absolute() else root / value
+
+
+def _box(value: Any, where: str) -> tuple[float, float, float, float] | None:
+    if value is None:
+        return None
+    if (not isinstance(value, (list, tuple)) or len(value) != 4
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)):
+        raise ExampleError("malformed_json", f"{where}: a face box is [x0, y0, x1, y1] or null, got {value!r}")
+    return tuple(float(v) for v in value)
+
+
+def _optional_str(entry: dict[str, Any], key: str, where: str) -> str | None:
+    value = entry.get(key)
+    if value is not None and (not isinstance(value, str) or not value):
+        raise ExampleError("malformed_json", f"{where}: {key!r} must be a path or null, got {value!r}")
+    return value
+
+
+def parse_record(line: ManifestLine, manifest: epath.Path) -> Record:
+    """A manifest line → Record; raises ExampleError("malformed_json") naming `manifest:line`.
+
+    Only the manifest's own structure is checked here; the conversation's content is the text
+    module's to judge (bad_conversation, no_assistant_turn).
+    """
+    where = f"{manifest}:{line.number}"
+    try:
+        entry = json.loads(line.text)
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ExampleError("malformed_json", f"{where}: not JSON ({error})") from None
+    if not isinstance(entry, dict):
+        raise ExampleError("malformed_json", f"{where}: a manifest line is a JSON object, got {type(entry).__name__}")
+    if not isinstance(entry.get("conversations"), list):
+        raise ExampleError("malformed_json", f"{where}: 'conversations' (a list of turns) is required")
+    video, audio = _optional_str(entry, "video", where), _optional_str(entry, "audio", where)
+    faces = entry.get("faces")
+    if faces is not None and not isinstance(faces, list):
+        raise ExampleError("malformed_json", f"{where}: 'faces' is a list of per-frame boxes or null")
+    root = manifest.parent
+    return Record(id=str(entry.get("id", f"{manifest.name}:{line.number}")),
+                  video=resolve(video, root) if video else None,
+                  audio=resolve(audio, root) if audio else None,
+                  faces=None if faces is None else tuple(_box(box, where) for box in faces),
+                  conversations=entry["conversations"], where=where)
