@@ -19,6 +19,9 @@ VARIANTS = {
     "7b": ("7b", "base", "large-v3", 14, 8, 1, 1500, 28, 1024),
     "tiny": ("tiny", "tiny", "tiny", 3, 2, 2, 30, 4, 16),
 }
+# Sequence lengths a batch is padded to (the smallest that fits its longest example): a few static
+# shapes for XLA. 7B: the multimodal block alone is 3,645 tokens (3,137 video + 500 audio + 8).
+BUCKETS = {"7b": (4096, 6144, 8192), "tiny": (96, 128, 192)}
 
 
 def get_config(variant: str = "7b") -> ml_collections.ConfigDict:
@@ -44,4 +47,23 @@ def get_config(variant: str = "7b") -> ml_collections.ConfigDict:
         au_end_token_id=au_end,
         loss_chunk_size=chunk,  # sequence positions whose [batch, chunk, vocab] logits exist at once
     ))
+    cfg.data = data_config(cfg, BUCKETS[variant])
     return cfg
+
+
+def data_config(cfg: ml_collections.ConfigDict, buckets: tuple[int, ...]) -> ml_collections.ConfigDict:
+    """The input pipeline's fields (omni_jax.data.pipeline); frames and pixel sizes follow the model."""
+    return ml_collections.ConfigDict(dict(
+        manifest="",  # JSONL, SPEC §2
+        num_frames=cfg.get_ref("num_frames"),
+        image_size=cfg.vision.get_ref("image_size"),  # 384: SigLIP
+        face_size=cfg.face.swin.get_ref("image_size"),  # 224: FaceXFormer's Swin
+        buckets=buckets,
+        batch_size=8,  # per host
+        workers=2,  # grain worker processes per host (0: decode in the main process)
+        prefetch=2,  # examples buffered per worker
+        seed=0,
+        epochs=3,  # paper §4.4 phase 3; None repeats forever
+        max_skip_fraction=0.1,  # stop when more than this fraction of examples seen is skipped...
+        min_examples=100,  # ...once at least this many were seen
+    ))
