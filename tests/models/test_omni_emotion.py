@@ -9,8 +9,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import PreTrainedTokenizerFast
 
 from configs import omni_emotion as omni_configs
 from omni_jax import registry
@@ -23,6 +21,7 @@ from omni_jax.models.omni_emotion import (FUSIONS, IGNORE, FaceCrossAttention, O
 from omni_jax.pretrained import _override
 from omni_jax.sharding import LOGICAL_AXIS_RULES, make_mesh, param_shardings
 from tests.conftest import rel_err
+from tests.tokenizer import word_tokenizer
 
 VISUAL, FACE, AUDIO = 4, 9, 10  # tiny: 4×4 SigLIP patches pooled to 2×2; 3×3 face grid; 30 positions / 3
 FRAMES, WINDOWS = 2, 2
@@ -262,27 +261,17 @@ def test_cached_generation_equals_full_recomputation():
     np.testing.assert_array_equal(np.argmax(logits[:, ids.shape[1] - 1:-1], axis=-1), tokens)
 
 
-def tiny_tokenizer(words: int) -> PreTrainedTokenizerFast:
-    """A word-level tokenizer of `words` words plus LLaVA's <image>, <video> (ids words, words + 1)."""
-    vocab = {"[UNK]": 0, **{f"w{i}": i for i in range(1, words)}}
-    backend = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]")
-    tokenizer.add_tokens(["<image>", "<video>"], special_tokens=True)
-    return tokenizer
-
-
 def test_special_tokens_get_the_config_ids():
     cfg = tiny_config()
-    tokenizer = tiny_tokenizer(150)
+    tokenizer = word_tokenizer(147)  # <image>, <video> = 150, 151
     add_special_tokens(tokenizer, cfg)
-    ids = tokenizer.encode("w3 <vi_start><video><vi_end> <au_start> <audio> <au_end>", add_special_tokens=False)
-    assert ids == [3, cfg.vi_start_token_id, cfg.video_token_id, cfg.vi_end_token_id, cfg.au_start_token_id,
-                   cfg.audio_token_id, cfg.au_end_token_id] == [3, 153, 151, 154, 155, 152, 156]
+    ids = tokenizer.encode("w13 <vi_start><video><vi_end> <au_start> <audio> <au_end>", add_special_tokens=False)
+    assert ids == [13, cfg.vi_start_token_id, cfg.video_token_id, cfg.vi_end_token_id, cfg.au_start_token_id,
+                   cfg.audio_token_id, cfg.au_end_token_id] == [13, 153, 151, 154, 155, 152, 156]
     add_special_tokens(tokenizer, cfg)  # idempotent
     assert len(tokenizer) == 157
     with pytest.raises(ValueError, match="the config expects"):
-        add_special_tokens(tiny_tokenizer(149), cfg)
+        add_special_tokens(word_tokenizer(146), cfg)
 
 
 def test_new_token_rows_are_the_mean_of_the_trained_rows():
