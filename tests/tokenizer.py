@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 
 import ml_collections
-from tokenizers import Tokenizer, models, pre_tokenizers
+from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
 from omni_jax.models.omni_emotion import add_special_tokens
@@ -20,6 +20,19 @@ QWEN2_CHAT_TEMPLATE = (
 TEMPLATE_WORDS = ("\n", ".", "system", "user", "assistant", "You", "are", "a", "helpful")
 QWEN2_SPECIAL = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")  # Qwen2: 151643, 151644, 151645
 LLAVA_SPECIAL = ("<image>", "<video>")  # llava-hf: 151646, 151647
+# Qwen2's tokenizer.json pre-tokenizer split (then byte-level, no regex of its own).
+QWEN2_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+"
+               r"|\s+(?!\S)|\s+")
+
+
+def with_qwen2_specials(backend: Tokenizer, **kwargs) -> PreTrainedTokenizerFast:
+    """`backend` wrapped for transformers, then <|endoftext|>, <|im_start|>, <|im_end|>, <image>,
+    <video> appended (Qwen2's order) and Qwen2-Instruct's chat template, eos and pad tokens."""
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, **kwargs)
+    tokenizer.add_tokens([*QWEN2_SPECIAL, *LLAVA_SPECIAL], special_tokens=True)
+    tokenizer.eos_token, tokenizer.pad_token = "<|im_end|>", "<|endoftext|>"
+    tokenizer.chat_template = QWEN2_CHAT_TEMPLATE
+    return tokenizer
 
 
 def word_tokenizer(words: int) -> PreTrainedTokenizerFast:
@@ -35,11 +48,21 @@ def word_tokenizer(words: int) -> PreTrainedTokenizerFast:
     backend.pre_tokenizer = pre_tokenizers.Sequence([
         pre_tokenizers.Split(" ", "removed"), pre_tokenizers.Split("\n", "isolated"),
         pre_tokenizers.Punctuation("isolated")])
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]")
-    tokenizer.add_tokens([*QWEN2_SPECIAL, *LLAVA_SPECIAL], special_tokens=True)
-    tokenizer.eos_token, tokenizer.pad_token = "<|im_end|>", "<|endoftext|>"  # as Qwen2-Instruct's
-    tokenizer.chat_template = QWEN2_CHAT_TEMPLATE
-    return tokenizer
+    return with_qwen2_specials(backend, unk_token="[UNK]")
+
+
+def byte_bpe_tokenizer(corpus: list[str], merges: int = 64) -> PreTrainedTokenizerFast:
+    """A byte-level BPE like Qwen2's (NFC, Qwen2's split regex, byte-level alphabet): ids 0…255
+    bytes, then up to `merges` merges learned from `corpus`, then with_qwen2_specials' tokens."""
+    backend = Tokenizer(models.BPE())
+    backend.normalizer = normalizers.NFC()
+    backend.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(QWEN2_SPLIT), "isolated"),
+                                                     pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=256 + merges, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  show_progress=False)
+    backend.train_from_iterator(corpus, trainer)
+    return with_qwen2_specials(backend)
 
 
 @functools.cache

@@ -11,7 +11,8 @@ from omni_jax.data.errors import ExampleError
 from omni_jax.data.text import TokenizedExample, check_tokenizer, pack_examples, pad_to_bucket, tokenize_conversation
 from omni_jax.models.omni_emotion import IGNORE, multimodal_prompt_ids, next_token_targets, placeholder_counts
 from omni_jax.models.qwen2 import positions_from_mask
-from tests.tokenizer import qwen2_test_tokenizer, word_tokenizer
+from omni_jax.models.omni_emotion import add_special_tokens
+from tests.tokenizer import byte_bpe_tokenizer, qwen2_test_tokenizer, word_tokenizer
 
 CFG = omni_configs.get_config("tiny")
 TOKENIZER = qwen2_test_tokenizer(CFG)
@@ -92,6 +93,27 @@ def test_ids_equal_the_rendered_template_and_labels_the_assistant_turns():
     block = multimodal_prompt_ids(CFG)
     start = int(np.flatnonzero(example.input_ids == CFG.vi_start_token_id)[0])
     np.testing.assert_array_equal(example.input_ids[start:start + len(block)], block)
+
+
+def test_byte_level_bpe_with_non_ascii_text():
+    """Qwen2-like byte-level BPE: tokens that split a character (é, 😀) share its offsets, merges
+    span words; ids and labels still equal the template's and the turn-by-turn oracle's."""
+    conversations = conversation("Regarde <video>\nÇa va? 😀", " très bien 😀\n\nmerci.", "Pourquoi?",
+                                 "Il sourit — 😀😀, voilà.")
+    tokenizer = byte_bpe_tokenizer([t["value"] for t in conversations] + ["You are a helpful assistant."] * 3)
+    cfg = omni_configs.get_config("tiny")
+    first = tokenizer.convert_tokens_to_ids("<image>")
+    cfg.update(dict(zip(("image_token_id", "video_token_id", "audio_token_id", "vi_start_token_id",
+                         "vi_end_token_id", "au_start_token_id", "au_end_token_id"), range(first, first + 7))))
+    add_special_tokens(tokenizer, cfg)
+    example = tokenize_conversation(conversations, tokenizer, cfg, max_length=512)
+    messages = [{"role": ROLE[t["from"]], "content": t["value"]} for t in conversations]
+    text = tokenizer.apply_chat_template(messages, tokenize=False).replace("<video>", block_text(cfg))
+    ids, labels = oracle(conversations, cfg, tokenizer)
+    assert example.input_ids.tolist() == tokenizer(text, add_special_tokens=False)["input_ids"] == ids
+    assert example.labels.tolist() == labels
+    answers = tokenizer.decode(example.labels[example.labels != IGNORE])
+    assert answers == " très bien 😀\n\nmerci.<|im_end|>Il sourit — 😀😀, voilà.<|im_end|>"
 
 
 def test_system_turn_replaces_the_default_and_video_may_follow_in_a_later_turn():
