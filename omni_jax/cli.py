@@ -5,6 +5,7 @@
     omni-jax convert-facexformer --src FILE.pt --dst OUT_DIR [--face-grid 14] [--llm-width 3584]
     omni-jax assemble --llava DIR --whisper DIR --face DIR --config configs/omni_emotion.py:7b --dst OUT_DIR
     omni-jax plan --config configs/omni_emotion.py:7b --mesh data=2,fsdp=64,tensor=2 --batch 128 --seq 4096
+    omni-jax data-check --manifest train.jsonl --config configs/omni_emotion.py:7b --tokenizer HF_DIR
 
 Each prints a readable result; with --json its last line is one JSON object.
 """
@@ -152,6 +153,56 @@ def _add_plan(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=_plan)
 
 
+def _length_histogram(lengths: list[int], buckets: tuple[int, ...]) -> dict[str, int]:
+    """Token lengths counted per bucket they pad to ("<=4096": n)."""
+    edges = sorted(buckets)
+    return {f"<={edge}": sum(1 for n in lengths if lo < n <= edge) for lo, edge in zip([0, *edges], edges)}
+
+
+def _data_check(args: argparse.Namespace) -> dict[str, Any]:
+    from tqdm import tqdm
+    from transformers import AutoTokenizer
+
+    from omni_jax.data.manifest import ManifestSource
+    from omni_jax.data.pipeline import FLAGS, STATS, make_pipeline
+    from omni_jax.models.omni_emotion import add_special_tokens
+
+    config = load_config(args.config)
+    tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
+    add_special_tokens(tokenizer, config)
+    data = config.data
+    data.update(batch_size=1, epochs=1, max_skip_fraction=1.0)  # one pass that reports rather than stops
+    if args.workers is not None:
+        data.workers = args.workers
+    batches = iter(make_pipeline(args.manifest, tokenizer, config, shuffle=False, drop_remainder=False))
+    lengths, start = [], time.perf_counter()
+    with tqdm(total=len(ManifestSource(args.manifest)), unit="clip", file=sys.stderr, disable=args.json) as bar:
+        for batch in batches:
+            lengths.append(int(batch["attention_mask"].sum()))
+            bar.update(batches.counts["seen"] - bar.n)
+        bar.update(batches.counts["seen"] - bar.n)
+    seconds = time.perf_counter() - start
+    counts = batches.counts
+    return {"manifest": str(args.manifest), "examples": counts["seen"], "usable": counts["ok"],
+            "skipped": sum(counts["skipped"].values()), "skipped_by_reason": dict(sorted(counts["skipped"].items())),
+            **{key: counts[key] for key in STATS + FLAGS},
+            "token_length_histogram": _length_histogram(lengths, tuple(data.buckets)),
+            "token_length_max": max(lengths, default=0), "clips_per_second": round(counts["seen"] / seconds, 2),
+            "seconds": round(seconds, 2)}
+
+
+def _add_data_check(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("data-check", help="one pass over a manifest: ok/skipped by reason, token lengths, modalities",
+                       description="Runs the input pipeline once over every line (no shuffling, batches of one) "
+                                   "and reports what it would skip and why, the token-length histogram over the "
+                                   "config's buckets, how many examples carry video, faces and audio, and clips/s.")
+    p.add_argument("--manifest", required=True, help="JSONL manifest (SPEC §2)")
+    p.add_argument("--config", default="configs/omni_emotion.py:7b", help="config file[:variant]")
+    p.add_argument("--tokenizer", required=True, help="tokenizer directory (e.g. the LLaVA-OneVision checkpoint's)")
+    p.add_argument("--workers", type=int, default=None, help="decoding worker processes (default: the config's)")
+    p.set_defaults(run=_data_check)
+
+
 def _add_convert(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("convert", help="Hugging Face checkpoint directory → omni_jax (orbax) checkpoint",
                        description="Streams tensors one at a time; the model comes from config.json's model_type "
@@ -197,7 +248,8 @@ def _add_convert_facexformer(sub: argparse._SubParsersAction) -> None:
 
 
 SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_convert, _add_export,
-                                                                   _add_convert_facexformer, _add_assemble, _add_plan]
+                                                                   _add_convert_facexformer, _add_assemble, _add_plan,
+                                                                   _add_data_check]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,338 @@
+"""The input pipeline: a JSONL manifest → static-shape, sharded batches for OmniEmotion.
+
+Order (grain's MapDataset, deterministic from the seed):
+  manifest lines → this process's shard (contiguous, equal sizes: every host steps together)
+  → shuffle (seed; a new order each epoch) → repeat (epochs) → per-example transform
+  → worker processes with prefetch (mp_prefetch; worker i decodes elements i, i + W, ... and
+  the main process reads them back in order) → batches (main process) → global arrays.
+
+Skips: the transform never raises for bad input. An `ExampleError` becomes a `Skipped` marker
+that flows through the workers like an example; the batching iterator in the main process
+counts markers by reason, logs each skipped example once (its id and file), and raises
+`TooManySkipsError` when more than `max_skip_fraction` of the examples seen were skipped (once
+`min_examples` were seen). Any other exception is a bug and propagates. Because the counts
+live in the main-process iterator, they are part of its checkpointable state: `get_state()`
+returns grain's state for the upstream iterator (taken at a batch boundary, so no example is
+half consumed) plus the counts; a restored iterator resumes both. Counts are per process
+(each host counts its own shard).
+
+Batches: numpy, per host, padded to the smallest of `data.buckets` that holds the batch's
+longest example; `global_batch` turns one into jax.Arrays sharded over the batch's mesh axes
+(data × fsdp, from LOGICAL_AXIS_RULES), agreeing on one length across hosts first.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import os
+import shutil
+import tempfile
+from typing import Any, Iterator
+
+import flax.linen as nn
+import grain
+import jax
+import ml_collections
+import numpy as np
+from etils import epath
+from jax.sharding import Mesh, PartitionSpec
+
+from omni_jax.data import audio, faces, text, video
+from omni_jax.data.errors import ExampleError
+from omni_jax.data.manifest import ManifestLine, ManifestSource, Record
+from omni_jax.models import whisper
+from omni_jax.models.omni_emotion import IGNORE
+from omni_jax.sharding import LOGICAL_AXIS_RULES
+
+log = logging.getLogger(__name__)
+
+STATS = ("truncated", "face_fallback")  # per-example facts counted, not skipped
+FLAGS = ("has_video", "has_face", "has_audio")
+
+
+class TooManySkipsError(RuntimeError):
+    """More of the dataset is broken than `max_skip_fraction` allows."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Skipped:
+    """The marker a bad example becomes (it crosses worker processes like an example)."""
+
+    reason: str
+    id: str
+    message: str
+
+
+# --------------------------------------------------------------------------- per example
+
+
+@contextlib.contextmanager
+def local_file(path: epath.Path) -> Iterator[str]:
+    """A local filename for `path`; a remote one (gs://…) is copied to a temporary file first."""
+    if "://" not in str(path):
+        yield os.fspath(path)
+        return
+    if not path.exists():
+        raise ExampleError("missing_file", f"{path}: no such file")
+    with tempfile.NamedTemporaryFile(suffix=path.suffix) as local, path.open("rb") as remote:
+        shutil.copyfileobj(remote, local)
+        local.flush()
+        yield local.name
+
+
+def _frame_boxes(record: Record, frames: np.ndarray) -> list | None:
+    """The manifest's boxes (one per sampled frame) or, when it has none, detected ones."""
+    if record.faces is None:
+        return video.detect_faces(frames)
+    if len(record.faces) != len(frames):
+        raise ExampleError("malformed_json", f"{record.where}: 'faces' has {len(record.faces)} boxes, expected one "
+                                             f"per sampled frame ({len(frames)})")
+    return list(record.faces)
+
+
+def _vision(record: Record, data: ml_collections.ConfigDict) -> dict[str, np.ndarray]:
+    """pixel_values_videos [F, S, S, 3] and face_pixels [F, s, s, 3] (zeros without a video)."""
+    shape = (data.num_frames,)
+    if record.video is None:
+        return {"pixel_values_videos": np.zeros(shape + (data.image_size, data.image_size, 3), np.float32),
+                "face_pixels": np.zeros(shape + (data.face_size, data.face_size, 3), np.float32),
+                "has_video": np.bool_(False), "has_face": np.bool_(False), "face_fallback": np.bool_(False)}
+    with local_file(record.video) as path:
+        frames = video.load_frames(path, data.num_frames).frames
+    crops = faces.face_crops(frames, _frame_boxes(record, frames), data.face_size)
+    return {"pixel_values_videos": video.preprocess_frames(frames, data.image_size), "face_pixels": crops.pixel_values,
+            "has_video": np.bool_(True), "has_face": np.bool_(True), "face_fallback": np.bool_(crops.fallback)}
+
+
+def _audio(record: Record, cfg: ml_collections.ConfigDict) -> dict[str, np.ndarray]:
+    """input_features [windows, n_mels, T]: the manifest's audio file, else the clip's own track.
+
+    T = the encoder's input frames (3000 at full size; tiny configs keep the first T)."""
+    source = record.audio or record.video
+    if source is None:
+        feats = audio.load_audio_features(None, cfg.audio.num_mel_bins, cfg.audio_windows)
+    else:
+        with local_file(source) as path:
+            feats = audio.load_audio_features(path, cfg.audio.num_mel_bins, cfg.audio_windows)
+    frames = whisper.input_frames(cfg.audio)
+    return {"input_features": np.ascontiguousarray(feats.features[..., :frames]), "has_audio": np.bool_(feats.present)}
+
+
+def _conversations(record: Record) -> list:
+    """A text-only example's first human turn gains the `<video>` block too (its features are
+    zeros, flagged absent): every row of a batch must hold the same placeholders, because the
+    model scatters a batch's modality tokens row-major into them."""
+    turns = record.conversations
+    if record.video is not None:
+        return turns
+    first = next((i for i, t in enumerate(turns) if isinstance(t, dict) and t.get("from") == "human"), None)
+    if first is None or not isinstance(turns[first].get("value"), str):
+        return turns  # the text module names what is wrong
+    return [*turns[:first], {**turns[first], "value": f"{text.VIDEO}\n{turns[first]['value']}"}, *turns[first + 1:]]
+
+
+def load_example(record: Record, tokenizer: Any, cfg: ml_collections.ConfigDict) -> dict[str, Any]:
+    """One clip's model inputs (tokens: text.TokenizedExample, unpadded) and its counted facts."""
+    tokens = text.tokenize_conversation(_conversations(record), tokenizer, cfg, max(cfg.data.buckets),
+                                        name=f"{record.id} ({record.where})")
+    return {"tokens": tokens, "truncated": np.bool_(tokens.truncated), **_vision(record, cfg.data), **_audio(record, cfg)}
+
+
+class ExampleTransform:
+    """ManifestLine → example dict or Skipped (picklable: it runs in grain's worker processes)."""
+
+    def __init__(self, source: ManifestSource, tokenizer: Any, cfg: ml_collections.ConfigDict):
+        self.source, self.tokenizer, self.cfg = source, tokenizer, cfg
+
+    def __call__(self, line: ManifestLine) -> dict[str, np.ndarray] | Skipped:
+        record_id = f"{self.source.path.name}:{line.number}"
+        try:
+            record = self.source.parse(line)
+            record_id = record.id
+            return load_example(record, self.tokenizer, self.cfg)
+        except ExampleError as error:
+            return Skipped(error.reason, record_id, str(error))
+
+
+# --------------------------------------------------------------------------- order
+
+
+def shard_bounds(size: int, options: grain.sharding.ShardOptions) -> tuple[int, int]:
+    """[start, end) of this shard's contiguous slice; with drop_remainder every shard gets
+    size // count examples (equal steps on every host)."""
+    index, count = options.shard_index, options.shard_count
+    if options.drop_remainder:
+        per = size // count
+        return index * per, (index + 1) * per
+    return index * size // count, (index + 1) * size // count
+
+
+def ordered_examples(source: ManifestSource, transform: ExampleTransform, data: ml_collections.ConfigDict,
+                     shard: grain.sharding.ShardOptions, shuffle: bool = True) -> grain.IterDataset:
+    """This process's examples (or Skipped markers) in training order, decoded by workers."""
+    start, end = shard_bounds(len(source), shard)
+    ds = grain.MapDataset.source(source)[start:end]
+    if shuffle:
+        ds = ds.shuffle(seed=data.seed)  # repeat() reseeds each epoch: a new order every epoch
+    ds = ds.repeat(data.epochs).map(transform).to_iter_dataset()
+    if data.workers > 0:
+        ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=data.workers,
+                                                         per_worker_buffer_size=data.prefetch))
+    return ds
+
+
+# --------------------------------------------------------------------------- batches
+
+
+def pad_batch(examples: list[dict[str, np.ndarray]], length: int, pad_id: int) -> dict[str, np.ndarray]:
+    """Stacks examples; input_ids, labels, attention_mask, position_ids padded to [batch, length]."""
+    padded = [text.pad_to_bucket(e["tokens"], (length,), pad_id) for e in examples]
+    batch = {key: np.stack([p[key] for p in padded]) for key in padded[0]}
+    for key in ("pixel_values_videos", "face_pixels", "input_features", *FLAGS):
+        batch[key] = np.stack([e[key] for e in examples])
+    return batch
+
+
+def bucket_length(lengths: list[int], buckets: tuple[int, ...]) -> int:
+    """The smallest bucket that holds the longest example."""
+    longest = max(lengths)
+    fitting = [b for b in sorted(buckets) if b >= longest]
+    if not fitting:
+        raise ValueError(f"an example of {longest} tokens exceeds the largest bucket {max(buckets)}")
+    return fitting[0]
+
+
+def new_counts() -> dict[str, Any]:
+    return {"seen": 0, "ok": 0, "skipped": {}, **{k: 0 for k in STATS + FLAGS}}
+
+
+class BatchIterator(grain.DatasetIterator):
+    """Counts and logs skips, checks the skip fraction, and batches good examples.
+
+    State = upstream state at the last batch boundary + counts, so restoring it resumes both.
+    """
+
+    def __init__(self, parent: grain.DatasetIterator, batch_size: int, buckets: tuple[int, ...], pad_id: int,
+                 max_skip_fraction: float, min_examples: int, drop_remainder: bool = True):
+        super().__init__(parent)
+        self.batch_size, self.buckets, self.pad_id = batch_size, tuple(buckets), pad_id
+        self.max_skip_fraction, self.min_examples, self.drop_remainder = max_skip_fraction, min_examples, drop_remainder
+        self.counts = new_counts()
+        self._logged: set[tuple[str, str]] = set()
+
+    def _count(self, item: dict[str, np.ndarray] | Skipped) -> bool:
+        """Counts one element; True if it is a usable example."""
+        counts = self.counts
+        counts["seen"] += 1
+        if isinstance(item, Skipped):
+            counts["skipped"][item.reason] = counts["skipped"].get(item.reason, 0) + 1
+            if (item.reason, item.id) not in self._logged:  # once per example, not once per epoch
+                self._logged.add((item.reason, item.id))
+                log.warning("skipped %s (%s): %s", item.id, item.reason, item.message)
+            self._check_skips()
+            return False
+        counts["ok"] += 1
+        for key in STATS + FLAGS:
+            counts[key] += int(item[key])
+        return True
+
+    def _check_skips(self) -> None:
+        seen, skipped = self.counts["seen"], sum(self.counts["skipped"].values())
+        if seen >= self.min_examples and skipped > self.max_skip_fraction * seen:
+            raise TooManySkipsError(
+                f"{skipped} of {seen} examples skipped ({skipped / seen:.0%} > max_skip_fraction "
+                f"{self.max_skip_fraction:.0%}); by reason: {dict(sorted(self.counts['skipped'].items()))}")
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        examples = []
+        while len(examples) < self.batch_size:
+            try:
+                item = next(self._parent)
+            except StopIteration:
+                if examples and not self.drop_remainder:
+                    break
+                raise
+            if self._count(item):
+                examples.append(item)
+        length = bucket_length([len(e["tokens"].input_ids) for e in examples], self.buckets)
+        return pad_batch(examples, length, self.pad_id)
+
+    def get_state(self) -> dict[str, Any]:
+        counts = {**self.counts, "skipped": dict(self.counts["skipped"])}
+        return {"upstream": self._parent.get_state(), "counts": counts}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self._parent.set_state(state["upstream"])
+        self.counts = {**state["counts"], "skipped": dict(state["counts"]["skipped"])}
+
+
+class Batches(grain.IterDataset):
+    """IterDataset of numpy batches; its iterator is a BatchIterator."""
+
+    def __init__(self, parent: grain.IterDataset, **options: Any):
+        super().__init__(parent)
+        self.options = options
+
+    def __iter__(self) -> BatchIterator:
+        return BatchIterator(self._parent.__iter__(), **self.options)
+
+
+def pad_id_of(tokenizer: Any) -> int:
+    """The id padding uses (attention_mask hides it): the tokenizer's pad token, else its EOS."""
+    for candidate in (tokenizer.pad_token_id, tokenizer.eos_token_id):
+        if candidate is not None:
+            return int(candidate)
+    return 0
+
+
+def make_pipeline(manifest: str | os.PathLike, tokenizer: Any, cfg: ml_collections.ConfigDict, *,
+                  shard: grain.sharding.ShardOptions | None = None, shuffle: bool = True,
+                  drop_remainder: bool = True) -> Batches:
+    """Numpy batches of this process's shard of `manifest`, as configured by `cfg.data`.
+
+    Batch: input_ids, labels, attention_mask [B, bucket] int32; pixel_values_videos
+    [B, F, S, S, 3], face_pixels [B, F, s, s, 3], input_features [B, windows, n_mels, T] float32;
+    has_video, has_face, has_audio [B] bool. `iter(...)` has get_state/set_state and `.counts`.
+    """
+    _absl_flags_parsed()
+    data = cfg.data
+    source = ManifestSource(manifest)
+    shard = shard or grain.sharding.ShardByJaxProcess(drop_remainder=True)
+    examples = ordered_examples(source, ExampleTransform(source, tokenizer, cfg), data, shard, shuffle)
+    return Batches(examples, batch_size=data.batch_size, buckets=tuple(data.buckets), pad_id=pad_id_of(tokenizer),
+                   max_skip_fraction=data.max_skip_fraction, min_examples=data.min_examples,
+                   drop_remainder=drop_remainder)
+
+
+def _absl_flags_parsed() -> None:
+    """grain reads absl flags in its workers; a program that never parsed them gets the defaults."""
+    from absl import flags
+
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
+
+
+# --------------------------------------------------------------------------- global arrays
+
+
+def repad(batch: dict[str, np.ndarray], length: int, pad_id: int) -> dict[str, np.ndarray]:
+    """The batch with its token arrays padded on the right to `length`."""
+    fill = {"input_ids": pad_id, "labels": IGNORE, "attention_mask": 0, "position_ids": 0}
+    extra = length - batch["input_ids"].shape[1]
+    return {k: np.pad(v, ((0, 0), (0, extra)), constant_values=fill[k]) if k in fill else v for k, v in batch.items()}
+
+
+def global_batch(batch: dict[str, np.ndarray], mesh: Mesh, pad_id: int,
+                 rules: Any = LOGICAL_AXIS_RULES) -> dict[str, jax.Array]:
+    """Per-host numpy batches → global jax.Arrays, batch axis sharded as "activation_batch".
+
+    Hosts may have picked different buckets; all take the longest (one small all-gather)."""
+    length = batch["input_ids"].shape[1]
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        length = int(np.max(multihost_utils.process_allgather(np.int32(length))))
+    batch = repad(batch, length, pad_id)
+    sharding = nn.logical_to_mesh_sharding(PartitionSpec("activation_batch"), mesh, rules)
+    return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}

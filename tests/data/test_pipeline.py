@@ -1,0 +1,245 @@
+"""The input pipeline on real media the tests write: shapes of the tiny model, order, sharding,
+resume-exactness through worker processes, skips counted by reason, global arrays, data-check."""
+import json
+import logging
+
+import grain
+import jax
+import numpy as np
+import pytest
+
+from configs import omni_emotion
+from omni_jax import cli
+from omni_jax.data import audio, faces, pipeline, video
+from omni_jax.models.omni_emotion import IGNORE, placeholder_counts
+from omni_jax.sharding import make_mesh
+from tests import media
+from tests.tokenizer import qwen2_test_tokenizer
+
+REASONS_WRITTEN = ("missing_file", "empty_file", "corrupt_video", "truncated_video", "no_video_stream",
+                   "unreadable_audio", "malformed_json", "bad_conversation", "no_assistant_turn", "too_long")
+
+
+def tiny(**data):
+    cfg = omni_emotion.get_config("tiny")
+    cfg.data.update({"batch_size": 4, "workers": 0, "epochs": 1, "min_examples": 1000, **data})
+    return cfg
+
+
+def turns(answer=20, question="w10 w11", video=True):
+    return [{"from": "human", "value": ("<video>\n" if video else "") + question},
+            {"from": "gpt", "value": answer if isinstance(answer, str) else f"w{answer}"}]
+
+
+def write_manifest(path, entries):
+    path.write_text("".join((e if isinstance(e, str) else json.dumps(e)) + "\n" for e in entries))
+    return path
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory):
+    root = tmp_path_factory.mktemp("clips")
+    good = media.write_clip(root / "good.mp4", seconds=1.0, fps=10, size=(64, 48), faststart=True)
+    return {"root": root, "good": good,
+            "face": media.write_clip(root / "face.mp4", seconds=0.5, fps=8, size=(128, 192), face=True, audio=False),
+            "silent": media.write_clip(root / "silent.mp4", seconds=0.6, fps=15, size=(48, 64), codec="mpeg4",
+                                       audio=False),
+            "empty": media.write_empty(root / "empty.mp4"),
+            "corrupt": media.write_corrupt(root / "corrupt.mp4"),
+            "truncated": media.write_truncated(root / "truncated.mp4", good, 0.2),
+            "tone": media.write_audio(root / "tone.m4a", media.tone(440.0, 1.0, 16000), 16000),
+            "noise": media.write_corrupt(root / "noise.wav", seed=1)}
+
+
+@pytest.fixture(scope="module")
+def bad_manifest(clips):
+    """One example per skip reason, plus four good ones (one truncated, one silent, one text-only)."""
+    words = " ".join(f"w{i}" for i in range(10, 160))
+    return write_manifest(clips["root"] / "mixed.jsonl", [
+        {"id": "ok", "video": "good.mp4", "conversations": turns()},
+        {"id": "missing", "video": "absent.mp4", "conversations": turns()},
+        {"id": "empty", "video": "empty.mp4", "conversations": turns()},
+        {"id": "corrupt", "video": "corrupt.mp4", "conversations": turns()},
+        {"id": "truncated", "video": "truncated.mp4", "conversations": turns()},
+        {"id": "audio-only", "video": "tone.m4a", "conversations": turns()},
+        {"id": "bad-audio", "video": "good.mp4", "audio": "noise.wav", "conversations": turns()},
+        '{"id": "broken", "video": "good.mp4", "conversations": [',
+        {"id": "no-placeholder", "video": "good.mp4", "conversations": turns(video=False)},
+        {"id": "no-answer", "video": "good.mp4", "conversations": turns()[:1]},
+        {"id": "too-long", "video": "good.mp4",  # the block would end beyond the largest bucket
+         "conversations": [{"from": "human", "value": words + "\n<video>"}, {"from": "gpt", "value": "w20"}]},
+        {"id": "long-answer", "video": "good.mp4", "conversations": turns(answer=words)},
+        {"id": "silent", "video": "silent.mp4", "conversations": turns()},
+        {"id": "text-only", "conversations": turns(video=False)},
+    ])
+
+
+def test_batches_have_the_tiny_model_shapes_and_contents(clips):
+    cfg = tiny()
+    tokenizer = qwen2_test_tokenizer(cfg)
+    boxes = [[10, 4, 40, 30], None]
+    manifest = write_manifest(clips["root"] / "e2e.jsonl", [
+        {"id": "a", "video": "good.mp4", "faces": boxes, "conversations": turns(21)},
+        {"id": "b", "video": str(clips["face"]), "faces": None, "conversations": turns(22)},
+        {"id": "c", "video": "silent.mp4", "audio": None, "conversations": turns(23)},
+        {"id": "d", "conversations": turns(24, video=False)},
+    ])
+    batches = iter(pipeline.make_pipeline(manifest, tokenizer, cfg, shuffle=False))
+    batch = next(batches)
+    shapes = {k: (v.shape, v.dtype.name) for k, v in batch.items()}
+    assert shapes == {"input_ids": ((4, 96), "int32"), "labels": ((4, 96), "int32"),
+                      "attention_mask": ((4, 96), "int32"), "position_ids": ((4, 96), "int32"),
+                      "pixel_values_videos": ((4, 2, 56, 56, 3), "float32"),
+                      "face_pixels": ((4, 2, 96, 96, 3), "float32"),
+                      "input_features": ((4, 2, 80, 60), "float32"),
+                      "has_video": ((4,), "bool"), "has_face": ((4,), "bool"), "has_audio": ((4,), "bool")}
+    counts = placeholder_counts(cfg)
+    ids, labels, mask = batch["input_ids"], batch["labels"], batch["attention_mask"]
+    for row in range(4):  # every row holds the whole block, text-only included (its features are zeros)
+        assert (ids[row] == cfg.video_token_id).sum() == counts["video"] == 27
+        assert (ids[row] == cfg.audio_token_id).sum() == counts["audio"] == 20
+        for field in ("vi_start_token_id", "vi_end_token_id", "au_start_token_id", "au_end_token_id"):
+            assert (ids[row] == cfg[field]).sum() == 1
+    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    labelled = [labels[row][labels[row] != IGNORE].tolist() for row in range(4)]
+    assert labelled == [[21, im_end], [22, im_end], [23, im_end], [24, im_end]]  # the answer and its <|im_end|>
+    assert np.all((labels == IGNORE) | (labels == ids)) and np.all(labels[mask == 0] == IGNORE)
+    assert np.all(ids[mask == 0] == tokenizer.pad_token_id) and mask.sum(1).max() <= 96 < mask.sum(1).max() + 32
+    assert batch["has_video"].tolist() == [True, True, True, False]
+    assert batch["has_face"].tolist() == [True, True, True, False]
+    assert batch["has_audio"].tolist() == [True, False, False, False]
+
+    frames = video.load_frames(clips["good"], 2).frames  # row 0 is exactly the modules' composition
+    np.testing.assert_array_equal(batch["pixel_values_videos"][0], video.preprocess_frames(frames, 56))
+    np.testing.assert_array_equal(batch["face_pixels"][0], faces.face_crops(frames, boxes, 96).pixel_values)
+    np.testing.assert_array_equal(batch["input_features"][0],
+                                  audio.load_audio_features(clips["good"], 80, 2).features[..., :60])
+    face_frames = video.load_frames(clips["face"], 2).frames  # row 1: boxes from the face detector
+    detected = video.detect_faces(face_frames)
+    assert all(box is not None for box in detected)
+    np.testing.assert_array_equal(batch["face_pixels"][1], faces.face_crops(face_frames, detected, 96).pixel_values)
+    assert not batch["input_features"][1:].any() and not batch["pixel_values_videos"][3].any()
+    assert not batch["face_pixels"][3].any()
+    assert batches.counts == {"seen": 4, "ok": 4, "skipped": {}, "truncated": 0, "face_fallback": 1,  # c: no face
+                              "has_video": 3, "has_face": 3, "has_audio": 1}
+
+    arrays = pipeline.global_batch(batch, make_mesh(2, 2, 2), tokenizer.pad_token_id)
+    for key, value in arrays.items():
+        assert value.shape == batch[key].shape and value.sharding.spec[0] == ("data", "fsdp")
+        for shard in value.addressable_shards:  # each (data, fsdp) coordinate holds one row
+            assert shard.data.shape[0] == 1
+            np.testing.assert_array_equal(np.asarray(shard.data), batch[key][shard.index])
+
+
+def test_every_bad_input_is_skipped_counted_and_logged_once(bad_manifest, caplog):
+    cfg = tiny(batch_size=1, epochs=2)
+    caplog.set_level(logging.WARNING, logger=pipeline.__name__)
+    batches = iter(pipeline.make_pipeline(bad_manifest, qwen2_test_tokenizer(cfg), cfg, shuffle=False,
+                                          drop_remainder=False))
+    got = [int(b["labels"][b["labels"] != IGNORE][0]) for b in batches]
+    assert len(got) == 2 * 4
+    counts = batches.counts
+    assert counts["skipped"] == {reason: 2 for reason in REASONS_WRITTEN}  # both epochs
+    assert (counts["seen"], counts["ok"], counts["truncated"]) == (28, 8, 2)
+    assert (counts["has_video"], counts["has_face"], counts["has_audio"]) == (6, 6, 4)
+    messages = [r.getMessage() for r in caplog.records]
+    assert len(messages) == 10  # once per example, not once per epoch
+    names = {"missing": "absent.mp4", "empty": "empty.mp4", "corrupt": "corrupt.mp4", "truncated": "truncated.mp4",
+             "audio-only": "tone.m4a", "bad-audio": "noise.wav", "mixed.jsonl:8": "mixed.jsonl:8",
+             "no-placeholder": "mixed.jsonl:9", "no-answer": "mixed.jsonl:10", "too-long": "mixed.jsonl:11"}
+    for reason, (example, file) in zip(REASONS_WRITTEN, names.items()):  # the id, the reason and the file
+        line = next(m for m in messages if f"({reason})" in m)
+        assert line.startswith(f"skipped {example} ({reason}): ") and file in line, line
+
+
+def test_too_many_skips_stop_the_run(bad_manifest):
+    cfg = tiny(batch_size=1, min_examples=6, max_skip_fraction=0.5)
+    batches = iter(pipeline.make_pipeline(bad_manifest, qwen2_test_tokenizer(cfg), cfg, shuffle=False))
+    with pytest.raises(pipeline.TooManySkipsError, match=r"5 of 6 examples skipped \(83% > max_skip_fraction 50%\)"):
+        list(batches)
+
+
+def _text_manifest(path, count, extra=()):
+    return write_manifest(path, [{"id": f"t{i}", "conversations": turns(30 + i, video=False)}
+                                 for i in range(count)] + list(extra))
+
+
+def _answers(batch):
+    return [int(row[row != IGNORE][0]) - 30 for row in batch["labels"]]
+
+
+def test_shards_are_disjoint_and_cover_the_manifest(tmp_path):
+    cfg = tiny(batch_size=1)
+    manifest, tokenizer = _text_manifest(tmp_path / "m.jsonl", 10), qwen2_test_tokenizer(cfg)
+
+    def shard(index, drop):
+        options = grain.sharding.ShardOptions(shard_index=index, shard_count=3, drop_remainder=drop)
+        ds = pipeline.make_pipeline(manifest, tokenizer, cfg, shard=options)
+        return [a for batch in ds for a in _answers(batch)]
+
+    equal = [shard(i, True) for i in range(3)]
+    assert [len(s) for s in equal] == [3, 3, 3]  # equal steps on every host
+    assert len(set().union(*equal)) == 9 and set().union(*equal) <= set(range(10))
+    uneven = [shard(i, False) for i in range(3)]
+    assert sorted(a for s in uneven for a in s) == list(range(10))
+
+
+def test_shuffle_is_seeded_and_new_each_epoch(tmp_path):
+    manifest = _text_manifest(tmp_path / "m.jsonl", 10)
+
+    def order(seed):
+        cfg = tiny(batch_size=1, epochs=2, seed=seed)
+        return [a for batch in pipeline.make_pipeline(manifest, qwen2_test_tokenizer(cfg), cfg) for a in
+                _answers(batch)]
+
+    first = order(0)
+    assert sorted(first[:10]) == sorted(first[10:]) == list(range(10)) and first[:10] != first[10:]
+    assert order(0) == first and order(1) != first
+
+
+def test_resumed_iterator_sees_exactly_the_same_batches_through_workers(tmp_path):
+    cfg = tiny(batch_size=2, epochs=2, workers=1, prefetch=2)
+    manifest = _text_manifest(tmp_path / "m.jsonl", 9, extra=['{"id": "x", "conversations": ['])
+    tokenizer = qwen2_test_tokenizer(cfg)
+    first = iter(pipeline.make_pipeline(manifest, tokenizer, cfg))
+    before = [next(first) for _ in range(2)]
+    state = json.loads(json.dumps(first.get_state()))  # plain JSON: it checkpoints with the train state
+    after = [next(first) for _ in range(4)]
+    resumed = iter(pipeline.make_pipeline(manifest, tokenizer, cfg))
+    resumed.set_state(state)
+    again = [next(resumed) for _ in range(4)]
+    for want, got in zip(after, again):
+        assert want.keys() == got.keys()
+        for key in want:
+            np.testing.assert_array_equal(got[key], want[key])
+    assert resumed.counts == first.counts and first.counts["ok"] == 12  # 6 batches of 2
+    assert first.counts["seen"] - 12 == first.counts["skipped"]["malformed_json"] >= 1  # epoch 1 was all read
+    epoch_one = [a for b in before + after[:2] for a in _answers(b)]  # 8 of the 9 examples, shuffled
+    assert len(set(epoch_one)) == 8 and set(epoch_one) < set(range(9)) and epoch_one != sorted(epoch_one)
+
+
+def test_bucket_and_repad():
+    assert [pipeline.bucket_length(n, (96, 128, 192)) for n in ([5, 90], [96], [97, 3], [192])] == [96, 96, 128, 192]
+    with pytest.raises(ValueError, match="exceeds the largest bucket 192"):
+        pipeline.bucket_length([193], (96, 128, 192))
+    batch = {"input_ids": np.ones((2, 3), np.int32), "labels": np.ones((2, 3), np.int32),
+             "attention_mask": np.ones((2, 3), np.int32), "has_video": np.ones(2, bool)}
+    out = pipeline.repad(batch, 5, pad_id=7)
+    assert out["input_ids"][:, 3:].tolist() == [[7, 7]] * 2 and out["labels"][:, 3:].tolist() == [[IGNORE] * 2] * 2
+    assert out["attention_mask"][:, 3:].sum() == 0 and out["has_video"] is batch["has_video"]
+
+
+def test_data_check_cli_counts_every_reason(bad_manifest, tmp_path, capsys):
+    cfg = tiny()
+    qwen2_test_tokenizer(cfg).save_pretrained(tmp_path / "tok")
+    code = cli.main(["--json", "data-check", "--manifest", str(bad_manifest), "--config",
+                     "configs/omni_emotion.py:tiny", "--tokenizer", str(tmp_path / "tok"), "--workers", "1"])
+    assert code == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    report = json.loads(out[-1])
+    assert report["ok"] is True and report["examples"] == 14 and report["usable"] == 4 and report["skipped"] == 10
+    assert report["skipped_by_reason"] == {reason: 1 for reason in sorted(REASONS_WRITTEN)}
+    assert (report["truncated"], report["has_video"], report["has_face"], report["has_audio"]) == (1, 3, 3, 2)
+    assert report["token_length_histogram"] == {"<=96": 3, "<=128": 0, "<=192": 1}
+    assert report["token_length_max"] == 192 and report["clips_per_second"] > 0
+    assert any("skipped_by_reason" in line for line in out[:-1])  # the readable form too
