@@ -21,15 +21,18 @@ setup(
         "scipy>=1.10",
         "ml-collections>=1.1.0",
         "av>=14.0.0",
+        # 5.x no longer ships the Haar cascades (cv2.data) that video.detect_faces uses.
+        "opencv-python-headless>=4.8,<5",
         "safetensors>=0.6.0",
         "numpy>=2.0",
         "ml-dtypes>=0.5.0",
         "tqdm>=4.66",
     ],
     extras_require={
-        # PyTorch is only needed to read pytorch_model*.bin files and for the parity tests.
+        # PyTorch is only needed to read pytorch_model*.bin files and for the parity tests; Pillow
+        # runs transformers' PIL image processor, the reference for video preprocessing.
         "convert": ["torch==2.13.0"],
-        "test": ["torch==2.13.0", "pytest>=8.0", "pytest-xdist>=3.5", "psutil>=5.9"],
+        "test": ["torch==2.13.0", "pillow>=10.0", "pytest>=8.0", "pytest-xdist>=3.5", "psutil>=5.9"],
     },
     entry_points={"console_scripts": ["omni-jax=omni_jax.cli:main"]},
 )

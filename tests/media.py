@@ -1,11 +1,21 @@
-"""Media files the tests write themselves with PyAV (real codecs, no downloads)."""
+"""Media files the tests write themselves with PyAV (real codecs, no downloads).
+
+`write_clip` codes each frame's index into its pixels (`frame_code` / `read_code`: a grid of
+black and white cells in the top half, robust to codec loss) and can draw a cartoon face in the
+bottom half that OpenCV's Haar cascade detects; `write_corrupt`, `write_truncated` and
+`write_empty` make the broken files the loaders must reject.
+"""
 from __future__ import annotations
 
 from fractions import Fraction
 from pathlib import Path
+from typing import Sequence
 
 import av
+import cv2
 import numpy as np
+
+CODE_ROWS, CODE_COLS = 2, 5  # 10 bits: frame indices up to 1023
 
 
 def tone(freq: float, seconds: float, rate: int, channels: int = 1) -> np.ndarray:
@@ -48,10 +58,7 @@ def write_video(path: Path, seconds: float = 1.0, fps: int = 10, size: tuple[int
     with av.open(str(path), "w") as container:
         video = container.add_stream(codec, rate=fps)
         video.width, video.height, video.pix_fmt = width, height, "yuv420p"
-        audio_stream = None
-        if audio is not None:
-            layout = {1: "mono", 2: "stereo"}[audio.shape[0]]
-            audio_stream = container.add_stream("aac", rate=audio_rate, layout=layout)
+        sound = _add_audio(container, audio.shape[0], audio_rate) if audio is not None else None
         for i in range(int(seconds * fps)):
             image = np.zeros((height, width, 3), np.uint8)
             x = (i * 4) % max(1, width - 8)
@@ -60,12 +67,129 @@ def write_video(path: Path, seconds: float = 1.0, fps: int = 10, size: tuple[int
                 container.mux(packet)
         for packet in video.encode(None):
             container.mux(packet)
-        if audio_stream is not None:
-            fmt = audio_stream.codec_context.codec.audio_formats[0].name
-            frame_size = audio_stream.codec_context.frame_size or 1024
-            for start in range(0, audio.shape[1], frame_size):
-                _encode_audio(container, audio_stream, audio[:, start:start + frame_size], audio_rate,
-                              audio_stream.layout.name, fmt, start)
-            for packet in audio_stream.encode(None):
+        if sound is not None:
+            _mux_audio(container, sound, audio)
+    return path
+
+
+def frame_code(index: int, width: int, height: int) -> np.ndarray:
+    """[height, width, 3] uint8: mid grey, with bit b of `index` as a black (0) or white (1) cell of
+    a CODE_ROWS × CODE_COLS grid over the top half."""
+    image = np.full((height, width, 3), 128, np.uint8)
+    cell_h, cell_w = height // 2 // CODE_ROWS, width // CODE_COLS
+    for bit in range(CODE_ROWS * CODE_COLS):
+        r, c = divmod(bit, CODE_COLS)
+        image[r * cell_h:(r + 1) * cell_h, c * cell_w:(c + 1) * cell_w] = 255 if index >> bit & 1 else 0
+    return image
+
+
+def read_code(image: np.ndarray) -> int:
+    """The index `frame_code` wrote, read from the middle half of each cell (codecs blur edges)."""
+    height, width = image.shape[:2]
+    cell_h, cell_w = height // 2 // CODE_ROWS, width // CODE_COLS
+    index = 0
+    for bit in range(CODE_ROWS * CODE_COLS):
+        r, c = divmod(bit, CODE_COLS)
+        cell = image[r * cell_h + cell_h // 4:(r + 1) * cell_h - cell_h // 4,
+                     c * cell_w + cell_w // 4:(c + 1) * cell_w - cell_w // 4]
+        index |= int(cell.mean() > 128) << bit
+    return index
+
+
+def draw_face(image: np.ndarray, cx: int, cy: int, size: int) -> np.ndarray:
+    """Draws a blurred cartoon face (skin oval, brows, eyes, nose, mouth) `size` pixels wide at
+    (cx, cy) in place; OpenCV's frontal-face Haar cascade finds it from ~80 px up."""
+    s = size / 200
+    face = image.copy()
+    cv2.ellipse(face, (cx, cy), (int(70 * s), int(92 * s)), 0, 0, 360, (225, 180, 150), -1)
+    for dx in (-30, 30):
+        x = cx + int(dx * s)
+        cv2.ellipse(face, (x, cy - int(45 * s)), (int(22 * s), int(6 * s)), 0, 0, 360, (60, 40, 30), -1)
+        cv2.ellipse(face, (x, cy - int(25 * s)), (int(16 * s), int(9 * s)), 0, 0, 360, (255, 255, 255), -1)
+        cv2.circle(face, (x, cy - int(25 * s)), int(7 * s), (40, 30, 20), -1)
+    cv2.ellipse(face, (cx, cy + int(10 * s)), (int(8 * s), int(18 * s)), 0, 0, 360, (200, 150, 120), -1)
+    cv2.ellipse(face, (cx, cy + int(45 * s)), (int(28 * s), int(9 * s)), 0, 0, 360, (140, 60, 60), -1)
+    image[:] = cv2.GaussianBlur(face, (0, 0), 2 * s)
+    return image
+
+
+def write_clip(path: Path, seconds: float = 1.0, fps: float | Fraction = 10, size: tuple[int, int] = (64, 48),
+               codec: str = "h264", audio: bool = True, face: bool = False, gop: int = 12,
+               times: Sequence[float] | None = None, faststart: bool = False) -> Path:
+    """A clip whose frame i shows `frame_code(i)` (and, with `face`, a face in the bottom half),
+    with an AAC tone track of the same length when `audio`; the container follows the suffix.
+
+    `gop` is the keyframe interval; `times` (seconds, increasing) gives each frame its own
+    timestamp for variable-frame-rate clips (then `seconds` and `fps` only set the count);
+    `faststart` puts the MP4 index first (`movflags=faststart`).
+    """
+    width, height = size
+    rate = Fraction(fps).limit_denominator(1001)
+    count = len(times) if times is not None else int(seconds * rate)
+    time_base = Fraction(1, 1000) if times is not None else 1 / rate
+    codec = "libx264" if codec == "h264" else codec
+    options = {"movflags": "faststart"} if faststart else {}
+    with av.open(str(path), "w", options=options) as container:
+        video = container.add_stream(codec, rate=rate)
+        # x264 refuses 4:2:0 at odd sizes (chroma planes of half a pixel); MPEG-4 pads them.
+        odd = width % 2 or height % 2
+        video.width, video.height = width, height
+        video.pix_fmt = "yuv444p" if codec == "libx264" and odd else "yuv420p"
+        video.codec_context.gop_size = gop
+        if codec == "libx264":  # keyframes every `gop` frames only, not where the frame code changes a lot
+            video.codec_context.options = {"sc_threshold": "0"}
+        video.codec_context.time_base = time_base
+        video.time_base = time_base
+        sound = _add_audio(container, 1, 44100) if audio else None
+        for i in range(count):
+            image = frame_code(i, width, height)
+            if face:
+                draw_face(image, width // 2, height * 3 // 4, min(width, height // 2) - 8)
+            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+            frame.pts = round(times[i] * 1000) if times is not None else i
+            frame.time_base = time_base
+            for packet in video.encode(frame):
                 container.mux(packet)
+        for packet in video.encode(None):
+            container.mux(packet)
+        if sound is not None:
+            duration = times[-1] if times is not None else count / rate
+            _mux_audio(container, sound, tone(440.0, float(duration), 44100))
+    return path
+
+
+def _add_audio(container, channels: int, rate: int):
+    """An AAC stream (streams must all exist before the first packet is muxed)."""
+    return container.add_stream("aac", rate=rate, layout={1: "mono", 2: "stereo"}[channels])
+
+
+def _mux_audio(container, stream, samples: np.ndarray) -> None:
+    """Encodes [channels, samples] float audio into `stream`."""
+    fmt = stream.codec_context.codec.audio_formats[0].name
+    frame_size = stream.codec_context.frame_size or 1024
+    for start in range(0, samples.shape[1], frame_size):
+        _encode_audio(container, stream, samples[:, start:start + frame_size], stream.rate, stream.layout.name, fmt,
+                      start)
+    for packet in stream.encode(None):
+        container.mux(packet)
+
+
+def write_corrupt(path: Path, size: int = 4096, seed: int = 0) -> Path:
+    """Random bytes under a video suffix."""
+    path.write_bytes(np.random.default_rng(seed).integers(0, 256, size, dtype=np.uint8).tobytes())
+    return path
+
+
+def write_truncated(path: Path, src: Path, keep_fraction: float, where: str = "tail") -> Path:
+    """`src` cut short: `where="tail"` keeps its first `keep_fraction` of bytes (a download or
+    recording that stopped), `"head"` its last (a file missing its beginning)."""
+    data = src.read_bytes()
+    keep = int(len(data) * keep_fraction)
+    path.write_bytes(data[:keep] if where == "tail" else data[len(data) - keep:])
+    return path
+
+
+def write_empty(path: Path) -> Path:
+    """A zero-byte file."""
+    path.write_bytes(b"")
     return path
