@@ -24,6 +24,7 @@ bench: setup
 	$(PY) experiments/bench_convert_memory.py
 	$(PY) experiments/bench_face_encoder.py
 	$(PY) experiments/bench_audio.py --large
+	$(PY) experiments/bench_data.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info
