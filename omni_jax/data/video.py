@@ -160,7 +160,7 @@ def load_frames(path: str | os.PathLike, num_frames: int = NUM_FRAMES, seek: boo
             stream = container.streams.video[0]
             timeline = _timeline(container, stream)
             promised = _promised_seconds(container, stream)
-            time_base, size = stream.time_base, (stream.codec_context.width, stream.codec_context.height)
+            time_base = stream.time_base
         if not timeline.pts.size:
             raise ExampleError("corrupt_video", f"{path}: the video stream has no readable packets")
         readable = float((timeline.end - timeline.pts[0]) * time_base)
@@ -169,7 +169,7 @@ def load_frames(path: str | os.PathLike, num_frames: int = NUM_FRAMES, seek: boo
                                f"{promised:.2f} s its header promises")
         wanted = sample_pts(timeline.pts, num_frames)
         unique = np.unique(wanted)
-        chosen = _decode_frames(path, unique, timeline.keyframes, seek) if seek else None
+        chosen = _decode_frames(path, unique, timeline.keyframes, seek=True) if seek else None
         if chosen is None:
             chosen = _decode_frames(path, unique, timeline.keyframes, seek=False)
         if chosen is None:
@@ -179,7 +179,7 @@ def load_frames(path: str | os.PathLike, num_frames: int = NUM_FRAMES, seek: boo
         raise ExampleError("corrupt_video", f"{path}: {error}") from error
     pixels = np.stack([frames[int(time)] for time in wanted])
     timestamps = np.array([float(chosen[int(time)].pts * time_base) for time in wanted])
-    return VideoFrames(pixels, timestamps, (pixels.shape[2], pixels.shape[1]) if pixels.size else size)
+    return VideoFrames(pixels, timestamps, (pixels.shape[2], pixels.shape[1]))
 
 
 def preprocess_frames(frames: np.ndarray, size: int = SIGLIP_SIZE) -> np.ndarray:
