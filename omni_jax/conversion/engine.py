@@ -175,7 +175,7 @@ def convert_hf_to_orbax(src: str | os.PathLike, dst: str | os.PathLike, dtype: s
 
 @contextlib.contextmanager
 def checkpoint_writer(dst: str | os.PathLike, meta: dict[str, Any],
-                      side_files: Path | None = None) -> Iterator[Callable[[str, np.ndarray], None]]:
+                      side_files: Path | None = None) -> Iterator[Callable[[str, np.ndarray | jax.Array], None]]:
     """Yields `save(path, array)`, which writes one leaf ("a/b/c") of a new checkpoint at `dst`.
 
     Leaves go to orbax one at a time (partial saves), so the host holds about one leaf. On a
@@ -242,12 +242,13 @@ def write_checkpoint(reader: CheckpointReader, family: registry.ModelFamily, con
 def save_params(dst: str | os.PathLike, family: registry.ModelFamily, config, params: Any,
                 hf_config: dict[str, Any] | None = None) -> Path:
     """Writes an in-memory parameter tree (e.g. a trained or freshly initialised model) as an
-    omni_jax checkpoint that `load_pretrained` reads."""
+    omni_jax checkpoint that `load_pretrained` reads. Sharded jax.Arrays are written shard by
+    shard, never gathered: `load_pretrained(dst, mesh=...)` restores them onto any mesh."""
     meta = {"model_type": family.model_type, "config": ml_collections.ConfigDict(config).to_dict(),
             "hf_config": hf_config or {}, "source_format": "params", "dtype": "source"}
     with checkpoint_writer(dst, meta) as save:
         for path, leaf in flat_leaves(params).items():
-            save(path, np.asarray(leaf))
+            save(path, leaf if isinstance(leaf, jax.Array) else np.asarray(leaf))
     return Path(dst)
 
 

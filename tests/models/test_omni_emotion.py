@@ -1,9 +1,8 @@
 """The assembled Omni-Emotion model at the tiny config: token layouts of the three fusions against
 the parts run on their own, absent modalities, frame embeddings, the chunked assistant-token
-loss, the new tokens and their rows, and sharded = unsharded."""
+loss, the new tokens and their rows (sharded = unsharded: tests/test_sharding.py)."""
 import functools
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -19,7 +18,6 @@ from omni_jax.models.omni_emotion import (FUSIONS, IGNORE, FaceCrossAttention, O
                                           chunked_cross_entropy, init_token_rows, multimodal_prompt_ids,
                                           next_token_loss, next_token_targets, placeholder_counts)
 from omni_jax.pretrained import _override
-from omni_jax.sharding import LOGICAL_AXIS_RULES, make_mesh, param_shardings
 from tests.conftest import rel_err
 from tests.tokenizer import word_tokenizer
 
@@ -291,23 +289,3 @@ def test_new_token_rows_are_the_mean_of_the_trained_rows():
     grown = init_token_rows(params, [160, 161], trained_rows=152)
     assert grown["language_model"]["model"]["embed_tokens"]["embedding"].shape == (162, cfg.text.hidden_size)
     assert grown["language_model"]["lm_head"]["kernel"].shape == (cfg.text.hidden_size, 162)
-
-
-def test_sharded_forward_equals_unsharded():
-    """frame_cross_attention (every parameter kind) on a 2×2×2 mesh of the 8 simulated devices."""
-    cfg, model, params = tiny_model("frame_cross_attention")
-    inputs = clip_inputs(cfg, batch=4, seed=4)
-    inputs["has_face"] = np.array([True, False, True, True])
-    forward = lambda p, x: model.apply({"params": p}, **x)["logits"]
-    expected = jax.jit(forward)(params, inputs)
-    mesh = make_mesh(2, 2, 2)
-    boxed = registry.abstract_params(registry.FAMILIES["omni_emotion"], cfg, boxed=True)
-    assert all(hasattr(x, "names") for x in jax.tree.leaves(boxed, is_leaf=lambda x: hasattr(x, "names")))
-    sharded = jax.device_put(params, param_shardings(boxed, mesh))
-    on_one_device = sum(s.data.size for x in jax.tree.leaves(sharded) for s in x.addressable_shards
-                        if s.device == jax.devices()[0])
-    assert on_one_device < sum(x.size for x in jax.tree.leaves(params)) / 2  # fsdp × tensor split them
-    batch = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(("data", "fsdp")))
-    with jax.set_mesh(mesh), nn.logical_axis_rules(LOGICAL_AXIS_RULES):
-        logits = jax.jit(forward)(sharded, jax.device_put(inputs, batch))
-    assert rel_err(logits, expected) < 1e-5
