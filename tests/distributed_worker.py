@@ -1,0 +1,72 @@
+"""One process of tests/test_distributed.py, and the computation both sides run.
+
+`python -m tests.distributed_worker PORT PROCESS_ID OUT` joins a 2-process JAX cluster on
+localhost (CPU collectives: gloo), each process with 4 simulated devices, and runs `run` on a
+(2, 2, 2) mesh spanning both; process 0 writes the gathered results to OUT (.npz).
+"""
+import functools
+import os
+import sys
+
+import numpy as np
+
+
+def run(mesh) -> dict[str, np.ndarray]:
+    """The tiny Omni-Emotion's sharded forward and one phase-3 train step on `mesh`: logits, the
+    step's loss and the updated trainable parameters, gathered to every process."""
+    import flax.linen as nn
+    import jax
+    from flax import traverse_util
+    from jax.experimental import multihost_utils
+
+    from omni_jax import registry
+    from omni_jax.sharding import LOGICAL_AXIS_RULES, param_shardings
+    from omni_jax.train.plan import optimizer_shardings
+    from omni_jax.train.step import make_optimizer, train_step, trainable_labels
+    from tests.models.test_omni_emotion import tiny_model
+    from tests.test_sharding import omni_batch
+
+    cfg, model, host_params = tiny_model()
+    host_batch = omni_batch(cfg)
+    # Every process holds the same host values; each places only its own devices' shards.
+    place = lambda x, sharding: jax.make_array_from_callback(np.shape(x), sharding, lambda index: np.asarray(x)[index])
+    shardings = param_shardings(registry.abstract_params(registry.FAMILIES["omni_emotion"], cfg, boxed=True), mesh)
+    params = jax.tree.map(place, host_params, shardings)
+    rows = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(("data", "fsdp")))
+    batch = {k: place(v, rows) for k, v in host_batch.items()}
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    optimizer = make_optimizer(params, "instruction_tuning")
+    labels = trainable_labels(params, "instruction_tuning")
+    with jax.set_mesh(mesh), nn.logical_axis_rules(LOGICAL_AXIS_RULES):
+        logits = jax.jit(lambda p, x: model.apply({"params": p}, **x)["logits"], out_shardings=rows)(params, inputs)
+        opt_shardings = optimizer_shardings(jax.eval_shape(optimizer.init, params), params, mesh)
+        opt_state = jax.jit(optimizer.init, out_shardings=opt_shardings)(params)
+        step = jax.jit(functools.partial(train_step, model, optimizer, labels),
+                       in_shardings=(shardings, opt_shardings, jax.tree.map(lambda _: rows, batch)),
+                       out_shardings=(shardings, opt_shardings, None))
+        new_params, _, metrics = step(params, opt_state, batch)
+    gather = lambda x: np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    trained = {path: gather(leaf) for path, leaf in traverse_util.flatten_dict(new_params, sep="/").items()
+               if traverse_util.flatten_dict(labels, sep="/")[path] == "train"}
+    return {"logits": gather(logits), "loss": gather(metrics["loss"]), "tokens": gather(metrics["tokens"]),
+            **{"params/" + path: value for path, value in trained.items()}}
+
+
+def main(port: int, process_id: int, out: str) -> None:
+    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+    os.environ["JAX_PLATFORMS"] = "cpu"
+    import jax
+
+    jax.distributed.initialize(f"localhost:{port}", num_processes=2, process_id=process_id)
+    assert jax.process_count() == 2 and jax.local_device_count() == 4 and jax.device_count() == 8
+
+    from omni_jax.sharding import make_mesh
+
+    results = run(make_mesh(2, 2, 2))
+    if jax.process_index() == 0:
+        np.savez(out, **results)
+    jax.distributed.shutdown()
+
+
+if __name__ == "__main__":
+    main(int(sys.argv[1]), int(sys.argv[2]), sys.argv[3])
