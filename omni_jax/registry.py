@@ -20,7 +20,8 @@ class ModelFamily:
     config_to_hf: Callable[[ml_collections.ConfigDict], dict[str, Any]]
     formats: tuple[formats.Format, ...]
     dummy_inputs: Callable[[ml_collections.ConfigDict], dict[str, Any]]
-    transformers_formats: tuple[str, ...]  # formats `from_pretrained` reads, preferred first
+    # formats export writes, preferred first: for models transformers has, those `from_pretrained` reads
+    export_formats: tuple[str, ...]
 
 
 FAMILIES = {
@@ -39,18 +40,21 @@ FAMILIES = {
     "swin": ModelFamily("swin", swin.SwinModel, swin.config_from_hf, swin.config_to_hf, formats.SWIN_FORMATS,
                         swin.dummy_inputs, ("swin", "swin_image_classification")),
     # The FaceXFormer release is a torch file without config.json (convert/facexformer_to_orbax.py);
-    # no transformers model holds it, so it is not exported.
+    # no transformers model holds it, and torchvision's packed qkv cannot be written back one
+    # tensor at a time: it is exported only inside an Omni-Emotion checkpoint.
     "facexformer": ModelFamily("facexformer", facexformer.FaceXFormerEncoder, facexformer.config_from_hf,
                                facexformer.config_to_hf, formats.FACEXFORMER_FORMATS, facexformer.dummy_inputs, ()),
-    # Assembled from converted parts; no single checkpoint converts into it or exports from it yet.
-    "omni_emotion": ModelFamily("omni_emotion", omni_emotion.OmniEmotion, omni_emotion.unsupported_conversion,
-                                omni_emotion.unsupported_conversion, (), omni_emotion.dummy_inputs, ()),
+    # Assembled from converted parts (omni-jax assemble); exported to, and converted from, the
+    # project's own safetensors layout (formats.OMNI_EMOTION).
+    "omni_emotion": ModelFamily("omni_emotion", omni_emotion.OmniEmotion, omni_emotion.config_from_hf,
+                                omni_emotion.config_to_hf, (formats.OMNI_EMOTION,), omni_emotion.dummy_inputs,
+                                ("omni_emotion",)),
 }
 # config.json model_type → family ("siglip" is the dual tower: its vision half is converted;
 # "llava_qwen" is the original LLaVA-NeXT/OneVision release).
 HF_MODEL_TYPES = {"qwen2": "qwen2", "siglip_vision_model": "siglip_vision_model", "siglip": "siglip_vision_model",
                   "llava_onevision": "llava_onevision", "llava_qwen": "llava_onevision", "whisper": "whisper",
-                  "swin": "swin"}
+                  "swin": "swin", "omni_emotion": "omni_emotion"}
 
 
 def family_for_hf_config(hf_config: dict[str, Any]) -> tuple[ModelFamily, ml_collections.ConfigDict]:

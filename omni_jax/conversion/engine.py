@@ -284,20 +284,21 @@ def load_leaf(params_dir: Path, path: str, meta: Any) -> np.ndarray:
 
 def export_orbax_to_hf(src: str | os.PathLike, dst: str | os.PathLike, dtype: str | None = None,
                        naming: str | None = None, progress: bool = True) -> Path:
-    """Writes a converted checkpoint back as transformers safetensors + config.json.
+    """Writes a converted checkpoint back as safetensors + config.json.
 
     One leaf is read at a time and its tensors streamed into planned shards.
     naming: the format whose key names to write; default: the one it came from, or
-    transformers' own names when it came from a format transformers cannot load.
+    transformers' own names when it came from a format transformers cannot load; Omni-Emotion,
+    which no transformers class holds, gets its own documented layout (formats.OMNI_EMOTION).
     """
     src, dst = Path(src), Path(dst)
     meta = read_converted_config(src)
     family = registry.FAMILIES[meta["model_type"]]
-    if not family.transformers_formats:
-        raise ValueError(f"{src}: {family.model_type} has no transformers model to export to")
+    if not family.export_formats:
+        raise ValueError(f"{src}: {family.model_type} checkpoints have no format to export to")
     formats = {f.name: f for f in family.formats}
-    naming = naming or (meta["source_format"] if meta["source_format"] in family.transformers_formats
-                        else family.transformers_formats[0])
+    naming = naming or (meta["source_format"] if meta["source_format"] in family.export_formats
+                        else family.export_formats[0])
     if naming not in formats:
         raise ValueError(f"unknown naming {naming!r} for {family.model_type}; choose from {sorted(formats)}")
     rules = {rule.target: rule for rule in formats[naming].rules}

@@ -227,12 +227,36 @@ SWIN_FORMATS = (
 # --- FaceXFormer release: torch.load(file)["state_dict_backbone"] -----------------------------
 # torchvision swin_b minus its head: backbone.0 = features, backbone.1 = the final norm. The
 # projector is Omni-Emotion's, not the release's: the converter initialises it unless given.
+FACEXFORMER_FUSION = (
+    *(r for i in range(SWIN_STAGES) for r in linear(f"linear_c.{i}.proj", f"linear_c_{i}")),
+    Rule("linear_fuse.weight", "linear_fuse/kernel", CONV),
+    *prefixed(_PROJECTOR, "face_projector.", "projector"),
+)
 FACEXFORMER_FORMATS = (
-    Format("facexformer", (
-        *prefixed(swin_torchvision("backbone.0.", "backbone.1"), "", "backbone"),
-        *(r for i in range(SWIN_STAGES) for r in linear(f"linear_c.{i}.proj", f"linear_c_{i}")),
-        Rule("linear_fuse.weight", "linear_fuse/kernel", CONV),
-        *prefixed(_PROJECTOR, "face_projector.", "projector"),
-    ), ignore=_SWIN_BUFFERS + (r"^face_decoder\..*", r"^pe_layer\..*")),
+    Format("facexformer", (*prefixed(swin_torchvision("backbone.0.", "backbone.1"), "", "backbone"),
+                           *FACEXFORMER_FUSION),
+           ignore=_SWIN_BUFFERS + (r"^face_decoder\..*", r"^pe_layer\..*")),
 )
 
+
+# --- Omni-Emotion (the project's own safetensors layout; no transformers class holds it) ------
+# Each part keeps the key names of its own release so that a reader of one part's checkpoints
+# recognises it: LLaVA-OneVision as transformers 5 writes it (vision_tower.*,
+# multi_modal_projector.*, image_newline, language_model.model.*, language_model.lm_head.*),
+# the Whisper encoder under audio_tower.*, the FaceXFormer encoder under face_tower.* (its Swin
+# backbone in transformers' SwinModel names, face_tower.backbone.*: torchvision's packed qkv
+# cannot be written back one tensor at a time; linear_c.*, linear_fuse as the release); then
+# the new parts: audio_projector.linear_{1,2}.*, face_tower.face_projector.linear_{1,2}.*,
+# frame_embedding [frames, hidden] and, for frame_cross_attention only,
+# face_cross_attention.{query_norm,key_value_norm,attention.{q,k,v,o}_proj}.*.
+OMNI_EMOTION = Format("omni_emotion", (
+    *LLAVA_ONEVISION_FORMATS[0].rules,
+    *prefixed(WHISPER_ENCODER_BODY, "audio_tower.", "audio_encoder"),
+    *prefixed(_PROJECTOR, "audio_projector.", "audio_projector/mlp"),
+    *prefixed(SWIN_HF_BODY, "face_tower.backbone.", "face_encoder/backbone"),
+    *prefixed(FACEXFORMER_FUSION, "face_tower.", "face_encoder"),
+    Rule("frame_embedding", "frame_embedding"),
+    *norm("face_cross_attention.query_norm", "face_cross_attention/query_norm"),
+    *norm("face_cross_attention.key_value_norm", "face_cross_attention/key_value_norm"),
+    *_attention("face_cross_attention.attention", "face_cross_attention/attention", "o_proj", out_bias=True),
+), ignore=QWEN2.ignore)

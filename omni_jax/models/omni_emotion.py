@@ -54,9 +54,14 @@ SPECIAL_TOKENS = {"audio_token_id": "<audio>", "vi_start_token_id": "<vi_start>"
                   "au_start_token_id": "<au_start>", "au_end_token_id": "<au_end>"}
 
 
-def unsupported_conversion(_: Any) -> Any:
-    raise NotImplementedError("converting or exporting an omni_emotion checkpoint as a whole is not supported yet "
-                              "(it is built from converted LLaVA-OneVision, Whisper and FaceXFormer parts)")
+def config_from_hf(hf_config: dict[str, Any]) -> ml_collections.ConfigDict:
+    """config.json of an exported Omni-Emotion checkpoint → its config (the same fields)."""
+    skip = ("model_type", "dtype", "torch_dtype", "architectures", "transformers_version")
+    return ml_collections.ConfigDict({k: v for k, v in hf_config.items() if k not in skip})
+
+
+def config_to_hf(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
+    return {"model_type": "omni_emotion", "architectures": ["OmniEmotion"], **cfg.to_dict()}
 
 
 def audio_tokens_per_window(cfg: ml_collections.ConfigDict) -> int:
@@ -192,10 +197,11 @@ class OmniEmotion(LlavaOnevisionForConditionalGeneration):
         return embeds
 
     def last_hidden_state(self, input_ids: jax.Array, attention_mask: jax.Array | None = None,
-                          **modalities: jax.Array | None) -> jax.Array:
+                          position_ids: jax.Array | None = None, **modalities: jax.Array | None) -> jax.Array:
         """The LM's final hidden states [batch, length, embed], without logits (for the loss)."""
         embeds = self.embed_inputs(input_ids, **modalities)
-        return self.language_model.model(attention_mask=attention_mask, inputs_embeds=embeds)["last_hidden_state"]
+        return self.language_model.model(attention_mask=attention_mask, position_ids=position_ids,
+                                         inputs_embeds=embeds)["last_hidden_state"]
 
     def lm_logits(self, hidden: jax.Array) -> jax.Array:
         return self.language_model.logits(hidden)

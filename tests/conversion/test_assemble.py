@@ -96,3 +96,44 @@ def test_assemble_command_line(parts, tmp_path):
     assert result["ok"] and result["model_type"] == "omni_emotion" and result["fusion"] == "frame_cross_attention"
     _, params = omni_jax.load_pretrained(tmp_path / "omni")
     assert "face_cross_attention" in params
+
+
+def test_export_to_safetensors_and_back(parts, tmp_path):
+    """The documented key layout (formats.OMNI_EMOTION) through the two conversion scripts, every
+    leaf bit-exact; frame_cross_attention, so that every parameter kind is exported."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from safetensors import safe_open
+
+    from omni_jax.conversion.engine import flat_leaves
+
+    root, cfg, _ = parts
+    cross = ml_collections.ConfigDict(cfg.to_dict())
+    cross.fusion = "frame_cross_attention"
+    assemble_omni_emotion(root / "llava", root / "whisper", root / "face", tmp_path / "omni", cross, progress=False)
+    repo = Path(__file__).resolve().parents[2]
+    for script, src, dst in [("orbax_to_hf.py", "omni", "safetensors"), ("hf_to_orbax.py", "safetensors", "back")]:
+        out = subprocess.run([sys.executable, f"convert/{script}", "--src", str(tmp_path / src),
+                              "--dst", str(tmp_path / dst)], capture_output=True, text=True, cwd=repo)
+        assert out.returncode == 0, out.stderr
+    keys = set()
+    for file in (tmp_path / "safetensors").glob("*.safetensors"):
+        with safe_open(file, "np") as f:
+            keys |= set(f.keys())
+    for key in ("language_model.model.layers.0.self_attn.q_proj.weight", "language_model.lm_head.weight",
+                "vision_tower.encoder.layers.0.mlp.fc1.weight", "multi_modal_projector.linear_2.bias",
+                "image_newline", "audio_tower.layers.1.fc2.weight", "audio_projector.linear_1.weight",
+                "face_tower.backbone.embeddings.patch_embeddings.projection.weight",
+                "face_tower.backbone.encoder.layers.2.blocks.1.attention.self.query.weight", "face_tower.linear_fuse.weight",
+                "face_tower.face_projector.linear_2.weight", "frame_embedding",
+                "face_cross_attention.attention.o_proj.bias", "face_cross_attention.query_norm.weight"):
+        assert key in keys, key
+    _, original = omni_jax.load_pretrained(tmp_path / "omni")
+    model, restored = omni_jax.load_pretrained(tmp_path / "back")
+    assert model.config.fusion == "frame_cross_attention"
+    original, restored = flat_leaves(original), flat_leaves(restored)
+    assert set(original) == set(restored)
+    for path, value in original.items():
+        np.testing.assert_array_equal(np.asarray(restored[path]), np.asarray(value), err_msg=path)
