@@ -129,8 +129,10 @@ def _plan(args: argparse.Namespace) -> dict[str, Any]:
     from omni_jax.train.plan import plan_train_step
 
     config = load_config(args.config)
+    if args.remat:
+        config.text.remat_policy = args.remat
     start = time.perf_counter()
-    result = plan_train_step(config, make_mesh(**args.mesh), args.batch, args.seq, args.phase)
+    result = plan_train_step(config, make_mesh(**args.mesh), args.batch, args.seq, args.phase, args.microbatches)
     gib = lambda n: f"{n / 2**30:.3f} GiB"
     return {**{k: v for k, v in result.items() if not k.endswith("bytes_per_device")},
             **{k.replace("_bytes", ""): gib(v) for k, v in result.items() if k.endswith("bytes_per_device")},
@@ -139,6 +141,7 @@ def _plan(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _add_plan(sub: argparse._SubParsersAction) -> None:
+    from omni_jax.layers.scan import REMAT_POLICIES
     from omni_jax.train.step import PHASES
 
     p = sub.add_parser("plan", help="compile a sharded train step ahead of time; per-device bytes and FLOPs",
@@ -150,6 +153,11 @@ def _add_plan(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch", type=int, default=8, help="global batch (clips)")
     p.add_argument("--seq", type=int, default=4096, help="tokens per clip")
     p.add_argument("--phase", default="instruction_tuning", choices=sorted(PHASES))
+    p.add_argument("--microbatches", type=int, default=1,
+                   help="gradient accumulation: the batch runs as this many sequential parts")
+    # The towers are frozen in every phase (no backward pass through them): only the LM's policy matters.
+    p.add_argument("--remat", choices=sorted(REMAT_POLICIES), help="the language model's remat policy "
+                                                                   "(default: the config's)")
     p.set_defaults(run=_plan)
 
 

@@ -70,8 +70,9 @@ def optimizer_shardings(opt_state: Any, params: Any, mesh: jax.sharding.Mesh) ->
 
 
 def plan_train_step(cfg: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, batch: int, seq: int,
-                    phase: str = "instruction_tuning") -> dict[str, Any]:
-    """Compiles the phase's train step for `mesh`; returns per-device bytes and FLOPs per step."""
+                    phase: str = "instruction_tuning", microbatches: int = 1) -> dict[str, Any]:
+    """Compiles the phase's train step for `mesh` (the batch accumulated over `microbatches`);
+    returns per-device bytes and FLOPs per step."""
     model = registry.build(registry.FAMILIES["omni_emotion"], cfg)
     params = sharded_params(cfg, mesh)
     param_shardings = jax.tree.map(lambda s: s.sharding, params)
@@ -82,7 +83,7 @@ def plan_train_step(cfg: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, bat
     with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.LOGICAL_AXIS_RULES):
         opt_state = jax.eval_shape(optimizer.init, params)
         opt_shardings = optimizer_shardings(opt_state, params, mesh)
-        step = jax.jit(functools.partial(train_step, model, optimizer, labels),
+        step = jax.jit(functools.partial(train_step, model, optimizer, labels, microbatches=microbatches),
                        in_shardings=(param_shardings, opt_shardings, jax.tree.map(lambda _: data, inputs)),
                        out_shardings=(param_shardings, opt_shardings, None), donate_argnums=(0, 1))
         compiled = step.lower(params, opt_state, inputs).compile()
@@ -90,7 +91,8 @@ def plan_train_step(cfg: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, bat
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     devices = mesh.devices.size
-    return {"devices": devices, "mesh": dict(mesh.shape), "batch": batch, "seq": seq, "phase": phase,
+    return {"devices": devices, "mesh": dict(mesh.shape), "batch": batch, "microbatches": microbatches, "seq": seq,
+            "phase": phase, "remat_policy": cfg.text.remat_policy,
             "params_bytes_per_device": bytes_per_device(params),
             "optimizer_bytes_per_device": bytes_per_device(jax.tree.map(
                 lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), opt_state, opt_shardings)),

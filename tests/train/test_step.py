@@ -5,6 +5,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from omni_jax import registry
@@ -66,3 +67,31 @@ def test_sharded_train_step_equals_unsharded(setup):
     np.testing.assert_allclose(float(metrics["loss"]), float(expected["loss"]), rtol=1e-5)
     for a, b in zip(jax.tree.leaves(new_params), jax.tree.leaves(expected_params)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-4, atol=1e-6)
+
+
+def test_gradient_accumulation_equals_the_whole_batch(setup):
+    """4 rows as 2 microbatches of 2 (different assistant-token counts per row): the same loss,
+    token count and gradients as the whole batch. SGD with lr 1 makes the update the gradient
+    (Adam's first step is ±lr wherever a gradient is non-zero, however small: ill-conditioned)."""
+    _, model, params, batch = setup
+    labels = np.asarray(batch["labels"]).copy()
+    labels[1, -6:-3] = -100  # rows now carry 6, 3, 6, 6 assistant tokens: token weighting matters
+    batch = {**batch, "labels": jnp.asarray(labels)}
+    phase_labels = trainable_labels(params, "instruction_tuning")
+    optimizer = optax.multi_transform({"train": optax.sgd(1.0), "freeze": optax.set_to_zero()}, phase_labels)
+    whole = jax.jit(functools.partial(train_step, model, optimizer, phase_labels))
+    split = jax.jit(functools.partial(train_step, model, optimizer, phase_labels, microbatches=2))
+    opt_state = optimizer.init(params)
+    expected_params, _, expected = whole(params, opt_state, batch)
+    got_params, _, got = split(params, opt_state, batch)
+    assert int(got["tokens"]) == int(expected["tokens"]) == 21
+    np.testing.assert_allclose(float(got["loss"]), float(expected["loss"]), rtol=1e-5)
+    moved = 0
+    for a, b, p in zip(jax.tree.leaves(got_params), jax.tree.leaves(expected_params), jax.tree.leaves(params)):
+        grad, expected_grad = np.asarray(p) - np.asarray(a), np.asarray(p) - np.asarray(b)
+        scale = np.abs(expected_grad).max()
+        moved += bool(scale > 0)
+        assert np.abs(grad - expected_grad).max() <= 1e-4 * scale + 1e-8  # (+ the rounding of p - grad)
+    assert moved > 10
+    with pytest.raises(ValueError, match="a batch of 4 does not split into 3 microbatches"):
+        train_step(model, optimizer, phase_labels, params, opt_state, batch, microbatches=3)
