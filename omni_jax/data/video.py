@@ -31,8 +31,8 @@ Preprocessing equals LLaVA-OneVision's: resize to 384×384 bicubic (no aspect pr
 from __future__ import annotations
 
 import dataclasses
-import functools
 import os
+import threading
 from pathlib import Path
 
 import av
@@ -190,11 +190,18 @@ def preprocess_frames(frames: np.ndarray, size: int = SIGLIP_SIZE) -> np.ndarray
     return (resized * np.float32(1 / 255) - np.float32(SIGLIP_MEAN)) / np.float32(SIGLIP_STD)
 
 
-@functools.cache
+_CASCADES = threading.local()
+
+
 def _cascade() -> cv2.CascadeClassifier:
-    cascade = cv2.CascadeClassifier(os.path.join(cv2.data.haarcascades, HAAR_CASCADE))
-    if cascade.empty():
-        raise RuntimeError(f"OpenCV's bundled {HAAR_CASCADE} did not load from {cv2.data.haarcascades}")
+    """This thread's classifier: a CascadeClassifier is not thread-safe (grain maps examples on
+    a thread pool; one shared classifier raised vector range errors and double-frees)."""
+    cascade = getattr(_CASCADES, "classifier", None)
+    if cascade is None:
+        cascade = cv2.CascadeClassifier(os.path.join(cv2.data.haarcascades, HAAR_CASCADE))
+        if cascade.empty():
+            raise RuntimeError(f"OpenCV's bundled {HAAR_CASCADE} did not load from {cv2.data.haarcascades}")
+        _CASCADES.classifier = cascade
     return cascade
 
 
