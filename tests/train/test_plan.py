@@ -1,17 +1,19 @@
 """`omni-jax plan`: the sharded train step compiled ahead of time, without weights."""
+import functools
 import json
 import subprocess
 import sys
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from configs import omni_emotion
 from omni_jax import registry
 from omni_jax.sharding import make_mesh
-from omni_jax.train.plan import bytes_per_device, sharded_params
-from omni_jax.train.step import trainable_labels
+from omni_jax.train.plan import abstract_batch, bytes_per_device, matmul_flops, sharded_params
+from omni_jax.train.step import make_optimizer, train_step, trainable_labels
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -46,3 +48,35 @@ def test_plan_rejects_a_sequence_too_short_for_the_clip():
     out = subprocess.run([sys.executable, "-m", "omni_jax.cli", "plan", "--config", "configs/omni_emotion.py:tiny",
                           "--mesh", "fsdp=2", "--batch", "2", "--seq", "8"], capture_output=True, text=True, cwd=REPO)
     assert out.returncode == 1 and "shorter than the" in out.stderr
+
+
+def test_matmul_flops_count_scans_remat_and_convolutions():
+    """A scanned, rematerialised layer: 3 forward products, then per step a recomputed forward
+    and two backward products; a convolution counts as its equivalent matrix product."""
+    def loss(w, x):
+        step = jax.checkpoint(lambda c, _: (jnp.tanh(c @ w), None))
+        return jax.lax.scan(step, x, None, length=3)[0].sum()
+
+    product = 2 * 4 * 8 * 8  # [4, 8] @ [8, 8]
+    jaxpr = jax.make_jaxpr(jax.value_and_grad(loss))(jnp.ones((8, 8)), jnp.ones((4, 8))).jaxpr
+    assert matmul_flops(jaxpr) == 3 * product + 3 * 3 * product
+    conv = jax.make_jaxpr(lambda x, k: jax.lax.conv_general_dilated(x, k, (1,), "VALID", dimension_numbers=(
+        "NWC", "WIO", "NWC")))(jnp.ones((2, 10, 3)), jnp.ones((5, 3, 4))).jaxpr
+    assert matmul_flops(conv) == 2 * (2 * 6 * 4) * (5 * 3)  # out [2, 6, 4], each a 15-term dot product
+
+
+def test_step_flops_are_independent_of_microbatches_and_cover_the_language_model():
+    cfg = omni_emotion.get_config("tiny")
+    model = registry.build(registry.FAMILIES["omni_emotion"], cfg)
+    params = registry.abstract_params(registry.FAMILIES["omni_emotion"], cfg)
+    optimizer, labels = make_optimizer(params, "instruction_tuning"), trainable_labels(params, "instruction_tuning")
+    batch, seq = 4, 128
+    inputs = abstract_batch(cfg, batch, seq)
+    flops = [matmul_flops(jax.make_jaxpr(functools.partial(train_step, model, optimizer, labels, microbatches=k))(
+        params, jax.eval_shape(optimizer.init, params), inputs).jaxpr) for k in (1, 2)]
+    assert flops[0] == flops[1]
+    # Forward and backward of every LM matrix (embedding lookup aside) for each token: ≥ 6 N T.
+    lm = params["language_model"]
+    lm_matrices = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(lm) if len(x.shape) >= 2) - int(
+        np.prod(lm["model"]["embed_tokens"]["embedding"].shape))
+    assert flops[0] >= 6 * lm_matrices * batch * seq
