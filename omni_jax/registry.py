@@ -78,3 +78,15 @@ def abstract_params(family: ModelFamily, config, boxed: bool = False) -> Any:
     model = build(family, config)
     variables = jax.eval_shape(lambda: model.init(jax.random.key(0), **family.dummy_inputs(config)))
     return variables["params"] if boxed else nn.unbox(variables["params"])
+
+
+def init_params(family: ModelFamily, config, mesh: jax.sharding.Mesh, seed: int = 0) -> Any:
+    """Freshly initialised parameters created directly in their shards on `mesh` (`init` jitted
+    with the rules' output shardings): no device and no host ever holds a whole copy."""
+    from omni_jax import sharding
+
+    model = build(family, config)
+    shardings = sharding.param_shardings(abstract_params(family, config, boxed=True), mesh)
+    init = lambda key: nn.unbox(model.init(key, **family.dummy_inputs(config))["params"])
+    with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.LOGICAL_AXIS_RULES):
+        return jax.jit(init, out_shardings=shardings)(jax.random.key(seed))

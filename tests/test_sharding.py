@@ -117,3 +117,18 @@ def test_checkpoint_saved_on_one_mesh_restores_on_another(llava, tmp_path):
         assert b.sharding == sharding
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     assert any(s.spec != a.sharding.spec for s, a in zip(jax.tree.leaves(expected), jax.tree.leaves(params)))
+
+
+def test_fresh_parameters_are_created_in_their_shards(llava):
+    """`init_params` on fsdp=2 x tensor=4 equals the same init on one device, already split."""
+    _, root = llava
+    model, _ = omni_jax.load_pretrained(root / "ox")
+    family = registry.FAMILIES["llava_onevision"]
+    mesh = make_mesh(1, 2, 4)
+    sharded = registry.init_params(family, model.config, mesh, seed=3)
+    single = registry.init_params(family, model.config, make_mesh(1, 1, 1, devices=jax.devices()[:1]), seed=3)
+    expected = param_shardings(registry.abstract_params(family, model.config, boxed=True), mesh)
+    assert _on_first_device(sharded) < sum(x.size for x in jax.tree.leaves(sharded)) / 2
+    for a, b, sharding in zip(jax.tree.leaves(sharded), jax.tree.leaves(single), jax.tree.leaves(expected)):
+        assert a.sharding == sharding
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
