@@ -86,15 +86,18 @@ def video_tokens(cfg: ml_collections.ConfigDict, frames: int) -> int:
 
 
 def merge_at_placeholders(embeds: jax.Array, input_ids: jax.Array, token_id: int, features: jax.Array) -> jax.Array:
-    """Puts `features` rows, in order, at the positions where input_ids == token_id.
+    """Puts each row's features, in order, at that row's positions where input_ids == token_id.
 
-    embeds: [batch, length, embed]; features: [n, embed] with n = number of placeholders in the
-    whole batch (row-major, as torch `masked_scatter`). Static shapes: usable under jit.
+    embeds: [batch, length, embed]; features: [batch, n, embed]. A row's k-th placeholder takes
+    its k-th feature; a row with fewer placeholders leaves the rest unused (a text-only row
+    needs none). Row by row, so a batch-sharded merge stays on each device (torch's
+    `masked_scatter` fills the whole batch's placeholders in one row-major sequence, the same
+    whenever every row holds n). Static shapes: usable under jit.
     """
-    mask = (input_ids == token_id).reshape(-1)
-    index = jnp.clip(jnp.cumsum(mask) - 1, 0, features.shape[0] - 1)
-    merged = jnp.where(mask[:, None], features[index].astype(embeds.dtype), embeds.reshape(-1, embeds.shape[-1]))
-    return merged.reshape(embeds.shape)
+    mask = input_ids == token_id
+    index = jnp.clip(jnp.cumsum(mask, axis=1) - 1, 0, features.shape[1] - 1)
+    gathered = jnp.take_along_axis(features, index[..., None], axis=1).astype(embeds.dtype)
+    return jnp.where(mask[..., None], gathered, embeds)
 
 
 class LlavaOnevisionForConditionalGeneration(nn.Module):
@@ -143,7 +146,7 @@ class LlavaOnevisionForConditionalGeneration(nn.Module):
         if pixel_values_videos is not None:
             features = self.get_video_features(pixel_values_videos)
             embeds = merge_at_placeholders(embeds, input_ids, self.config.video_token_id,
-                                           features.reshape(-1, features.shape[-1]))
+                                           features.reshape(input_ids.shape[0], -1, features.shape[-1]))
         return self.language_model(attention_mask=attention_mask, position_ids=position_ids, inputs_embeds=embeds,
                                    decode=decode, output_hidden_states=output_hidden_states,
                                    logits_to_keep=logits_to_keep)

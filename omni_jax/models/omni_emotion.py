@@ -181,19 +181,22 @@ class OmniEmotion(LlavaOnevisionForConditionalGeneration):
                      face_pixels: jax.Array | None = None, input_features: jax.Array | None = None,
                      has_video: jax.Array | None = None, has_face: jax.Array | None = None,
                      has_audio: jax.Array | None = None) -> jax.Array:
-        """Token embeddings [batch, length, embed] with the video block at the `video_token_id`
-        positions and the audio block at the `audio_token_id` positions (each row holds exactly
-        `placeholder_counts` of each). Modalities left None are not merged (decoding steps)."""
+        """Token embeddings [batch, length, embed] with each row's video block at its
+        `video_token_id` positions and its audio block at its `audio_token_id` positions (a clip's
+        row holds exactly `placeholder_counts` of each; a text-only row may hold none). Modalities
+        left None are not merged (decoding steps)."""
         cfg = self.config
         embeds = self.language_model.embed(input_ids)
         if (pixel_values_videos is None) != (face_pixels is None):
             raise ValueError("the video block needs pixel_values_videos and face_pixels together")
         if pixel_values_videos is not None:
             block = self.video_block(pixel_values_videos, face_pixels, has_video, has_face)
-            embeds = merge_at_placeholders(embeds, input_ids, cfg.video_token_id, block.reshape(-1, block.shape[-1]))
+            embeds = merge_at_placeholders(embeds, input_ids, cfg.video_token_id,
+                                           block.reshape(block.shape[0], -1, block.shape[-1]))
         if input_features is not None:
             block = self.audio_block(input_features, has_audio)
-            embeds = merge_at_placeholders(embeds, input_ids, cfg.audio_token_id, block.reshape(-1, block.shape[-1]))
+            embeds = merge_at_placeholders(embeds, input_ids, cfg.audio_token_id,
+                                           block.reshape(block.shape[0], -1, block.shape[-1]))
         return embeds
 
     def last_hidden_state(self, input_ids: jax.Array, attention_mask: jax.Array | None = None,

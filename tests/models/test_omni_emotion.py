@@ -184,6 +184,18 @@ def test_absent_modalities_are_zero_slots_of_the_same_shape(tiny):
     np.testing.assert_array_equal(flagged[text], embeds[text])
 
 
+def test_a_text_only_row_needs_no_placeholders(tiny):
+    """Row 1 without any placeholder (text only): row 0's merged sequence is unchanged, and row 1
+    is its token embeddings — features are merged row by row."""
+    cfg, _, params, embed, inputs, embeds = tiny
+    ids = inputs["input_ids"].copy()
+    ids[1] = np.random.RandomState(7).randint(0, 140, ids.shape[1])
+    mixed = np.asarray(embed(params, {**inputs, "input_ids": ids}))
+    np.testing.assert_array_equal(mixed[0], embeds[0])
+    table = np.asarray(params["language_model"]["model"]["embed_tokens"]["embedding"])
+    np.testing.assert_array_equal(mixed[1], table[ids[1]])
+
+
 def test_frame_embedding_reaches_only_its_frames_tokens(tiny):
     cfg, _, params, embed, inputs, embeds = tiny
     bumped = {**params, "frame_embedding": params["frame_embedding"].at[1].add(1.0)}
