@@ -12,15 +12,17 @@ through etils.epath (its filesystem backend must be installed). `faces` is null 
 detects faces) or one box or null per sampled frame, in pixels of the source video.
 
 The source indexes each line's byte offset once (8 bytes per clip, nothing parsed is held) and
-reads a line on demand; worker processes reopen the file after pickling. Parsing is separate
-(`parse_record`) so a malformed line becomes an `ExampleError("malformed_json")` inside the
-transform, where the pipeline counts it, instead of an exception in grain's sampler.
+reads a line on demand, under a lock (grain reads sources from a thread pool); worker processes
+reopen the file after pickling. Parsing is separate (`parse_record`) so a malformed line becomes
+an `ExampleError("malformed_json")` inside the transform, where the pipeline counts it, instead
+of an exception in grain's sampler.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
 import os
+import threading
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -69,19 +71,26 @@ class ManifestSource:
         if not self.path.exists():
             raise FileNotFoundError(f"{self.path}: no such manifest")
         self._starts, self._numbers = _index_lines(self.path)
-        self._file = None
+        self._file, self._lock = None, threading.Lock()
 
     def __len__(self) -> int:
         return len(self._numbers)
 
     def __getitem__(self, index: int) -> ManifestLine:
-        if self._file is None:
-            self._file = self.path.open("rb")
-        self._file.seek(int(self._starts[index]))
-        return ManifestLine(int(self._numbers[index]), self._file.readline())
+        # grain reads a source from a pool of threads, and a seek then a read share the file's
+        # position: unlocked, a quarter of concurrent reads returned another thread's line.
+        with self._lock:
+            if self._file is None:
+                self._file = self.path.open("rb")
+            self._file.seek(int(self._starts[index]))
+            return ManifestLine(int(self._numbers[index]), self._file.readline())
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_file": None}  # an open file does not cross into a worker process
+        # An open file and a lock do not cross into a worker process; each process makes its own.
+        return {**self.__dict__, "_file": None, "_lock": None}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state, _lock=threading.Lock())
 
     def __repr__(self) -> str:
         return f"ManifestSource({str(self.path)!r}, {len(self)} lines)"

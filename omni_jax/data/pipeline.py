@@ -5,6 +5,8 @@ Order (grain's MapDataset, deterministic from the seed):
   → shuffle (seed; a new order each epoch) → repeat (epochs) → per-example transform
   → worker processes with prefetch (mp_prefetch; worker i decodes elements i, i + W, ... and
   the main process reads them back in order) → batches (main process) → global arrays.
+Within a process grain reads the source and runs the transform on a pool of threads, so both
+are thread-safe (the manifest reads under a lock, each thread has its own face detector).
 
 Skips: the transform never raises for bad input. An `ExampleError` becomes a `Skipped` marker
 that flows through the workers like an example; the batching iterator in the main process

@@ -1,7 +1,9 @@
 """The JSONL manifest source: line indexing, path resolution, malformed lines as ExampleErrors."""
+import concurrent.futures
 import json
 import pickle
 
+import numpy as np
 import pytest
 from etils import epath
 
@@ -62,3 +64,14 @@ def test_malformed_lines_are_example_errors_naming_the_line(tmp_path, line, matc
 def test_missing_manifest_is_an_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="no such manifest"):
         ManifestSource(tmp_path / "absent.jsonl")
+
+
+def test_concurrent_reads_get_their_own_lines(tmp_path):
+    # grain's MapDataset iterator reads the source from a pool of threads (16 by default)
+    lines = [json.dumps({"id": f"c{i}", "pad": "x" * (i * 37 % 500), "conversations": TURNS}) for i in range(200)]
+    source = ManifestSource(_write(tmp_path / "m.jsonl", lines))
+    indices = np.random.default_rng(0).integers(0, len(lines), 20_000)
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:
+        got = list(pool.map(lambda i: source[i].text, indices, chunksize=64))
+    wrong = [i for i, text in zip(indices, got) if text != (lines[i] + "\n").encode()]
+    assert not wrong, f"{len(wrong)} of {len(indices)} reads returned another line"
