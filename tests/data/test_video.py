@@ -1,7 +1,10 @@
 """Video: frames sampled by time (LLaVA-OneVision's indices at constant rates), seeking equal to a
 sequential decode, every bad-input reason, SigLIP preprocessing against transformers, and Haar
 face detection — on clips the tests encode with PyAV, each frame's index coded in its pixels."""
+import subprocess
+import sys
 from fractions import Fraction
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,6 +18,8 @@ from omni_jax.data.faces import face_crops
 from omni_jax.data.video import detect_faces, load_frames, preprocess_frames
 from tests.media import (draw_face, frame_code, read_code, tone, write_audio, write_clip, write_corrupt, write_empty,
                          write_truncated)
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def codes(frames: np.ndarray) -> list[int]:
@@ -234,3 +239,28 @@ def test_no_face_is_none_and_large_frames_are_searched_downscaled():
     assert boxes[0] is None
     x0, y0, x1, y1 = boxes[1]  # found at 320 px wide, in full-size pixels
     assert abs((x0 + x1) / 2 - 600) < 50 and abs((y0 + y1) / 2 - 360) < 50 and 100 < x1 - x0 < 300
+
+
+CONCURRENT_DETECTION = """
+import concurrent.futures
+import numpy as np
+from omni_jax.data.video import detect_faces
+from tests.media import draw_face, frame_code
+
+sizes = [(64, 48), (48, 64), (128, 192), (320, 240), (200, 100)]  # a classifier resizes its buffers per size
+clips = [np.stack([frame_code(i, w, h), draw_face(frame_code(i, w, h), w // 2, h * 3 // 4, min(w, h // 2) - 8)])
+         for i, (w, h) in enumerate(sizes)]
+serial = [detect_faces(clip) for clip in clips]
+with concurrent.futures.ThreadPoolExecutor(8) as pool:
+    jobs = [i % len(clips) for i in range(800)]
+    wrong = sum(boxes != serial[i] for i, boxes in zip(jobs, pool.map(lambda i: detect_faces(clips[i]), jobs)))
+print("wrong", wrong)
+"""
+
+
+def test_face_detection_from_many_threads_equals_serial():
+    # grain maps examples on a thread pool; one shared Haar classifier segfaulted, double-freed or
+    # raised OpenCV assertions here, so the check runs in its own process (a crash fails this test only).
+    out = subprocess.run([sys.executable, "-c", CONCURRENT_DETECTION], cwd=ROOT, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0 and out.stdout.split()[-2:] == ["wrong", "0"], (out.returncode, out.stderr[-2000:])
