@@ -61,7 +61,9 @@ def data_config(cfg: ml_collections.ConfigDict, buckets: tuple[int, ...]) -> ml_
         buckets=buckets,
         batch_size=8,  # per host
         workers=2,  # grain worker processes per host (0: decode in the main process)
+        threads=1,  # examples decoded at once in each process (grain's default of 16 multiplies memory)
         prefetch=2,  # examples buffered per worker
+        pack_text_only=False,  # pack short text-only examples into rows of the smallest bucket
         seed=0,
         epochs=3,  # paper §4.4 phase 3; None repeats forever
         max_skip_fraction=0.1,  # stop when more than this fraction of examples seen is skipped...

@@ -5,8 +5,8 @@ Order (grain's MapDataset, deterministic from the seed):
   → shuffle (seed; a new order each epoch) → repeat (epochs) → per-example transform
   → worker processes with prefetch (mp_prefetch; worker i decodes elements i, i + W, ... and
   the main process reads them back in order) → batches (main process) → global arrays.
-Within a process grain reads the source and runs the transform on a pool of threads, so both
-are thread-safe (the manifest reads under a lock, each thread has its own face detector).
+Within a process grain reads the source and runs the transform on `data.threads` threads, so
+both are thread-safe (the manifest reads under a lock, each thread has its own face detector).
 
 Skips: the transform never raises for bad input. An `ExampleError` becomes a `Skipped` marker
 that flows through the workers like an example; the batching iterator in the main process
@@ -19,8 +19,11 @@ half consumed) plus the counts; a restored iterator resumes both. Counts are per
 (each host counts its own shard).
 
 Batches: numpy, per host, padded to the smallest of `data.buckets` that holds the batch's
-longest example; `global_batch` turns one into jax.Arrays sharded over the batch's mesh axes
-(data × fsdp, from LOGICAL_AXIS_RULES), agreeing on one length across hosts first.
+longest row; `global_batch` turns one into jax.Arrays sharded over the batch's mesh axes
+(data × fsdp, from LOGICAL_AXIS_RULES), agreeing on one length across hosts first. A text-only
+example (no `video`) has no placeholder block (the model merges features row by row) and zero
+media flagged absent; with `data.pack_text_only`, short ones share rows (segment ids in
+`attention_mask`, positions from 0 per example).
 """
 from __future__ import annotations
 
@@ -121,23 +124,10 @@ def _audio(record: Record, cfg: ml_collections.ConfigDict) -> dict[str, np.ndarr
     return {"input_features": np.ascontiguousarray(feats.features[..., :frames]), "has_audio": np.bool_(feats.present)}
 
 
-def _conversations(record: Record) -> list:
-    """A text-only example's first human turn gains the `<video>` block too (its features are
-    zeros, flagged absent): every row of a batch must hold the same placeholders, because the
-    model scatters a batch's modality tokens row-major into them."""
-    turns = record.conversations
-    if record.video is not None:
-        return turns
-    first = next((i for i, t in enumerate(turns) if isinstance(t, dict) and t.get("from") == "human"), None)
-    if first is None or not isinstance(turns[first].get("value"), str):
-        return turns  # the text module names what is wrong
-    return [*turns[:first], {**turns[first], "value": f"{text.VIDEO}\n{turns[first]['value']}"}, *turns[first + 1:]]
-
-
 def load_example(record: Record, tokenizer: Any, cfg: ml_collections.ConfigDict) -> dict[str, Any]:
     """One clip's model inputs (tokens: text.TokenizedExample, unpadded) and its counted facts."""
-    tokens = text.tokenize_conversation(_conversations(record), tokenizer, cfg, max(cfg.data.buckets),
-                                        name=f"{record.id} ({record.where})")
+    tokens = text.tokenize_conversation(record.conversations, tokenizer, cfg, max(cfg.data.buckets),
+                                        video=record.video is not None, name=f"{record.id} ({record.where})")
     return {"tokens": tokens, "truncated": np.bool_(tokens.truncated), **_vision(record, cfg.data), **_audio(record, cfg)}
 
 
@@ -177,7 +167,10 @@ def ordered_examples(source: ManifestSource, transform: ExampleTransform, data: 
     ds = grain.MapDataset.source(source)[start:end]
     if shuffle:
         ds = ds.shuffle(seed=data.seed)  # repeat() reseeds each epoch: a new order every epoch
-    ds = ds.repeat(data.epochs).map(transform).to_iter_dataset()
+    # grain's default read options run 16 threads with a 500-example buffer in every process:
+    # at the 7B config (~20 MB an example) that is ~10 GB per worker. Bounded by the config.
+    ds = ds.repeat(data.epochs).map(transform).to_iter_dataset(
+        grain.ReadOptions(num_threads=data.threads, prefetch_buffer_size=data.prefetch))
     if data.workers > 0:
         ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=data.workers,
                                                          per_worker_buffer_size=data.prefetch))
@@ -187,12 +180,15 @@ def ordered_examples(source: ManifestSource, transform: ExampleTransform, data: 
 # --------------------------------------------------------------------------- batches
 
 
-def pad_batch(examples: list[dict[str, np.ndarray]], length: int, pad_id: int) -> dict[str, np.ndarray]:
-    """Stacks examples; input_ids, labels, attention_mask, position_ids padded to [batch, length]."""
-    padded = [text.pad_to_bucket(e["tokens"], (length,), pad_id) for e in examples]
+def pad_batch(rows: list[list[dict[str, np.ndarray]]], length: int, pad_id: int) -> dict[str, np.ndarray]:
+    """Stacks rows (each one example, or several text-only ones packed): input_ids, labels,
+    attention_mask (1/0, or segment ids in a packed row), position_ids padded to [batch, length];
+    the media of a row's first example (a packed row's are zeros, flagged absent)."""
+    padded = [text.pack_examples([e["tokens"] for e in row], length, pad_id)[0] if len(row) > 1
+              else text.pad_to_bucket(row[0]["tokens"], (length,), pad_id) for row in rows]
     batch = {key: np.stack([p[key] for p in padded]) for key in padded[0]}
     for key in ("pixel_values_videos", "face_pixels", "input_features", *FLAGS):
-        batch[key] = np.stack([e[key] for e in examples])
+        batch[key] = np.stack([row[0][key] for row in rows])
     return batch
 
 
@@ -216,9 +212,10 @@ class BatchIterator(grain.DatasetIterator):
     """
 
     def __init__(self, parent: grain.DatasetIterator, batch_size: int, buckets: tuple[int, ...], pad_id: int,
-                 max_skip_fraction: float, min_examples: int, drop_remainder: bool = True):
+                 max_skip_fraction: float, min_examples: int, drop_remainder: bool = True, pack_text_only: bool = False):
         super().__init__(parent)
         self.batch_size, self.buckets, self.pad_id = batch_size, tuple(buckets), pad_id
+        self.pack_length = min(buckets) if pack_text_only else 0
         self.max_skip_fraction, self.min_examples, self.drop_remainder = max_skip_fraction, min_examples, drop_remainder
         self.counts = new_counts()
         self._logged: set[tuple[str, str]] = set()
@@ -247,18 +244,36 @@ class BatchIterator(grain.DatasetIterator):
                 f"{self.max_skip_fraction:.0%}); by reason: {dict(sorted(self.counts['skipped'].items()))}")
 
     def __next__(self) -> dict[str, np.ndarray]:
-        examples = []
-        while len(examples) < self.batch_size:
+        rows: list[list[dict[str, np.ndarray]]] = []
+        room: list[int] = []  # tokens left in each row (0: a row that takes nothing more)
+        while len(rows) < self.batch_size:
             try:
                 item = next(self._parent)
             except StopIteration:
-                if examples and not self.drop_remainder:
+                if rows and not self.drop_remainder:
                     break
                 raise
             if self._count(item):
-                examples.append(item)
-        length = bucket_length([len(e["tokens"].input_ids) for e in examples], self.buckets)
-        return pad_batch(examples, length, self.pad_id)
+                self._place(item, rows, room)
+        length = bucket_length([sum(len(e["tokens"].input_ids) for e in row) for row in rows], self.buckets)
+        return pad_batch(rows, length, self.pad_id)
+
+    def _place(self, item: dict[str, np.ndarray], rows: list[list], room: list[int]) -> None:
+        """A clip gets a row; with packing, a short text-only example joins the first row of this
+        batch with room (first fit, up to the smallest bucket), else opens one. Packing stays
+        within a batch, so a batch boundary leaves nothing pending and the state stays exact."""
+        size = len(item["tokens"].input_ids)
+        if not self.pack_length or item["tokens"].multimodal or size > self.pack_length:
+            rows.append([item])
+            room.append(0)
+            return
+        fit = next((i for i, free in enumerate(room) if free >= size), None)
+        if fit is None:
+            rows.append([])
+            room.append(self.pack_length)
+            fit = len(rows) - 1
+        rows[fit].append(item)
+        room[fit] -= size
 
     def get_state(self) -> dict[str, Any]:
         counts = {**self.counts, "skipped": dict(self.counts["skipped"])}
@@ -304,7 +319,7 @@ def make_pipeline(manifest: str | os.PathLike, tokenizer: Any, cfg: ml_collectio
     examples = ordered_examples(source, ExampleTransform(source, tokenizer, cfg), data, shard, shuffle)
     return Batches(examples, batch_size=data.batch_size, buckets=tuple(data.buckets), pad_id=pad_id_of(tokenizer),
                    max_skip_fraction=data.max_skip_fraction, min_examples=data.min_examples,
-                   drop_remainder=drop_remainder)
+                   drop_remainder=drop_remainder, pack_text_only=data.pack_text_only)
 
 
 def _absl_flags_parsed() -> None:

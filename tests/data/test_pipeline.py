@@ -95,11 +95,11 @@ def test_batches_have_the_tiny_model_shapes_and_contents(clips):
                       "has_video": ((4,), "bool"), "has_face": ((4,), "bool"), "has_audio": ((4,), "bool")}
     counts = placeholder_counts(cfg)
     ids, labels, mask = batch["input_ids"], batch["labels"], batch["attention_mask"]
-    for row in range(4):  # every row holds the whole block, text-only included (its features are zeros)
-        assert (ids[row] == cfg.video_token_id).sum() == counts["video"] == 27
-        assert (ids[row] == cfg.audio_token_id).sum() == counts["audio"] == 20
+    for row in range(4):  # each clip's row holds the whole block; the text-only row (3) none
+        assert (ids[row] == cfg.video_token_id).sum() == (counts["video"] if row < 3 else 0) == (27 if row < 3 else 0)
+        assert (ids[row] == cfg.audio_token_id).sum() == (counts["audio"] if row < 3 else 0) == (20 if row < 3 else 0)
         for field in ("vi_start_token_id", "vi_end_token_id", "au_start_token_id", "au_end_token_id"):
-            assert (ids[row] == cfg[field]).sum() == 1
+            assert (ids[row] == cfg[field]).sum() == int(row < 3)
     im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
     labelled = [labels[row][labels[row] != IGNORE].tolist() for row in range(4)]
     assert labelled == [[21, im_end], [22, im_end], [23, im_end], [24, im_end]]  # the answer and its <|im_end|>
@@ -243,3 +243,34 @@ def test_data_check_cli_counts_every_reason(bad_manifest, tmp_path, capsys):
     assert report["token_length_histogram"] == {"<=96": 3, "<=128": 0, "<=192": 1}
     assert report["token_length_max"] == 192 and report["clips_per_second"] > 0
     assert any("skipped_by_reason" in line for line in out[:-1])  # the readable form too
+
+
+def test_text_only_examples_pack_into_shared_rows(clips):
+    """Clips keep a row each; short text-only examples share rows of the smallest bucket: segment
+    ids 1, 2, … in attention_mask, positions from 0 per example, each example's labels intact."""
+    cfg = tiny(batch_size=3, pack_text_only=True)
+    tokenizer = qwen2_test_tokenizer(cfg)
+    entries = [{"id": f"t{i}", "conversations": turns(30 + i, video=False)} for i in range(5)]
+    entries[2:2] = [{"id": "clip", "video": "good.mp4", "conversations": turns(21)}]
+    manifest = write_manifest(clips["root"] / "packed.jsonl", entries)
+    batches = list(pipeline.make_pipeline(manifest, tokenizer, cfg, shuffle=False, drop_remainder=False))
+    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    answers, rows = [], 0
+    for batch in batches:
+        for ids, labels, mask, positions, has_video in zip(batch["input_ids"], batch["labels"],
+                                                           batch["attention_mask"], batch["position_ids"],
+                                                           batch["has_video"]):
+            rows += 1
+            segments = [s for s in np.unique(mask) if s > 0]
+            assert segments == list(range(1, len(segments) + 1))
+            assert has_video == (ids == cfg.video_token_id).any()
+            assert len(segments) == 1 or not has_video  # clips are never packed
+            for segment in segments:
+                where = np.flatnonzero(mask == segment)
+                assert (np.diff(where) == 1).all() and positions[where].tolist() == list(range(len(where)))
+                labelled = labels[where][labels[where] != IGNORE].tolist()
+                assert labelled[1:] == [im_end]
+                answers.append(labelled[0])
+    assert sorted(answers) == [21, 30, 31, 32, 33, 34] and rows < len(answers)
+    assert [len(b["input_ids"]) for b in batches[:-1]] == [3] * (len(batches) - 1)
+    assert max(int(b["attention_mask"].max()) for b in batches) >= 2  # some row holds two examples or more
