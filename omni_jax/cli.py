@@ -179,7 +179,8 @@ def _data_check(args: argparse.Namespace) -> dict[str, Any]:
     tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
     add_special_tokens(tokenizer, config)
     data = config.data
-    data.update(batch_size=1, epochs=1, max_skip_fraction=1.0)  # one pass that reports rather than stops
+    # One pass, one example a row, that reports rather than stops.
+    data.update(batch_size=1, epochs=1, max_skip_fraction=1.0, pack_text_only=False)
     if args.workers is not None:
         data.workers = args.workers
     batches = iter(make_pipeline(args.manifest, tokenizer, config, shuffle=False, drop_remainder=False))
@@ -190,6 +191,7 @@ def _data_check(args: argparse.Namespace) -> dict[str, Any]:
             bar.update(batches.counts["seen"] - bar.n)
         bar.update(batches.counts["seen"] - bar.n)
     seconds = time.perf_counter() - start
+    batches.close()  # the workers' shared memory, now rather than at exit
     counts = batches.counts
     return {"manifest": str(args.manifest), "examples": counts["seen"], "usable": counts["ok"],
             "skipped": sum(counts["skipped"].values()), "skipped_by_reason": dict(sorted(counts["skipped"].items())),
