@@ -48,6 +48,9 @@ def get_config(variant: str = "7b") -> ml_collections.ConfigDict:
         loss_chunk_size=chunk,  # sequence positions whose [batch, chunk, vocab] logits exist at once
     ))
     cfg.data = data_config(cfg, BUCKETS[variant])
+    # sharding.make_mesh(**cfg.mesh); -1 takes the remaining devices. On 256 chips at batch 128:
+    # data=2, fsdp=64, tensor=2 (README, "What fits").
+    cfg.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1))
     return cfg
 
 

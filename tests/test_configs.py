@@ -59,6 +59,17 @@ def test_omni_emotion_7b_placeholder_counts():
     assert placeholder_counts(omni_emotion.get_config("7b")) == {"video": 8 * (196 + 196) + 1, "audio": 500}
 
 
+def test_the_mesh_comes_from_the_config():
+    import jax
+
+    from omni_jax.sharding import make_mesh
+
+    cfg = omni_emotion.get_config("tiny")
+    assert dict(make_mesh(**cfg.mesh).shape) == {"data": 1, "fsdp": jax.device_count(), "tensor": 1}
+    cfg.mesh.update(data=2, fsdp=2, tensor=2)
+    assert dict(make_mesh(**cfg.mesh).shape) == {"data": 2, "fsdp": 2, "tensor": 2}
+
+
 def test_every_parameter_has_logical_axes():
     model = registry.build(registry.FAMILIES["llava_onevision"], llava_onevision.get_config("tiny"))
     boxed = jax.eval_shape(lambda: model.init(jax.random.key(0), **registry.FAMILIES["llava_onevision"]
