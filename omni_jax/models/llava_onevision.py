@@ -90,13 +90,15 @@ def merge_at_placeholders(embeds: jax.Array, input_ids: jax.Array, token_id: int
 
     embeds: [batch, length, embed]; features: [batch, n, embed]. A row's k-th placeholder takes
     its k-th feature; a row with fewer placeholders leaves the rest unused (a text-only row
-    needs none). Row by row, so a batch-sharded merge stays on each device (torch's
-    `masked_scatter` fills the whole batch's placeholders in one row-major sequence, the same
-    whenever every row holds n). Static shapes: usable under jit.
+    needs none). torch's `masked_scatter` fills the whole batch's placeholders in one row-major
+    sequence: the same whenever every row holds n. Static shapes: usable under jit.
     """
+    batch, n, width = features.shape
     mask = input_ids == token_id
-    index = jnp.clip(jnp.cumsum(mask, axis=1) - 1, 0, features.shape[1] - 1)
-    gathered = jnp.take_along_axis(features, index[..., None], axis=1).astype(embeds.dtype)
+    index = jnp.clip(jnp.cumsum(mask, axis=1) - 1, 0, n - 1) + n * jnp.arange(batch)[:, None]
+    # One gather from the flattened rows: a per-row take_along_axis crashed XLA:CPU (abort in
+    # the sharded step on a fsdp 2 × tensor 4 mesh with explicit output shardings).
+    gathered = features.reshape(batch * n, width)[index].astype(embeds.dtype)
     return jnp.where(mask[..., None], gathered, embeds)
 
 
