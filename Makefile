@@ -16,13 +16,8 @@ $(STAMP): setup.py
 demo: setup
 	$(PY) experiments/demo.py
 
-# Two processes: the sharded and multi-process tests compile dozens of 8-device programs; run
-# after the rest in one long process, XLA:CPU aborted twice in them (issue 5's note).
-SHARDED_TESTS := tests/test_sharding.py tests/test_distributed.py tests/train
-
 test: setup
-	$(PY) -m pytest -q tests $(addprefix --ignore=,$(SHARDED_TESTS))
-	$(PY) -m pytest -q $(SHARDED_TESTS)
+	$(PY) -m pytest -q tests
 
 bench: setup
 	$(PY) experiments/bench_qwen2.py

@@ -5,7 +5,12 @@ converted with the real converter: nothing reaches the network.
 """
 import os
 
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+# 8 simulated devices share 2 cores: a device's share of a sharded step can reach a collective
+# more than XLA:CPU's default 40 s after the others, which then abort ("Termination timeout").
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8 "
+                      "--xla_cpu_collective_call_terminate_timeout_seconds=900 "
+                      "--xla_cpu_collective_timeout_seconds=900 "
+                      "--xla_cpu_collective_call_warn_stuck_timeout_seconds=300")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")

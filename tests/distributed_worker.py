@@ -53,7 +53,9 @@ def run(mesh) -> dict[str, np.ndarray]:
 
 
 def main(port: int, process_id: int, out: str) -> None:
-    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+    # (the collective timeouts as tests/conftest.py sets them: 2 cores for 8 simulated devices)
+    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4 " + " ".join(
+        f for f in os.environ.get("XLA_FLAGS", "").split() if f.startswith("--xla_cpu_collective"))
     os.environ["JAX_PLATFORMS"] = "cpu"
     import jax
 

@@ -96,8 +96,6 @@ def merge_at_placeholders(embeds: jax.Array, input_ids: jax.Array, token_id: int
     batch, n, width = features.shape
     mask = input_ids == token_id
     index = jnp.clip(jnp.cumsum(mask, axis=1) - 1, 0, n - 1) + n * jnp.arange(batch)[:, None]
-    # One gather from the flattened rows: a per-row take_along_axis crashed XLA:CPU (abort in
-    # the sharded step on a fsdp 2 × tensor 4 mesh with explicit output shardings).
     gathered = features.reshape(batch * n, width)[index].astype(embeds.dtype)
     return jnp.where(mask[..., None], gathered, embeds)
 
