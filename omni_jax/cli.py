@@ -216,7 +216,8 @@ def _add_data_check(sub: argparse._SubParsersAction) -> None:
 def _add_convert(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("convert", help="Hugging Face checkpoint directory → omni_jax (orbax) checkpoint",
                        description="Streams tensors one at a time; the model comes from config.json's model_type "
-                                   "(qwen2, siglip_vision_model, siglip, llava_onevision, llava_qwen). On any "
+                                   "(qwen2, siglip_vision_model, siglip, llava_onevision, llava_qwen, whisper, swin, "
+                                   "omni_emotion). On any "
                                    "mismatch every offending key is listed and no output directory is left.")
     p.add_argument("--src", required=True, help="directory with config.json and *.safetensors / pytorch_model*.bin")
     p.add_argument("--dst", required=True, help="new output directory (must not exist)")
