@@ -1,9 +1,14 @@
-"""Omni-Emotion configs: `get_config("7b" | "tiny")`, one schema for both.
+"""Omni-Emotion configs: `get_config("VARIANT[,PHASE]")`, one schema for every variant and phase.
+
+VARIANT: "7b" (SPEC §1) or "tiny" (every shape distinct, for the tests: 4 visual and 9 face
+tokens per frame, 10 audio tokens per window, 2 frames, 2 windows). PHASE: one of the paper's
+three training phases (§4.4), default "instruction_tuning"; it sets `train` and `data` to that
+phase's settings. On the command line: `--config configs/omni_emotion.py:7b,audio_alignment`.
 
 LLaVA-OneVision's schema (text, vision, projector, image/video token ids: a converted
 LLaVA-OV config is a subset) plus the face encoder, the audio encoder and every choice the
-paper leaves open. "7b" follows SPEC §1; "tiny" keeps every shape distinct for the tests
-(4 visual and 9 face tokens per frame, 10 audio tokens per window, 2 frames, 2 windows).
+paper leaves open; then the run's sections: `data` (the input pipeline), `train` (the loop,
+optimizer, checkpoints, metrics) and `mesh`.
 """
 import ml_collections
 
@@ -22,9 +27,23 @@ VARIANTS = {
 # Sequence lengths a batch is padded to (the smallest that fits its longest example): a few static
 # shapes for XLA. 7B: the multimodal block alone is 3,645 tokens (3,137 video + 500 audio + 8).
 BUCKETS = {"7b": (4096, 6144, 8192), "tiny": (96, 128, 192)}
+# The paper's settings of each phase (§4.4): what it trains is omni_jax.train.step.PHASES.
+PHASES = {
+    # audio projector only, on audio-text pairs (captions, transcripts): prompts hold the audio block
+    "audio_alignment": dict(learning_rate=1e-3, global_batch_size=256, epochs=1, modalities="a"),
+    # face projector only, on emotion-classification QA: visual and facial features, no audio
+    "face_alignment": dict(learning_rate=1e-3, global_batch_size=256, epochs=1, modalities="v,f"),
+    # the three projectors, frame embeddings, new token rows and the LLM: every modality
+    "instruction_tuning": dict(learning_rate=1e-5, global_batch_size=128, epochs=3, modalities="v,a,f"),
+}
 
 
-def get_config(variant: str = "7b") -> ml_collections.ConfigDict:
+def get_config(arg: str = "7b") -> ml_collections.ConfigDict:
+    variant, _, phase = arg.partition(",")
+    phase = phase or "instruction_tuning"
+    if variant not in VARIANTS or phase not in PHASES:
+        raise ValueError(f"config {arg!r}: expected VARIANT[,PHASE] with VARIANT in {sorted(VARIANTS)} and PHASE "
+                         f"in {sorted(PHASES)}")
     llava, face, audio, grid, frames, windows, positions, heads, chunk = VARIANTS[variant]
     cfg = llava_onevision.get_config(llava)
     face_cfg = facexformer.get_config(face)
@@ -48,6 +67,8 @@ def get_config(variant: str = "7b") -> ml_collections.ConfigDict:
         loss_chunk_size=chunk,  # sequence positions whose [batch, chunk, vocab] logits exist at once
     ))
     cfg.data = data_config(cfg, BUCKETS[variant])
+    cfg.data.epochs = PHASES[phase]["epochs"]
+    cfg.train = train_config(phase, variant)
     # sharding.make_mesh(**cfg.mesh); -1 takes the remaining devices. On 256 chips at batch 128:
     # data=2, fsdp=64, tensor=2 (README, "What fits").
     cfg.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1))
@@ -62,13 +83,50 @@ def data_config(cfg: ml_collections.ConfigDict, buckets: tuple[int, ...]) -> ml_
         image_size=cfg.vision.get_ref("image_size"),  # 384: SigLIP
         face_size=cfg.face.swin.get_ref("image_size"),  # 224: FaceXFormer's Swin
         buckets=buckets,
-        batch_size=8,  # per host
+        tokenizer="",  # a tokenizer directory; default: the --init checkpoint's
+        batch_size=0,  # clips per host per step; 0: train.global_batch_size / hosts
         workers=2,  # grain worker processes per host (0: decode in the main process)
         threads=1,  # examples decoded at once in each process (grain's default of 16 multiplies memory)
         prefetch=2,  # examples buffered per worker
         pack_text_only=False,  # pack short text-only examples into rows of the smallest bucket
         seed=0,
-        epochs=3,  # paper §4.4 phase 3; None repeats forever
+        epochs=3,  # passes over the manifest (the phase's: paper §4.4); None repeats forever
         max_skip_fraction=0.1,  # stop when more than this fraction of examples seen is skipped...
         min_examples=100,  # ...once at least this many were seen
+    ))
+
+
+def train_config(phase: str, variant: str) -> ml_collections.ConfigDict:
+    """The training loop's fields (omni_jax.train.train) with `phase`'s settings."""
+    settings = PHASES[phase]
+    tiny = variant == "tiny"
+    return ml_collections.ConfigDict(dict(
+        phase=phase,
+        modalities=settings["modalities"],  # the prompt's blocks and the media decoded: v, a, f
+        steps=0,  # 0: data.epochs over the manifest
+        # Global batch (clips per step, all hosts): each host reads global / hosts, unless
+        # data.batch_size sets the per-host batch.
+        global_batch_size=8 if tiny else settings["global_batch_size"],
+        microbatches=1,  # gradient accumulation: the batch runs as this many sequential parts
+        learning_rate=settings["learning_rate"],
+        warmup_fraction=0.03,  # linear warm-up over this fraction of the steps, then cosine decay
+        final_learning_rate_fraction=0.0,
+        weight_decay=0.0,  # AdamW's, on matrices only (LLaVA's recipe uses none)
+        adam_b1=0.9,
+        adam_b2=0.999,
+        adam_eps=1e-8,
+        max_grad_norm=1.0,  # clipping by global norm (0: none)
+        remat="full",  # the LM's rematerialisation policy (layers.scan.REMAT_POLICIES); the towers are frozen
+        param_dtype="float32",
+        compute_dtype="float32" if tiny else "bfloat16",
+        seed=0,  # initialisation without --init
+        max_nonfinite_steps=10,  # this many non-finite steps in a row stop the run
+        checkpoint_every=10 if tiny else 500,  # steps (0: only at the end and on preemption)
+        checkpoint_every_minutes=0.0,  # also save when this much time passed since the last save (0: off)
+        keep_checkpoints=3,  # the latest N ...
+        keep_every=0,  # ... and every K-th step's for good (0: none)
+        log_every=1 if tiny else 10,  # steps between metrics.jsonl / TensorBoard lines
+        peak_flops_per_device=0.0,  # for MFU where the device is not in train.metrics.PEAK_FLOPS (0: no MFU)
+        profile_steps=(),  # (first, last): a jax.profiler trace of these steps under WORKDIR/profile
+        allow_config_change=False,  # resume a workdir whose config.json differs
     ))

@@ -6,8 +6,10 @@
     omni-jax assemble --llava DIR --whisper DIR --face DIR --config configs/omni_emotion.py:7b --dst OUT_DIR
     omni-jax plan --config configs/omni_emotion.py:7b --mesh data=2,fsdp=64,tensor=2 --batch 128 --seq 4096
     omni-jax data-check --manifest train.jsonl --config configs/omni_emotion.py:7b --tokenizer HF_DIR
+    omni-jax train --config configs/omni_emotion.py:7b,audio_alignment --workdir DIR [--init CKPT]
 
-Each prints a readable result; with --json its last line is one JSON object.
+Each prints a readable result; with --json its last line is one JSON object. Every subcommand
+that takes --config also takes overrides of its fields: --config.train.learning_rate=2e-4.
 """
 from __future__ import annotations
 
@@ -19,6 +21,9 @@ import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
+
+from omni_jax.config_flags import apply_overrides, load_config
+from omni_jax.data.errors import RunStopped
 
 DTYPE_CHOICES = ["float32", "bfloat16", "float16"]
 
@@ -65,28 +70,11 @@ def _export(args: argparse.Namespace) -> dict[str, Any]:
             "seconds": round(time.perf_counter() - start, 2)}
 
 
-def load_config(spec: str) -> Any:
-    """"configs/omni_emotion.py:tiny" → that file's get_config("tiny") (no variant: its default)."""
-    import importlib.util
-
-    path, _, variant = spec.partition(":")
-    module_spec = importlib.util.spec_from_file_location(Path(path).stem, path)
-    if module_spec is None or not Path(path).is_file():
-        raise FileNotFoundError(f"{path}: no such config file")
-    module = importlib.util.module_from_spec(module_spec)
-    sys.path.insert(0, str(Path(path).resolve().parent.parent))  # configs import each other as `configs.*`
-    try:
-        module_spec.loader.exec_module(module)
-    finally:
-        sys.path.pop(0)
-    return module.get_config(variant) if variant else module.get_config()
-
-
 def _assemble(args: argparse.Namespace) -> dict[str, Any]:
     from omni_jax.conversion.assemble import assemble_omni_emotion
 
     start = time.perf_counter()
-    config = load_config(args.config)
+    config = args.config
     if args.fusion:
         config.fusion = args.fusion
     dst = assemble_omni_emotion(args.llava, args.whisper, args.face, args.dst, config, seed=args.seed,
@@ -128,11 +116,13 @@ def _plan(args: argparse.Namespace) -> dict[str, Any]:
     from omni_jax.sharding import make_mesh
     from omni_jax.train.plan import plan_train_step
 
-    config = load_config(args.config)
+    config = args.config
     if args.remat:
         config.text.remat_policy = args.remat
+    if args.microbatches:
+        config.train.microbatches = args.microbatches
     start = time.perf_counter()
-    result = plan_train_step(config, make_mesh(**args.mesh), args.batch, args.seq, args.phase, args.microbatches)
+    result = plan_train_step(config, make_mesh(**args.mesh), args.batch, args.seq)
     gib = lambda n: f"{n / 2**30:.3f} GiB"
     return {**{k: v for k, v in result.items() if not k.endswith("bytes_per_device")},
             **{k.replace("_bytes", ""): gib(v) for k, v in result.items() if k.endswith("bytes_per_device")},
@@ -142,19 +132,18 @@ def _plan(args: argparse.Namespace) -> dict[str, Any]:
 
 def _add_plan(sub: argparse._SubParsersAction) -> None:
     from omni_jax.layers.scan import REMAT_POLICIES
-    from omni_jax.train.step import PHASES
 
     p = sub.add_parser("plan", help="compile a sharded train step ahead of time; per-device bytes and FLOPs",
                        description="Lowers and compiles the train step for a mesh of simulated CPU devices without "
                                    "materialising any weight, and prints XLA's memory and cost analyses.")
-    p.add_argument("--config", default="configs/omni_emotion.py:7b", help="config file[:variant]")
+    p.add_argument("--config", default="configs/omni_emotion.py:7b",
+                   help="config file[:variant[,phase]] (the phase: what is trained, the batch's modalities)")
     p.add_argument("--mesh", type=_mesh_sizes, default={"data": 1, "fsdp": 8, "tensor": 1},
                    help="data=N,fsdp=N,tensor=N (their product is the device count)")
     p.add_argument("--batch", type=int, default=8, help="global batch (clips)")
     p.add_argument("--seq", type=int, default=4096, help="tokens per clip")
-    p.add_argument("--phase", default="instruction_tuning", choices=sorted(PHASES))
-    p.add_argument("--microbatches", type=int, default=1,
-                   help="gradient accumulation: the batch runs as this many sequential parts")
+    p.add_argument("--microbatches", type=int, default=None,
+                   help="gradient accumulation: the batch runs as this many sequential parts (default: the config's)")
     # The towers are frozen in every phase (no backward pass through them): only the LM's policy matters.
     p.add_argument("--remat", choices=sorted(REMAT_POLICIES), help="the language model's remat policy "
                                                                    "(default: the config's)")
@@ -173,9 +162,9 @@ def _data_check(args: argparse.Namespace) -> dict[str, Any]:
 
     from omni_jax.data.manifest import ManifestSource
     from omni_jax.data.pipeline import FLAGS, STATS, make_pipeline
-    from omni_jax.models.omni_emotion import add_special_tokens
+    from omni_jax.prompt import add_special_tokens
 
-    config = load_config(args.config)
+    config = args.config
     tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
     add_special_tokens(tokenizer, config)
     data = config.data
@@ -258,9 +247,44 @@ def _add_convert_facexformer(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=_convert_facexformer)
 
 
+def _train(args: argparse.Namespace) -> dict[str, Any]:
+    from omni_jax.train.train import train
+
+    start = time.perf_counter()
+    summary = train(args.config, args.workdir, args.init, progress=not args.json)
+    return {**summary, "seconds": round(time.perf_counter() - start, 1)}
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="one training phase (resumes when rerun in the same workdir)",
+                       description="Trains the config's phase on cfg.data.manifest, sharded over cfg.mesh; "
+                                   "checkpoints asynchronously into WORKDIR/checkpoints, writes metrics.jsonl and "
+                                   "TensorBoard events, and ends with WORKDIR/final (a complete checkpoint). "
+                                   "Rerunning the same command resumes; SIGTERM saves and exits 0.")
+    p.add_argument("--config", required=True, help="config file[:variant[,phase]], e.g. "
+                                                    "configs/omni_emotion.py:7b,audio_alignment")
+    p.add_argument("--workdir", required=True, help="the run's folder (created; reused to resume)")
+    p.add_argument("--init", default=None, help="starting checkpoint: omni-jax assemble's output, or the previous "
+                                                "phase's workdir (its final/); default: the config's initialisers")
+    p.set_defaults(run=_train)
+
+
 SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_convert, _add_export,
                                                                    _add_convert_facexformer, _add_assemble, _add_plan,
-                                                                   _add_data_check]
+                                                                   _add_data_check, _add_train]
+
+
+def _initialize_distributed(args: argparse.Namespace) -> None:
+    """jax.distributed.initialize() for a multi-process launch: explicit flags, or a launcher
+    JAX detects (SLURM, Open MPI, TPU pod slices, JAX_COORDINATOR_ADDRESS)."""
+    import jax
+
+    launched = any(int(os.environ.get(var, "1")) > 1 for var in ("SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE")) or (
+        "JAX_COORDINATOR_ADDRESS" in os.environ or "," in os.environ.get("TPU_WORKER_HOSTNAMES", ""))
+    if args.coordinator or args.num_processes:
+        jax.distributed.initialize(args.coordinator, args.num_processes, args.process_id)
+    elif launched:
+        jax.distributed.initialize()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -270,15 +294,25 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     for add in SUBCOMMANDS:
         add(sub)
-    args = parser.parse_args(argv)
+    parser.add_argument("--coordinator", default=None, help="multi-process runs: the coordinator's host:port "
+                        "(jax.distributed; launchers such as SLURM, Open MPI and TPU pods are detected without it)")
+    parser.add_argument("--num-processes", type=int, default=None, help="multi-process runs: how many")
+    parser.add_argument("--process-id", type=int, default=None, help="multi-process runs: this one's index")
+    args, overrides = parser.parse_known_args(argv)
+    if overrides and not hasattr(args, "config"):
+        parser.error(f"unrecognized arguments: {' '.join(overrides)}")
     if args.command == "plan":  # read when JAX starts its CPU backend, which nothing has done yet
         devices = args.mesh["data"] * args.mesh["fsdp"] * args.mesh["tensor"]
         os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices}"
         os.environ.setdefault("JAX_PLATFORMS", "cpu")
     logging.basicConfig(level=logging.WARNING if args.json else logging.INFO, format="%(message)s")
+    logging.getLogger("absl").setLevel(logging.WARNING)  # orbax's per-save INFO lines
     try:
+        _initialize_distributed(args)
+        if hasattr(args, "config"):
+            args.config = apply_overrides(load_config(args.config), overrides)
         result = args.run(args)
-    except (FileExistsError, FileNotFoundError, KeyError, ValueError) as e:  # ConversionError is a ValueError
+    except (FileExistsError, FileNotFoundError, KeyError, ValueError, RunStopped) as e:
         print(f"error: {e}", file=sys.stderr)
         if args.json:
             print(json.dumps({"ok": False, "error": str(e)}))

@@ -6,7 +6,7 @@ import pytest
 from configs import facexformer, llava_onevision, omni_emotion, qwen2, siglip, swin, whisper
 from omni_jax import registry
 from omni_jax.conversion.engine import abstract_params
-from omni_jax.models.llava_onevision import video_tokens
+from omni_jax.prompt import video_tokens
 from omni_jax.models.omni_emotion import placeholder_counts
 
 

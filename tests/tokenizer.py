@@ -8,7 +8,7 @@ import ml_collections
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
-from omni_jax.models.omni_emotion import add_special_tokens
+from omni_jax.prompt import add_special_tokens
 
 # Qwen2-7B-Instruct's tokenizer_config.json "chat_template", verbatim.
 QWEN2_CHAT_TEMPLATE = (

@@ -18,7 +18,16 @@ REASONS = (
     "bad_conversation",      # conversations missing, empty, or without the <video> placeholder
     "no_assistant_turn",     # nothing for the loss to count
     "too_long",              # the multimodal placeholders alone exceed the longest sequence length
+    "modality_excluded",     # an audio-only example where the modalities asked for leave audio out
 )
+
+
+class RunStopped(RuntimeError):
+    """A run cannot go on, for a reason the user can act on (the message says which)."""
+
+
+class TooManySkipsError(RunStopped):
+    """More of the dataset is broken than `max_skip_fraction` allows."""
 
 
 class ExampleError(ValueError):

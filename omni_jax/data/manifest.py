@@ -6,8 +6,9 @@ One clip a line, LLaVA-style:
      "conversations": [{"from": "human", "value": "<video>\\nHow does she feel?"},
                        {"from": "gpt", "value": "Surprised."}]}
 
-`video` (absent or null: a text-only example), `audio` (absent or null: the clip's own track)
-and relative paths resolve against the manifest's folder; `gs://` and other remote paths go
+`video` (absent or null: an audio-only example if `audio` is given, else a text-only one),
+`audio` (absent or null: the clip's own track) and relative paths resolve against the
+manifest's folder; `gs://` and other remote paths go
 through etils.epath (its filesystem backend must be installed). `faces` is null (the pipeline
 detects faces) or one box or null per sampled frame, in pixels of the source video.
 

@@ -20,10 +20,15 @@ half consumed) plus the counts; a restored iterator resumes both. Counts are per
 
 Batches: numpy, per host, padded to the smallest of `data.buckets` that holds the batch's
 longest row; `global_batch` turns one into jax.Arrays sharded over the batch's mesh axes
-(data × fsdp, from LOGICAL_AXIS_RULES), agreeing on one length across hosts first. A text-only
-example (no `video`) has no placeholder block (the model merges features row by row) and zero
-media flagged absent; with `data.pack_text_only`, short ones share rows (segment ids in
-`attention_mask`, positions from 0 per example).
+(data × fsdp, from LOGICAL_AXIS_RULES), agreeing on one length across hosts first.
+
+Modalities (a phase's, or an evaluation's): the pipeline decodes only what they include and
+each prompt holds only their blocks (`prompt_blocks`): phase 1 (a) gives audio blocks and
+log-mels, no pixels; phase 2 (v, f) video blocks and pixels, no log-mel. An audio-only example
+(`audio`, no `video`) holds the audio block alone. A text-only example (neither) has no
+placeholder block (the model merges features row by row) and zero media flagged absent; with
+`data.pack_text_only`, short ones share rows (segment ids in `attention_mask`, positions from
+0 per example).
 """
 from __future__ import annotations
 
@@ -44,20 +49,15 @@ from etils import epath
 from jax.sharding import Mesh, PartitionSpec
 
 from omni_jax.data import audio, faces, text, video
-from omni_jax.data.errors import ExampleError
+from omni_jax.data.errors import ExampleError, TooManySkipsError
 from omni_jax.data.manifest import ManifestLine, ManifestSource, Record
-from omni_jax.models import whisper
-from omni_jax.models.omni_emotion import IGNORE
+from omni_jax.prompt import IGNORE, MODALITIES, audio_input_frames, parse_modalities
 from omni_jax.sharding import LOGICAL_AXIS_RULES
 
 log = logging.getLogger(__name__)
 
 STATS = ("truncated", "face_fallback")  # per-example facts counted, not skipped
 FLAGS = ("has_video", "has_face", "has_audio")
-
-
-class TooManySkipsError(RuntimeError):
-    """More of the dataset is broken than `max_skip_fraction` allows."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,18 +96,23 @@ def _frame_boxes(record: Record, frames: np.ndarray) -> list | None:
     return list(record.faces)
 
 
-def _vision(record: Record, data: ml_collections.ConfigDict) -> dict[str, np.ndarray]:
-    """pixel_values_videos [F, S, S, 3] and face_pixels [F, s, s, 3] (zeros without a video)."""
+def _vision(record: Record, data: ml_collections.ConfigDict, modalities: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """pixel_values_videos [F, S, S, 3] and face_pixels [F, s, s, 3]: zeros (flagged absent)
+    without a video or for a modality left out (faces are then neither detected nor cropped)."""
     shape = (data.num_frames,)
+    out = {"pixel_values_videos": np.zeros(shape + (data.image_size, data.image_size, 3), np.float32),
+           "face_pixels": np.zeros(shape + (data.face_size, data.face_size, 3), np.float32),
+           "has_video": np.bool_(False), "has_face": np.bool_(False), "face_fallback": np.bool_(False)}
     if record.video is None:
-        return {"pixel_values_videos": np.zeros(shape + (data.image_size, data.image_size, 3), np.float32),
-                "face_pixels": np.zeros(shape + (data.face_size, data.face_size, 3), np.float32),
-                "has_video": np.bool_(False), "has_face": np.bool_(False), "face_fallback": np.bool_(False)}
+        return out
     with local_file(record.video) as path:
         frames = video.load_frames(path, data.num_frames).frames
-    crops = faces.face_crops(frames, _frame_boxes(record, frames), data.face_size)
-    return {"pixel_values_videos": video.preprocess_frames(frames, data.image_size), "face_pixels": crops.pixel_values,
-            "has_video": np.bool_(True), "has_face": np.bool_(True), "face_fallback": np.bool_(crops.fallback)}
+    if "v" in modalities:
+        out.update(pixel_values_videos=video.preprocess_frames(frames, data.image_size), has_video=np.bool_(True))
+    if "f" in modalities:
+        crops = faces.face_crops(frames, _frame_boxes(record, frames), data.face_size)
+        out.update(face_pixels=crops.pixel_values, has_face=np.bool_(True), face_fallback=np.bool_(crops.fallback))
+    return out
 
 
 def _audio(record: Record, cfg: ml_collections.ConfigDict) -> dict[str, np.ndarray]:
@@ -120,29 +125,53 @@ def _audio(record: Record, cfg: ml_collections.ConfigDict) -> dict[str, np.ndarr
     else:
         with local_file(source) as path:
             feats = audio.load_audio_features(path, cfg.audio.num_mel_bins, cfg.audio_windows)
-    frames = whisper.input_frames(cfg.audio)
+    frames = audio_input_frames(cfg.audio)
     return {"input_features": np.ascontiguousarray(feats.features[..., :frames]), "has_audio": np.bool_(feats.present)}
 
 
-def load_example(record: Record, tokenizer: Any, cfg: ml_collections.ConfigDict) -> dict[str, Any]:
-    """One clip's model inputs (tokens: text.TokenizedExample, unpadded) and its counted facts."""
-    tokens = text.tokenize_conversation(record.conversations, tokenizer, cfg, max(cfg.data.buckets),
-                                        video=record.video is not None, name=f"{record.id} ({record.where})")
-    return {"tokens": tokens, "truncated": np.bool_(tokens.truncated), **_vision(record, cfg.data), **_audio(record, cfg)}
+def prompt_blocks(record: Record, modalities: tuple[str, ...]) -> tuple[str, ...]:
+    """The multimodal blocks of `record`'s prompt: a clip's video block (scene and faces) and
+    audio block as far as `modalities` include them; an audio-only example's audio block; none
+    for a text-only example. A media example none of whose modalities is wanted is skipped."""
+    if record.video is None and record.audio is None:
+        return ()
+    blocks = (("video",) if record.video is not None and {"v", "f"} & set(modalities) else ()) + (
+        ("audio",) if "a" in modalities else ())
+    if not blocks:
+        raise ExampleError("modality_excluded", f"{record.where}: an audio-only example, and the modalities "
+                                                f"{','.join(modalities)} leave audio out")
+    return blocks
+
+
+def load_example(record: Record, tokenizer: Any, cfg: ml_collections.ConfigDict,
+                 modalities: tuple[str, ...] = MODALITIES) -> dict[str, Any]:
+    """One example's model inputs (tokens: text.TokenizedExample, unpadded) and its counted
+    facts; media only for the modalities asked for (a batch of phase 2 carries no log-mel, one
+    of phase 1 no pixels), each zeros and flagged absent where the example lacks it."""
+    blocks = prompt_blocks(record, modalities)
+    tokens = text.tokenize_conversation(record.conversations, tokenizer, cfg, max(cfg.data.buckets), blocks=blocks,
+                                        name=f"{record.id} ({record.where})")
+    example = {"tokens": tokens, "truncated": np.bool_(tokens.truncated)}
+    if {"v", "f"} & set(modalities):
+        example.update(_vision(record, cfg.data, modalities))
+    if "a" in modalities:
+        example.update(_audio(record, cfg))
+    return example
 
 
 class ExampleTransform:
     """ManifestLine → example dict or Skipped (picklable: it runs in grain's worker processes)."""
 
-    def __init__(self, source: ManifestSource, tokenizer: Any, cfg: ml_collections.ConfigDict):
-        self.source, self.tokenizer, self.cfg = source, tokenizer, cfg
+    def __init__(self, source: ManifestSource, tokenizer: Any, cfg: ml_collections.ConfigDict,
+                 modalities: tuple[str, ...] = MODALITIES):
+        self.source, self.tokenizer, self.cfg, self.modalities = source, tokenizer, cfg, modalities
 
     def __call__(self, line: ManifestLine) -> dict[str, np.ndarray] | Skipped:
         record_id = f"{self.source.path.name}:{line.number}"
         try:
             record = self.source.parse(line)
             record_id = record.id
-            return load_example(record, self.tokenizer, self.cfg)
+            return load_example(record, self.tokenizer, self.cfg, self.modalities)
         except ExampleError as error:
             return Skipped(error.reason, record_id, str(error))
 
@@ -188,7 +217,8 @@ def pad_batch(rows: list[list[dict[str, np.ndarray]]], length: int, pad_id: int)
               else text.pad_to_bucket(row[0]["tokens"], (length,), pad_id) for row in rows]
     batch = {key: np.stack([p[key] for p in padded]) for key in padded[0]}
     for key in ("pixel_values_videos", "face_pixels", "input_features", *FLAGS):
-        batch[key] = np.stack([row[0][key] for row in rows])
+        if key in rows[0][0]:  # the modalities the pipeline was asked for
+            batch[key] = np.stack([row[0][key] for row in rows])
     return batch
 
 
@@ -233,7 +263,7 @@ class BatchIterator(grain.DatasetIterator):
             return False
         counts["ok"] += 1
         for key in STATS + FLAGS:
-            counts[key] += int(item[key])
+            counts[key] += int(item.get(key, False))
         return True
 
     def _check_skips(self) -> None:
@@ -305,18 +335,25 @@ def pad_id_of(tokenizer: Any) -> int:
 
 def make_pipeline(manifest: str | os.PathLike, tokenizer: Any, cfg: ml_collections.ConfigDict, *,
                   shard: grain.sharding.ShardOptions | None = None, shuffle: bool = True,
-                  drop_remainder: bool = True) -> Batches:
+                  drop_remainder: bool = True, modalities: str | tuple[str, ...] = MODALITIES) -> Batches:
     """Numpy batches of this process's shard of `manifest`, as configured by `cfg.data`.
 
     Batch: input_ids, labels, attention_mask [B, bucket] int32; pixel_values_videos
-    [B, F, S, S, 3], face_pixels [B, F, s, s, 3], input_features [B, windows, n_mels, T] float32;
-    has_video, has_face, has_audio [B] bool. `iter(...)` has get_state/set_state and `.counts`.
+    [B, F, S, S, 3], face_pixels [B, F, s, s, 3] and has_video, has_face [B] bool (when
+    `modalities` has v or f); input_features [B, windows, n_mels, T] float32 and has_audio [B]
+    bool (when it has a). `iter(...)` has get_state/set_state and `.counts`.
+    modalities: "v,a,f" or a subset (a training phase's, `prompt.parse_modalities`): the
+    prompt's blocks and the media decoded follow them.
     """
     _absl_flags_parsed()
     data = cfg.data
+    if data.batch_size < 1:
+        raise ValueError(f"data.batch_size {data.batch_size}: set the clips per host per step (a training run "
+                         "derives it from train.global_batch_size)")
     source = ManifestSource(manifest)
     shard = shard or grain.sharding.ShardByJaxProcess(drop_remainder=True)
-    examples = ordered_examples(source, ExampleTransform(source, tokenizer, cfg), data, shard, shuffle)
+    transform = ExampleTransform(source, tokenizer, cfg, parse_modalities(modalities))
+    examples = ordered_examples(source, transform, data, shard, shuffle)
     return Batches(examples, batch_size=data.batch_size, buckets=tuple(data.buckets), pad_id=pad_id_of(tokenizer),
                    max_skip_fraction=data.max_skip_fraction, min_examples=data.min_examples,
                    drop_remainder=drop_remainder, pack_text_only=data.pack_text_only)

@@ -8,11 +8,13 @@ content. The template is also rendered with a sentinel in place of every content
 the content's character span; the two renders must agree (a template that edits content, e.g.
 trims it, is refused).
 
-Multimodal block: the single `<video>` (a human turn's) is tokenized as the one video token and
-replaced by `omni_emotion.multimodal_prompt_ids(cfg)` — <vi_start>, video placeholders,
-<vi_end>, <au_start>, audio placeholders, <au_end> — inserted as ids (3641 at full size: the
-placeholders are never tokenized as text). Any other placeholder or modality token written in
-the text is refused (the model would merge features there).
+Multimodal block: the single marker of a human turn, `<video>` (a clip) or `<audio>` (an
+audio-only example), is tokenized as its one token and replaced by
+`prompt.multimodal_prompt_ids(cfg, video=..., audio=...)` — [<vi_start>, video placeholders,
+<vi_end>] [<au_start>, audio placeholders, <au_end>], the blocks the example's modalities call
+for — inserted as ids (3,645 at full size with both: the placeholders are never tokenized as
+text). Any other placeholder or modality token written in the text is refused (the model would
+merge features there).
 
 Labels: IGNORE (-100) everywhere except each assistant turn's content tokens and its closing
 <|im_end|> (the model learns to stop). Not labelled: the "<|im_start|>assistant\\n" header and
@@ -41,10 +43,12 @@ import ml_collections
 import numpy as np
 
 from omni_jax.data.errors import ExampleError
-from omni_jax.models.omni_emotion import IGNORE, SPECIAL_TOKENS, multimodal_prompt_ids
+from omni_jax.prompt import IGNORE, SPECIAL_TOKENS, multimodal_prompt_ids
 
 ROLES = {"system": "system", "human": "user", "gpt": "assistant"}  # LLaVA "from" → chat-template role
-VIDEO = "<video>"
+VIDEO, AUDIO = "<video>", "<audio>"
+MARKERS = {VIDEO: "video_token_id", AUDIO: "audio_token_id"}  # either one, once, becomes the multimodal block
+BLOCKS = ("video", "audio")
 # Token ids that may appear only inside the inserted multimodal block.
 RESERVED_FIELDS = ("image_token_id", "video_token_id", *SPECIAL_TOKENS)
 _SENTINEL = re.compile("\x00([0-9]+)\x00")
@@ -77,10 +81,10 @@ def check_tokenizer(tokenizer: Any, cfg: ml_collections.ConfigDict) -> int:
     return im_end
 
 
-def _messages(conversations: Any, video: bool, name: str) -> list[dict[str, str]]:
+def _messages(conversations: Any, multimodal: bool, name: str) -> list[dict[str, str]]:
     """LLaVA turns → chat-template messages: an optional system turn, then human and gpt turns
-    alternating from human, every value a non-blank string, and exactly one `<video>` (in a
-    human turn) if `video`, none otherwise."""
+    alternating from human, every value a non-blank string, and exactly one marker (`<video>`
+    or `<audio>`, in a human turn) if `multimodal`, none otherwise."""
     def bad(why: str) -> ExampleError:
         return ExampleError("bad_conversation", f"{name}: {why}")
 
@@ -99,10 +103,10 @@ def _messages(conversations: Any, video: bool, name: str) -> list[dict[str, str]
         if message["role"] != ("user", "assistant")[i % 2]:
             raise bad(f"turns must alternate human, gpt, ... after an optional system turn; got "
                       f"{[turn['from'] for turn in conversations]}")
-    places = [m["role"] for m in messages for _ in range(m["content"].count(VIDEO))]
-    if places != (["user"] if video else []):
-        raise bad(f"expected {'one <video> in a human turn' if video else 'no <video> (text-only)'}, "
-                  f"found it in {places or 'no'} turns")
+    places = [m["role"] for m in messages for marker in MARKERS for _ in range(m["content"].count(marker))]
+    if places != (["user"] if multimodal else []):
+        raise bad(f"expected {'one <video> or <audio> in a human turn' if multimodal else 'no <video> or <audio> (text-only)'}, "
+                  f"found markers in {places or 'no'} turns")
     if len(dialogue) < 2:
         raise ExampleError("no_assistant_turn", f"{name}: no gpt turn")
     return messages
@@ -137,28 +141,35 @@ def _assistant_labels(ids: np.ndarray, offsets: np.ndarray, spans: list[tuple[in
 
 
 def tokenize_conversation(conversations: Any, tokenizer: Any, cfg: ml_collections.ConfigDict, max_length: int,
-                          video: bool = True, name: str = "conversation") -> TokenizedExample:
+                          blocks: tuple[str, ...] = BLOCKS, name: str = "conversation") -> TokenizedExample:
     """LLaVA-style turns [{"from": "human" | "gpt" | "system", "value": str}] → input_ids and
     labels ([L ≤ max_length] int32) as the module docstring lays out.
 
-    video: the example has a clip, so exactly one `<video>` (in a human turn) is expected and
-    becomes the multimodal block; False for text-only examples (no `<video>` allowed).
+    blocks: the multimodal blocks the prompt holds ("video", "audio", both, or none for a
+    text-only example). With any, exactly one marker (`<video>` or `<audio>`, in a human turn)
+    is expected and becomes them; with none, no marker is allowed.
     name: names the example (id and file) in error messages.
     Raises ExampleError bad_conversation, no_assistant_turn or too_long."""
+    unknown = set(blocks) - set(BLOCKS)
+    if unknown:
+        raise ValueError(f"unknown blocks {sorted(unknown)}; choose from {BLOCKS}")
     im_end = check_tokenizer(tokenizer, cfg)
-    messages = _messages(conversations, video, name)
+    multimodal = bool(blocks)
+    messages = _messages(conversations, multimodal, name)
     text, spans = _render(tokenizer, messages)
     encoding = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     ids = np.asarray(encoding["input_ids"], np.int32)
     offsets = np.asarray(encoding["offset_mapping"], np.int64).reshape(-1, 2)
     labels = _assistant_labels(ids, offsets, [s for m, s in zip(messages, spans) if m["role"] == "assistant"],
                                im_end)
+    markers = [cfg[field] for field in MARKERS.values()]
     reserved = ids[np.isin(ids, [cfg[field] for field in RESERVED_FIELDS])].tolist()
-    if reserved != ([cfg.video_token_id] if video else []):
+    if len(reserved) != multimodal or (multimodal and reserved[0] not in markers):
         raise ExampleError("bad_conversation", f"{name}: the text holds placeholder or modality tokens {reserved}; "
-                           f"expected {'only the one <video>' if video else 'none (text-only)'}")
-    if video:
-        at, block = int(np.flatnonzero(ids == cfg.video_token_id)[0]), multimodal_prompt_ids(cfg)
+                           f"expected {'only the one <video> or <audio>' if multimodal else 'none (text-only)'}")
+    if multimodal:
+        at = int(np.flatnonzero(np.isin(ids, markers))[0])
+        block = multimodal_prompt_ids(cfg, video="video" in blocks, audio="audio" in blocks)
         if at + len(block) > max_length:
             raise ExampleError("too_long", f"{name}: the multimodal block ends at token {at + len(block)}, "
                                f"beyond max_length {max_length}")
@@ -168,7 +179,7 @@ def tokenize_conversation(conversations: Any, tokenizer: Any, cfg: ml_collection
     ids, labels = ids[:max_length], labels[:max_length]
     if not np.any(labels != IGNORE):
         raise ExampleError("no_assistant_turn", f"{name}: no assistant token within max_length {max_length}")
-    return TokenizedExample(ids, labels, truncated, video)
+    return TokenizedExample(ids, labels, truncated, multimodal)
 
 
 def _row(examples: Sequence[TokenizedExample], length: int, pad_id: int) -> dict[str, np.ndarray]:

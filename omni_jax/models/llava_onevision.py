@@ -12,7 +12,6 @@ Parameter tree (transformers' legacy names):
 """
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import flax.linen as nn
@@ -77,12 +76,6 @@ def dummy_inputs(cfg: ml_collections.ConfigDict) -> dict[str, jax.Array]:
     size = cfg.vision.image_size
     return {"input_ids": jnp.zeros((1, 1), jnp.int32),
             "pixel_values_videos": jnp.zeros((1, 1, size, size, cfg.vision.num_channels), jnp.float32)}
-
-
-def video_tokens(cfg: ml_collections.ConfigDict, frames: int) -> int:
-    """Placeholder count of one video: frames × pooled grid + the newline."""
-    grid = cfg.vision.image_size // cfg.vision.patch_size
-    return frames * math.prod(half_size(grid, grid)) + 1
 
 
 def merge_at_placeholders(embeds: jax.Array, input_ids: jax.Array, token_id: int, features: jax.Array) -> jax.Array:

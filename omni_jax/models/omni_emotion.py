@@ -1,9 +1,8 @@
 """Omni-Emotion: LLaVA-OneVision's video path + FaceXFormer face tokens + Whisper audio tokens,
 fused in the Qwen2 input sequence (Yang et al. 2025, §4).
 
-Prompt layout (the chat template wraps it; `multimodal_prompt_ids` builds it):
-  <vi_start> [video block: `video_token_id` × placeholder_counts(cfg)["video"]] <vi_end>
-  <au_start> [audio block: `audio_token_id` × placeholder_counts(cfg)["audio"]] <au_end>
+Prompt layout: `omni_jax.prompt` (the multimodal block and its placeholder counts, shared with
+the data pipeline). The loss lives with training (`omni_jax.train.loss`).
 
 Video block layouts (F frames; V visual tokens per frame = the 2×2-pooled SigLIP grid; A face
 tokens per frame = the face grid; one learned `image_newline`), F·(V + A) + 1 slots in every mode:
@@ -35,23 +34,19 @@ Parameter tree (LLaVA-OV's names at the top level, so a converted LLaVA-OV tree 
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 
 from omni_jax.layers import Attention, LayerNorm
 from omni_jax.models import facexformer, whisper
-from omni_jax.models.llava_onevision import LlavaOnevisionForConditionalGeneration, merge_at_placeholders, video_tokens
+from omni_jax.models.llava_onevision import LlavaOnevisionForConditionalGeneration, merge_at_placeholders
+from omni_jax.prompt import audio_input_frames
 
 FUSIONS = ("video_concat", "frame_concat", "frame_cross_attention")
-IGNORE = -100  # label of positions that carry no loss (everything but the assistant's tokens)
-# config field → token text; the placeholders' and the four modality tokens' trainable rows.
-SPECIAL_TOKENS = {"audio_token_id": "<audio>", "vi_start_token_id": "<vi_start>", "vi_end_token_id": "<vi_end>",
-                  "au_start_token_id": "<au_start>", "au_end_token_id": "<au_end>"}
 
 
 def config_from_hf(hf_config: dict[str, Any]) -> ml_collections.ConfigDict:
@@ -64,26 +59,6 @@ def config_to_hf(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
     return {"model_type": "omni_emotion", "architectures": ["OmniEmotion"], **cfg.to_dict()}
 
 
-def audio_tokens_per_window(cfg: ml_collections.ConfigDict) -> int:
-    return cfg.audio.max_source_positions // cfg.audio_pool
-
-
-def placeholder_counts(cfg: ml_collections.ConfigDict) -> dict[str, int]:
-    """Placeholders per clip: {"video": F·(V + A) + 1, "audio": windows × tokens per window}."""
-    visual = video_tokens(cfg, 1) - 1  # per frame, without the newline
-    face = facexformer.face_tokens(cfg.face)
-    return {"video": cfg.num_frames * (visual + face) + 1, "audio": cfg.audio_windows * audio_tokens_per_window(cfg)}
-
-
-def multimodal_prompt_ids(cfg: ml_collections.ConfigDict, before: Sequence[int] = (),
-                          after: Sequence[int] = ()) -> np.ndarray:
-    """before + <vi_start> video placeholders <vi_end> <au_start> audio placeholders <au_end> + after."""
-    counts = placeholder_counts(cfg)
-    block = ([cfg.vi_start_token_id] + [cfg.video_token_id] * counts["video"] + [cfg.vi_end_token_id]
-             + [cfg.au_start_token_id] + [cfg.audio_token_id] * counts["audio"] + [cfg.au_end_token_id])
-    return np.asarray([*before, *block, *after], np.int32)
-
-
 def dummy_inputs(cfg: ml_collections.ConfigDict) -> dict[str, jax.Array]:
     """Smallest inputs that trace every parameter: one clip, every modality."""
     frames, size = cfg.num_frames, cfg.vision.image_size
@@ -92,7 +67,7 @@ def dummy_inputs(cfg: ml_collections.ConfigDict) -> dict[str, jax.Array]:
             "pixel_values_videos": jnp.zeros((1, frames, size, size, cfg.vision.num_channels), jnp.float32),
             "face_pixels": jnp.zeros((1, frames, face, face, cfg.face.swin.num_channels), jnp.float32),
             "input_features": jnp.zeros((1, cfg.audio_windows, cfg.audio.num_mel_bins,
-                                         whisper.input_frames(cfg.audio)), jnp.float32)}
+                                         audio_input_frames(cfg.audio)), jnp.float32)}
 
 
 def _present(tokens: jax.Array, flag: jax.Array | None) -> jax.Array:
@@ -223,72 +198,6 @@ class OmniEmotion(LlavaOnevisionForConditionalGeneration):
         return self.language_model(attention_mask=attention_mask, position_ids=position_ids, inputs_embeds=embeds,
                                    decode=decode, output_hidden_states=output_hidden_states,
                                    logits_to_keep=logits_to_keep)
-
-
-def next_token_targets(labels: jax.Array) -> jax.Array:
-    """labels: [batch, length] (IGNORE except assistant tokens) → the label each position
-    predicts: labels shifted left by one, IGNORE at the end (as transformers' causal LM loss)."""
-    return jnp.concatenate([labels[:, 1:], jnp.full_like(labels[:, :1], IGNORE)], axis=1)
-
-
-def chunked_cross_entropy(hidden: jax.Array, targets: jax.Array, logits_fn: Callable[[jax.Array], jax.Array],
-                          chunk_size: int) -> tuple[jax.Array, jax.Array]:
-    """Mean cross-entropy over positions whose target is not IGNORE, and their count.
-
-    hidden: [batch, length, embed]; targets: [batch, length]; logits_fn: [batch, chunk, embed]
-    → [batch, chunk, vocab]. The sequence is scanned in chunks of `chunk_size` positions (the
-    last padded with IGNORE), so [batch, length, vocab] logits never exist: each chunk's logits
-    are reduced to logsumexp − target logit at once, and the chunk is rematerialised in the
-    backward pass (a scan would otherwise keep every chunk's logits as residuals).
-    """
-    batch, length, width = hidden.shape
-    chunks = -(-length // chunk_size)
-    pad = chunks * chunk_size - length
-    hidden = jnp.pad(hidden, ((0, 0), (0, pad), (0, 0))).reshape(batch, chunks, chunk_size, width)
-    targets = jnp.pad(targets, ((0, 0), (0, pad)), constant_values=IGNORE).reshape(batch, chunks, chunk_size)
-
-    @jax.checkpoint
-    def chunk_loss(h: jax.Array, t: jax.Array) -> tuple[jax.Array, jax.Array]:
-        logits = logits_fn(h).astype(jnp.float32)
-        counted = t != IGNORE
-        target_logit = jnp.take_along_axis(logits, jnp.where(counted, t, 0)[..., None], axis=-1)[..., 0]
-        nll = jax.nn.logsumexp(logits, axis=-1) - target_logit
-        return jnp.sum(jnp.where(counted, nll, 0.0)), jnp.sum(counted)
-
-    def step(carry, chunk):
-        total, count = chunk_loss(*chunk)
-        return (carry[0] + total, carry[1] + count), None
-
-    (total, count), _ = jax.lax.scan(step, (jnp.zeros((), jnp.float32), jnp.zeros((), jnp.int32)),
-                                     (jnp.swapaxes(hidden, 0, 1), jnp.swapaxes(targets, 0, 1)))
-    return total / jnp.maximum(count, 1), count
-
-
-def next_token_loss(model: OmniEmotion, params: Any, batch: dict[str, jax.Array],
-                    chunk_size: int | None = None) -> tuple[jax.Array, jax.Array]:
-    """batch: the model's inputs plus `labels` [batch, length] (IGNORE except assistant tokens).
-
-    Returns (mean next-token cross-entropy over the assistant tokens, their count), computed
-    `chunk_size` (default: the config's `loss_chunk_size`) positions at a time."""
-    inputs = {k: v for k, v in batch.items() if k != "labels"}
-    hidden = model.apply({"params": params}, **inputs, method=OmniEmotion.last_hidden_state)
-    logits_fn = lambda h: model.apply({"params": params}, h, method=OmniEmotion.lm_logits)
-    return chunked_cross_entropy(hidden, next_token_targets(batch["labels"]), logits_fn,
-                                 chunk_size or model.config.loss_chunk_size)
-
-
-def add_special_tokens(tokenizer: Any, cfg: ml_collections.ConfigDict) -> None:
-    """Adds <audio>, <vi_start>, <vi_end>, <au_start>, <au_end> to a transformers tokenizer (in
-    place; ones it has are kept) and checks they got the config's ids."""
-    from tokenizers import AddedToken
-
-    fields = sorted(SPECIAL_TOKENS, key=lambda field: cfg[field])
-    tokenizer.add_tokens([AddedToken(SPECIAL_TOKENS[f], special=True, normalized=False) for f in fields],
-                         special_tokens=True)
-    got = {SPECIAL_TOKENS[f]: tokenizer.convert_tokens_to_ids(SPECIAL_TOKENS[f]) for f in fields}
-    want = {SPECIAL_TOKENS[f]: cfg[f] for f in fields}
-    if got != want:
-        raise ValueError(f"the tokenizer assigns {got}, the config expects {want}: set the config's token ids")
 
 
 def fill_token_rows(table: jax.Array, token_ids: Sequence[int], trained_rows: int, vocab_axis: int,

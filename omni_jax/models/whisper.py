@@ -23,6 +23,7 @@ import ml_collections
 
 from omni_jax.layers import Attention, Conv, Embed, LayerNorm, Mlp, scan_layers
 from omni_jax.layers.mlp import ACTIVATIONS
+from omni_jax.prompt import audio_input_frames
 
 ACT = ("activation_batch", "activation_length", "activation_embed")
 
@@ -55,13 +56,8 @@ def config_to_hf(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
     )
 
 
-def input_frames(cfg: ml_collections.ConfigDict) -> int:
-    """Log-mel frames the encoder takes: 2 × positions (conv2 has stride 2): 3000 for 30 s."""
-    return 2 * cfg.max_source_positions
-
-
 def dummy_inputs(cfg: ml_collections.ConfigDict) -> dict[str, jax.Array]:
-    return {"input_features": jnp.zeros((1, cfg.num_mel_bins, input_frames(cfg)), jnp.float32)}
+    return {"input_features": jnp.zeros((1, cfg.num_mel_bins, audio_input_frames(cfg)), jnp.float32)}
 
 
 def _dtypes(cfg) -> dict[str, Any]:
@@ -97,8 +93,8 @@ class WhisperEncoder(nn.Module):
         to every layer and the final (normed) output, as transformers.
         """
         cfg = self.config
-        if input_features.shape[-1] != input_frames(cfg):
-            raise ValueError(f"Whisper expects {input_frames(cfg)} mel frames (30 s), got {input_features.shape[-1]}: "
+        if input_features.shape[-1] != audio_input_frames(cfg):
+            raise ValueError(f"Whisper expects {audio_input_frames(cfg)} mel frames (30 s), got {input_features.shape[-1]}: "
                              "pad or cut the audio to the window first")
         gelu = ACTIVATIONS[cfg.activation_function]
         x = jnp.swapaxes(input_features, 1, 2).astype(jnp.dtype(cfg.dtype))  # [batch, frames, n_mels]

@@ -1,69 +1,109 @@
-"""One Omni-Emotion training step: assistant-token loss, gradients, AdamW on what the phase trains.
+"""The sharded Omni-Emotion train step, built one way for `train`, `plan`, the demo and the tests.
 
-The paper's three phases (§4.4) train different subtrees; everything else is frozen: its
-gradients are never formed (only the trainable leaves are differentiated) and it has no
-optimizer state (optax.set_to_zero), so phases 1 and 2 keep Adam moments only for a projector.
-Gradient accumulation over microbatches gives the paper's batch on fewer devices.
+The paper's three phases (§4.4) train different subtrees (`PHASES`); the rest is frozen. The
+parameters are split by the phase's `trainable_mask` into two trees: `state["trainable"]`,
+which the optimizer updates and checkpoints keep (with the Adam moments, the step and the
+count of skipped steps), and `frozen`, passed to the step untouched, never differentiated,
+never checkpointed (it comes back from the base checkpoint on resume). Phases 1 and 2 thus
+hold and save Adam moments and weights for one projector only.
+
+A step whose loss or gradient norm is not finite leaves the state as it was (its batch is
+consumed: `step` advances, `nonfinite` counts it); the learning-rate schedule counts applied
+updates (`step - nonfinite`).
 """
 from __future__ import annotations
 
-from typing import Any
+import contextlib
+import dataclasses
+import functools
+from typing import Any, Callable, Iterator
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 import optax
 from flax import traverse_util
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from omni_jax.models.omni_emotion import OmniEmotion, next_token_loss
+from omni_jax import registry, sharding
+from omni_jax.models.omni_emotion import OmniEmotion
+from omni_jax.train.loss import next_token_loss
 
-# phase → (trainable subtree prefixes, the paper's learning rate)
-PHASES: dict[str, tuple[tuple[str, ...], float]] = {
-    "audio_alignment": (("audio_projector",), 1e-3),
-    "face_alignment": (("face_encoder/projector",), 1e-3),
-    "instruction_tuning": (("multi_modal_projector", "audio_projector", "face_encoder/projector",
-                            "face_cross_attention", "frame_embedding", "language_model"), 1e-5),
+# phase → the parameter subtrees it trains (paper §4.4; "new token rows" are rows of the LM's
+# embedding and head, trained with the LM in phase 3)
+PHASES: dict[str, tuple[str, ...]] = {
+    "audio_alignment": ("audio_projector",),
+    "face_alignment": ("face_encoder/projector",),
+    "instruction_tuning": ("multi_modal_projector", "audio_projector", "face_encoder/projector",
+                           "face_cross_attention", "frame_embedding", "language_model"),
 }
 
 
-def trainable_labels(params: Any, phase: str) -> Any:
-    """The params tree with "train" or "freeze" at every leaf."""
+RUN_SECTIONS = ("data", "train", "mesh")  # a run's config = the model's fields + these
+
+
+def model_config(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """The model's fields of a run's config (without its data, train and mesh sections)."""
+    return ml_collections.ConfigDict({k: v for k, v in cfg.to_dict().items() if k not in RUN_SECTIONS})
+
+
+def trainable_mask(params: Any, phase: str) -> Any:
+    """The params tree with True at every leaf `phase` trains, False elsewhere."""
     if phase not in PHASES:
         raise ValueError(f"unknown phase {phase!r}; choose one of {sorted(PHASES)}")
-    prefixes = PHASES[phase][0]
+    prefixes = PHASES[phase]
     flat = traverse_util.flatten_dict(params, sep="/")
-    labels = {path: "train" if any(path == p or path.startswith(p + "/") for p in prefixes) else "freeze"
-              for path in flat}
-    return traverse_util.unflatten_dict(labels, sep="/")
+    return traverse_util.unflatten_dict(
+        {path: any(path == p or path.startswith(p + "/") for p in prefixes) for path in flat}, sep="/")
 
 
-def make_optimizer(params: Any, phase: str, learning_rate: float | None = None,
-                   weight_decay: float = 0.0) -> optax.GradientTransformation:
-    """AdamW (the phase's learning rate unless given) on the trainable leaves; nothing on the rest."""
-    lr = PHASES[phase][1] if learning_rate is None else learning_rate
-    return optax.multi_transform({"train": optax.adamw(lr, weight_decay=weight_decay), "freeze": optax.set_to_zero()},
-                                 trainable_labels(params, phase))
+def split_params(params: Any, mask: Any) -> tuple[dict, dict]:
+    """(trainable, frozen): two nested dicts holding the leaves where `mask` is True / False."""
+    flat, flat_mask = traverse_util.flatten_dict(params), traverse_util.flatten_dict(mask)
+    pick = lambda keep: traverse_util.unflatten_dict({k: v for k, v in flat.items() if flat_mask[k] == keep})
+    return pick(True), pick(False)
 
 
-def train_step(model: OmniEmotion, optimizer: optax.GradientTransformation, labels: Any, params: Any,
-               opt_state: Any, batch: dict[str, jax.Array], microbatches: int = 1
-               ) -> tuple[Any, Any, dict[str, jax.Array]]:
-    """batch: the model's inputs plus `labels` (-100 except assistant tokens). `labels` is
-    `trainable_labels(params, phase)`. Returns (params, opt_state, {"loss", "tokens"}).
+def merge_params(trainable: Any, frozen: Any) -> dict:
+    """The whole parameter tree again (`split_params`' inverse)."""
+    return traverse_util.unflatten_dict({**traverse_util.flatten_dict(frozen), **traverse_util.flatten_dict(trainable)})
+
+
+def learning_rate_schedule(train: ml_collections.ConfigDict, total_steps: int) -> optax.Schedule:
+    """Linear warm-up from 0 over `warmup_fraction` of the steps, then cosine decay to
+    `final_learning_rate_fraction` × the peak at `total_steps`."""
+    peak = train.learning_rate
+    warmup = int(round(train.warmup_fraction * total_steps))
+    return optax.warmup_cosine_decay_schedule(0.0, peak, warmup, max(total_steps, warmup + 1),
+                                              end_value=peak * train.final_learning_rate_fraction)
+
+
+def make_optimizer(train: ml_collections.ConfigDict, schedule: optax.Schedule) -> optax.GradientTransformation:
+    """Clipping by global norm, then AdamW (weight decay on matrices only, not on biases,
+    norms or single vectors such as the frame embeddings' rows)."""
+    adamw = optax.adamw(schedule, b1=train.adam_b1, b2=train.adam_b2, eps=train.adam_eps,
+                        weight_decay=train.weight_decay, mask=lambda tree: jax.tree.map(lambda p: p.ndim >= 2, tree))
+    return optax.chain(optax.clip_by_global_norm(train.max_grad_norm), adamw) if train.max_grad_norm else adamw
+
+
+def train_step(model: OmniEmotion, optimizer: optax.GradientTransformation, schedule: optax.Schedule,
+               state: dict[str, Any], frozen: Any, batch: dict[str, jax.Array], microbatches: int = 1
+               ) -> tuple[dict[str, Any], dict[str, jax.Array]]:
+    """state: {"step", "nonfinite", "trainable", "opt_state"}; frozen: the other parameters;
+    batch: the model's inputs plus `labels` (-100 except assistant tokens).
+    Returns the new state and {"loss", "tokens", "grad_norm", "learning_rate", "finite",
+    "nonfinite" (skipped steps so far)}.
 
     microbatches: the batch is split along its first axis into this many parts, run one after
     another (a scan) with their gradients summed: the memory of one part, the update of the
     whole batch. Losses are summed over tokens and divided by the batch's token count, so any
     split gives the same step as the whole batch (up to float rounding).
     """
-    flat_params = traverse_util.flatten_dict(params, sep="/")
-    flat_labels = traverse_util.flatten_dict(labels, sep="/")
-    trainable = {path: p for path, p in flat_params.items() if flat_labels[path] == "train"}
-    frozen = {path: p for path, p in flat_params.items() if flat_labels[path] != "train"}
+    trainable = state["trainable"]
 
-    def summed_loss(trainable: dict[str, jax.Array], part: dict[str, jax.Array]):
-        # Only the trainable leaves are differentiated: no gradient of a frozen weight is formed.
-        loss, tokens = next_token_loss(model, traverse_util.unflatten_dict({**frozen, **trainable}, sep="/"), part)
+    def summed_loss(trainable: Any, part: dict[str, jax.Array]):
+        loss, tokens = next_token_loss(model, merge_params(trainable, frozen), part)
         return loss * tokens, tokens
 
     grad_fn = jax.value_and_grad(summed_loss, has_aux=True)
@@ -86,8 +126,102 @@ def train_step(model: OmniEmotion, optimizer: optax.GradientTransformation, labe
         zeros = (jnp.zeros((), jnp.float32), jnp.zeros((), jnp.int32), jax.tree.map(jnp.zeros_like, trainable))
         (total, tokens, grads), _ = jax.lax.scan(accumulate, zeros, parts)
     count = jnp.maximum(tokens, 1)
-    grads = {path: g / count for path, g in grads.items()}
-    # Frozen leaves get zeros that optax.set_to_zero never reads: XLA drops them.
-    full_grads = traverse_util.unflatten_dict({**{p: jnp.zeros_like(v) for p, v in frozen.items()}, **grads}, sep="/")
-    updates, opt_state = optimizer.update(full_grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state, {"loss": total / count, "tokens": tokens}
+    grads = jax.tree.map(lambda g: g / count, grads)
+    loss, grad_norm = total / count, optax.global_norm(grads)
+    updates, opt_state = optimizer.update(grads, state["opt_state"], trainable)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    # A non-finite step changes nothing but the counters: the where keeps the old values.
+    keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+    new_state = {"step": state["step"] + 1, "nonfinite": state["nonfinite"] + (~finite).astype(jnp.int32),
+                 "trainable": keep(optax.apply_updates(trainable, updates), trainable),
+                 "opt_state": keep(opt_state, state["opt_state"])}
+    metrics = {"loss": loss, "tokens": tokens, "grad_norm": grad_norm, "finite": finite,
+               "nonfinite": new_state["nonfinite"],
+               "learning_rate": schedule(state["step"] - state["nonfinite"])}
+    return new_state, metrics
+
+
+def optimizer_shardings(opt_state: Any, params: Any, mesh: Mesh) -> Any:
+    """Adam's moments placed like their parameters; counters and the like replicated. (XLA does
+    not carry parameter shardings into `init`'s zeros: left alone they come out replicated.)
+
+    A moment is recognised by its key path ending in a parameter's path, with its shape."""
+    by_path = {tuple(k.key for k in path): leaf for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]}
+    replicated = NamedSharding(mesh, PartitionSpec())
+
+    def place(path, leaf):
+        keys = tuple(getattr(k, "key", getattr(k, "name", getattr(k, "idx", None))) for k in path)
+        for start in range(len(keys)):
+            param = by_path.get(keys[start:])
+            if param is not None and param.shape == leaf.shape:
+                return param.sharding
+        return replicated
+
+    return jax.tree_util.tree_map_with_path(place, opt_state)
+
+
+@dataclasses.dataclass(frozen=True)
+class Trainer:
+    """Everything a sharded training run needs, built by `make_trainer`.
+
+    abstract_state / abstract_frozen: ShapeDtypeStructs carrying their shardings (what a
+    checkpoint restores into, what `plan` compiles against); step(state, frozen, batch) →
+    (state, metrics), jitted with explicit shardings, the state donated."""
+
+    model: OmniEmotion
+    config: ml_collections.FrozenConfigDict  # the model's
+    mesh: Mesh
+    phase: str
+    optimizer: optax.GradientTransformation
+    schedule: optax.Schedule
+    mask: Any
+    abstract_state: dict[str, Any]
+    abstract_frozen: Any
+    batch_sharding: NamedSharding
+    step: Callable
+
+    def init_state(self, params: Any) -> tuple[dict[str, Any], Any]:
+        """(state at step 0, frozen) from a whole parameter tree placed on the mesh."""
+        trainable, frozen = split_params(params, self.mask)
+        shardings = jax.tree.map(lambda s: s.sharding, self.abstract_state["opt_state"])
+        with self.activate():
+            opt_state = jax.jit(self.optimizer.init, out_shardings=shardings)(trainable)
+        counter = lambda: jax.device_put(jnp.zeros((), jnp.int32), NamedSharding(self.mesh, PartitionSpec()))
+        return {"step": counter(), "nonfinite": counter(), "trainable": trainable, "opt_state": opt_state}, frozen
+
+    @contextlib.contextmanager
+    def activate(self) -> Iterator[None]:
+        """The mesh and logical-axis rules every traced function of the run needs."""
+        with jax.set_mesh(self.mesh), nn.logical_axis_rules(sharding.LOGICAL_AXIS_RULES):
+            yield
+
+
+def make_trainer(model_config: ml_collections.ConfigDict, mesh: Mesh, train: ml_collections.ConfigDict,
+                 total_steps: int) -> Trainer:
+    """The phase's train step for `model_config` on `mesh`, as `train` (cfg.train) configures
+    it: optimizer, schedule over `total_steps`, microbatches; state shapes and shardings."""
+    family = registry.FAMILIES["omni_emotion"]
+    config = registry.to_config(model_config)
+    model = registry.build(family, config)
+    boxed = registry.abstract_params(family, config, boxed=True)
+    params = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), nn.unbox(boxed),
+                          sharding.param_shardings(boxed, mesh))
+    mask = trainable_mask(params, train.phase)
+    trainable, frozen = split_params(params, mask)
+    if not jax.tree.leaves(trainable):
+        raise ValueError(f"phase {train.phase!r} trains {PHASES[train.phase]}, which this model does not have")
+    schedule = learning_rate_schedule(train, total_steps)
+    optimizer = make_optimizer(train, schedule)
+    replicated = NamedSharding(mesh, PartitionSpec())
+    opt_state = jax.eval_shape(optimizer.init, trainable)
+    opt_state = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), opt_state,
+                             optimizer_shardings(opt_state, trainable, mesh))
+    counter = jax.ShapeDtypeStruct((), jnp.int32, sharding=replicated)
+    state = {"step": counter, "nonfinite": counter, "trainable": trainable, "opt_state": opt_state}
+    shardings_of = lambda tree: jax.tree.map(lambda s: s.sharding, tree)
+    batch_sharding = nn.logical_to_mesh_sharding(PartitionSpec("activation_batch"), mesh,
+                                                 sharding.LOGICAL_AXIS_RULES)
+    step = jax.jit(functools.partial(train_step, model, optimizer, schedule, microbatches=train.microbatches),
+                   in_shardings=(shardings_of(state), shardings_of(frozen), batch_sharding),
+                   out_shardings=(shardings_of(state), replicated), donate_argnums=(0,))
+    return Trainer(model, config, mesh, train.phase, optimizer, schedule, mask, state, frozen, batch_sharding, step)

@@ -66,7 +66,7 @@ def clip_inputs(cfg, batch: int = 2, seed: int = 0) -> dict[str, np.ndarray]:
             "pixel_values_videos": rng.randn(batch, FRAMES, size, size, 3).astype(np.float32),
             "face_pixels": rng.randn(batch, FRAMES, face, face, 3).astype(np.float32),
             "input_features": rng.randn(batch, WINDOWS, cfg.audio.num_mel_bins,
-                                        whisper.input_frames(cfg.audio)).astype(np.float32),
+                                        audio_input_frames(cfg.audio)).astype(np.float32),
             "has_video": present, "has_face": present, "has_audio": present}
 
 

@@ -1,0 +1,106 @@
+"""Config files and command-line overrides, as ml_collections' `config_flags` reads them.
+
+    --config configs/omni_emotion.py:7b,audio_alignment   → that file's get_config("7b,audio_alignment")
+    --config.train.learning_rate=2e-4 --config.data.buckets=4096,8192 --config.train.profile_steps=(5,8)
+
+An override names an existing field (an unknown one is an error naming it and the fields
+next to it) and its value is parsed as that field's type (bool: true/false; a tuple: comma
+separated or a Python literal); a value of another type is an error naming the field.
+"""
+from __future__ import annotations
+
+import ast
+import importlib.util
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+import ml_collections
+
+PREFIX = "--config."
+
+
+def load_config(spec: str) -> ml_collections.ConfigDict:
+    """"configs/omni_emotion.py:tiny" → that file's get_config("tiny") (no argument: its default)."""
+    path, _, arg = spec.partition(":")
+    module_spec = importlib.util.spec_from_file_location(Path(path).stem, path)
+    if module_spec is None or not Path(path).is_file():
+        raise FileNotFoundError(f"{path}: no such config file")
+    module = importlib.util.module_from_spec(module_spec)
+    sys.path.insert(0, str(Path(path).resolve().parent.parent))  # configs import each other as `configs.*`
+    try:
+        module_spec.loader.exec_module(module)
+    finally:
+        sys.path.pop(0)
+    return module.get_config(arg) if arg else module.get_config()
+
+
+def _parse(text: str, current: Any, name: str) -> Any:
+    """`text` as a value of `current`'s type."""
+    def wrong(expected: str) -> ValueError:
+        return ValueError(f"{PREFIX}{name}={text}: expected {expected} (the field holds {current!r})")
+
+    if isinstance(current, bool):
+        if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
+            raise wrong("true or false")
+        return text.lower() in ("true", "1", "yes")
+    if isinstance(current, int):
+        try:
+            return int(text)
+        except ValueError:
+            raise wrong("an integer") from None
+    if isinstance(current, float):
+        try:
+            return float(text)
+        except ValueError:
+            raise wrong("a number") from None
+    if isinstance(current, str):
+        return text
+    if isinstance(current, (tuple, list)):
+        if text.strip()[:1] in "([":
+            try:
+                value = ast.literal_eval(text)
+            except (ValueError, SyntaxError):
+                raise wrong("a tuple literal") from None
+            if not isinstance(value, (tuple, list)):
+                raise wrong("a tuple")
+        else:
+            value = [item.strip() for item in text.split(",") if item.strip()]
+            if current:
+                value = [_parse(item, current[0], name) for item in value]
+            else:
+                value = [_literal(item) for item in value]
+        return type(current)(value)
+    if isinstance(current, ml_collections.ConfigDict):
+        raise ValueError(f"{PREFIX}{name} is a section; set its fields ({', '.join(sorted(current.keys()))})")
+    return _literal(text)  # a None field: any literal, else the string
+
+
+def _literal(text: str) -> Any:
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def apply_overrides(cfg: ml_collections.ConfigDict, overrides: Sequence[str]) -> ml_collections.ConfigDict:
+    """Sets each `--config.a.b=value` of `overrides` on `cfg` (in place; returned)."""
+    for item in overrides:
+        if not item.startswith(PREFIX) or "=" not in item:
+            raise ValueError(f"unrecognised argument {item!r}: config overrides are {PREFIX}FIELD=VALUE")
+        path, _, text = item[len(PREFIX):].partition("=")
+        *parents, name = path.split(".")
+        section = cfg
+        for depth, part in enumerate(parents + [name]):
+            if not isinstance(section, ml_collections.ConfigDict) or part not in section:
+                where = ".".join(parents[:depth]) or "the config"
+                fields = sorted(section.keys()) if isinstance(section, ml_collections.ConfigDict) else []
+                raise ValueError(f"{PREFIX}{path}: {where} has no field {part!r}; it has {', '.join(fields)}")
+            if depth < len(parents):
+                section = section[part]
+        value = _parse(text, section[name], path)
+        try:
+            section[name] = value
+        except TypeError as error:
+            raise ValueError(f"{PREFIX}{path}={text}: {error}") from None
+    return cfg

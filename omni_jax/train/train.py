@@ -1,0 +1,305 @@
+"""`omni-jax train`: one phase of Omni-Emotion training, from one CPU to a pod, read top to bottom.
+
+    omni-jax train --config configs/omni_emotion.py:7b,audio_alignment --workdir runs/phase1 \\
+                   --init ckpt/omni-emotion-7b [--config.data.manifest=train.jsonl ...]
+
+WORKDIR holds the run: config.json (the config as run, the base checkpoint), checkpoints/
+(orbax: the trainable parameters, optimizer state, step and data position; see
+train.checkpoint), metrics.jsonl and tensorboard/ (train.metrics), tokenizer/, and at the end
+final/: a complete checkpoint (frozen + trained parameters, config, tokenizer) that
+`load_pretrained`, `omni-jax export` and the next phase's `--init` take. Rerunning the same
+command resumes from the latest checkpoint; SIGTERM (preemption) saves at the next step
+boundary and exits 0.
+
+Data: the manifest repeats without end and the run lasts `train.steps` (0: data.epochs passes
+over this host's shard, in batches of data.batch_size), so every host takes the same number
+of steps whatever it skips; the schedule is laid over those steps.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+from jax.experimental import multihost_utils
+
+from omni_jax import registry
+from omni_jax.conversion.engine import CONFIG_FILE, PARAMS_DIR, read_converted_config
+from omni_jax.data.errors import RunStopped
+from omni_jax.data.manifest import ManifestSource
+from omni_jax.data.pipeline import global_batch, make_pipeline, pad_id_of
+from omni_jax.pretrained import _override, load_pretrained
+from omni_jax.prompt import add_special_tokens
+from omni_jax.sharding import make_mesh
+from omni_jax.train.checkpoint import Checkpoints
+from omni_jax.train.metrics import MetricLogger, peak_flops
+from omni_jax.train.plan import matmul_flops
+from omni_jax.train.step import RUN_SECTIONS, Trainer, make_trainer, merge_params, model_config
+
+log = logging.getLogger(__name__)
+
+RUN_FILE = "config.json"
+
+
+class NonFiniteError(RunStopped):
+    """Too many steps in a row had a non-finite loss or gradient norm."""
+
+
+class ConfigChangedError(ValueError):
+    """The workdir holds a run with another config."""
+
+
+def resolve_init(init: str | os.PathLike | None) -> Path | None:
+    """A checkpoint directory, or a finished phase's workdir (its final/)."""
+    if init is None:
+        return None
+    path = Path(init)
+    if (path / RUN_FILE).exists() and not (path / CONFIG_FILE).exists():
+        path = path / "final"
+        if not path.exists():
+            raise FileNotFoundError(f"{init}: a training workdir without final/ (the phase has not finished)")
+    read_converted_config(path)  # an omni_jax checkpoint, or a clear error
+    return path
+
+
+def run_config(cfg: ml_collections.ConfigDict, init: Path | None) -> ml_collections.ConfigDict:
+    """The config as run: the model's fields from the --init checkpoint (it defines the
+    architecture), the run's sections from `cfg`; the pipeline's frame and pixel sizes follow
+    the model."""
+    if init is None:
+        return ml_collections.ConfigDict(cfg.to_dict())
+    meta = read_converted_config(init)
+    if meta["model_type"] != "omni_emotion":
+        raise ValueError(f"{init}: a {meta['model_type']} checkpoint; training takes an Omni-Emotion one "
+                         "(omni-jax assemble builds it from converted parts)")
+    fields = {k: v for k, v in meta["config"].items() if k not in RUN_SECTIONS}
+    changed = sorted(k for k, v in fields.items() if k in cfg and cfg[k] != v and not isinstance(v, dict))
+    if changed:
+        log.info("the model's fields come from %s; it differs from the config file in %s", init, changed)
+    run = ml_collections.ConfigDict({**fields, **{k: cfg[k].to_dict() for k in RUN_SECTIONS}})
+    run.data.update(num_frames=run.num_frames, image_size=run.vision.image_size, face_size=run.face.swin.image_size)
+    return run
+
+
+def training_model_config(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """The model's fields with the run's dtypes (parameters in param_dtype, compute in
+    compute_dtype) and the LM's remat policy."""
+    fields = _override(model_config(cfg).to_dict(), dtype=cfg.train.compute_dtype,
+                       param_dtype=cfg.train.param_dtype)
+    fields["text"]["remat_policy"] = cfg.train.remat
+    return ml_collections.ConfigDict(fields)
+
+
+def check_workdir(workdir: Path, cfg: ml_collections.ConfigDict, init: Path | None) -> None:
+    """Writes WORKDIR/config.json, or checks that a resumed run's is the same (refused unless
+    train.allow_config_change, naming the fields that differ)."""
+    record = {"config": cfg.to_dict(), "init": str(init.absolute()) if init else None}
+    path = workdir / RUN_FILE
+    if path.exists():
+        before = json.loads(path.read_text())
+        differences = _differences(before, json.loads(json.dumps(record)))
+        differences = [d for d in differences if not d.startswith("config.train.allow_config_change")]
+        if differences and not cfg.train.allow_config_change:
+            raise ConfigChangedError(f"{workdir} holds a run with another config ({'; '.join(differences[:8])}); "
+                                     "use a new --workdir, or --config.train.allow_config_change=true to resume "
+                                     "with this one")
+    if jax.process_index() == 0:
+        workdir.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(record, indent=2, default=str))
+
+
+def _differences(before: Any, after: Any, where: str = "") -> list[str]:
+    if isinstance(before, dict) and isinstance(after, dict):
+        return [d for k in sorted(set(before) | set(after))
+                for d in _differences(before.get(k), after.get(k), f"{where}.{k}" if where else k)]
+    return [] if before == after else [f"{where}: {before!r} → {after!r}"]
+
+
+def load_tokenizer(cfg: ml_collections.ConfigDict, init: Path | None) -> Any:
+    """cfg.data.tokenizer, else the --init checkpoint's; with Omni-Emotion's tokens added."""
+    from transformers import AutoTokenizer
+
+    source = cfg.data.tokenizer or init
+    if not source:
+        raise ValueError("no tokenizer: give --init (a checkpoint that carries one) or --config.data.tokenizer=DIR")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(source))
+    except (OSError, ValueError) as error:
+        raise FileNotFoundError(f"{source}: no tokenizer could be read there ({error})") from None
+    add_special_tokens(tokenizer, cfg)
+    return tokenizer
+
+
+def batch_per_host(cfg: ml_collections.ConfigDict) -> int:
+    hosts = jax.process_count()
+    if cfg.data.batch_size:
+        return cfg.data.batch_size
+    if cfg.train.global_batch_size % hosts:
+        raise ValueError(f"train.global_batch_size {cfg.train.global_batch_size} does not split over {hosts} hosts")
+    return cfg.train.global_batch_size // hosts
+
+
+def total_steps(cfg: ml_collections.ConfigDict, source_size: int) -> int:
+    """train.steps, or data.epochs passes over this host's shard."""
+    if cfg.train.steps:
+        return cfg.train.steps
+    if not cfg.data.epochs:
+        raise ValueError("data.epochs is None (repeat forever): set train.steps")
+    steps = cfg.data.epochs * (source_size // jax.process_count()) // cfg.data.batch_size
+    if steps < 1:
+        raise ValueError(f"{source_size} examples over {jax.process_count()} hosts make no batch of "
+                         f"{cfg.data.batch_size}")
+    return steps
+
+
+def initial_params(trainer: Trainer, cfg: ml_collections.ConfigDict, init: Path | None) -> Any:
+    """The base parameters on the mesh: the --init checkpoint's, else the config's initialisers."""
+    if init is None:
+        return registry.init_params(registry.FAMILIES["omni_emotion"], trainer.config, trainer.mesh,
+                                    seed=cfg.train.seed)
+    _, params = load_pretrained(init, dtype=cfg.train.param_dtype, mesh=trainer.mesh)
+    return params
+
+
+class Preemption:
+    """SIGTERM asks the run to save at the next step boundary and exit. With several
+    processes, jax's preemption service (which handles the signal) makes them agree on the step."""
+
+    def __init__(self):
+        self.requested = threading.Event()
+        if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGTERM, lambda *_: self.requested.set())
+
+    def reached(self, step: int) -> bool:
+        if jax.process_count() > 1:
+            return multihost_utils.reached_preemption_sync_point(step)
+        return self.requested.is_set()
+
+    def close(self) -> None:
+        if hasattr(self, "previous"):
+            signal.signal(signal.SIGTERM, self.previous)
+
+
+def write_final(workdir: Path, trainer: Trainer, params: Any, provenance: dict[str, Any]) -> Path:
+    """WORKDIR/final: a complete checkpoint (every parameter, the model config, the tokenizer),
+    written by every process (orbax) into a temporary folder that process 0 then renames."""
+    import orbax.checkpoint.experimental.v1 as ocp
+
+    final, tmp = workdir / "final", workdir / ".final.partial"
+    if jax.process_index() == 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+    multihost_utils.sync_global_devices("final: folder")
+    ocp.save_pytree(tmp / PARAMS_DIR, params)
+    if jax.process_index() == 0:
+        meta = {"model_type": "omni_emotion", "config": trainer.config.to_dict(), "hf_config": {},
+                "source_format": "trained", "dtype": "source", **provenance}
+        (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=2))
+        for path in (workdir / "tokenizer").iterdir():
+            shutil.copy2(path, tmp / path.name)
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+    multihost_utils.sync_global_devices("final: written")
+    return final
+
+
+def train(cfg: ml_collections.ConfigDict, workdir: str | os.PathLike, init: str | os.PathLike | None = None,
+          progress: bool = True) -> dict[str, Any]:
+    """Runs (or resumes) one training phase in `workdir`; returns a summary."""
+    workdir = Path(workdir)
+    init = resolve_init(init)
+    cfg = run_config(cfg, init)
+    if not cfg.data.manifest:
+        raise ValueError("no training data: set --config.data.manifest=FILE.jsonl")
+    source_size = len(ManifestSource(cfg.data.manifest))
+    tokenizer = load_tokenizer(cfg, init)
+    cfg.data.batch_size = batch_per_host(cfg)
+    steps = total_steps(cfg, source_size)
+    check_workdir(workdir, cfg, init)
+    if jax.process_index() == 0:
+        tokenizer.save_pretrained(workdir / "tokenizer")
+
+    mesh = make_mesh(**cfg.mesh)
+    trainer = make_trainer(training_model_config(cfg), mesh, cfg.train, steps)
+    pipeline_cfg = ml_collections.ConfigDict(cfg.to_dict())
+    pipeline_cfg.data.epochs = None  # the run ends by its step count (see the module docstring)
+    data = iter(make_pipeline(cfg.data.manifest, tokenizer, pipeline_cfg, modalities=cfg.train.modalities))
+    checkpoints = Checkpoints(workdir / "checkpoints", cfg.train.keep_checkpoints, cfg.train.keep_every)
+    state, frozen = trainer.init_state(initial_params(trainer, cfg, init))
+    start = checkpoints.latest_step()
+    if start is not None:
+        state = checkpoints.restore(start, trainer.abstract_state, data)
+        log.info("resumed from step %d (%s)", start, workdir / "checkpoints")
+    step = int(state["step"])
+    pad_id, flops = pad_id_of(tokenizer), {}
+    preemption, stopped = Preemption(), "finished"
+    logger = None
+    last_save, profiling = time.monotonic(), False
+    try:
+        while step < steps:
+            host_batch = next(data)
+            batch = global_batch(host_batch, mesh, pad_id)
+            length = batch["input_ids"].shape[1]
+            if length not in flops:  # per bucket: the step's jaxpr, counted as `plan` counts it
+                with trainer.activate():
+                    flops[length] = matmul_flops(trainer.step.trace(state, frozen, batch).jaxpr.jaxpr)
+            if logger is None:
+                peak = peak_flops(jax.devices()[0].device_kind, cfg.train.peak_flops_per_device)
+                logger = MetricLogger(workdir, steps, step, flops[length], peak, cfg.train.log_every, progress)
+            logger.flops_per_step = flops[length]
+            if cfg.train.profile_steps and step + 1 == cfg.train.profile_steps[0]:
+                jax.profiler.start_trace(str(workdir / "profile"))
+                profiling = True
+            with trainer.activate():
+                state, metrics = trainer.step(state, frozen, batch)
+            step += 1
+            if profiling and step == cfg.train.profile_steps[-1]:
+                jax.block_until_ready(state)
+                jax.profiler.stop_trace()
+                profiling = False
+            counts = data.counts
+            logger.record(step, metrics, {
+                "clips": host_batch["input_ids"].shape[0] * jax.process_count(),
+                "tokens": int(np.sum(host_batch["attention_mask"] > 0)) * jax.process_count(),
+                **{f"skipped_{k}": v for k, v in counts["skipped"].items()}})
+            if logger.nonfinite_streak >= cfg.train.max_nonfinite_steps:
+                raise NonFiniteError(
+                    f"{logger.nonfinite_streak} steps in a row had a non-finite loss or gradient norm (up to step "
+                    f"{step - 1}); none was applied. The last good checkpoint is step {checkpoints.latest_step()} "
+                    f"in {workdir / 'checkpoints'}: lower train.learning_rate or check the data")
+            minutes = cfg.train.checkpoint_every_minutes
+            due = (cfg.train.checkpoint_every and step % cfg.train.checkpoint_every == 0) or (
+                minutes and time.monotonic() - last_save > 60 * minutes)
+            preempted = preemption.reached(step)
+            if due or preempted or step == steps:
+                checkpoints.save(step, state, data)
+                last_save = time.monotonic()
+            if preempted:
+                stopped = "preempted"
+                break
+        checkpoints.wait()
+    finally:
+        preemption.close()
+        if logger is not None:
+            logger.close()
+        checkpoints.close()
+        data.close()
+    summary = {"workdir": str(workdir), "phase": cfg.train.phase, "step": step, "steps": steps, "stopped": stopped,
+               "resumed_from": start, "checkpoints": checkpoints.all_steps(),
+               "nonfinite_steps": int(state["nonfinite"]), "skipped_examples": data.counts["skipped"],
+               "last_loss": logger.history[-1]["loss"] if logger and logger.history else None}
+    if stopped == "finished":
+        provenance = {"trained": {"phase": cfg.train.phase, "steps": step, "workdir": str(workdir.absolute()),
+                                  "base": str(init.absolute()) if init else f"initialised, seed {cfg.train.seed}"}}
+        final = write_final(workdir, trainer, merge_params(state["trainable"], frozen), provenance)
+        summary["final"] = str(final)
+    return summary
