@@ -25,7 +25,6 @@ os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8 "
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
-import functools  # noqa: E402
 import json  # noqa: E402
 import shutil  # noqa: E402
 import sys  # noqa: E402
@@ -34,6 +33,7 @@ from fractions import Fraction  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import flax.linen as nn  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
 import jax  # noqa: E402
 import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
@@ -52,9 +52,8 @@ from omni_jax.conversion.engine import save_params  # noqa: E402
 from omni_jax.data import pipeline  # noqa: E402
 from omni_jax.generate import greedy_generate  # noqa: E402
 from omni_jax.models import llava_onevision, whisper  # noqa: E402
-from omni_jax.sharding import LOGICAL_AXIS_RULES, make_mesh, param_shardings  # noqa: E402
-from omni_jax.train.plan import optimizer_shardings  # noqa: E402
-from omni_jax.train.step import make_optimizer, train_step, trainable_labels  # noqa: E402
+from omni_jax.sharding import LOGICAL_AXIS_RULES, make_mesh  # noqa: E402
+from omni_jax.train.step import make_trainer, merge_params  # noqa: E402
 from tests import media  # noqa: E402
 from tests.tokenizer import qwen2_test_tokenizer  # noqa: E402
 
@@ -145,21 +144,17 @@ def main() -> int:
         return 1
 
     stage(f"5. {TRAIN_STEPS} phase-3 train steps on this batch (AdamW, lr {LEARNING_RATE})")
-    phase = "instruction_tuning"
-    optimizer, labels = make_optimizer(params, phase, LEARNING_RATE), trainable_labels(params, phase)
-    shardings = param_shardings(registry.abstract_params(registry.FAMILIES["omni_emotion"], model.config,
-                                                         boxed=True), mesh)
-    rows = jax.tree.map(lambda x: x.sharding, arrays)
-    with jax.set_mesh(mesh), nn.logical_axis_rules(LOGICAL_AXIS_RULES):
-        opt_shardings = optimizer_shardings(jax.eval_shape(optimizer.init, params), params, mesh)
-        opt_state = jax.jit(optimizer.init, out_shardings=opt_shardings)(params)
-        step = jax.jit(functools.partial(train_step, model, optimizer, labels),
-                       in_shardings=(shardings, opt_shardings, rows), out_shardings=(shardings, opt_shardings, None),
-                       donate_argnums=(0, 1))
+    train_cfg = cfg.train.copy_and_resolve_references()
+    train_cfg.update(learning_rate=LEARNING_RATE, warmup_fraction=0.0, final_learning_rate_fraction=1.0,
+                     max_grad_norm=0.0)  # a constant rate: the loss must fall at every step
+    trainer = make_trainer(model.config, mesh, train_cfg, TRAIN_STEPS)
+    state, frozen = trainer.init_state(jax.tree.map(jnp.copy, params))  # the step donates the state
+    with trainer.activate():
         losses = []
         for _ in range(TRAIN_STEPS):
-            params, opt_state, metrics = step(params, opt_state, arrays)
+            state, metrics = trainer.step(state, frozen, arrays)
             losses.append(float(metrics["loss"]))
+    params = merge_params(state["trainable"], frozen)
     print(f"   loss over {int(metrics['tokens'])} assistant tokens: {' → '.join(f'{x:.3f}' for x in losses)}")
     if not (np.all(np.diff(losses) < 0) and losses[-1] < 0.75 * losses[0]):
         print("FAIL: the loss did not fall at every step, by a quarter overall")

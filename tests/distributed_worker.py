@@ -4,7 +4,6 @@
 localhost (CPU collectives: gloo), each process with 4 simulated devices, and runs `run` on a
 (2, 2, 2) mesh spanning both; process 0 writes the gathered results to OUT (.npz).
 """
-import functools
 import os
 import sys
 
@@ -14,42 +13,34 @@ import numpy as np
 def run(mesh) -> dict[str, np.ndarray]:
     """The tiny Omni-Emotion's sharded forward and one phase-3 train step on `mesh`: logits, the
     step's loss and the updated trainable parameters, gathered to every process."""
-    import flax.linen as nn
     import jax
     from flax import traverse_util
     from jax.experimental import multihost_utils
 
-    from omni_jax import registry
-    from omni_jax.sharding import LOGICAL_AXIS_RULES, param_shardings
-    from omni_jax.train.plan import optimizer_shardings
-    from omni_jax.train.step import make_optimizer, train_step, trainable_labels
+    from configs import omni_emotion as omni_configs
+    from omni_jax.train.step import make_trainer, merge_params
     from tests.models.test_omni_emotion import tiny_model
     from tests.test_sharding import omni_batch
 
     cfg, model, host_params = tiny_model()
     host_batch = omni_batch(cfg)
+    trainer = make_trainer(cfg, mesh, omni_configs.get_config("tiny").train, total_steps=10)
     # Every process holds the same host values; each places only its own devices' shards.
     place = lambda x, sharding: jax.make_array_from_callback(np.shape(x), sharding, lambda index: np.asarray(x)[index])
-    shardings = param_shardings(registry.abstract_params(registry.FAMILIES["omni_emotion"], cfg, boxed=True), mesh)
+    shardings = jax.tree.map(lambda s: s.sharding, merge_params(trainer.abstract_state["trainable"],
+                                                                trainer.abstract_frozen))
     params = jax.tree.map(place, host_params, shardings)
-    rows = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(("data", "fsdp")))
-    batch = {k: place(v, rows) for k, v in host_batch.items()}
+    batch = {k: place(v, trainer.batch_sharding) for k, v in host_batch.items()}
     inputs = {k: v for k, v in batch.items() if k != "labels"}
-    optimizer = make_optimizer(params, "instruction_tuning")
-    labels = trainable_labels(params, "instruction_tuning")
-    with jax.set_mesh(mesh), nn.logical_axis_rules(LOGICAL_AXIS_RULES):
-        logits = jax.jit(lambda p, x: model.apply({"params": p}, **x)["logits"], out_shardings=rows)(params, inputs)
-        opt_shardings = optimizer_shardings(jax.eval_shape(optimizer.init, params), params, mesh)
-        opt_state = jax.jit(optimizer.init, out_shardings=opt_shardings)(params)
-        step = jax.jit(functools.partial(train_step, model, optimizer, labels),
-                       in_shardings=(shardings, opt_shardings, jax.tree.map(lambda _: rows, batch)),
-                       out_shardings=(shardings, opt_shardings, None))
-        new_params, _, metrics = step(params, opt_state, batch)
+    with trainer.activate():
+        logits = jax.jit(lambda p, x: model.apply({"params": p}, **x)["logits"],
+                         out_shardings=trainer.batch_sharding)(params, inputs)
+        state, frozen = trainer.init_state(params)
+        state, metrics = trainer.step(state, frozen, batch)
     gather = lambda x: np.asarray(multihost_utils.process_allgather(x, tiled=True))
-    trained = {path: gather(leaf) for path, leaf in traverse_util.flatten_dict(new_params, sep="/").items()
-               if traverse_util.flatten_dict(labels, sep="/")[path] == "train"}
     return {"logits": gather(logits), "loss": gather(metrics["loss"]), "tokens": gather(metrics["tokens"]),
-            **{"params/" + path: value for path, value in trained.items()}}
+            **{"params/" + path: gather(leaf)
+               for path, leaf in traverse_util.flatten_dict(state["trainable"], sep="/").items()}}
 
 
 def main(port: int, process_id: int, out: str) -> None:

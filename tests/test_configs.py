@@ -7,7 +7,7 @@ from configs import facexformer, llava_onevision, omni_emotion, qwen2, siglip, s
 from omni_jax import registry
 from omni_jax.conversion.engine import abstract_params
 from omni_jax.prompt import video_tokens
-from omni_jax.models.omni_emotion import placeholder_counts
+from omni_jax.prompt import placeholder_counts
 
 
 def _cross_attention_7b():

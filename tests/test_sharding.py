@@ -10,7 +10,8 @@ import pytest
 import omni_jax
 from omni_jax import registry
 from omni_jax.conversion.engine import save_params
-from omni_jax.models.omni_emotion import IGNORE, next_token_loss
+from omni_jax.prompt import IGNORE
+from omni_jax.train.loss import next_token_loss
 from omni_jax.sharding import LOGICAL_AXIS_RULES, make_mesh, param_shardings
 from tests.conftest import rel_err
 from tests.models.test_llava_onevision import video_inputs

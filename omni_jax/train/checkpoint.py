@@ -40,12 +40,14 @@ class Checkpoints:
         self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                                         data=grain.checkpoint.CheckpointSave(data)), force=True)
 
-    def restore(self, step: int, abstract_state: dict[str, Any], data: grain.DatasetIterator) -> dict[str, Any]:
+    def restore(self, step: int, abstract_state: dict[str, Any],
+                data: grain.DatasetIterator | None = None) -> dict[str, Any]:
         """The state of checkpoint `step`, placed as `abstract_state`'s shardings say; `data`
-        is set to the position saved with it."""
-        restored = self.manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract_state), data=grain.checkpoint.CheckpointRestore(data)))
-        return restored["state"]
+        (if given) is set to the position saved with it."""
+        items = {"state": ocp.args.StandardRestore(abstract_state)}
+        if data is not None:
+            items["data"] = grain.checkpoint.CheckpointRestore(data)
+        return self.manager.restore(step, args=ocp.args.Composite(**items))["state"]
 
     def wait(self) -> None:
         """Blocks until every started save is committed (raises if one failed)."""

@@ -127,7 +127,7 @@ def train_step(model: OmniEmotion, optimizer: optax.GradientTransformation, sche
         (total, tokens, grads), _ = jax.lax.scan(accumulate, zeros, parts)
     count = jnp.maximum(tokens, 1)
     grads = jax.tree.map(lambda g: g / count, grads)
-    loss, grad_norm = total / count, optax.global_norm(grads)
+    loss, grad_norm = total / count, optax.tree.norm(grads)
     updates, opt_state = optimizer.update(grads, state["opt_state"], trainable)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     # A non-finite step changes nothing but the counters: the where keeps the old values.

@@ -48,6 +48,11 @@ from omni_jax.train.step import RUN_SECTIONS, Trainer, make_trainer, merge_param
 log = logging.getLogger(__name__)
 
 RUN_FILE = "config.json"
+# Fields a resumed run may change without train.allow_config_change: where it runs and how
+# it reports, not what it computes (a restored state fits any mesh).
+RESUMABLE = ("mesh", "data.workers", "data.threads", "data.prefetch", "train.log_every", "train.profile_steps",
+             "train.checkpoint_every", "train.checkpoint_every_minutes", "train.keep_checkpoints", "train.keep_every",
+             "train.peak_flops_per_device", "train.allow_config_change")
 
 
 class NonFiniteError(RunStopped):
@@ -107,7 +112,7 @@ def check_workdir(workdir: Path, cfg: ml_collections.ConfigDict, init: Path | No
     if path.exists():
         before = json.loads(path.read_text())
         differences = _differences(before, json.loads(json.dumps(record)))
-        differences = [d for d in differences if not d.startswith("config.train.allow_config_change")]
+        differences = [d for d in differences if not any(d.startswith(f"config.{field}") for field in RESUMABLE)]
         if differences and not cfg.train.allow_config_change:
             raise ConfigChangedError(f"{workdir} holds a run with another config ({'; '.join(differences[:8])}); "
                                      "use a new --workdir, or --config.train.allow_config_change=true to resume "

@@ -10,7 +10,7 @@ from omni_jax import registry
 from omni_jax.conversion import ConversionError
 from omni_jax.conversion.assemble import assemble_omni_emotion
 from omni_jax.conversion.engine import save_params
-from omni_jax.models.omni_emotion import SPECIAL_TOKENS
+from omni_jax.prompt import SPECIAL_TOKENS
 
 LLAVA_FIELDS = ("text", "vision", "vision_feature_layers", "vision_feature_select_strategy", "projector_hidden_act",
                 "projector_bias", "image_token_id", "video_token_id")

@@ -11,7 +11,7 @@ import pytest
 from configs import omni_emotion
 from omni_jax import cli
 from omni_jax.data import audio, faces, pipeline, video
-from omni_jax.models.omni_emotion import IGNORE, placeholder_counts
+from omni_jax.prompt import IGNORE, placeholder_counts
 from omni_jax.sharding import make_mesh
 from tests import media
 from tests.tokenizer import qwen2_test_tokenizer
@@ -274,3 +274,36 @@ def test_text_only_examples_pack_into_shared_rows(clips):
     assert sorted(answers) == [21, 30, 31, 32, 33, 34] and rows < len(answers)
     assert [len(b["input_ids"]) for b in batches[:-1]] == [3] * (len(batches) - 1)
     assert max(int(b["attention_mask"].max()) for b in batches) >= 2  # some row holds two examples or more
+
+
+def test_phase_modalities_decide_the_blocks_and_the_media(clips):
+    """An audio-only line holds the audio block alone; phase 1 (a) batches carry log-mels and
+    no pixels, phase 2 (v, f) pixels and no log-mel, and skip audio-only lines (counted)."""
+    cfg = tiny(batch_size=2)
+    tokenizer = qwen2_test_tokenizer(cfg)
+    manifest = write_manifest(clips["root"] / "phases.jsonl", [
+        {"id": "speech", "audio": "tone.m4a", "conversations": turns(21, "<audio>\nw12", video=False)},
+        {"id": "clip", "video": "good.mp4", "conversations": turns(22)}])
+    counts = placeholder_counts(cfg)
+    ids = lambda batch, token: (batch["input_ids"] == cfg[token]).sum(axis=1).tolist()
+
+    audio_phase = iter(pipeline.make_pipeline(manifest, tokenizer, cfg, shuffle=False, modalities="a"))
+    batch = next(audio_phase)
+    assert not {"pixel_values_videos", "face_pixels", "has_video", "has_face"} & set(batch)
+    assert batch["has_audio"].tolist() == [True, True] and np.abs(batch["input_features"]).sum() > 0
+    assert ids(batch, "audio_token_id") == [counts["audio"]] * 2 and ids(batch, "au_start_token_id") == [1, 1]
+    assert ids(batch, "video_token_id") == [0, 0] and ids(batch, "vi_start_token_id") == [0, 0]
+
+    every = next(iter(pipeline.make_pipeline(manifest, tokenizer, cfg, shuffle=False)))
+    assert ids(every, "video_token_id") == [0, counts["video"]] and ids(every, "audio_token_id") == [counts["audio"]] * 2
+    assert every["has_video"].tolist() == [False, True] and every["has_audio"].tolist() == [True, True]
+
+    face_phase = iter(pipeline.make_pipeline(manifest, tokenizer, tiny(batch_size=1), shuffle=False,
+                                             modalities="v,f"))
+    batch = next(face_phase)
+    assert "input_features" not in batch and "has_audio" not in batch
+    assert ids(batch, "video_token_id") == [counts["video"]] and ids(batch, "audio_token_id") == [0]
+    assert ids(batch, "au_start_token_id") == [0] and batch["has_face"].tolist() == [True]
+    assert face_phase.counts["skipped"] == {"modality_excluded": 1}
+    with pytest.raises(ValueError, match="unknown"):
+        pipeline.make_pipeline(manifest, tokenizer, cfg, modalities="v,x")

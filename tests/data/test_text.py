@@ -8,10 +8,11 @@ import pytest
 
 from configs import omni_emotion as omni_configs
 from omni_jax.data.errors import ExampleError
-from omni_jax.data.text import TokenizedExample, check_tokenizer, pack_examples, pad_to_bucket, tokenize_conversation
-from omni_jax.models.omni_emotion import IGNORE, multimodal_prompt_ids, next_token_targets, placeholder_counts
+from omni_jax.data.text import BLOCKS, TokenizedExample, check_tokenizer, pack_examples, pad_to_bucket, tokenize_conversation
+from omni_jax.prompt import IGNORE, multimodal_prompt_ids, placeholder_counts
+from omni_jax.train.loss import next_token_targets
 from omni_jax.models.qwen2 import positions_from_mask
-from omni_jax.models.omni_emotion import add_special_tokens
+from omni_jax.prompt import add_special_tokens
 from tests.tokenizer import byte_bpe_tokenizer, qwen2_test_tokenizer, word_tokenizer
 
 CFG = omni_configs.get_config("tiny")
@@ -127,7 +128,7 @@ def test_system_turn_replaces_the_default_and_video_may_follow_in_a_later_turn()
 
 def test_text_only_example():
     conversations = conversation(words(10, 3), words(20, 4))
-    example = tokenize_conversation(conversations, TOKENIZER, CFG, max_length=64, video=False)
+    example = tokenize_conversation(conversations, TOKENIZER, CFG, max_length=64, blocks=())
     ids, labels = oracle(conversations)
     assert example.input_ids.tolist() == ids and example.labels.tolist() == labels and not example.multimodal
 
@@ -163,13 +164,15 @@ BAD = {  # case: (reason, message fragment, conversations, video)
                    True),
     "system later": ("bad_conversation", "must alternate",
                      [*conversation("<video>", "w10"), {"from": "system", "value": "w11"}], True),
-    "no video": ("bad_conversation", "expected one <video> in a human turn, found it in no turns",
+    "no video": ("bad_conversation", "expected one <video> or <audio> in a human turn, found markers in no turns",
                  conversation("w10", "w11"), True),
-    "two videos": ("bad_conversation", "found it in ['user', 'user']", conversation("<video> w10 <video>", "w11"),
+    "two videos": ("bad_conversation", "found markers in ['user', 'user']", conversation("<video> w10 <video>", "w11"),
                    True),
-    "video in gpt turn": ("bad_conversation", "found it in ['assistant']", conversation("w10", "<video> w11"), True),
-    "video in text-only": ("bad_conversation", "expected no <video>", conversation("<video> w10", "w11"), False),
-    "audio token text": ("bad_conversation", "tokens [151, 152]; expected only the one <video>", conversation("<video> <audio>", "w11"), True),
+    "video in gpt turn": ("bad_conversation", "found markers in ['assistant']", conversation("w10", "<video> w11"), True),
+    "video in text-only": ("bad_conversation", "expected no <video> or <audio>", conversation("<video> w10", "w11"), False),
+    "two markers": ("bad_conversation", "found markers in ['user', 'user']", conversation("<video> <audio>", "w11"), True),
+    "modality token beside the marker": ("bad_conversation", "tokens [151, 155]; expected only the one <video> or "
+                                         "<audio>", conversation("<video> <au_start>", "w11"), True),
     "image token text": ("bad_conversation", "tokens [151, 150]; expected only", conversation("<video> w10", "<image>"), True),
     "modality token text": ("bad_conversation", "tokens [153]; expected none (text-only)",
                             conversation("w10 <vi_start>", "w11"), False),
@@ -181,16 +184,17 @@ BAD = {  # case: (reason, message fragment, conversations, video)
 def test_bad_conversations_raise_their_reason_naming_the_example(case):
     reason, message, conversations, video = BAD[case]
     with pytest.raises(ExampleError) as error:
-        tokenize_conversation(conversations, TOKENIZER, CFG, max_length=512, video=video, name="clip-7 (a/b.mp4)")
+        tokenize_conversation(conversations, TOKENIZER, CFG, max_length=512, blocks=BLOCKS if video else (),
+                              name="clip-7 (a/b.mp4)")
     assert error.value.reason == reason
     assert str(error.value).startswith("clip-7 (a/b.mp4): ") and message in str(error.value)
 
 
 def example(length: int, video: bool = False) -> TokenizedExample:
     """A tokenized example of exactly `length` tokens (the answer's length fills it)."""
-    base = len(tokenize_conversation(conversation("w10", "w11"), TOKENIZER, CFG, 512, video=False).input_ids)
+    base = len(tokenize_conversation(conversation("w10", "w11"), TOKENIZER, CFG, 512, blocks=()).input_ids)
     tokens = tokenize_conversation(conversation("w10", words(11, length - base + 1)), TOKENIZER, CFG, 512,
-                                   video=False)
+                                   blocks=())
     assert len(tokens.input_ids) == length
     return TokenizedExample(tokens.input_ids, tokens.labels, False, video)
 

@@ -14,9 +14,9 @@ from omni_jax import registry
 from omni_jax.generate import greedy_generate
 from omni_jax.models import facexformer, whisper
 from omni_jax.models.llava_onevision import LlavaOnevisionForConditionalGeneration
-from omni_jax.models.omni_emotion import (FUSIONS, IGNORE, FaceCrossAttention, OmniEmotion, add_special_tokens,
-                                          chunked_cross_entropy, init_token_rows, multimodal_prompt_ids,
-                                          next_token_loss, next_token_targets, placeholder_counts)
+from omni_jax.models.omni_emotion import FUSIONS, FaceCrossAttention, OmniEmotion, init_token_rows
+from omni_jax.prompt import IGNORE, add_special_tokens, audio_input_frames, multimodal_prompt_ids, placeholder_counts
+from omni_jax.train.loss import chunked_cross_entropy, next_token_loss, next_token_targets
 from omni_jax.pretrained import _override
 from tests.conftest import rel_err
 from tests.tokenizer import word_tokenizer

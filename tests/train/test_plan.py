@@ -1,5 +1,4 @@
 """`omni-jax plan`: the sharded train step compiled ahead of time, without weights."""
-import functools
 import json
 import subprocess
 import sys
@@ -12,8 +11,8 @@ import numpy as np
 from configs import omni_emotion
 from omni_jax import registry
 from omni_jax.sharding import make_mesh
-from omni_jax.train.plan import abstract_batch, bytes_per_device, matmul_flops, sharded_params
-from omni_jax.train.step import make_optimizer, train_step, trainable_labels
+from omni_jax.train.plan import abstract_batch, bytes_per_device, matmul_flops
+from omni_jax.train.step import make_trainer, merge_params, model_config, trainable_mask
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -31,15 +30,16 @@ def test_plan_reports_fsdp_sharded_bytes_and_flops():
     assert total / 8 <= result["params_bytes_per_device"] < 1.1 * total / 8
     assert result["temp_bytes_per_device"] > 0
     # Adam's two moments exist for the trainable leaves only, sharded like them.
-    labels = jax.tree.leaves(trainable_labels(shapes, "instruction_tuning"))
-    trainable = sum(int(np.prod(s.shape)) * 4 for s, l in zip(jax.tree.leaves(shapes), labels) if l == "train")
+    mask = jax.tree.leaves(trainable_mask(shapes, "instruction_tuning"))
+    trainable = sum(int(np.prod(s.shape)) * 4 for s, trained in zip(jax.tree.leaves(shapes), mask) if trained)
     assert 2 * trainable / 8 <= result["optimizer_bytes_per_device"] < 1.1 * 2 * trainable / 8
 
 
 def test_full_size_fsdp_holds_one_eighth_of_the_parameters_per_device():
     """The 8.8B model on fsdp=8, from shardings alone (nothing compiled or materialised)."""
     cfg = omni_emotion.get_config("7b")
-    params = sharded_params(cfg, make_mesh(1, 8, 1))
+    trainer = make_trainer(model_config(cfg), make_mesh(1, 8, 1), cfg.train, total_steps=1)
+    params = merge_params(trainer.abstract_state["trainable"], trainer.abstract_frozen)
     total = sum(int(np.prod(s.shape)) * s.dtype.itemsize for s in jax.tree.leaves(params))
     assert total / 8 <= bytes_per_device(params) < 1.05 * total / 8
 
@@ -67,16 +67,18 @@ def test_matmul_flops_count_scans_remat_and_convolutions():
 
 def test_step_flops_are_independent_of_microbatches_and_cover_the_language_model():
     cfg = omni_emotion.get_config("tiny")
-    model = registry.build(registry.FAMILIES["omni_emotion"], cfg)
-    params = registry.abstract_params(registry.FAMILIES["omni_emotion"], cfg)
-    optimizer, labels = make_optimizer(params, "instruction_tuning"), trainable_labels(params, "instruction_tuning")
     batch, seq = 4, 128
     inputs = abstract_batch(cfg, batch, seq)
-    flops = [matmul_flops(jax.make_jaxpr(functools.partial(train_step, model, optimizer, labels, microbatches=k))(
-        params, jax.eval_shape(optimizer.init, params), inputs).jaxpr) for k in (1, 2)]
+    flops = []
+    for microbatches in (1, 2):
+        cfg.train.microbatches = microbatches
+        trainer = make_trainer(model_config(cfg), make_mesh(1, 1, 1, devices=jax.devices()[:1]), cfg.train, 10)
+        with trainer.activate():
+            jaxpr = trainer.step.trace(trainer.abstract_state, trainer.abstract_frozen, inputs).jaxpr.jaxpr
+        flops.append(matmul_flops(jaxpr))
     assert flops[0] == flops[1]
     # Forward and backward of every LM matrix (embedding lookup aside) for each token: ≥ 6 N T.
-    lm = params["language_model"]
+    lm = registry.abstract_params(registry.FAMILIES["omni_emotion"], cfg)["language_model"]
     lm_matrices = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(lm) if len(x.shape) >= 2) - int(
         np.prod(lm["model"]["embed_tokens"]["embedding"].shape))
     assert flops[0] >= 6 * lm_matrices * batch * seq

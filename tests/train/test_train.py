@@ -1,0 +1,177 @@
+"""`omni-jax train` end to end on real clips the tests write, 8 simulated devices: a run to the
+end (metrics, TensorBoard, final checkpoint that loads and exports), SIGKILL + resume and
+SIGTERM + resume giving exactly the uninterrupted run, restore onto another mesh, and the
+errors a user meets (overrides, missing files, another run's workdir)."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+import omni_jax
+from configs import omni_emotion
+from omni_jax import cli
+from omni_jax.sharding import make_mesh
+from omni_jax.train.checkpoint import Checkpoints
+from omni_jax.train.step import make_trainer
+from omni_jax.train.train import training_model_config
+from tests import media
+from tests.tokenizer import qwen2_test_tokenizer
+
+REPO = Path(__file__).resolve().parents[2]
+STEPS = 8
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """8 clips (faces drawn, every other one with audio) and 2 audio-only lines; a tokenizer."""
+    root = tmp_path_factory.mktemp("train_data")
+    qwen2_test_tokenizer(omni_emotion.get_config("tiny")).save_pretrained(root / "tokenizer")
+    lines = []
+    for i in range(8):
+        media.write_clip(root / f"c{i}.mp4", seconds=0.8, fps=10, size=(64, 48), face=True, audio=i % 2 == 0)
+        lines.append({"id": f"c{i}", "video": f"c{i}.mp4", "conversations": [
+            {"from": "human", "value": "<video>\nw10 w11 ."}, {"from": "gpt", "value": f"w{20 + i % 4} w{30 + i % 3} ."}]})
+    for i in range(2):
+        media.write_audio(root / f"a{i}.m4a", media.tone(300.0 + 200 * i, 0.8, 16000), 16000)
+        lines.append({"id": f"a{i}", "audio": f"a{i}.m4a", "conversations": [
+            {"from": "human", "value": "<audio>\nw12 ."}, {"from": "gpt", "value": f"w{40 + i} ."}]})
+    (root / "train.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return root
+
+
+def args(data: Path, workdir: Path, *extra: str) -> list[str]:
+    return ["train", "--config", str(REPO / "configs/omni_emotion.py:tiny"), "--workdir", str(workdir),
+            f"--config.data.manifest={data / 'train.jsonl'}", f"--config.data.tokenizer={data / 'tokenizer'}",
+            f"--config.train.steps={STEPS}", "--config.train.checkpoint_every=2", "--config.data.workers=0",
+            "--config.train.learning_rate=1e-3", *extra]
+
+
+def metrics(workdir: Path) -> dict[int, dict]:
+    """Each step's last metrics line (a resumed run rewrites the steps after its checkpoint)."""
+    return {line["step"]: line for line in map(json.loads, (workdir / "metrics.jsonl").read_text().splitlines())}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(data, tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("uninterrupted")
+    assert cli.main(["--json", *args(data, workdir)]) == 0
+    return workdir
+
+
+def test_a_run_writes_metrics_events_checkpoints_and_a_final_checkpoint(uninterrupted, tmp_path):
+    lines = metrics(uninterrupted)
+    assert sorted(lines) == list(range(1, STEPS + 1))
+    for line in lines.values():
+        assert {"step", "loss", "learning_rate", "grad_norm", "tokens_per_s", "clips_per_s", "mfu"} <= set(line)
+        assert np.isfinite(line["loss"]) and line["tokens_per_s"] > 0 and line["finite"]
+    assert lines[STEPS]["loss"] < lines[1]["loss"]
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(uninterrupted / "tensorboard"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("loss")] == list(range(1, STEPS + 1))
+    assert events.Scalars("loss")[-1].value == pytest.approx(lines[STEPS]["loss"])
+    assert Checkpoints(uninterrupted / "checkpoints", keep=3).all_steps() == [4, 6, 8]
+    run = json.loads((uninterrupted / "config.json").read_text())
+    assert run["config"]["train"]["phase"] == "instruction_tuning" and run["config"]["data"]["batch_size"] == 8
+
+    model, params = omni_jax.load_pretrained(uninterrupted / "final")
+    assert model.config.num_frames == 2 and jax.tree.leaves(params)
+    meta = json.loads((uninterrupted / "final" / "omni_jax.json").read_text())
+    assert meta["trained"]["phase"] == "instruction_tuning" and meta["trained"]["steps"] == STEPS
+    assert (uninterrupted / "final" / "tokenizer.json").exists()
+    assert cli.main(["export", "--src", str(uninterrupted / "final"), "--dst", str(tmp_path / "hf")]) == 0
+    assert (tmp_path / "hf" / "config.json").exists()
+
+
+def _launch(data: Path, workdir: Path) -> subprocess.Popen:
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}  # XLA_FLAGS as conftest set them: 8 devices, long timeouts
+    return subprocess.Popen([sys.executable, "-m", "omni_jax.cli", "--json", *args(data, workdir)], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _wait_for(condition, process: subprocess.Popen, what: str, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if process.poll() is not None:
+            raise AssertionError(f"the run ended before {what}:\n{process.stdout.read()[-3000:]}")
+        if time.monotonic() > deadline:
+            process.kill()
+            raise AssertionError(f"no {what} within {timeout} s")
+        time.sleep(0.02)
+
+
+def test_sigkill_then_sigterm_then_resume_equals_the_uninterrupted_run(data, uninterrupted, tmp_path):
+    """Killed (SIGKILL) once its first checkpoint is committed, rerun and preempted (SIGTERM:
+    saves at the next step and exits 0), rerun to the end: every step after a restore has the
+    uninterrupted run's loss exactly, and the final parameters are the same."""
+    workdir = tmp_path / "run"
+    killed = _launch(data, workdir)
+    _wait_for(lambda: (workdir / "checkpoints" / "2" / "commit_success.txt").exists(), killed, "checkpoint 2")
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    lines = lambda: len((workdir / "metrics.jsonl").read_text().splitlines())
+    written = lines()
+    preempted = _launch(data, workdir)
+    _wait_for(lambda: lines() >= written + 2, preempted, "two steps of the rerun")
+    preempted.send_signal(signal.SIGTERM)
+    output = preempted.communicate(timeout=300)[0]
+    assert preempted.returncode == 0, output[-3000:]
+    summary = json.loads(output.splitlines()[-1])
+    assert summary["stopped"] == "preempted" and summary["resumed_from"] == 2 and summary["step"] in summary[
+        "checkpoints"]
+    assert "final" not in summary and not (workdir / "final").exists()
+    assert cli.main(["--json", *args(data, workdir)]) == 0
+    expected, got = metrics(uninterrupted), metrics(workdir)
+    assert sorted(got) == sorted(expected)
+    for step in expected:
+        assert got[step]["loss"] == expected[step]["loss"], step
+    _, final = omni_jax.load_pretrained(workdir / "final")
+    _, reference = omni_jax.load_pretrained(uninterrupted / "final")
+    for a, b in zip(jax.tree.leaves(final), jax.tree.leaves(reference)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_a_checkpoint_restores_onto_another_mesh(data, uninterrupted):
+    """Saved on fsdp=8, restored on data 2 × fsdp 2 × tensor 2: the same values, each leaf in
+    its new shards."""
+    run = json.loads((uninterrupted / "config.json").read_text())["config"]
+    cfg = omni_emotion.get_config("tiny")
+    cfg.train.update(run["train"])
+    values = []
+    for mesh in (make_mesh(1, 8, 1), make_mesh(2, 2, 2)):
+        trainer = make_trainer(training_model_config(cfg), mesh, cfg.train, STEPS)
+        checkpoints = Checkpoints(uninterrupted / "checkpoints", keep=3)
+        state = checkpoints.restore(STEPS, trainer.abstract_state)
+        checkpoints.close()
+        for leaf, spec in zip(jax.tree.leaves(state), jax.tree.leaves(trainer.abstract_state)):
+            assert leaf.sharding == spec.sharding
+        values.append(jax.tree.map(np.asarray, state))
+    assert int(values[1]["step"]) == STEPS
+    for a, b in zip(jax.tree.leaves(values[0]), jax.tree.leaves(values[1])):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_user_errors_are_clear_and_leave_nothing_half_done(data, uninterrupted, tmp_path, capsys):
+    def error(*argv: str) -> str:
+        capsys.readouterr()
+        assert cli.main(list(argv)) == 1
+        return capsys.readouterr().err
+
+    base = args(data, tmp_path / "new")
+    assert "train has no field 'learning_rat'" in error(*base, "--config.train.learning_rat=1")
+    assert "expected an integer" in error(*base, "--config.train.steps=many")
+    assert "expected true or false" in error(*base, "--config.train.allow_config_change=maybe")
+    assert "no such manifest" in error(*[a for a in base if "manifest" not in a],
+                                       f"--config.data.manifest={tmp_path / 'absent.jsonl'}")
+    assert "no tokenizer could be read" in error(*base, f"--config.data.tokenizer={tmp_path / 'nothing'}")
+    assert not (tmp_path / "new").exists()
+    message = error(*args(data, uninterrupted, "--config.train.learning_rate=5e-4"))
+    assert "holds a run with another config" in message and "train.learning_rate" in message
