@@ -204,7 +204,7 @@ def write_final(workdir: Path, trainer: Trainer, params: Any, provenance: dict[s
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
     multihost_utils.sync_global_devices("final: folder")
-    ocp.save_pytree(tmp / PARAMS_DIR, params)
+    ocp.save(tmp / PARAMS_DIR, params)
     if jax.process_index() == 0:
         meta = {"model_type": "omni_emotion", "config": trainer.config.to_dict(), "hf_config": {},
                 "source_format": "trained", "dtype": "source", **provenance}
@@ -286,6 +286,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str | os.PathLike, init: str 
                 minutes and time.monotonic() - last_save > 60 * minutes)
             preempted = preemption.reached(step)
             if due or preempted or step == steps:
+                logger.flush()  # a restored run's metrics.jsonl then runs up to its checkpoint
                 checkpoints.save(step, state, data)
                 last_save = time.monotonic()
             if preempted:
