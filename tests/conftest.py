@@ -3,10 +3,7 @@
 Every checkpoint is built here with transformers' `save_pretrained` on random weights and
 converted with the real converter: nothing reaches the network.
 """
-import atexit
 import os
-import shutil
-import tempfile
 
 # 8 simulated devices share 2 cores: a device's share of a sharded step can reach a collective
 # more than XLA:CPU's default 40 s after the others, which then abort ("Termination timeout").
@@ -15,11 +12,6 @@ os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8 "
                       "--xla_cpu_collective_timeout_seconds=900 "
                       "--xla_cpu_collective_call_warn_stuck_timeout_seconds=300")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
-# One compilation cache for the session and the `omni-jax train` processes it starts: a
-# subprocess then loads the step the session compiled instead of compiling it again.
-if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
-    os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="omni_jax_xla_cache_")
-    atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 

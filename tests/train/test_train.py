@@ -92,7 +92,9 @@ def test_a_run_writes_metrics_events_checkpoints_and_a_final_checkpoint(uninterr
 
 
 def _launch(data: Path, workdir: Path) -> subprocess.Popen:
-    env = {**os.environ, "JAX_PLATFORMS": "cpu"}  # XLA_FLAGS as conftest set them: 8 devices, long timeouts
+    # XLA_FLAGS as conftest set them (8 devices, long timeouts); the runs of one test share a
+    # compilation cache, so the second loads the step the first compiled.
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "JAX_COMPILATION_CACHE_DIR": str(workdir.parent / "xla_cache")}
     return subprocess.Popen([sys.executable, "-m", "omni_jax.cli", "--json", *args(data, workdir)], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
