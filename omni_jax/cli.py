@@ -118,7 +118,7 @@ def _plan(args: argparse.Namespace) -> dict[str, Any]:
 
     config = args.config
     if args.remat:
-        config.text.remat_policy = args.remat
+        config.train.remat = args.remat
     if args.microbatches:
         config.train.microbatches = args.microbatches
     start = time.perf_counter()

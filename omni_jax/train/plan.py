@@ -17,7 +17,7 @@ import ml_collections
 import numpy as np
 
 from omni_jax.prompt import audio_input_frames, parse_modalities, placeholder_counts
-from omni_jax.train.step import make_trainer, model_config
+from omni_jax.train.step import make_trainer, training_model_config
 
 
 def abstract_batch(cfg: ml_collections.ConfigDict, batch: int, seq: int) -> dict[str, jax.ShapeDtypeStruct]:
@@ -49,9 +49,9 @@ def bytes_per_device(tree: Any) -> int:
 
 
 def plan_train_step(cfg: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, batch: int, seq: int) -> dict[str, Any]:
-    """Compiles the train step of `cfg.train` (phase, microbatches, optimizer) for `mesh`;
-    returns per-device bytes and FLOPs per step."""
-    trainer = make_trainer(model_config(cfg), mesh, cfg.train, total_steps=1000)
+    """Compiles the train step of `cfg.train` (phase, microbatches, remat, dtypes, optimizer)
+    for `mesh`, as `omni-jax train` builds it; returns per-device bytes and FLOPs per step."""
+    trainer = make_trainer(training_model_config(cfg), mesh, cfg.train, total_steps=1000)
     inputs = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=trainer.batch_sharding),
                           abstract_batch(cfg, batch, seq))
     with trainer.activate():
@@ -61,7 +61,7 @@ def plan_train_step(cfg: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, bat
     state = trainer.abstract_state
     return {"devices": mesh.devices.size, "mesh": dict(mesh.shape), "batch": batch,
             "microbatches": cfg.train.microbatches, "seq": seq, "phase": cfg.train.phase,
-            "remat_policy": cfg.text.remat_policy,
+            "remat_policy": cfg.train.remat, "compute_dtype": cfg.train.compute_dtype,
             "params_bytes_per_device": bytes_per_device((state["trainable"], trainer.abstract_frozen)),
             "optimizer_bytes_per_device": bytes_per_device(state["opt_state"]),
             "temp_bytes_per_device": int(memory.temp_size_in_bytes),

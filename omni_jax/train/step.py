@@ -28,6 +28,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from omni_jax import registry, sharding
 from omni_jax.models.omni_emotion import OmniEmotion
+from omni_jax.pretrained import _override
 from omni_jax.train.loss import next_token_loss
 
 # phase → the parameter subtrees it trains (paper §4.4; "new token rows" are rows of the LM's
@@ -46,6 +47,15 @@ RUN_SECTIONS = ("data", "train", "mesh")  # a run's config = the model's fields 
 def model_config(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """The model's fields of a run's config (without its data, train and mesh sections)."""
     return ml_collections.ConfigDict({k: v for k, v in cfg.to_dict().items() if k not in RUN_SECTIONS})
+
+
+def training_model_config(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """The model's fields with the run's dtypes (parameters in param_dtype, compute in
+    compute_dtype) and the LM's remat policy."""
+    fields = _override(model_config(cfg).to_dict(), dtype=cfg.train.compute_dtype,
+                       param_dtype=cfg.train.param_dtype)
+    fields["text"]["remat_policy"] = cfg.train.remat
+    return ml_collections.ConfigDict(fields)
 
 
 def trainable_mask(params: Any, phase: str) -> Any:

@@ -37,13 +37,13 @@ from omni_jax.conversion.engine import CONFIG_FILE, PARAMS_DIR, read_converted_c
 from omni_jax.data.errors import RunStopped
 from omni_jax.data.manifest import ManifestSource
 from omni_jax.data.pipeline import global_batch, make_pipeline, pad_id_of
-from omni_jax.pretrained import _override, load_pretrained
+from omni_jax.pretrained import load_pretrained
 from omni_jax.prompt import add_special_tokens
 from omni_jax.sharding import make_mesh
 from omni_jax.train.checkpoint import Checkpoints
 from omni_jax.train.metrics import MetricLogger, peak_flops
 from omni_jax.train.plan import matmul_flops
-from omni_jax.train.step import RUN_SECTIONS, Trainer, make_trainer, merge_params, model_config
+from omni_jax.train.step import RUN_SECTIONS, Trainer, make_trainer, merge_params, training_model_config
 
 log = logging.getLogger(__name__)
 
@@ -93,15 +93,6 @@ def run_config(cfg: ml_collections.ConfigDict, init: Path | None) -> ml_collecti
     run = ml_collections.ConfigDict({**fields, **{k: cfg[k].to_dict() for k in RUN_SECTIONS}})
     run.data.update(num_frames=run.num_frames, image_size=run.vision.image_size, face_size=run.face.swin.image_size)
     return run
-
-
-def training_model_config(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """The model's fields with the run's dtypes (parameters in param_dtype, compute in
-    compute_dtype) and the LM's remat policy."""
-    fields = _override(model_config(cfg).to_dict(), dtype=cfg.train.compute_dtype,
-                       param_dtype=cfg.train.param_dtype)
-    fields["text"]["remat_policy"] = cfg.train.remat
-    return ml_collections.ConfigDict(fields)
 
 
 def check_workdir(workdir: Path, cfg: ml_collections.ConfigDict, init: Path | None) -> None:

@@ -12,7 +12,7 @@ from configs import omni_emotion
 from omni_jax import registry
 from omni_jax.sharding import make_mesh
 from omni_jax.train.plan import abstract_batch, bytes_per_device, matmul_flops
-from omni_jax.train.step import make_trainer, merge_params, model_config, trainable_mask
+from omni_jax.train.step import make_trainer, merge_params, trainable_mask, training_model_config
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -38,7 +38,7 @@ def test_plan_reports_fsdp_sharded_bytes_and_flops():
 def test_full_size_fsdp_holds_one_eighth_of_the_parameters_per_device():
     """The 8.8B model on fsdp=8, from shardings alone (nothing compiled or materialised)."""
     cfg = omni_emotion.get_config("7b")
-    trainer = make_trainer(model_config(cfg), make_mesh(1, 8, 1), cfg.train, total_steps=1)
+    trainer = make_trainer(training_model_config(cfg), make_mesh(1, 8, 1), cfg.train, total_steps=1)
     params = merge_params(trainer.abstract_state["trainable"], trainer.abstract_frozen)
     total = sum(int(np.prod(s.shape)) * s.dtype.itemsize for s in jax.tree.leaves(params))
     assert total / 8 <= bytes_per_device(params) < 1.05 * total / 8
@@ -72,7 +72,8 @@ def test_step_flops_are_independent_of_microbatches_and_cover_the_language_model
     flops = []
     for microbatches in (1, 2):
         cfg.train.microbatches = microbatches
-        trainer = make_trainer(model_config(cfg), make_mesh(1, 1, 1, devices=jax.devices()[:1]), cfg.train, 10)
+        trainer = make_trainer(training_model_config(cfg), make_mesh(1, 1, 1, devices=jax.devices()[:1]), cfg.train,
+                               10)
         with trainer.activate():
             jaxpr = trainer.step.trace(trainer.abstract_state, trainer.abstract_frozen, inputs).jaxpr.jaxpr
         flops.append(matmul_flops(jaxpr))

@@ -109,11 +109,10 @@ def test_schedule_warms_up_linearly_then_decays_as_a_cosine():
 def test_sharded_train_step_equals_unsharded():
     """Two phase-3 steps on a 2×2×2 mesh and on one device: loss, gradient norm and every
     updated parameter."""
-    config, train = tiny_config("frame_cross_attention"), train_config("instruction_tuning")
-    batch = omni_batch(config, batch=8)
+    single_device, batch = one_device_trainer("instruction_tuning")
     results = []
-    for mesh in (make_mesh(1, 1, 1, devices=jax.devices()[:1]), make_mesh(2, 2, 2)):
-        trainer = make_trainer(config, mesh, train, 10)
+    for trainer in (single_device, make_trainer(single_device.config, make_mesh(2, 2, 2),
+                                                train_config("instruction_tuning"), 10)):
         shardings = jax.tree.map(lambda s: s.sharding, merge_params(trainer.abstract_state["trainable"],
                                                                    trainer.abstract_frozen))
         params = jax.device_put(fresh(superset_params()), shardings)
@@ -128,8 +127,9 @@ def test_sharded_train_step_equals_unsharded():
     np.testing.assert_allclose(sharded_losses, single_losses, rtol=1e-5)
     for a, b in zip(jax.tree.leaves(sharded), jax.tree.leaves(single)):
         # Adam divides by the gradient's scale: where a gradient is ~0, float rounding moves its
-        # update by up to ~lr; 1 % of lr (1e-3) bounds what rounding does elsewhere.
-        np.testing.assert_allclose(a, b, rtol=2e-4, atol=1e-5)
+        # update by up to ~lr (1e-3). Losses and gradient norms above are the tight check; here
+        # 5 % of lr bounds rounding while a wrong shard would move whole leaves by ~lr.
+        np.testing.assert_allclose(a, b, rtol=2e-4, atol=5e-5)
 
 
 def test_gradient_accumulation_equals_the_whole_batch():

@@ -19,8 +19,7 @@ from configs import omni_emotion
 from omni_jax import cli
 from omni_jax.sharding import make_mesh
 from omni_jax.train.checkpoint import Checkpoints
-from omni_jax.train.step import make_trainer
-from omni_jax.train.train import training_model_config
+from omni_jax.train.step import make_trainer, training_model_config
 from tests import media
 from tests.tokenizer import qwen2_test_tokenizer
 
