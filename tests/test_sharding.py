@@ -77,7 +77,9 @@ def omni_unsharded():
     return model, params, batch, jax.jit(logits_loss_and_grads, static_argnums=0)(model, params, batch)
 
 
-@pytest.mark.parametrize("data,fsdp,tensor", MESHES)
+# Pure data parallelism (8, 1, 1) replicates every parameter: the forward test above and the
+# data-parallel 2-process training run (tests/train/test_train.py) cover it.
+@pytest.mark.parametrize("data,fsdp,tensor", MESHES[1:])
 def test_omni_emotion_logits_loss_and_gradients_sharded(omni_unsharded, data, fsdp, tensor):
     model, params, batch, (logits, loss, tokens, grads) = omni_unsharded
     mesh = make_mesh(data, fsdp, tensor)

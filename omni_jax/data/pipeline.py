@@ -1,8 +1,8 @@
 """The input pipeline: a JSONL manifest → static-shape, sharded batches for OmniEmotion.
 
 Order (grain's MapDataset, deterministic from the seed):
-  manifest lines → this process's shard (contiguous, equal sizes: every host steps together)
-  → shuffle (seed; a new order each epoch) → repeat (epochs) → per-example transform
+  manifest lines → shuffle (seed; a new order each epoch) → repeat (epochs): one global order
+  → this process's elements h, h + H, h + 2H, … (process h of H) → per-example transform
   → worker processes with prefetch (mp_prefetch; worker i decodes elements i, i + W, ... and
   the main process reads them back in order) → batches (main process) → global arrays.
 Within a process grain reads the source and runs the transform on `data.threads` threads, so
@@ -179,26 +179,24 @@ class ExampleTransform:
 # --------------------------------------------------------------------------- order
 
 
-def shard_bounds(size: int, options: grain.sharding.ShardOptions) -> tuple[int, int]:
-    """[start, end) of this shard's contiguous slice; with drop_remainder every shard gets
-    size // count examples (equal steps on every host)."""
-    index, count = options.shard_index, options.shard_count
-    if options.drop_remainder:
-        per = size // count
-        return index * per, (index + 1) * per
-    return index * size // count, (index + 1) * size // count
-
-
 def ordered_examples(source: ManifestSource, transform: ExampleTransform, data: ml_collections.ConfigDict,
                      shard: grain.sharding.ShardOptions, shuffle: bool = True) -> grain.IterDataset:
-    """This process's examples (or Skipped markers) in training order, decoded by workers."""
-    start, end = shard_bounds(len(source), shard)
-    ds = grain.MapDataset.source(source)[start:end]
+    """This process's examples (or Skipped markers) in training order, decoded by workers.
+
+    One global order (every epoch shuffled anew), dealt out element by element: process h of H
+    takes h, h + H, h + 2H, …, so a step's batches of b on the H hosts together hold exactly
+    the H·b examples one process would batch at that step: the run does not depend on the host
+    count. With drop_remainder the order is cut to a multiple of H (every host, equal steps)."""
+    ds = grain.MapDataset.source(source)
     if shuffle:
         ds = ds.shuffle(seed=data.seed)  # repeat() reseeds each epoch: a new order every epoch
+    ds = ds.repeat(data.epochs)
+    if shard.drop_remainder and data.epochs is not None:
+        ds = ds[:len(ds) - len(ds) % shard.shard_count]
+    ds = ds[shard.shard_index::shard.shard_count]
     # grain's default read options run 16 threads with a 500-example buffer in every process:
     # at the 7B config (~20 MB an example) that is ~10 GB per worker. Bounded by the config.
-    ds = ds.repeat(data.epochs).map(transform).to_iter_dataset(
+    ds = ds.map(transform).to_iter_dataset(
         grain.ReadOptions(num_threads=data.threads, prefetch_buffer_size=data.prefetch))
     if data.workers > 0:
         ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=data.workers,

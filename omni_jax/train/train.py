@@ -12,7 +12,7 @@ command resumes from the latest checkpoint; SIGTERM (preemption) saves at the ne
 boundary and exits 0.
 
 Data: the manifest repeats without end and the run lasts `train.steps` (0: data.epochs passes
-over this host's shard, in batches of data.batch_size), so every host takes the same number
+over the manifest in global batches), so every host takes the same number
 of steps whatever it skips; the schedule is laid over those steps.
 """
 from __future__ import annotations
@@ -145,7 +145,8 @@ def batch_per_host(cfg: ml_collections.ConfigDict) -> int:
 
 
 def total_steps(cfg: ml_collections.ConfigDict, source_size: int) -> int:
-    """train.steps, or data.epochs passes over this host's shard."""
+    """train.steps, or data.epochs passes over the manifest in global batches (the hosts' batches
+    of a step together)."""
     if cfg.train.steps:
         return cfg.train.steps
     if not cfg.data.epochs:

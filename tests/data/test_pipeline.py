@@ -184,6 +184,22 @@ def test_shards_are_disjoint_and_cover_the_manifest(tmp_path):
     assert sorted(a for s in uneven for a in s) == list(range(10))
 
 
+def test_hosts_batches_together_are_the_single_process_batch(tmp_path):
+    """3 hosts × batch 2 take, step by step, the examples one process takes in batches of 6
+    (over 2 epochs), so a run's data does not depend on its host count."""
+    manifest, tokenizer = _text_manifest(tmp_path / "m.jsonl", 10), qwen2_test_tokenizer(tiny())
+
+    def steps(batch_size, index, count):
+        cfg = tiny(batch_size=batch_size, epochs=2)
+        options = grain.sharding.ShardOptions(shard_index=index, shard_count=count, drop_remainder=True)
+        return [sorted(_answers(batch)) for batch in pipeline.make_pipeline(manifest, tokenizer, cfg, shard=options)]
+
+    single = steps(6, 0, 1)
+    hosts = [steps(2, index, 3) for index in range(3)]
+    assert len(single) == 3 and all(len(h) == 3 for h in hosts)
+    assert [sorted(sum((h[k] for h in hosts), [])) for k in range(3)] == single
+
+
 def test_shuffle_is_seeded_and_new_each_epoch(tmp_path):
     manifest = _text_manifest(tmp_path / "m.jsonl", 10)
 

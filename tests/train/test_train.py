@@ -1,10 +1,12 @@
 """`omni-jax train` end to end on real clips the tests write, 8 simulated devices: a run to the
 end (metrics, TensorBoard, final checkpoint that loads and exports), SIGKILL + resume and
-SIGTERM + resume giving exactly the uninterrupted run, restore onto another mesh, and the
-errors a user meets (overrides, missing files, another run's workdir)."""
+SIGTERM + resume giving exactly the uninterrupted run, two processes (killed and resumed)
+giving the one-process run, restore onto another mesh, and the errors a user meets
+(overrides, missing files, another run's workdir)."""
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -138,6 +140,50 @@ def test_sigkill_then_sigterm_then_resume_equals_the_uninterrupted_run(data, uni
     _, reference = omni_jax.load_pretrained(uninterrupted / "final")
     for a, b in zip(jax.tree.leaves(final), jax.tree.leaves(reference)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def _launch_two(data: Path, workdir: Path) -> list[subprocess.Popen]:
+    """Two processes of one run on localhost (jax.distributed; CPU collectives), 4 simulated
+    devices each: one mesh of 8 devices spanning both, each host reading its share."""
+    port = _free_port()
+    flags = " ".join(f for f in os.environ.get("XLA_FLAGS", "").split() if f.startswith("--xla_cpu_collective"))
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": f"--xla_force_host_platform_device_count=4 {flags}",
+           "JAX_COMPILATION_CACHE_DIR": str(workdir.parent / "xla_cache")}
+    return [subprocess.Popen([sys.executable, "-m", "omni_jax.cli", "--json", "--coordinator", f"localhost:{port}",
+                              "--num-processes", "2", "--process-id", str(i), *args(data, workdir)], cwd=REPO, env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
+
+
+def test_two_processes_killed_and_resumed_equal_one_process(data, uninterrupted, tmp_path):
+    """A 2-process run (4 + 4 devices, 4 clips per host per step), both processes SIGKILLed once
+    checkpoint 4 is committed, then rerun to the end: the losses of every step and the final
+    parameters equal the single-process run's (the hosts' batches together are its batches)."""
+    workdir = tmp_path / "run"
+    first = _launch_two(data, workdir)
+    _wait_for(lambda: (workdir / "checkpoints" / "4" / "commit_success.txt").exists(), first[0], "checkpoint 4")
+    for process in first:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    second = _launch_two(data, workdir)
+    outputs = [process.communicate(timeout=600)[0] for process in second]
+    for i, (process, output) in enumerate(zip(second, outputs)):
+        assert process.returncode == 0, f"process {i}:\n{output[-3000:]}"
+    summary = json.loads(outputs[0].splitlines()[-1])
+    assert summary["resumed_from"] >= 4 and summary["stopped"] == "finished"
+    expected, got = metrics(uninterrupted), metrics(workdir)
+    assert sorted(got) == sorted(expected)
+    np.testing.assert_allclose([got[k]["loss"] for k in sorted(got)], [expected[k]["loss"] for k in sorted(got)],
+                               rtol=1e-5)
+    _, final = omni_jax.load_pretrained(workdir / "final")
+    _, reference = omni_jax.load_pretrained(uninterrupted / "final")
+    for a, b in zip(jax.tree.leaves(final), jax.tree.leaves(reference)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-4, atol=5e-5)
 
 
 def test_a_checkpoint_restores_onto_another_mesh(data, uninterrupted):
