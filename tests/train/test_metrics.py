@@ -1,0 +1,44 @@
+"""The metric logger: one step late, MFU from the device's peak, non-finite streaks."""
+import json
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from omni_jax.train.metrics import MetricLogger, peak_flops
+
+
+def device_metrics(loss: float, finite: bool = True, nonfinite: int = 0) -> dict:
+    return {"loss": jnp.float32(loss), "tokens": jnp.int32(10), "grad_norm": jnp.float32(2.0), "finite": jnp.bool_(finite),
+            "nonfinite": jnp.int32(nonfinite), "learning_rate": jnp.float32(1e-3)}
+
+
+@pytest.mark.parametrize("kind,peak", [("NVIDIA H100 80GB HBM3", 989e12), ("NVIDIA H200", 989e12),
+                                       ("NVIDIA A100-SXM4-80GB", 312e12), ("TPU v4", 275e12),
+                                       ("TPU v5 lite", 197e12), ("TPU v5p", 459e12), ("TPU v6 lite", 918e12),
+                                       ("cpu", None)])
+def test_peak_flops_by_device_kind(kind, peak):
+    assert peak_flops(kind) == peak
+    assert peak_flops(kind, configured=1e12) == 1e12
+
+
+def test_metrics_are_written_one_step_late_with_mfu_and_streaks(tmp_path):
+    logger = MetricLogger(tmp_path, total_steps=5, start_step=0, flops_per_step=4e9, peak=1e9, log_every=1,
+                          progress=False)
+    lines = lambda: [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    logger.record(1, device_metrics(3.0), {"clips": 8, "tokens": 800})
+    assert lines() == []  # the device's step 1 is not waited for while step 2 is dispatched
+    logger.record(2, device_metrics(float("nan"), finite=False, nonfinite=1), {"clips": 8, "tokens": 800})
+    (first,) = lines()
+    assert first["step"] == 1 and first["loss"] == 3.0 and first["assistant_tokens"] == 10
+    assert first["tokens_per_s"] == pytest.approx(800 / first["step_seconds"])
+    assert first["mfu"] == pytest.approx(4e9 / (first["step_seconds"] * jax.device_count() * 1e9))
+    logger.record(3, device_metrics(float("inf"), finite=False, nonfinite=2), {"clips": 8, "tokens": 800})
+    assert logger.nonfinite_streak == 1
+    logger.record(4, device_metrics(2.0, nonfinite=2), {"clips": 8, "tokens": 800, "skipped_corrupt_video": 1})
+    assert logger.nonfinite_streak == 2  # steps 2 and 3 in a row
+    logger.close()
+    assert logger.nonfinite_streak == 0
+    written = lines()
+    assert [line["step"] for line in written] == [1, 2, 3, 4]
+    assert not written[1]["finite"] and written[2]["nonfinite"] == 2 and written[3]["skipped_corrupt_video"] == 1
