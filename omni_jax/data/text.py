@@ -105,7 +105,8 @@ def _messages(conversations: Any, multimodal: bool, name: str) -> list[dict[str,
                       f"{[turn['from'] for turn in conversations]}")
     places = [m["role"] for m in messages for marker in MARKERS for _ in range(m["content"].count(marker))]
     if places != (["user"] if multimodal else []):
-        raise bad(f"expected {'one <video> or <audio> in a human turn' if multimodal else 'no <video> or <audio> (text-only)'}, "
+        expected = "one <video> or <audio> in a human turn" if multimodal else "no <video> or <audio> (text-only)"
+        raise bad(f"expected {expected}, "
                   f"found markers in {places or 'no'} turns")
     if len(dialogue) < 2:
         raise ExampleError("no_assistant_turn", f"{name}: no gpt turn")

@@ -94,7 +94,8 @@ class WhisperEncoder(nn.Module):
         """
         cfg = self.config
         if input_features.shape[-1] != audio_input_frames(cfg):
-            raise ValueError(f"Whisper expects {audio_input_frames(cfg)} mel frames (30 s), got {input_features.shape[-1]}: "
+            raise ValueError(f"Whisper expects {audio_input_frames(cfg)} mel frames (30 s), "
+                             f"got {input_features.shape[-1]}: "
                              "pad or cut the audio to the window first")
         gelu = ACTIVATIONS[cfg.activation_function]
         x = jnp.swapaxes(input_features, 1, 2).astype(jnp.dtype(cfg.dtype))  # [batch, frames, n_mels]

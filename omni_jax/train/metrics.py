@@ -103,7 +103,8 @@ class MetricLogger:
         seconds = host.pop("step_seconds")
         line = {"step": step, "loss": values["loss"], "learning_rate": values["learning_rate"],
                 "grad_norm": values["grad_norm"], "assistant_tokens": int(values["tokens"]),
-                "finite": bool(values["finite"]), "nonfinite": int(values["nonfinite"]), "tokens_per_s": host.pop("tokens") / seconds,
+                "finite": bool(values["finite"]), "nonfinite": int(values["nonfinite"]),
+                "tokens_per_s": host.pop("tokens") / seconds,
                 "clips_per_s": host.pop("clips") / seconds, "step_seconds": seconds,
                 "mfu": self.flops_per_step / (seconds * self.devices * self.peak) if self.peak else None, **host}
         self.bar.update(step - self.bar.n)
