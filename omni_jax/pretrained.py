@@ -14,9 +14,9 @@ from omni_jax import registry, sharding
 from omni_jax.conversion.engine import PARAMS_DIR, read_converted_config
 
 
-def _override(config: dict[str, Any], **values: Any) -> dict[str, Any]:
+def override_fields(config: dict[str, Any], **values: Any) -> dict[str, Any]:
     """Sets `values` wherever their keys occur, in every sub-config."""
-    return {k: _override(v, **values) if isinstance(v, dict) else values.get(k, v) for k, v in config.items()}
+    return {k: override_fields(v, **values) if isinstance(v, dict) else values.get(k, v) for k, v in config.items()}
 
 
 def unstack_layers(params: dict[str, Any], target: Any) -> dict[str, Any]:
@@ -57,7 +57,7 @@ def load_pretrained(path: str | os.PathLike, dtype: str | Any = "float32", mesh:
     dtype = jnp.dtype(dtype).name
     meta = read_converted_config(path)
     family = registry.FAMILIES[meta["model_type"]]
-    stored_config = registry.to_config(_override(meta["config"], dtype=dtype, param_dtype=dtype))
+    stored_config = registry.to_config(override_fields(meta["config"], dtype=dtype, param_dtype=dtype))
     abstract = registry.abstract_params(family, stored_config)
     if mesh is None:
         shardings = jax.tree.map(lambda _: jax.sharding.SingleDeviceSharding(jax.devices()[0]), abstract)
@@ -68,5 +68,5 @@ def load_pretrained(path: str | os.PathLike, dtype: str | Any = "float32", mesh:
     params = ocp.load(Path(path) / PARAMS_DIR, target)
     if scan_layers:
         return registry.build(family, stored_config), params
-    config = registry.to_config(_override(stored_config.to_dict(), scan_layers=False))
+    config = registry.to_config(override_fields(stored_config.to_dict(), scan_layers=False))
     return registry.build(family, config), unstack_layers(params, registry.abstract_params(family, config))

@@ -14,19 +14,27 @@ previous ones stay. The latest `keep` are kept, plus every `keep_every`-th for g
 """
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import grain
 import orbax.checkpoint as ocp
 
+from omni_jax.data.errors import RunStopped
+
+
+class CheckpointError(RunStopped):
+    """A save failed (a full disk, a lost mount): the checkpoints committed before it stand."""
+
 
 class Checkpoints:
     def __init__(self, directory: Path, keep: int, keep_every: int = 0):
+        # cleanup_tmp_directories: a rerun removes what a failed or killed save left half-written.
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, keep_period=keep_every or None, create=True,
-                                               enable_async_checkpointing=True)
-        self.manager = ocp.CheckpointManager(Path(directory).absolute(), options=options,
-                                             item_names=("state", "data"))
+                                               enable_async_checkpointing=True, cleanup_tmp_directories=True)
+        self.directory = Path(directory).absolute()
+        self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "data"))
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
@@ -37,8 +45,9 @@ class Checkpoints:
     def save(self, step: int, state: dict[str, Any], data: grain.DatasetIterator) -> None:
         """Starts saving `state` (device arrays) and `data`'s position as checkpoint `step`;
         raises the error of an earlier save that failed in the background."""
-        self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                                        data=grain.checkpoint.CheckpointSave(data)), force=True)
+        with self._failures(f"saving checkpoint {step}"):
+            self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                            data=grain.checkpoint.CheckpointSave(data)), force=True)
 
     def restore(self, step: int, abstract_state: dict[str, Any],
                 data: grain.DatasetIterator | None = None) -> dict[str, Any]:
@@ -51,7 +60,22 @@ class Checkpoints:
 
     def wait(self) -> None:
         """Blocks until every started save is committed (raises if one failed)."""
-        self.manager.wait_until_finished()
+        with self._failures("finishing the last checkpoint"):
+            self.manager.wait_until_finished()
+
+    @contextlib.contextmanager
+    def _failures(self, doing: str) -> Iterator[None]:
+        """An error of orbax (this save's, or an earlier one's raised now) as a CheckpointError
+        naming the checkpoint a rerun resumes from."""
+        try:
+            yield
+        except (OSError, ValueError, RuntimeError) as error:
+            committed = sorted(int(p.name) for p in self.directory.iterdir()
+                               if p.name.isdigit() and (p / "commit_success.txt").exists())
+            raise CheckpointError(
+                f"{doing} in {self.directory} failed ({type(error).__name__}: {str(error)[:300]}); the committed "
+                f"checkpoints {committed or 'none'} are intact: free space (or fix the folder) and rerun the same "
+                "command to resume") from error
 
     def close(self) -> None:
         self.manager.close()

@@ -28,7 +28,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from omni_jax import registry, sharding
 from omni_jax.models.omni_emotion import OmniEmotion
-from omni_jax.pretrained import _override
+from omni_jax.pretrained import override_fields
 from omni_jax.train.loss import next_token_loss
 
 # phase → the parameter subtrees it trains (paper §4.4; "new token rows" are rows of the LM's
@@ -52,7 +52,7 @@ def model_config(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 def training_model_config(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """The model's fields with the run's dtypes (parameters in param_dtype, compute in
     compute_dtype) and the LM's remat policy."""
-    fields = _override(model_config(cfg).to_dict(), dtype=cfg.train.compute_dtype,
+    fields = override_fields(model_config(cfg).to_dict(), dtype=cfg.train.compute_dtype,
                        param_dtype=cfg.train.param_dtype)
     fields["text"]["remat_policy"] = cfg.train.remat
     return ml_collections.ConfigDict(fields)

@@ -17,7 +17,7 @@ from omni_jax.models.llava_onevision import LlavaOnevisionForConditionalGenerati
 from omni_jax.models.omni_emotion import FUSIONS, FaceCrossAttention, OmniEmotion, init_token_rows
 from omni_jax.prompt import IGNORE, add_special_tokens, audio_input_frames, multimodal_prompt_ids, placeholder_counts
 from omni_jax.train.loss import chunked_cross_entropy, next_token_loss, next_token_targets
-from omni_jax.pretrained import _override
+from omni_jax.pretrained import override_fields
 from tests.conftest import rel_err
 from tests.tokenizer import word_tokenizer
 
@@ -28,7 +28,7 @@ FRAMES, WINDOWS = 2, 2
 def tiny_config(fusion: str = "video_concat"):
     cfg = omni_configs.get_config("tiny")
     cfg.fusion = fusion
-    return registry.to_config(_override(cfg.to_dict(), dtype="float32", param_dtype="float32"))
+    return registry.to_config(override_fields(cfg.to_dict(), dtype="float32", param_dtype="float32"))
 
 
 @functools.cache

@@ -222,3 +222,24 @@ def test_user_errors_are_clear_and_leave_nothing_half_done(data, uninterrupted, 
     assert not (tmp_path / "new").exists()
     message = error(*args(data, uninterrupted, "--config.train.learning_rate=5e-4"))
     assert "holds a run with another config" in message and "train.learning_rate" in message
+
+
+def test_a_disk_that_fills_during_a_save_keeps_the_committed_checkpoints(data, tmp_path, capsys):
+    """The checkpoints folder on a 3 MiB tmpfs: checkpoint 2 (~2 MiB) fits, checkpoint 4 does
+    not. The run stops with an error naming the committed checkpoints, and checkpoint 2 still
+    restores."""
+    workdir = tmp_path / "run"
+    (workdir / "checkpoints").mkdir(parents=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(workdir / "checkpoints")], check=True)
+    try:
+        assert cli.main(args(data, workdir)) == 1
+        message = capsys.readouterr().err
+        assert "failed" in message and "the committed checkpoints [2] are intact" in message, message[-2000:]
+        checkpoints = Checkpoints(workdir / "checkpoints", keep=3)
+        assert checkpoints.latest_step() == 2
+        cfg = omni_emotion.get_config("tiny")
+        trainer = make_trainer(training_model_config(cfg), make_mesh(1, 8, 1), cfg.train, STEPS)
+        assert int(checkpoints.restore(2, trainer.abstract_state)["step"]) == 2
+        checkpoints.close()
+    finally:
+        subprocess.run(["umount", str(workdir / "checkpoints")], check=True)
