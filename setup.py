@@ -27,6 +27,8 @@ setup(
         "numpy>=2.0",
         "ml-dtypes>=0.5.0",
         "tqdm>=4.66",
+        # TensorBoard event files of training runs (its writer and protos; no TensorFlow needed)
+        "tensorboard>=2.16",
     ],
     extras_require={
         # PyTorch is only needed to read pytorch_model*.bin files and for the parity tests; Pillow

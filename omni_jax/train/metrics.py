@@ -5,7 +5,7 @@ fetched (one step late, as MaxText's metric logger does), so the host never wait
 device it just gave work to. Only process 0 writes.
 
 Per logged step: step, loss, learning_rate, grad_norm, assistant_tokens, tokens_per_s (the
-batch's non-padding tokens, all hosts), clips_per_s, step_seconds, mfu (the step's FLOPs as
+batch's non-padding tokens: process 0's × hosts), clips_per_s (rows, likewise), step_seconds, mfu (the step's FLOPs as
 `omni-jax plan` counts them ÷ (step time × devices × the device's bf16 peak); null where the
 peak is unknown), nonfinite (skipped steps so far), skipped_<reason> (examples the input
 pipeline skipped, this host's counts).

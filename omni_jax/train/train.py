@@ -273,9 +273,11 @@ def train(cfg: ml_collections.ConfigDict, workdir: str | os.PathLike, init: str 
                     f"{logger.nonfinite_streak} steps in a row had a non-finite loss or gradient norm (up to step "
                     f"{step - 1}); none was applied. The last good checkpoint is step {checkpoints.latest_step()} "
                     f"in {workdir / 'checkpoints'}: lower train.learning_rate or check the data")
-            minutes = cfg.train.checkpoint_every_minutes
-            due = (cfg.train.checkpoint_every and step % cfg.train.checkpoint_every == 0) or (
-                minutes and time.monotonic() - last_save > 60 * minutes)
+            due = bool(cfg.train.checkpoint_every and step % cfg.train.checkpoint_every == 0)
+            if cfg.train.checkpoint_every_minutes and not due:
+                late = time.monotonic() - last_save > 60 * cfg.train.checkpoint_every_minutes
+                # every process must save at the same step: process 0's clock decides
+                due = bool(multihost_utils.broadcast_one_to_all(np.bool_(late))) if jax.process_count() > 1 else late
             preempted = preemption.reached(step)
             if due or preempted or step == steps:
                 logger.flush()  # a restored run's metrics.jsonl then runs up to its checkpoint
