@@ -294,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     for add in SUBCOMMANDS:
         add(sub)
-    parser.add_argument("--coordinator", default=None, help="multi-process runs: the coordinator's host:port "
+    parser.add_argument("--coordinator", default=None, help="multi-process `train`: the coordinator's host:port "
                         "(jax.distributed; launchers such as SLURM, Open MPI and TPU pods are detected without it)")
     parser.add_argument("--num-processes", type=int, default=None, help="multi-process runs: how many")
     parser.add_argument("--process-id", type=int, default=None, help="multi-process runs: this one's index")
@@ -308,7 +308,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING if args.json else logging.INFO, format="%(message)s")
     logging.getLogger("absl").setLevel(logging.WARNING)  # orbax's per-save INFO lines
     try:
-        _initialize_distributed(args)
+        if args.command == "train":  # the one job that spans processes
+            _initialize_distributed(args)
         if hasattr(args, "config"):
             args.config = apply_overrides(load_config(args.config), overrides)
         result = args.run(args)
