@@ -76,7 +76,7 @@ class MetricLogger:
         self.pending: tuple[int, dict[str, jax.Array], dict[str, Any]] | None = None
         self.last_time = time.perf_counter()
         self.nonfinite_streak = 0
-        self.history: list[dict[str, Any]] = []  # what was written, for the caller's summary
+        self.last_line: dict[str, Any] | None = None  # the latest written, for the caller's summary
         if self.writing:
             self.jsonl = (workdir / "metrics.jsonl").open("a")
             self.tensorboard = TensorBoardWriter(workdir / "tensorboard")
@@ -114,7 +114,7 @@ class MetricLogger:
             self.jsonl.flush()
             self.tensorboard.write(step, {k: v for k, v in line.items()
                                           if k != "step" and isinstance(v, (int, float)) and np.isfinite(v)})
-            self.history.append(line)
+            self.last_line = line
 
     def close(self) -> None:
         self.flush()

@@ -172,7 +172,7 @@ class Preemption:
     processes, jax's preemption service (which handles the signal) makes them agree on the step."""
 
     def __init__(self):
-        self.requested = threading.Event()
+        self.requested, self.previous = threading.Event(), None
         if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
             self.previous = signal.signal(signal.SIGTERM, lambda *_: self.requested.set())
 
@@ -182,7 +182,7 @@ class Preemption:
         return self.requested.is_set()
 
     def close(self) -> None:
-        if hasattr(self, "previous"):
+        if self.previous is not None:
             signal.signal(signal.SIGTERM, self.previous)
 
 
@@ -296,7 +296,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str | os.PathLike, init: str 
     summary = {"workdir": str(workdir), "phase": cfg.train.phase, "step": step, "steps": steps, "stopped": stopped,
                "resumed_from": start, "checkpoints": checkpoints.all_steps(),
                "nonfinite_steps": int(state["nonfinite"]), "skipped_examples": data.counts["skipped"],
-               "last_loss": logger.history[-1]["loss"] if logger and logger.history else None}
+               "last_loss": logger.last_line["loss"] if logger and logger.last_line else None}
     if stopped == "finished":
         provenance = {"trained": {"phase": cfg.train.phase, "steps": step, "workdir": str(workdir.absolute()),
                                   "base": str(init.absolute()) if init else f"initialised, seed {cfg.train.seed}"}}
