@@ -29,6 +29,10 @@ setup(
         "tqdm>=4.66",
         # TensorBoard event files of training runs (its writer and protos; no TensorFlow needed)
         "tensorboard>=2.16",
+        # confusion matrices of the classification evaluators (PNG, Agg back end)
+        "matplotlib>=3.8",
+        # librosa's dependency already; named for the evaluators' metrics references in tests
+        "scikit-learn>=1.3",
     ],
     extras_require={
         # PyTorch is only needed to read pytorch_model*.bin files and for the parity tests; Pillow

@@ -69,6 +69,8 @@ def get_config(arg: str = "7b") -> ml_collections.ConfigDict:
     cfg.data = data_config(cfg, BUCKETS[variant])
     cfg.data.epochs = PHASES[phase]["epochs"]
     cfg.train = train_config(phase, variant)
+    cfg.eval = eval_config(variant)
+    cfg.evals = evals_config()
     # sharding.make_mesh(**cfg.mesh); -1 takes the remaining devices. On 256 chips at batch 128:
     # data=2, fsdp=64, tensor=2 (README, "What fits").
     cfg.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1))
@@ -129,4 +131,52 @@ def train_config(phase: str, variant: str) -> ml_collections.ConfigDict:
         peak_flops_per_device=0.0,  # for MFU where the device is not in train.metrics.PEAK_FLOPS (0: no MFU)
         profile_steps=(),  # (first, last): a jax.profiler trace of these steps under WORKDIR/profile
         allow_config_change=False,  # resume a workdir whose config.json differs
+        eval_every=0,  # steps between runs of the configured evaluators (`evals`; 0: none during training)
+    ))
+
+
+# The emotion classes of the classification benchmarks (paper §5.1) and the words an answer may
+# use for them (the strict figures ignore these: they compare the answer with the label string).
+DFEW_CLASSES = ("happy", "surprise", "neutral", "angry", "disgust", "sad", "fear")
+MAFW_CLASSES = DFEW_CLASSES + ("contemptuous", "disappointed", "helpless", "anxious")
+SYNONYMS = {
+    "happy": ("happiness", "joy", "joyful"), "surprise": ("surprised", "astonished", "amazed"),
+    "neutral": ("calm", "no emotion", "expressionless"), "angry": ("anger", "mad", "furious"),
+    "disgust": ("disgusted", "disgusting"), "sad": ("sadness", "unhappy", "sorrow"),
+    "fear": ("fearful", "afraid", "scared", "frightened"), "contemptuous": ("contempt", "disdain"),
+    "disappointed": ("disappointment",), "helpless": ("helplessness",), "anxious": ("anxiety", "nervous", "worried"),
+}
+# Our wording (the paper does not print its prompts): the classification question lists the
+# options; the open-vocabulary one asks for a list of words.
+CLASSIFY = ("Which emotion does the person in the video show most clearly? Options: {options}. Answer with one "
+            "word from the options.")
+OPEN_VOCABULARY = "Which emotions does the person in the video show? Answer with emotion words separated by commas."
+
+
+def eval_config(variant: str) -> ml_collections.ConfigDict:
+    """Generation and evaluation settings (omni_jax.eval), shared by every evaluator."""
+    return ml_collections.ConfigDict(dict(
+        modalities="v,a,f",  # the paper's ablation (Table 1): v, v,a or v,a,f
+        dtype="float32" if variant == "tiny" else "bfloat16",  # parameters and compute
+        batch_size=8,  # clips per process per generation batch (a multiple of its data x fsdp devices)
+        max_new_tokens=16 if variant == "tiny" else 64,
+        temperature=0.0,  # 0: greedy
+        top_k=0,  # sampling only: keep the k most likely tokens (0: all)
+        top_p=1.0,  # sampling only: keep the most likely tokens holding this probability
+        seed=0,
+        stop=("\n\n",),  # strings that end an answer (besides EOS and <|im_end|>)
+    ))
+
+
+def evals_config() -> ml_collections.ConfigDict:
+    """The paper's benchmarks as evaluators; one runs once its manifest is set
+    (`--config.evals.dfew.manifest=dfew_test.jsonl`). Manifest lines: the clip plus `label`
+    (classification) or `labels` (open vocabulary); `conversations` only to ask otherwise."""
+    classify = lambda classes: dict(type="emotion_classification", manifest="", classes=classes,
+                                    synonyms={c: SYNONYMS[c] for c in classes},
+                                    question=CLASSIFY.format(options=", ".join(classes)))
+    return ml_collections.ConfigDict(dict(
+        dfew=classify(DFEW_CLASSES),
+        mafw=classify(MAFW_CLASSES),
+        emer_ov=dict(type="open_vocabulary", manifest="", question=OPEN_VOCABULARY, grouping="table"),
     ))

@@ -7,7 +7,7 @@ transformers builds it and saves it, our converter converts it, `load_pretrained
   prefill  one forward over [1, --seq] tokens, logits for every position in both: torch
            `model(input_ids)` under inference_mode vs `jax.jit` of `model.apply`.
   decode   greedy, a --prompt-tokens prompt then exactly --new-tokens tokens: our compiled
-           `greedy_generate` vs `model.generate(do_sample=False, min_new_tokens=max_new_tokens)`;
+           `generate` vs `model.generate(do_sample=False, min_new_tokens=max_new_tokens)`;
            tokens/s = new tokens / wall time, the prompt's prefill included in both.
 
 Compilation and warm-up runs are excluded; each figure is the median of --repeats runs, JAX
@@ -41,7 +41,7 @@ import transformers
 
 import omni_jax
 from omni_jax.conversion import convert_hf_to_orbax
-from omni_jax.generate import greedy_generate
+from omni_jax.generate import generate
 
 
 def parse_args() -> argparse.Namespace:
@@ -125,8 +125,8 @@ def decode_runs(hf_model: torch.nn.Module, model: Any, params: Any, prompt: np.n
     jax_ids, torch_ids = jnp.asarray(prompt, jnp.int32), torch.from_numpy(prompt).to(TORCH_DEVICE)
 
     def jax_run() -> jax.Array:
-        return jax.block_until_ready(greedy_generate(model, params, jax_ids, jnp.ones_like(jax_ids),
-                                                     max_new_tokens=new_tokens))
+        return jax.block_until_ready(generate(model, params, jax_ids, jnp.ones_like(jax_ids),
+                                              max_new_tokens=new_tokens))
 
     def torch_run() -> torch.Tensor:
         with torch.inference_mode():

@@ -50,7 +50,7 @@ from omni_jax.conversion import convert_hf_to_orbax  # noqa: E402
 from omni_jax.conversion.assemble import assemble_omni_emotion  # noqa: E402
 from omni_jax.conversion.engine import save_params  # noqa: E402
 from omni_jax.data import pipeline  # noqa: E402
-from omni_jax.generate import greedy_generate  # noqa: E402
+from omni_jax.generate import generate  # noqa: E402
 from omni_jax.models import llava_onevision, whisper  # noqa: E402
 from omni_jax.sharding import LOGICAL_AXIS_RULES, make_mesh  # noqa: E402
 from omni_jax.train.step import make_trainer, merge_params  # noqa: E402
@@ -168,8 +168,8 @@ def main() -> int:
     prompt_mask = np.stack([np.pad(np.ones_like(p), (width - len(p), 0)) for p in prompts])
     media_inputs = {k: batch[k] for k in ("pixel_values_videos", "face_pixels", "input_features", "has_video",
                                           "has_face", "has_audio")}
-    answers = greedy_generate(model, jax.device_get(params), left_padded, max_new_tokens=3,
-                              attention_mask=prompt_mask, **media_inputs)
+    answers = generate(model, jax.device_get(params), left_padded, max_new_tokens=3,
+                       attention_mask=prompt_mask, **media_inputs)
     for name, answer, label in zip(("happy", "sad", "angry", "silent"), np.asarray(answers), batch["labels"]):
         taught = tokenizer.decode(label[label != -100], skip_special_tokens=True)
         print(f"   {name:>6}: {tokenizer.decode(answer, skip_special_tokens=True)!r} (taught {taught!r})")

@@ -7,6 +7,9 @@
     omni-jax plan --config configs/omni_emotion.py:7b --mesh data=2,fsdp=64,tensor=2 --batch 128 --seq 4096
     omni-jax data-check --manifest train.jsonl --config configs/omni_emotion.py:7b --tokenizer HF_DIR
     omni-jax train --config configs/omni_emotion.py:7b,audio_alignment --workdir DIR [--init CKPT]
+    omni-jax eval  --config configs/omni_emotion.py:7b --checkpoint CKPT --workdir DIR --config.evals.dfew.manifest=F
+    omni-jax infer --checkpoint CKPT --video CLIP|FOLDER|MANIFEST [--question Q] [--audio A]
+    omni-jax score --task emotion_classification|open_vocabulary --predictions FILE.jsonl [--classes a,b,...]
 
 Each prints a readable result; with --json its last line is one JSON object. Every subcommand
 that takes --config also takes overrides of its fields: --config.train.learning_rate=2e-4.
@@ -269,9 +272,75 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=_train)
 
 
+def _evaluate(args: argparse.Namespace) -> dict[str, Any]:
+    from omni_jax.eval.run import evaluate
+
+    start = time.perf_counter()
+    results = evaluate(args.config, args.checkpoint, args.workdir)
+    return {**results, "workdir": args.workdir, "seconds": round(time.perf_counter() - start, 1)}
+
+
+def _add_eval(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("eval", help="the config's evaluators on a checkpoint: predictions, metrics, PNGs",
+                       description="Runs every evaluator of cfg.evals whose manifest is set (e.g. "
+                                   "--config.evals.dfew.manifest=test.jsonl), generating sharded over cfg.mesh; "
+                                   "writes WORKDIR/predictions/NAME.jsonl, WORKDIR/metrics.json and confusion "
+                                   "matrices. --config.eval.modalities=v,a is the paper's modality ablation.")
+    p.add_argument("--config", required=True, help="config file[:variant], e.g. configs/omni_emotion.py:7b")
+    p.add_argument("--checkpoint", required=True, help="an Omni-Emotion checkpoint or a finished training workdir")
+    p.add_argument("--workdir", required=True, help="folder for predictions and metrics (created)")
+    p.set_defaults(run=_evaluate)
+
+
+def _infer(args: argparse.Namespace) -> dict[str, Any]:
+    from omni_jax.eval.run import clip_lines, infer
+
+    if args.max_new_tokens:
+        args.config.eval.max_new_tokens = args.max_new_tokens
+    answers = infer(args.config, args.checkpoint, clip_lines(args.video, args.audio), args.question)
+    if args.json:  # one object per clip, then the summary line
+        for answer in answers:
+            print(json.dumps(answer, ensure_ascii=False))
+    else:
+        for answer in answers:
+            print(f"{answer['id']}: {answer.get('answer', 'skipped: ' + answer.get('message', ''))}")
+    return {"clips": len(answers), "skipped": sum("skip" in a for a in answers)}
+
+
+def _add_infer(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("infer", help="answers for a clip, a folder of clips or a manifest",
+                       description="Decodes each clip as training does (faces detected unless the manifest gives "
+                                   "boxes), asks the question and prints the answer.")
+    p.add_argument("--checkpoint", required=True, help="an Omni-Emotion checkpoint or a finished training workdir")
+    p.add_argument("--video", default=None, help="a clip, a folder of clips, or a manifest (.jsonl)")
+    p.add_argument("--audio", default=None, help="an audio file to use instead of the clip's own track")
+    p.add_argument("--question", default=None, help="default: what the person feels and which cues show it")
+    p.add_argument("--max-new-tokens", type=int, default=0, help="default: the config's eval.max_new_tokens")
+    p.add_argument("--config", default=str(Path(__file__).resolve().parents[1] / "configs/omni_emotion.py:7b"),
+                   help="config file[:variant] for the run's sections (buckets, eval; default: the 7b config)")
+    p.set_defaults(run=_infer)
+
+
+def _score(args: argparse.Namespace) -> dict[str, Any]:
+    from omni_jax.eval.run import score
+
+    return score(args.task, args.predictions, args.classes.split(",") if args.classes else None)
+
+
+def _add_score(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("score", help="metrics of a predictions file, without a model")
+    p.add_argument("--task", required=True, choices=["emotion_classification", "open_vocabulary"])
+    p.add_argument("--predictions", required=True, help='JSONL: {"id", "answer", "label"} or {"id", "answer", '
+                                                        '"labels": [...]} per line')
+    p.add_argument("--classes", default=None, help="comma-separated class list (classification; default: the "
+                                                   "labels seen)")
+    p.set_defaults(run=_score)
+
+
 SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_convert, _add_export,
                                                                    _add_convert_facexformer, _add_assemble, _add_plan,
-                                                                   _add_data_check, _add_train]
+                                                                   _add_data_check, _add_train, _add_eval,
+                                                                   _add_infer, _add_score]
 
 
 def _initialize_distributed(args: argparse.Namespace) -> None:
@@ -294,7 +363,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     for add in SUBCOMMANDS:
         add(sub)
-    parser.add_argument("--coordinator", default=None, help="multi-process `train`: the coordinator's host:port "
+    parser.add_argument("--coordinator", default=None, help="multi-process train/eval: the coordinator's host:port "
                         "(jax.distributed; launchers such as SLURM, Open MPI and TPU pods are detected without it)")
     parser.add_argument("--num-processes", type=int, default=None, help="multi-process runs: how many")
     parser.add_argument("--process-id", type=int, default=None, help="multi-process runs: this one's index")
@@ -308,7 +377,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING if args.json else logging.INFO, format="%(message)s")
     logging.getLogger("absl").setLevel(logging.WARNING)  # orbax's per-save INFO lines
     try:
-        if args.command == "train":  # the one job that spans processes
+        if args.command in ("train", "eval"):  # the jobs that span processes
             _initialize_distributed(args)
         if hasattr(args, "config"):
             args.config = apply_overrides(load_config(args.config), overrides)

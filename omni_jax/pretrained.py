@@ -1,7 +1,10 @@
-"""`load_pretrained`: a converted directory → (Flax module, parameter tree)."""
+"""`load_pretrained`: a converted directory → (Flax module, parameter tree); `save_pretrained`:
+a trained Omni-Emotion tree → a complete checkpoint directory (what training's final/ is)."""
 from __future__ import annotations
 
+import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from omni_jax import registry, sharding
-from omni_jax.conversion.engine import PARAMS_DIR, read_converted_config
+from omni_jax.conversion.engine import CONFIG_FILE, PARAMS_DIR, read_converted_config
 
 
 def override_fields(config: dict[str, Any], **values: Any) -> dict[str, Any]:
@@ -70,3 +73,31 @@ def load_pretrained(path: str | os.PathLike, dtype: str | Any = "float32", mesh:
         return registry.build(family, stored_config), params
     config = registry.to_config(override_fields(stored_config.to_dict(), scan_layers=False))
     return registry.build(family, config), unstack_layers(params, registry.abstract_params(family, config))
+
+
+def save_pretrained(path: str | os.PathLike, config: Any, params: Any, tokenizer_dir: str | os.PathLike,
+                    provenance: dict[str, Any]) -> Path:
+    """An Omni-Emotion checkpoint at `path` (every parameter, the model config, the tokenizer
+    files of `tokenizer_dir`) that `load_pretrained`, `omni-jax export`, `eval` and a next
+    training phase take; written by every process (orbax) into a temporary folder that
+    process 0 renames, so `path` is complete or absent."""
+    import orbax.checkpoint.experimental.v1 as ocp
+    from jax.experimental import multihost_utils
+
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.partial")
+    if jax.process_index() == 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    multihost_utils.sync_global_devices(f"save_pretrained: folder {path}")
+    ocp.save(tmp / PARAMS_DIR, params)
+    if jax.process_index() == 0:
+        meta = {"model_type": "omni_emotion", "config": config.to_dict(), "hf_config": {},
+                "source_format": "trained", "dtype": "source", **provenance}
+        (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=2))
+        for file in Path(tokenizer_dir).iterdir():
+            shutil.copy2(file, tmp / file.name)
+        shutil.rmtree(path, ignore_errors=True)
+        os.replace(tmp, path)
+    multihost_utils.sync_global_devices(f"save_pretrained: written {path}")
+    return path

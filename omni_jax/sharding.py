@@ -5,7 +5,8 @@ vocab). Any of them may be 1.
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+import contextlib
+from typing import Any, Iterator, Sequence
 
 import flax.linen as nn
 import jax
@@ -69,3 +70,11 @@ def param_shardings(boxed_abstract_params: Any, mesh: Mesh,
     shapes = nn.unbox(boxed_abstract_params)
     return jax.tree.map(lambda spec, s: NamedSharding(mesh, _divisible(spec, s.shape, mesh)), mesh_specs, shapes,
                         is_leaf=lambda x: isinstance(x, PartitionSpec))
+
+
+@contextlib.contextmanager
+def activate(mesh: Mesh, rules: Sequence[tuple[str, Any]] = LOGICAL_AXIS_RULES) -> Iterator[None]:
+    """The mesh and logical-axis rules a traced sharded function needs (`jax.set_mesh`: the
+    legacy `with mesh:` would make the activations' logical constraints no-ops)."""
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+        yield

@@ -4,6 +4,7 @@ Every checkpoint is built here with transformers' `save_pretrained` on random we
 converted with the real converter: nothing reaches the network.
 """
 import os
+import sys
 
 # 8 simulated devices share 2 cores: a device's share of a sharded step can reach a collective
 # more than XLA:CPU's default 40 s after the others, which then abort ("Termination timeout").
@@ -22,6 +23,29 @@ import torch  # noqa: E402
 from omni_jax.conversion import convert_hf_to_orbax  # noqa: E402
 
 RTOL = 5e-5  # max|Δ| / max|ref|, the project's parity bar in float32
+HUNG_TEST_SECONDS = float(os.environ.get("HUNG_TEST_SECONDS", 600))  # the slowest test: ~100 s on 2 cores
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    """A test (with its fixtures' set-up) stuck past HUNG_TEST_SECONDS, e.g. in a collective
+    some device never reaches (XLA:CPU would abort the whole run 900 s later, its trace cut to
+    the log's last lines), ends the run with every thread's stack and, last, the test's name."""
+    import faulthandler
+    import threading
+
+    def expire():
+        item.config.pluginmanager.getplugin("capturemanager").suspend_global_capture()  # to the real stderr
+        faulthandler.dump_traceback(all_threads=True)
+        print(f"\nHUNG: {item.nodeid} ran past {HUNG_TEST_SECONDS} s; every thread's stack is above",
+              file=sys.stderr, flush=True)
+        os._exit(3)
+
+    timer = threading.Timer(HUNG_TEST_SECONDS, expire)
+    timer.daemon = True
+    timer.start()
+    yield
+    timer.cancel()
 
 
 def rel_err(ours, ref) -> float:

@@ -12,6 +12,10 @@ manifest's folder; `gs://` and other remote paths go
 through etils.epath (its filesystem backend must be installed). `faces` is null (the pipeline
 detects faces) or one box or null per sampled frame, in pixels of the source video.
 
+Evaluation manifests may leave `conversations` out when the evaluator asks its own question
+(`ManifestSource(path, question=...)`: one human turn, `<video>` or `<audio>` then the
+question); their references (`label`, `labels`, a final gpt turn) stay on the Record.
+
 The source indexes each line's byte offset once (8 bytes per clip, nothing parsed is held) and
 reads a line on demand, under a lock (grain reads sources from a thread pool); worker processes
 reopen the file after pickling. Parsing is separate (`parse_record`) so a malformed line becomes
@@ -47,6 +51,10 @@ class Record:
     faces: tuple[tuple[float, float, float, float] | None, ...] | None
     conversations: list[dict[str, Any]]
     where: str  # "manifest.jsonl:12", for skip messages
+    extra: dict[str, Any] = dataclasses.field(default_factory=dict)  # the line's other keys (label, labels, ...)
+
+
+KEYS = ("id", "video", "audio", "faces", "conversations")  # what the pipeline reads; the rest is `extra`
 
 
 def _index_lines(path: epath.Path) -> tuple[np.ndarray, np.ndarray]:
@@ -67,8 +75,8 @@ class ManifestSource:
     skipped later, counted as malformed_json).
     """
 
-    def __init__(self, path: str | os.PathLike):
-        self.path = epath.Path(path)
+    def __init__(self, path: str | os.PathLike, question: str | None = None):
+        self.path, self.question = epath.Path(path), question
         if not self.path.exists():
             raise FileNotFoundError(f"{self.path}: no such manifest")
         self._starts, self._numbers = _index_lines(self.path)
@@ -97,7 +105,7 @@ class ManifestSource:
         return f"ManifestSource({str(self.path)!r}, {len(self)} lines)"
 
     def parse(self, line: ManifestLine) -> Record:
-        return parse_record(line, self.path)
+        return parse_record(line, self.path, self.question)
 
 
 def resolve(value: str, root: epath.Path) -> epath.Path:
@@ -122,8 +130,9 @@ def _optional_str(entry: dict[str, Any], key: str, where: str) -> str | None:
     return value
 
 
-def parse_record(line: ManifestLine, manifest: epath.Path) -> Record:
+def parse_record(line: ManifestLine, manifest: epath.Path, question: str | None = None) -> Record:
     """A manifest line → Record; raises ExampleError("malformed_json") naming `manifest:line`.
+    `question`: the human turn of a line without `conversations` (else they are required).
 
     Only the manifest's own structure is checked here; the conversation's content is the text
     module's to judge (bad_conversation, no_assistant_turn).
@@ -135,9 +144,13 @@ def parse_record(line: ManifestLine, manifest: epath.Path) -> Record:
         raise ExampleError("malformed_json", f"{where}: not JSON ({error})") from None
     if not isinstance(entry, dict):
         raise ExampleError("malformed_json", f"{where}: a manifest line is a JSON object, got {type(entry).__name__}")
-    if not isinstance(entry.get("conversations"), list):
-        raise ExampleError("malformed_json", f"{where}: 'conversations' (a list of turns) is required")
     video, audio = _optional_str(entry, "video", where), _optional_str(entry, "audio", where)
+    conversations = entry.get("conversations")
+    if conversations is None and question is not None:
+        marker = "<video>\n" if video else "<audio>\n" if audio else ""
+        conversations = [{"from": "human", "value": marker + question}]
+    if not isinstance(conversations, list):
+        raise ExampleError("malformed_json", f"{where}: 'conversations' (a list of turns) is required")
     faces = entry.get("faces")
     if faces is not None and not isinstance(faces, list):
         raise ExampleError("malformed_json", f"{where}: 'faces' is a list of per-frame boxes or null")
@@ -146,4 +159,5 @@ def parse_record(line: ManifestLine, manifest: epath.Path) -> Record:
                   video=resolve(video, root) if video else None,
                   audio=resolve(audio, root) if audio else None,
                   faces=None if faces is None else tuple(_box(box, where) for box in faces),
-                  conversations=entry["conversations"], where=where)
+                  conversations=conversations, where=where,
+                  extra={k: v for k, v in entry.items() if k not in KEYS})

@@ -96,7 +96,7 @@ def _frame_boxes(record: Record, frames: np.ndarray) -> list | None:
     return list(record.faces)
 
 
-def _vision(record: Record, data: ml_collections.ConfigDict, modalities: tuple[str, ...]) -> dict[str, np.ndarray]:
+def vision_inputs(record: Record, data: ml_collections.ConfigDict, modalities: tuple[str, ...]) -> dict[str, np.ndarray]:
     """pixel_values_videos [F, S, S, 3] and face_pixels [F, s, s, 3]: zeros (flagged absent)
     without a video or for a modality left out (faces are then neither detected nor cropped)."""
     shape = (data.num_frames,)
@@ -115,7 +115,7 @@ def _vision(record: Record, data: ml_collections.ConfigDict, modalities: tuple[s
     return out
 
 
-def _audio(record: Record, cfg: ml_collections.ConfigDict) -> dict[str, np.ndarray]:
+def audio_inputs(record: Record, cfg: ml_collections.ConfigDict) -> dict[str, np.ndarray]:
     """input_features [windows, n_mels, T]: the manifest's audio file, else the clip's own track.
 
     T = the encoder's input frames (3000 at full size; tiny configs keep the first T)."""
@@ -153,9 +153,9 @@ def load_example(record: Record, tokenizer: Any, cfg: ml_collections.ConfigDict,
                                         name=f"{record.id} ({record.where})")
     example = {"tokens": tokens, "truncated": np.bool_(tokens.truncated)}
     if {"v", "f"} & set(modalities):
-        example.update(_vision(record, cfg.data, modalities))
+        example.update(vision_inputs(record, cfg.data, modalities))
     if "a" in modalities:
-        example.update(_audio(record, cfg))
+        example.update(audio_inputs(record, cfg))
     return example
 
 
@@ -368,23 +368,25 @@ def _absl_flags_parsed() -> None:
 # --------------------------------------------------------------------------- global arrays
 
 
-def repad(batch: dict[str, np.ndarray], length: int, pad_id: int) -> dict[str, np.ndarray]:
-    """The batch with its token arrays padded on the right to `length`."""
+def repad(batch: dict[str, np.ndarray], length: int, pad_id: int, left: bool = False) -> dict[str, np.ndarray]:
+    """The batch with its token arrays padded to `length` (on the right; prompts on the left)."""
     fill = {"input_ids": pad_id, "labels": IGNORE, "attention_mask": 0, "position_ids": 0}
     extra = length - batch["input_ids"].shape[1]
-    return {k: np.pad(v, ((0, 0), (0, extra)), constant_values=fill[k]) if k in fill else v for k, v in batch.items()}
+    widths = ((0, 0), (extra, 0) if left else (0, extra))
+    return {k: np.pad(v, widths, constant_values=fill[k]) if k in fill else v for k, v in batch.items()}
 
 
-def global_batch(batch: dict[str, np.ndarray], mesh: Mesh, pad_id: int,
-                 rules: Any = LOGICAL_AXIS_RULES) -> dict[str, jax.Array]:
+def global_batch(batch: dict[str, np.ndarray], mesh: Mesh, pad_id: int, rules: Any = LOGICAL_AXIS_RULES,
+                 left: bool = False) -> dict[str, jax.Array]:
     """Per-host numpy batches → global jax.Arrays, batch axis sharded as "activation_batch".
 
-    Hosts may have picked different buckets; all take the longest (one small all-gather)."""
+    Hosts may have picked different buckets; all take the longest (one small all-gather),
+    padding on the right, or on the left for prompts (`left`)."""
     length = batch["input_ids"].shape[1]
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils
 
         length = int(np.max(multihost_utils.process_allgather(np.int32(length))))
-    batch = repad(batch, length, pad_id)
+    batch = repad(batch, length, pad_id, left)
     sharding = nn.logical_to_mesh_sharding(PartitionSpec("activation_batch"), mesh, rules)
     return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}

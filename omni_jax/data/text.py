@@ -81,10 +81,11 @@ def check_tokenizer(tokenizer: Any, cfg: ml_collections.ConfigDict) -> int:
     return im_end
 
 
-def _messages(conversations: Any, multimodal: bool, name: str) -> list[dict[str, str]]:
+def _messages(conversations: Any, multimodal: bool, name: str, answered: bool = True) -> list[dict[str, str]]:
     """LLaVA turns → chat-template messages: an optional system turn, then human and gpt turns
     alternating from human, every value a non-blank string, and exactly one marker (`<video>`
-    or `<audio>`, in a human turn) if `multimodal`, none otherwise."""
+    or `<audio>`, in a human turn) if `multimodal`, none otherwise. `answered`: at least one gpt
+    turn is required (training); otherwise the turns must end with a human one (a prompt)."""
     def bad(why: str) -> ExampleError:
         return ExampleError("bad_conversation", f"{name}: {why}")
 
@@ -108,8 +109,10 @@ def _messages(conversations: Any, multimodal: bool, name: str) -> list[dict[str,
         expected = "one <video> or <audio> in a human turn" if multimodal else "no <video> or <audio> (text-only)"
         raise bad(f"expected {expected}, "
                   f"found markers in {places or 'no'} turns")
-    if len(dialogue) < 2:
+    if answered and len(dialogue) < 2:
         raise ExampleError("no_assistant_turn", f"{name}: no gpt turn")
+    if not answered and messages[-1]["role"] != "user":
+        raise bad("a prompt ends with a human turn (the answer is generated)")
     return messages
 
 
@@ -163,24 +166,53 @@ def tokenize_conversation(conversations: Any, tokenizer: Any, cfg: ml_collection
     offsets = np.asarray(encoding["offset_mapping"], np.int64).reshape(-1, 2)
     labels = _assistant_labels(ids, offsets, [s for m, s in zip(messages, spans) if m["role"] == "assistant"],
                                im_end)
-    markers = [cfg[field] for field in MARKERS.values()]
-    reserved = ids[np.isin(ids, [cfg[field] for field in RESERVED_FIELDS])].tolist()
-    if len(reserved) != multimodal or (multimodal and reserved[0] not in markers):
-        raise ExampleError("bad_conversation", f"{name}: the text holds placeholder or modality tokens {reserved}; "
-                           f"expected {'only the one <video> or <audio>' if multimodal else 'none (text-only)'}")
+    with_block, at = _insert_block(ids, cfg, blocks, max_length, name)
     if multimodal:
-        at = int(np.flatnonzero(np.isin(ids, markers))[0])
-        block = multimodal_prompt_ids(cfg, video="video" in blocks, audio="audio" in blocks)
-        if at + len(block) > max_length:
-            raise ExampleError("too_long", f"{name}: the multimodal block ends at token {at + len(block)}, "
-                               f"beyond max_length {max_length}")
-        ids = np.concatenate([ids[:at], block, ids[at + 1:]])
-        labels = np.concatenate([labels[:at], np.full(len(block), IGNORE, np.int32), labels[at + 1:]])
+        block = len(with_block) - len(ids) + 1
+        labels = np.concatenate([labels[:at], np.full(block, IGNORE, np.int32), labels[at + 1:]])
+    ids = with_block
     truncated = len(ids) > max_length
     ids, labels = ids[:max_length], labels[:max_length]
     if not np.any(labels != IGNORE):
         raise ExampleError("no_assistant_turn", f"{name}: no assistant token within max_length {max_length}")
     return TokenizedExample(ids, labels, truncated, multimodal)
+
+
+def _insert_block(ids: np.ndarray, cfg: ml_collections.ConfigDict, blocks: tuple[str, ...], max_length: int,
+                  name: str) -> tuple[np.ndarray, int]:
+    """ids with their one marker (`<video>` / `<audio>`) replaced by the multimodal block of
+    `blocks` (none: ids unchanged); also the marker's position. Checks that the text holds no
+    other placeholder or modality token and that the block ends within max_length."""
+    multimodal = bool(blocks)
+    markers = [cfg[field] for field in MARKERS.values()]
+    reserved = ids[np.isin(ids, [cfg[field] for field in RESERVED_FIELDS])].tolist()
+    if len(reserved) != multimodal or (multimodal and reserved[0] not in markers):
+        raise ExampleError("bad_conversation", f"{name}: the text holds placeholder or modality tokens {reserved}; "
+                           f"expected {'only the one <video> or <audio>' if multimodal else 'none (text-only)'}")
+    if not multimodal:
+        return ids, -1
+    at = int(np.flatnonzero(np.isin(ids, markers))[0])
+    block = multimodal_prompt_ids(cfg, video="video" in blocks, audio="audio" in blocks)
+    if at + len(block) > max_length:
+        raise ExampleError("too_long", f"{name}: the multimodal block ends at token {at + len(block)}, "
+                           f"beyond max_length {max_length}")
+    return np.concatenate([ids[:at], block, ids[at + 1:]]), at
+
+
+def tokenize_prompt(conversations: Any, tokenizer: Any, cfg: ml_collections.ConfigDict, max_length: int,
+                    blocks: tuple[str, ...] = BLOCKS, name: str = "prompt") -> np.ndarray:
+    """The turns up to a final human one, rendered with the chat template's generation prompt
+    ("<|im_start|>assistant\\n"), with the multimodal block in place of the marker → input_ids
+    [L ≤ max_length] int32: what generation continues. Raises ExampleError bad_conversation or
+    too_long (a prompt is never cut: the answer would continue a different text)."""
+    check_tokenizer(tokenizer, cfg)
+    messages = _messages(conversations, bool(blocks), name, answered=False)
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    ids = np.asarray(tokenizer(text, add_special_tokens=False)["input_ids"], np.int32)
+    ids, _ = _insert_block(ids, cfg, blocks, max_length, name)
+    if len(ids) > max_length:
+        raise ExampleError("too_long", f"{name}: the prompt has {len(ids)} tokens, beyond max_length {max_length}")
+    return ids
 
 
 def _row(examples: Sequence[TokenizedExample], length: int, pad_id: int) -> dict[str, np.ndarray]:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import flax.linen as nn
 import jax
@@ -29,6 +29,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from omni_jax import registry, sharding
 from omni_jax.models.omni_emotion import OmniEmotion
 from omni_jax.pretrained import override_fields
+from omni_jax.runs import model_config
 from omni_jax.train.loss import next_token_loss
 
 # phase → the parameter subtrees it trains (paper §4.4; "new token rows" are rows of the LM's
@@ -39,14 +40,6 @@ PHASES: dict[str, tuple[str, ...]] = {
     "instruction_tuning": ("multi_modal_projector", "audio_projector", "face_encoder/projector",
                            "face_cross_attention", "frame_embedding", "language_model"),
 }
-
-
-RUN_SECTIONS = ("data", "train", "mesh")  # a run's config = the model's fields + these
-
-
-def model_config(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """The model's fields of a run's config (without its data, train and mesh sections)."""
-    return ml_collections.ConfigDict({k: v for k, v in cfg.to_dict().items() if k not in RUN_SECTIONS})
 
 
 def training_model_config(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -199,11 +192,9 @@ class Trainer:
         counter = lambda: jax.device_put(jnp.zeros((), jnp.int32), NamedSharding(self.mesh, PartitionSpec()))
         return {"step": counter(), "nonfinite": counter(), "trainable": trainable, "opt_state": opt_state}, frozen
 
-    @contextlib.contextmanager
-    def activate(self) -> Iterator[None]:
+    def activate(self) -> contextlib.AbstractContextManager:
         """The mesh and logical-axis rules every traced function of the run needs."""
-        with jax.set_mesh(self.mesh), nn.logical_axis_rules(sharding.LOGICAL_AXIS_RULES):
-            yield
+        return sharding.activate(self.mesh)
 
 
 def make_trainer(model_config: ml_collections.ConfigDict, mesh: Mesh, train: ml_collections.ConfigDict,

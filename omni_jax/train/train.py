@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import signal
 import threading
 import time
@@ -33,26 +32,24 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from omni_jax import registry
-from omni_jax.conversion.engine import CONFIG_FILE, PARAMS_DIR, read_converted_config
 from omni_jax.data.errors import RunStopped
 from omni_jax.data.manifest import ManifestSource
 from omni_jax.data.pipeline import global_batch, make_pipeline, pad_id_of
-from omni_jax.pretrained import load_pretrained
-from omni_jax.prompt import add_special_tokens
+from omni_jax.pretrained import load_pretrained, save_pretrained
+from omni_jax.runs import RUN_FILE, load_tokenizer, resolve_checkpoint, run_config
 from omni_jax.sharding import make_mesh
 from omni_jax.train.checkpoint import Checkpoints
 from omni_jax.train.metrics import MetricLogger, peak_flops
 from omni_jax.train.plan import matmul_flops
-from omni_jax.train.step import RUN_SECTIONS, Trainer, make_trainer, merge_params, training_model_config
+from omni_jax.train.step import Trainer, make_trainer, merge_params, training_model_config
 
 log = logging.getLogger(__name__)
 
-RUN_FILE = "config.json"
 # Fields a resumed run may change without train.allow_config_change: where it runs and how
 # it reports, not what it computes (a restored state fits any mesh).
 RESUMABLE = ("mesh", "data.workers", "data.threads", "data.prefetch", "train.log_every", "train.profile_steps",
              "train.checkpoint_every", "train.checkpoint_every_minutes", "train.keep_checkpoints", "train.keep_every",
-             "train.peak_flops_per_device", "train.allow_config_change")
+             "train.peak_flops_per_device", "train.allow_config_change", "train.eval_every", "eval", "evals")
 
 
 class NonFiniteError(RunStopped):
@@ -61,38 +58,6 @@ class NonFiniteError(RunStopped):
 
 class ConfigChangedError(ValueError):
     """The workdir holds a run with another config."""
-
-
-def resolve_init(init: str | os.PathLike | None) -> Path | None:
-    """A checkpoint directory, or a finished phase's workdir (its final/)."""
-    if init is None:
-        return None
-    path = Path(init)
-    if (path / RUN_FILE).exists() and not (path / CONFIG_FILE).exists():
-        path = path / "final"
-        if not path.exists():
-            raise FileNotFoundError(f"{init}: a training workdir without final/ (the phase has not finished)")
-    read_converted_config(path)  # an omni_jax checkpoint, or a clear error
-    return path
-
-
-def run_config(cfg: ml_collections.ConfigDict, init: Path | None) -> ml_collections.ConfigDict:
-    """The config as run: the model's fields from the --init checkpoint (it defines the
-    architecture), the run's sections from `cfg`; the pipeline's frame and pixel sizes follow
-    the model."""
-    if init is None:
-        return ml_collections.ConfigDict(cfg.to_dict())
-    meta = read_converted_config(init)
-    if meta["model_type"] != "omni_emotion":
-        raise ValueError(f"{init}: a {meta['model_type']} checkpoint; training takes an Omni-Emotion one "
-                         "(omni-jax assemble builds it from converted parts)")
-    fields = {k: v for k, v in meta["config"].items() if k not in RUN_SECTIONS}
-    changed = sorted(k for k, v in fields.items() if k in cfg and cfg[k] != v and not isinstance(v, dict))
-    if changed:
-        log.info("the model's fields come from %s; it differs from the config file in %s", init, changed)
-    run = ml_collections.ConfigDict({**fields, **{k: cfg[k].to_dict() for k in RUN_SECTIONS}})
-    run.data.update(num_frames=run.num_frames, image_size=run.vision.image_size, face_size=run.face.swin.image_size)
-    return run
 
 
 def check_workdir(workdir: Path, cfg: ml_collections.ConfigDict, init: Path | None) -> None:
@@ -118,21 +83,6 @@ def _differences(before: Any, after: Any, where: str = "") -> list[str]:
         return [d for k in sorted(set(before) | set(after))
                 for d in _differences(before.get(k), after.get(k), f"{where}.{k}" if where else k)]
     return [] if before == after else [f"{where}: {before!r} → {after!r}"]
-
-
-def load_tokenizer(cfg: ml_collections.ConfigDict, init: Path | None) -> Any:
-    """cfg.data.tokenizer, else the --init checkpoint's; with Omni-Emotion's tokens added."""
-    from transformers import AutoTokenizer
-
-    source = cfg.data.tokenizer or init
-    if not source:
-        raise ValueError("no tokenizer: give --init (a checkpoint that carries one) or --config.data.tokenizer=DIR")
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(str(source))
-    except (OSError, ValueError) as error:
-        raise FileNotFoundError(f"{source}: no tokenizer could be read there ({error})") from None
-    add_special_tokens(tokenizer, cfg)
-    return tokenizer
 
 
 def batch_per_host(cfg: ml_collections.ConfigDict) -> int:
@@ -186,34 +136,11 @@ class Preemption:
             signal.signal(signal.SIGTERM, self.previous)
 
 
-def write_final(workdir: Path, trainer: Trainer, params: Any, provenance: dict[str, Any]) -> Path:
-    """WORKDIR/final: a complete checkpoint (every parameter, the model config, the tokenizer),
-    written by every process (orbax) into a temporary folder that process 0 then renames."""
-    import orbax.checkpoint.experimental.v1 as ocp
-
-    final, tmp = workdir / "final", workdir / ".final.partial"
-    if jax.process_index() == 0:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
-    multihost_utils.sync_global_devices("final: folder")
-    ocp.save(tmp / PARAMS_DIR, params)
-    if jax.process_index() == 0:
-        meta = {"model_type": "omni_emotion", "config": trainer.config.to_dict(), "hf_config": {},
-                "source_format": "trained", "dtype": "source", **provenance}
-        (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=2))
-        for path in (workdir / "tokenizer").iterdir():
-            shutil.copy2(path, tmp / path.name)
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
-    multihost_utils.sync_global_devices("final: written")
-    return final
-
-
 def train(cfg: ml_collections.ConfigDict, workdir: str | os.PathLike, init: str | os.PathLike | None = None,
           progress: bool = True) -> dict[str, Any]:
     """Runs (or resumes) one training phase in `workdir`; returns a summary."""
     workdir = Path(workdir)
-    init = resolve_init(init)
+    init = resolve_checkpoint(init)
     cfg = run_config(cfg, init)
     if not cfg.data.manifest:
         raise ValueError("no training data: set --config.data.manifest=FILE.jsonl")
@@ -300,6 +227,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str | os.PathLike, init: str 
     if stopped == "finished":
         provenance = {"trained": {"phase": cfg.train.phase, "steps": step, "workdir": str(workdir.absolute()),
                                   "base": str(init.absolute()) if init else f"initialised, seed {cfg.train.seed}"}}
-        final = write_final(workdir, trainer, merge_params(state["trainable"], frozen), provenance)
+        final = save_pretrained(workdir / "final", trainer.config, merge_params(state["trainable"], frozen),
+                                workdir / "tokenizer", provenance)
         summary["final"] = str(final)
     return summary

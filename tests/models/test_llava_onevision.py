@@ -123,3 +123,21 @@ def test_bfloat16_video_forward_within_bound(llava):
     ids, pixels = video_inputs(hf, model.config, batch=1, seed=7)
     out = model.apply({"params": params}, input_ids=jnp.asarray(ids), pixel_values_videos=jnp.asarray(pixels))
     assert rel_err(out["logits"], hf_logits(hf, ids, pixels)) < 2e-2
+
+
+def test_greedy_generation_with_video_equals_transformers(llava):
+    """Left-padded video prompts: our cached decoding gives transformers' `generate` tokens."""
+    from omni_jax.generate import generate
+
+    hf, root = llava
+    model, params = omni_jax.load_pretrained(root / "ox")
+    ids, pixels = video_inputs(hf, model.config, seed=5)
+    mask = np.ones_like(ids)
+    mask[1, :2], ids[1, :2] = 0, 0  # row 1 is two tokens shorter, padded on the left
+    with torch.no_grad():
+        ref = hf.generate(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask),
+                          pixel_values_videos=torch.from_numpy(pixels).permute(0, 1, 4, 2, 3), max_new_tokens=6,
+                          min_new_tokens=6, do_sample=False, pad_token_id=0)[:, ids.shape[1]:].numpy()
+    ours = generate(model, params, jnp.asarray(ids), jnp.asarray(mask), max_new_tokens=6,
+                    pixel_values_videos=jnp.asarray(pixels))
+    np.testing.assert_array_equal(np.asarray(ours), ref)

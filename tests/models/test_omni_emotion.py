@@ -11,7 +11,7 @@ import pytest
 
 from configs import omni_emotion as omni_configs
 from omni_jax import registry
-from omni_jax.generate import greedy_generate
+from omni_jax.generate import generate
 from omni_jax.models import facexformer, whisper
 from omni_jax.models.llava_onevision import LlavaOnevisionForConditionalGeneration
 from omni_jax.models.omni_emotion import FUSIONS, FaceCrossAttention, OmniEmotion, init_token_rows
@@ -263,7 +263,7 @@ def test_cached_generation_equals_full_recomputation():
     cfg, model, params = tiny_model()
     inputs = clip_inputs(cfg, seed=5)
     ids = inputs.pop("input_ids")
-    tokens = np.asarray(greedy_generate(model, params, ids, max_new_tokens=3, **inputs))
+    tokens = np.asarray(generate(model, params, ids, max_new_tokens=3, **inputs))
     # A generated placeholder id would make the full forward merge features there.
     assert not np.isin(tokens, [cfg.video_token_id, cfg.audio_token_id]).any()
     full = np.concatenate([ids, tokens], axis=1)

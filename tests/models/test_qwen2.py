@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import omni_jax
-from omni_jax.generate import greedy_generate, init_cache
+from omni_jax.generate import generate, init_cache
 from omni_jax.models.qwen2 import positions_from_mask
 from tests.conftest import RTOL, rel_err
 
@@ -87,7 +87,7 @@ def test_kv_cache_decoding_equals_full_forward(qwen2_untied):
     assert rel_err(cached[real], np.asarray(full)[real]) < RTOL
 
 
-def test_greedy_generate_equals_transformers(qwen2_tied):
+def test_generate_equals_transformers(qwen2_tied):
     hf, root = qwen2_tied
     model, params = omni_jax.load_pretrained(root / "ox")
     ids = _ids(2, 9, hf.config.vocab_size, seed=3)
@@ -97,7 +97,7 @@ def test_greedy_generate_equals_transformers(qwen2_tied):
     with torch.no_grad():
         ref = hf.generate(torch.tensor(ids), attention_mask=torch.tensor(mask), max_new_tokens=10, min_new_tokens=10,
                           do_sample=False, pad_token_id=0)[:, ids.shape[1]:].numpy()
-    ours = np.asarray(greedy_generate(model, params, jnp.asarray(ids), jnp.asarray(mask), max_new_tokens=10))
+    ours = np.asarray(generate(model, params, jnp.asarray(ids), jnp.asarray(mask), max_new_tokens=10))
     np.testing.assert_array_equal(ours, ref)
 
 
@@ -105,9 +105,9 @@ def test_generation_stops_at_eos_and_pads(qwen2_tied):
     hf, root = qwen2_tied
     model, params = omni_jax.load_pretrained(root / "ox")
     ids = jnp.asarray(_ids(1, 5, hf.config.vocab_size, seed=4))
-    free = np.asarray(greedy_generate(model, params, ids, max_new_tokens=6))
+    free = np.asarray(generate(model, params, ids, max_new_tokens=6))
     eos = int(free[0, 2])
-    stopped = np.asarray(greedy_generate(model, params, ids, max_new_tokens=6, eos_token_id=eos, pad_token_id=-1))
+    stopped = np.asarray(generate(model, params, ids, max_new_tokens=6, eos_token_ids=(eos,), pad_token_id=-1))
     first = list(free[0]).index(eos)
     np.testing.assert_array_equal(stopped[0, :first + 1], free[0, :first + 1])
     assert (stopped[0, first + 1:] == -1).all()
@@ -169,8 +169,8 @@ def test_unrolled_layers_equal_scanned(fixture, request):
                                                                                        "layers_2"]
     ids = jnp.asarray(_ids(2, 9, 140, seed=8))
     mask = jnp.asarray(np.array([[0, 0] + [1] * 7, [1] * 9]))
-    a = greedy_generate(model, params, ids, mask, max_new_tokens=5)
-    b = greedy_generate(unrolled, unrolled_params, ids, mask, max_new_tokens=5)
+    a = generate(model, params, ids, mask, max_new_tokens=5)
+    b = generate(unrolled, unrolled_params, ids, mask, max_new_tokens=5)
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     la = model.apply({"params": params}, input_ids=ids, attention_mask=mask)["logits"]
     lb = unrolled.apply({"params": unrolled_params}, input_ids=ids, attention_mask=mask)["logits"]

@@ -1,0 +1,187 @@
+"""Evaluators named in the config, as big_vision's: `cfg.evals.NAME = dict(type=..., ...)`;
+each takes a predict function and yields `(metric, value)` pairs.
+
+    for name, evaluator in from_config(cfg.evals):
+        for metric, value in evaluator.run(predict, out_dir): ...
+
+predict(manifest, question) → this process's predictions (`eval.predict.Predictor`): the
+evaluator merges every process's into `out_dir/predictions/NAME.jsonl` (manifest order, each
+line with its per-clip scores, or its skip reason) and scores them; process 0 writes the
+figures. The same evaluators run in `omni-jax eval` and inside `omni-jax train`
+(`train.eval_every`). An evaluator whose manifest is unset is not built.
+
+References are read and checked before anything is generated (a label outside the class
+list, a line without references: a clear error naming the line, and nothing written).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping, Sequence
+
+import jax
+import ml_collections
+import numpy as np
+
+from omni_jax.eval import metrics
+from omni_jax.eval.predict import write_predictions
+
+Predict = Callable[[str, "str | None"], list[dict[str, Any]]]
+
+
+def _references(manifest: str, key: str, check: Callable[[Any, str], None]) -> None:
+    """Checks every parseable line's reference `key` (lines that are not JSON objects are
+    the pipeline's to skip and count)."""
+    with open(manifest, encoding="utf-8") as lines:
+        for number, line in enumerate(lines, 1):
+            try:
+                entry = json.loads(line) if line.strip() else None
+            except json.JSONDecodeError:
+                continue
+            if isinstance(entry, dict):
+                where = f"{manifest}:{number}"
+                if key not in entry:
+                    raise ValueError(f"{where}: no {key!r}: an evaluation manifest line carries its reference")
+                check(entry[key], where)
+
+
+class Evaluator:
+    """Runs predict over the manifest, merges and scores the predictions; subclasses say how
+    to score (`score`) and what to report (`report`)."""
+
+    name: str
+    manifest: str
+    question: str | None
+
+    def score(self, answered: list[dict[str, Any]]) -> dict[str, Any]:
+        """The scores of the answered clips; adds each clip's own figures to its dict."""
+        raise NotImplementedError
+
+    def report(self, scores: dict[str, Any], out_dir: Path) -> Iterator[tuple[str, Any]]:
+        raise NotImplementedError
+
+    def _scores(self, predictions: list[dict[str, Any]]) -> dict[str, Any]:
+        answered = [p for p in predictions if "skip" not in p]
+        if not answered:
+            raise ValueError(f"evaluator {self.name!r}: no clip of {self.manifest} could be read")
+        return self.score(answered)
+
+    def run(self, predict: Predict, out_dir: Path) -> Iterator[tuple[str, Any]]:
+        scores: dict[str, Any] = {}
+
+        def annotate(merged: list[dict[str, Any]]) -> list[dict[str, Any]]:
+            scores.update(self._scores(merged))  # process 0: the per-clip figures go into the file
+            return merged
+
+        predictions = write_predictions(predict(self.manifest, self.question),
+                                        out_dir / "predictions" / f"{self.name}.jsonl", annotate)
+        scores = scores or self._scores(predictions)
+        yield from self.report(scores, out_dir)
+        skipped = sum("skip" in p for p in predictions)
+        yield "clips", len(predictions) - skipped
+        yield "skipped", skipped
+
+
+class EmotionClassification(Evaluator):
+    """UAR, WAR, unmapped, HumanOmni's strict figures, recall per class, confusion-matrix PNG."""
+
+    def __init__(self, name: str, manifest: str, classes: Sequence[str], question: str,
+                 synonyms: Mapping[str, Sequence[str]] | None = None):
+        self.name, self.manifest, self.question = name, manifest, question
+        self.classes, self.synonyms = tuple(classes), {k: tuple(v) for k, v in (synonyms or {}).items()}
+
+        def check(label: Any, where: str) -> None:
+            if label not in self.classes:
+                raise ValueError(f"{where}: label {label!r} is not in the class list {list(self.classes)} of "
+                                 f"evaluator {name!r}")
+        _references(manifest, "label", check)
+
+    def score(self, answered: list[dict[str, Any]]) -> dict[str, Any]:
+        scores = metrics.classification_scores([p["answer"] for p in answered], [p["label"] for p in answered],
+                                               self.classes, self.synonyms)
+        for p, guess in zip(answered, scores["predicted"]):
+            p.update(predicted=guess, correct=guess == p["label"])
+        return scores
+
+    def report(self, scores: dict[str, Any], out_dir: Path) -> Iterator[tuple[str, Any]]:
+        if jax.process_index() == 0:
+            plot_confusion(scores["confusion"], self.classes, out_dir / f"{self.name}_confusion.png", self.name)
+        for key in ("uar", "war", "unmapped", "strict_uar", "strict_war"):
+            yield key, scores[key]
+        for cls, recall in scores["recall"].items():
+            if recall is not None:
+                yield f"recall/{cls}", recall
+
+
+class OpenVocabulary(Evaluator):
+    """EMER-OV precision, recall and their mean over grouped emotion words."""
+
+    GROUPINGS = ("table",)
+
+    def __init__(self, name: str, manifest: str, question: str, grouping: str = "table"):
+        if grouping not in self.GROUPINGS:
+            raise ValueError(f"evaluator {name!r}: grouping {grouping!r}; available: {self.GROUPINGS}")
+        self.name, self.manifest, self.question = name, manifest, question
+        self.table = metrics.word_groups()
+
+        def check(labels: Any, where: str) -> None:
+            if not isinstance(labels, list) or not metrics.emotion_words(labels, self.table):
+                raise ValueError(f"{where}: 'labels' must be a list holding at least one emotion word, got "
+                                 f"{labels!r:.80}")
+        _references(manifest, "labels", check)
+
+    def score(self, answered: list[dict[str, Any]]) -> dict[str, Any]:
+        scores = metrics.open_vocabulary_scores([p["answer"] for p in answered], [p["labels"] for p in answered],
+                                                table=self.table)
+        for p, clip in zip(answered, scores["per_clip"]):
+            p.update(words=metrics.emotion_words(p["answer"], self.table), **clip)
+        return scores
+
+    def report(self, scores: dict[str, Any], out_dir: Path) -> Iterator[tuple[str, Any]]:
+        for key in ("precision", "recall", "avg"):
+            yield key, scores[key]
+
+
+EVALUATORS = {"emotion_classification": EmotionClassification, "open_vocabulary": OpenVocabulary}
+
+
+def from_config(evals: ml_collections.ConfigDict) -> list[tuple[str, Any]]:
+    """(name, evaluator) for every configured evaluator whose manifest is set."""
+    built = []
+    for name, spec in evals.items():
+        spec = spec.to_dict() if isinstance(spec, ml_collections.ConfigDict) else dict(spec)
+        kind = spec.pop("type", None)
+        if kind not in EVALUATORS:
+            raise ValueError(f"evals.{name}: type {kind!r}; available: {sorted(EVALUATORS)}")
+        if spec.get("manifest"):
+            if not Path(spec["manifest"]).exists():
+                raise FileNotFoundError(f"evals.{name}.manifest: {spec['manifest']}: no such file")
+            built.append((name, EVALUATORS[kind](name=name, **spec)))
+    return built
+
+
+def plot_confusion(matrix: np.ndarray, classes: Sequence[str], path: Path, title: str) -> None:
+    """Confusion matrix [classes, classes + 1] (rows: reference, last column: unmapped) as a
+    PNG, each row normalised to the share of its clips, with the counts written in."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    shares = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
+    size = 1.0 + 0.6 * len(classes)
+    fig, ax = plt.subplots(figsize=(size + 1.5, size))
+    image = ax.imshow(shares, cmap="Blues", vmin=0.0, vmax=1.0)
+    ax.set_xticks(range(len(classes) + 1), [*classes, "unmapped"], rotation=45, ha="right")
+    ax.set_yticks(range(len(classes)), classes)
+    ax.set_xlabel("answer")
+    ax.set_ylabel("reference")
+    ax.set_title(title)
+    for (row, column), count in np.ndenumerate(matrix):
+        ax.text(column, row, str(count), ha="center", va="center",
+                color="white" if shares[row, column] > 0.5 else "black", fontsize=8)
+    fig.colorbar(image, ax=ax, fraction=0.046, label="share of the class's clips")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

@@ -1,0 +1,133 @@
+"""Sharded batched generation over a manifest, and the predictions files it writes.
+
+`Predictor(model, params, tokenizer, cfg, mesh)(manifest, question)` runs every prompt batch of
+this process (`data.prompts.prompt_batches`: manifest order, left-padded, padding rows so
+every process runs the same batches) through `generate` on the mesh (batch over the data and
+fsdp axes, parameters as `load_pretrained(mesh=...)` placed them) and returns this process's
+predictions, one dict per manifest line it holds: `line`, `id`, `question`, `answer` (decoded,
+cut at the first stop string), `reference` (a final gpt turn) and the line's other fields
+(`label`, `labels`, ...); a line that could not be read has `skip` (its reason) and `message`
+instead of an answer.
+
+`write_predictions` merges the processes' predictions into one JSONL file in manifest order:
+each process writes its part, process 0 checks that every line is there once, writes the
+merged file under a temporary name and renames it (a crash never leaves a partial file
+looking complete), then removes the parts.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+import jax
+import ml_collections
+import numpy as np
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh, PartitionSpec
+
+from omni_jax.data.pipeline import global_batch, pad_id_of
+from omni_jax.data.prompts import Row, prompt_batches
+from omni_jax.generate import generate
+from omni_jax.sharding import activate
+
+
+def stop_token_ids(tokenizer: Any) -> tuple[int, ...]:
+    """The ids that end an answer: the tokenizer's EOS and the chat template's <|im_end|>."""
+    ids = {tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|im_end|>")}
+    return tuple(sorted(i for i in ids if i is not None and i != tokenizer.unk_token_id))
+
+
+def cut_at_stop(text: str, stop: tuple[str, ...]) -> str:
+    """`text` up to the first of the stop strings, stripped."""
+    ends = [text.find(s) for s in stop if s and s in text]
+    return (text[:min(ends)] if ends else text).strip()
+
+
+class Predictor:
+    """Answers the prompts of a manifest with `model` on `mesh`; see the module docstring.
+
+    cfg.eval: modalities (the prompt's blocks and the media decoded), batch_size (per process),
+    max_new_tokens, temperature (0: greedy), top_k, top_p, seed, stop (strings)."""
+
+    def __init__(self, model: Any, params: Any, tokenizer: Any, cfg: ml_collections.ConfigDict, mesh: Mesh):
+        self.model, self.params, self.tokenizer, self.cfg, self.mesh = model, params, tokenizer, cfg, mesh
+        self.pad_id, self.stop_ids = pad_id_of(tokenizer), stop_token_ids(tokenizer)
+        devices = mesh.shape["data"] * mesh.shape["fsdp"] // jax.process_count()
+        if cfg.eval.batch_size % max(devices, 1):
+            raise ValueError(f"eval.batch_size {cfg.eval.batch_size} must be a multiple of this process's "
+                             f"{devices} devices on the data and fsdp axes")
+
+    def generate(self, arrays: dict[str, np.ndarray], batch_index: int) -> np.ndarray:
+        """Global generation of one batch of every process → this process's rows' new tokens
+        [batch_size, max_new_tokens]."""
+        ev = self.cfg.eval
+        inputs = global_batch(arrays, self.mesh, self.pad_id, left=True)
+        rng = jax.random.fold_in(jax.random.key(ev.seed), batch_index) if ev.temperature > 0 else None
+        with activate(self.mesh):
+            tokens = generate(self.model, self.params, inputs.pop("input_ids"), inputs.pop("attention_mask"),
+                              max_new_tokens=ev.max_new_tokens, eos_token_ids=self.stop_ids, pad_token_id=self.pad_id,
+                              temperature=ev.temperature, top_k=ev.top_k, top_p=ev.top_p, rng=rng, **inputs)
+        spec = PartitionSpec(("data", "fsdp"))
+        return np.asarray(multihost_utils.global_array_to_host_local_array(tokens, self.mesh, spec))
+
+    def answer(self, tokens: np.ndarray) -> str:
+        """New tokens [max_new_tokens] → the answer text (up to the first stop token or string)."""
+        ends = np.flatnonzero(np.isin(tokens, self.stop_ids))
+        tokens = tokens[:ends[0]] if len(ends) else tokens
+        return cut_at_stop(self.tokenizer.decode(tokens.tolist(), skip_special_tokens=True), tuple(self.cfg.eval.stop))
+
+    def __call__(self, manifest: str | os.PathLike, question: str | None = None) -> list[dict[str, Any]]:
+        ev, predictions = self.cfg.eval, []
+        batches = prompt_batches(manifest, self.tokenizer, self.cfg, ev.batch_size, modalities=ev.modalities,
+                                 question=question)
+        for index, (arrays, rows) in enumerate(batches):
+            tokens = self.generate(arrays, index)
+            predictions += [prediction(row, self.answer(t)) for row, t in zip(rows, tokens) if not row.padding]
+        return predictions
+
+
+def prediction(row: Row, answer: str) -> dict[str, Any]:
+    """A predictions-file line: the row's identity and references, with its answer or skip."""
+    out = {"line": row.line, "id": row.id, "question": row.question}
+    if row.skip:
+        return {**out, "skip": row.skip, "message": row.message, **row.extra}
+    return {**out, "answer": answer, "reference": row.reference, **row.extra}
+
+
+def write_predictions(predictions: list[dict[str, Any]], path: Path,
+                      annotate: Callable[[list[dict[str, Any]]], list[dict[str, Any]]] | None = None
+                      ) -> list[dict[str, Any]]:
+    """Merges every process's `predictions` into `path` (JSONL, manifest order); returns all.
+    annotate(merged) → merged: process 0 runs it before writing (per-clip scores); an error
+    there leaves no predictions file."""
+    index, count = jax.process_index(), jax.process_count()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    parts = [path.with_name(f"{path.name}.part-{i}-of-{count}") for i in range(count)]
+    _write_jsonl(parts[index], predictions)
+    if count > 1:
+        multihost_utils.sync_global_devices(f"predictions written: {path}")
+    if index == 0:
+        try:
+            merged = sorted((json.loads(line) for part in parts for line in part.read_text().splitlines()),
+                            key=lambda p: p["line"])
+            lines = [p["line"] for p in merged]
+            if len(set(lines)) != len(lines):
+                twice = sorted({n for n in lines if lines.count(n) > 1})
+                raise RuntimeError(f"{path}: manifest lines predicted twice: {twice}")
+            if annotate is not None:
+                merged = annotate(merged)
+            tmp = path.with_name(f".{path.name}.tmp")
+            _write_jsonl(tmp, merged)
+            os.replace(tmp, path)
+        finally:
+            for part in parts:
+                part.unlink(missing_ok=True)
+    if count > 1:
+        multihost_utils.sync_global_devices(f"predictions merged: {path}")
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def _write_jsonl(path: Path, records: list[dict[str, Any]]) -> None:
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))

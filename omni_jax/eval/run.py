@@ -1,0 +1,136 @@
+"""`omni-jax eval`, `omni-jax infer` and `omni-jax score`: the evaluators of a config on a
+checkpoint, answers for clips, and metrics of a predictions file.
+
+    omni-jax eval --config configs/omni_emotion.py:7b --checkpoint CKPT --workdir DIR \\
+                  --config.evals.dfew.manifest=dfew_test.jsonl [--config.eval.modalities=v,a]
+
+WORKDIR/predictions/NAME.jsonl (one line per manifest line: its answer and per-clip scores, or
+why it was skipped), WORKDIR/NAME_confusion.png (classification), WORKDIR/metrics.json
+({NAME: {metric: value}}). Sharded over cfg.mesh like training; multi-process as training.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Sequence
+
+import jax
+import ml_collections
+
+from omni_jax.eval import metrics
+from omni_jax.eval.evaluators import from_config
+from omni_jax.eval.predict import Predictor
+from omni_jax.pretrained import load_pretrained
+from omni_jax.runs import load_tokenizer, resolve_checkpoint, run_config
+from omni_jax.sharding import make_mesh
+
+log = logging.getLogger(__name__)
+
+VIDEO_SUFFIXES = (".mp4", ".mkv", ".webm", ".mov", ".avi")
+DEFAULT_QUESTION = "How does the person in the video feel, and which cues in the face, voice and scene show it?"
+
+
+def predictor(cfg: ml_collections.ConfigDict, checkpoint: str | os.PathLike) -> tuple[ml_collections.ConfigDict,
+                                                                                    Predictor]:
+    """(the config as run, a Predictor) for an Omni-Emotion checkpoint or a finished workdir."""
+    path = resolve_checkpoint(checkpoint)
+    if path is None:
+        raise ValueError("a checkpoint is required")
+    cfg = run_config(cfg, path)
+    tokenizer = load_tokenizer(cfg, path)
+    mesh = make_mesh(**cfg.mesh)
+    model, params = load_pretrained(path, dtype=cfg.eval.dtype, mesh=mesh)
+    return cfg, Predictor(model, params, tokenizer, cfg, mesh)
+
+
+def evaluate(cfg: ml_collections.ConfigDict, checkpoint: str | os.PathLike,
+             workdir: str | os.PathLike) -> dict[str, dict[str, Any]]:
+    """Runs every configured evaluator (cfg.evals) on `checkpoint`; returns {NAME: {metric: value}}
+    and writes the files the module docstring lists."""
+    workdir = Path(workdir)
+    evaluators = from_config(cfg.evals)  # manifests and references checked before the model loads
+    if not evaluators:
+        raise ValueError(f"no evaluator has a manifest: set --config.evals.NAME.manifest=FILE.jsonl for one of "
+                         f"{sorted(cfg.evals)}")
+    cfg, predict = predictor(cfg, checkpoint)
+    results = {}
+    for name, evaluator in evaluators:
+        results[name] = dict(evaluator.run(predict, workdir))
+        log.info("%s: %s", name, ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+                                          for k, v in results[name].items()))
+    if jax.process_index() == 0:
+        tmp = workdir / ".metrics.json.tmp"
+        tmp.write_text(json.dumps({"modalities": cfg.eval.modalities, **results}, indent=2))
+        os.replace(tmp, workdir / "metrics.json")
+    return results
+
+
+def clip_lines(video: str | os.PathLike | None, audio: str | os.PathLike | None = None) -> list[dict[str, Any]]:
+    """Manifest lines for `infer`: one video (with an optional separate audio file), every
+    video of a folder (sorted), or a manifest's lines as they are."""
+    path = Path(video) if video else None
+    if path is None:
+        if audio is None:
+            raise ValueError("give --video (a clip, a folder of clips or a manifest) or --audio")
+        return [{"id": Path(audio).stem, "audio": str(Path(audio).absolute())}]
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such clip, folder or manifest")
+    if path.suffix == ".jsonl":
+        return [json.loads(line) | {"_manifest": str(path.absolute())} for line in path.read_text().splitlines()
+                if line.strip()]
+    videos = sorted(p for p in path.iterdir() if p.suffix.lower() in VIDEO_SUFFIXES) if path.is_dir() else [path]
+    if not videos:
+        raise FileNotFoundError(f"{path}: no video files ({', '.join(VIDEO_SUFFIXES)})")
+    line = lambda v: {"id": v.stem, "video": str(v.absolute()), **({"audio": str(Path(audio).absolute())}
+                                                                   if audio else {})}
+    return [line(v) for v in videos]
+
+
+def infer(cfg: ml_collections.ConfigDict, checkpoint: str | os.PathLike, lines: Sequence[dict[str, Any]],
+          question: str | None = None) -> list[dict[str, Any]]:
+    """Answers for manifest lines (`clip_lines`): each asked `question` (default: the paper's
+    kind of open question) unless it carries its own conversation; the same transform as
+    training (faces detected when the line gives no boxes)."""
+    cfg, predict = predictor(cfg, checkpoint)
+    with tempfile.TemporaryDirectory() as tmp:
+        manifest = Path(tmp) / "clips.jsonl"
+        manifest.write_text("".join(json.dumps(_absolute(line)) + "\n" for line in lines))
+        answers = predict(manifest, question or DEFAULT_QUESTION)
+    return [{k: v for k, v in a.items() if k not in ("line", "reference")} for a in answers]
+
+
+def _absolute(line: dict[str, Any]) -> dict[str, Any]:
+    """A manifest line with its media paths absolute (a manifest's relative to its folder)."""
+    root = Path(line.pop("_manifest", ".")).parent
+    return {k: (str((root / v).absolute()) if k in ("video", "audio") and isinstance(v, str) else v)
+            for k, v in line.items()}
+
+
+def score(task: str, predictions: str | os.PathLike, classes: Sequence[str] | None = None,
+          synonyms: dict[str, Sequence[str]] | None = None) -> dict[str, Any]:
+    """Metrics of a predictions file: `{"id", "answer", "label"}` lines (emotion_classification;
+    classes default to the labels seen) or `{"id", "answer", "labels"}` (open_vocabulary).
+    Lines with `skip` are counted, not scored."""
+    path = Path(predictions)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such predictions file")
+    lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    answered = [p for p in lines if "skip" not in p]
+    key = {"emotion_classification": "label", "open_vocabulary": "labels"}.get(task)
+    if key is None:
+        raise ValueError(f"task {task!r}: choose emotion_classification or open_vocabulary")
+    missing = [p.get("id", i) for i, p in enumerate(answered) if key not in p or "answer" not in p]
+    if missing:
+        raise ValueError(f"{path}: lines without 'answer' or {key!r}: {missing[:5]}")
+    if task == "emotion_classification":
+        classes = list(classes or sorted({p["label"] for p in answered}))
+        out = metrics.classification_scores([p["answer"] for p in answered], [p["label"] for p in answered],
+                                            classes, synonyms)
+        out = {k: out[k] for k in ("uar", "war", "unmapped", "strict_uar", "strict_war", "recall")}
+    else:
+        out = metrics.open_vocabulary_scores([p["answer"] for p in answered], [p["labels"] for p in answered])
+        out = {k: out[k] for k in ("precision", "recall", "avg")}
+    return {**out, "clips": len(answered), "skipped": len(lines) - len(answered)}

@@ -1,0 +1,172 @@
+"""`omni-jax eval`, `infer` and `score` on real clips the tests write and a tiny random
+checkpoint: files written, sharded = one device = two processes, ablation, errors."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from configs import omni_emotion
+from omni_jax import cli, registry
+from omni_jax.eval import metrics
+from omni_jax.eval.predict import Predictor
+from omni_jax.pretrained import load_pretrained, save_pretrained
+from omni_jax.runs import load_tokenizer, model_config
+from omni_jax.sharding import make_mesh
+from tests import media
+from tests.tokenizer import qwen2_test_tokenizer
+
+REPO = Path(__file__).resolve().parents[2]
+CLASSES = "w20,w21,w22"
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """A tiny random Omni-Emotion checkpoint with its tokenizer; 5 clips (faces, every other one
+    with a voice) and a missing one; classification and open-vocabulary manifests."""
+    root = tmp_path_factory.mktemp("eval")
+    cfg = omni_emotion.get_config("tiny")
+    qwen2_test_tokenizer(cfg).save_pretrained(root / "tokenizer")
+    config = registry.to_config(model_config(cfg))
+    params = registry.init_params(registry.FAMILIES["omni_emotion"], config, make_mesh(), seed=1)
+    save_pretrained(root / "ckpt", config, params, root / "tokenizer", {"trained": "no: random weights"})
+    for i in range(5):
+        media.write_clip(root / f"c{i}.mp4", seconds=0.6, fps=10, size=(64, 48), face=True, audio=i % 2 == 0)
+    lines = [{"id": f"c{i}", "video": f"c{i}.mp4", "label": f"w2{i % 3}"} for i in range(5)]
+    lines.insert(2, {"id": "gone", "video": "missing.mp4", "label": "w20"})
+    (root / "dfew.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    ov = [{"id": f"c{i}", "video": f"c{i}.mp4", "labels": [["happy", "joyful"], ["sad"], ["angry", "worried"]][i % 3]}
+          for i in range(3)]
+    (root / "ov.jsonl").write_text("".join(json.dumps(x) + "\n" for x in ov))
+    return root
+
+
+def eval_args(root: Path, workdir: Path, *extra: str) -> list[str]:
+    return ["eval", "--config", str(REPO / "configs/omni_emotion.py:tiny"), "--checkpoint", str(root / "ckpt"),
+            "--workdir", str(workdir), f"--config.evals.dfew.manifest={root / 'dfew.jsonl'}",
+            f"--config.evals.dfew.classes={CLASSES}", "--config.data.workers=0", *extra]
+
+
+def predictions(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def evaluated(setup, tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("evaluated")
+    assert cli.main(eval_args(setup, workdir, f"--config.evals.emer_ov.manifest={setup / 'ov.jsonl'}")) == 0
+    return workdir
+
+
+def test_eval_writes_predictions_metrics_and_a_confusion_matrix(setup, evaluated):
+    lines = predictions(evaluated / "predictions" / "dfew.jsonl")
+    assert [p["id"] for p in lines] == ["c0", "c1", "gone", "c2", "c3", "c4"]  # manifest order, every line
+    assert lines[2]["skip"] == "missing_file" and "answer" not in lines[2]
+    answered = [p for p in lines if "skip" not in p]
+    assert all(isinstance(p["answer"], str) and p["correct"] == (p["predicted"] == p["label"]) for p in answered)
+    result = json.loads((evaluated / "metrics.json").read_text())
+    assert result["modalities"] == "v,a,f"
+    expected = metrics.classification_scores([p["answer"] for p in answered], [p["label"] for p in answered],
+                                             CLASSES.split(","))
+    for key in ("uar", "war", "unmapped", "strict_uar", "strict_war"):
+        assert result["dfew"][key] == pytest.approx(expected[key])
+    assert (result["dfew"]["clips"], result["dfew"]["skipped"]) == (5, 1)
+    assert (evaluated / "dfew_confusion.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    ov = predictions(evaluated / "predictions" / "emer_ov.jsonl")
+    assert result["emer_ov"]["precision"] == pytest.approx(np.mean([p["precision"] for p in ov]))
+    assert result["emer_ov"]["avg"] == pytest.approx((result["emer_ov"]["precision"] + result["emer_ov"]["recall"]) / 2)
+    assert not list((evaluated / "predictions").glob("*part*")) and not list(evaluated.glob(".*tmp"))
+
+
+def test_score_recomputes_the_metrics_of_a_predictions_file(evaluated, capsys):
+    assert cli.main(["--json", "score", "--task", "emotion_classification", "--classes", CLASSES,
+                     "--predictions", str(evaluated / "predictions" / "dfew.jsonl")]) == 0
+    scored = json.loads(capsys.readouterr().out.splitlines()[-1])
+    result = json.loads((evaluated / "metrics.json").read_text())["dfew"]
+    assert {k: scored[k] for k in ("uar", "war", "clips", "skipped")} == {k: result[k] for k in
+                                                                          ("uar", "war", "clips", "skipped")}
+    assert cli.main(["score", "--task", "open_vocabulary", "--predictions", str(evaluated / "nothing.jsonl")]) == 1
+    assert "no such predictions file" in capsys.readouterr().err
+
+
+def test_one_device_gives_the_sharded_predictions(setup, evaluated):
+    """The 8-device eval's answers again on a single device, batch 3 (other padding rows)."""
+    cfg = omni_emotion.get_config("tiny")
+    cfg.data.workers, cfg.eval.batch_size = 0, 3
+    mesh = make_mesh(1, 1, 1, devices=jax.devices()[:1])
+    model, params = load_pretrained(setup / "ckpt", mesh=mesh)
+    predict = Predictor(model, params, load_tokenizer(cfg, setup / "ckpt"), cfg, mesh)
+    single = predict(setup / "dfew.jsonl", cfg.evals.dfew.question)
+    sharded = predictions(evaluated / "predictions" / "dfew.jsonl")
+    assert [p.get("answer") for p in single] == [p.get("answer") for p in sharded]
+
+
+def test_two_processes_give_the_one_process_predictions(setup, evaluated, tmp_path):
+    """2 processes × 4 devices, batch 4 per process: 3 of the 6 lines each and a padding row;
+    the merged file equals the single-process one."""
+    port = _free_port()
+    flags = " ".join(f for f in os.environ.get("XLA_FLAGS", "").split() if f.startswith("--xla_cpu_collective"))
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": f"--xla_force_host_platform_device_count=4 {flags}"}
+    args = eval_args(setup, tmp_path, "--config.eval.batch_size=4")
+    runs = [subprocess.Popen([sys.executable, "-m", "omni_jax.cli", "--json", "--coordinator", f"localhost:{port}",
+                              "--num-processes", "2", "--process-id", str(i), *args], cwd=REPO, env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
+    outputs = [run.communicate(timeout=600)[0] for run in runs]
+    assert [run.returncode for run in runs] == [0, 0], outputs
+    ours = predictions(tmp_path / "predictions" / "dfew.jsonl")
+    assert ours == predictions(evaluated / "predictions" / "dfew.jsonl")
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def test_modality_ablation_flag(setup, tmp_path):
+    assert cli.main(eval_args(setup, tmp_path, "--config.eval.modalities=v")) == 0
+    assert json.loads((tmp_path / "metrics.json").read_text())["modalities"] == "v"
+    assert len(predictions(tmp_path / "predictions" / "dfew.jsonl")) == 6
+
+
+def test_infer_answers_a_clip_a_folder_and_a_manifest(setup, evaluated, capsys):
+    question = omni_emotion.get_config("tiny").evals.dfew.question
+    base = ["--json", "infer", "--checkpoint", str(setup / "ckpt"), "--config",
+            str(REPO / "configs/omni_emotion.py:tiny"), "--question", question, "--config.data.workers=0"]
+    assert cli.main([*base, "--video", str(setup / "c1.mp4")]) == 0
+    out = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    evaluated_c1 = next(p for p in predictions(evaluated / "predictions" / "dfew.jsonl") if p["id"] == "c1")
+    assert out[0]["id"] == "c1" and out[0]["answer"] == evaluated_c1["answer"]
+    assert out[-1]["clips"] == 1
+    assert cli.main([*base, "--video", str(setup), "--max-new-tokens", "2"]) == 0
+    assert json.loads(capsys.readouterr().out.splitlines()[-1])["clips"] == 5
+    assert cli.main([*base, "--video", str(setup / "dfew.jsonl")]) == 0
+    summary = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert (summary["clips"], summary["skipped"]) == (6, 1)
+
+
+def test_bad_input_is_a_clear_error_and_writes_nothing(setup, tmp_path, qwen2_tied, capsys):
+    def error(*args):
+        assert cli.main(list(args)) == 1
+        return capsys.readouterr().err
+
+    wrong = tmp_path / "wrong.jsonl"
+    wrong.write_text(json.dumps({"id": "x", "video": "c0.mp4", "label": "w29"}) + "\n")
+    assert "'w29' is not in the class list" in error(*eval_args(setup, tmp_path / "a",
+                                                                f"--config.evals.dfew.manifest={wrong}"))
+    unlabelled = tmp_path / "unlabelled.jsonl"
+    unlabelled.write_text(json.dumps({"id": "x", "video": "c0.mp4"}) + "\n")
+    assert "no 'label'" in error(*eval_args(setup, tmp_path / "a", f"--config.evals.dfew.manifest={unlabelled}"))
+    assert "no such file" in error(*eval_args(setup, tmp_path / "a", "--config.evals.dfew.manifest=/nope.jsonl"))
+    assert "no evaluator has a manifest" in error(*eval_args(setup, tmp_path / "a", "--config.evals.dfew.manifest="))
+    _, other = qwen2_tied
+    args = eval_args(setup, tmp_path / "a")
+    args[args.index("--checkpoint") + 1] = str(other / "ox")
+    assert "a qwen2 checkpoint" in error(*args)
+    assert not (tmp_path / "a").exists()
