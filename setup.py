@@ -31,14 +31,14 @@ setup(
         "tensorboard>=2.16",
         # confusion matrices of the classification evaluators (PNG, Agg back end)
         "matplotlib>=3.8",
-        # librosa's dependency already; named for the evaluators' metrics references in tests
-        "scikit-learn>=1.3",
     ],
     extras_require={
         # PyTorch is only needed to read pytorch_model*.bin files and for the parity tests; Pillow
         # runs transformers' PIL image processor, the reference for video preprocessing.
         "convert": ["torch==2.13.0"],
-        "test": ["torch==2.13.0", "pillow>=10.0", "pytest>=8.0", "pytest-xdist>=3.5", "psutil>=5.9"],
+        "test": ["torch==2.13.0", "pillow>=10.0", "pytest>=8.0", "pytest-xdist>=3.5", "psutil>=5.9",
+                 # the reference the classification metrics are tested against
+                 "scikit-learn>=1.3"],
     },
     entry_points={"console_scripts": ["omni-jax=omni_jax.cli:main"]},
 )

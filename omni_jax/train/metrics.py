@@ -8,7 +8,8 @@ Per logged step: step, loss, learning_rate, grad_norm, assistant_tokens, tokens_
 batch's non-padding tokens: process 0's × hosts), clips_per_s (rows, likewise), step_seconds, mfu (the step's FLOPs as
 `omni-jax plan` counts them ÷ (step time × devices × the device's bf16 peak); null where the
 peak is unknown), nonfinite (skipped steps so far), skipped_<reason> (examples the input
-pipeline skipped, this host's counts).
+pipeline skipped, this host's counts). The evaluators' figures (`train.eval_every`) go to
+eval/metrics.jsonl and TensorBoard's eval/NAME/metric.
 """
 from __future__ import annotations
 
@@ -70,7 +71,7 @@ class MetricLogger:
 
     def __init__(self, workdir: Path, total_steps: int, start_step: int, flops_per_step: float, peak: float | None,
                  log_every: int, progress: bool = True):
-        self.writing = jax.process_index() == 0
+        self.writing, self.workdir = jax.process_index() == 0, workdir
         self.flops_per_step, self.peak, self.log_every = flops_per_step, peak, max(1, log_every)
         self.devices = jax.device_count()
         self.pending: tuple[int, dict[str, jax.Array], dict[str, Any]] | None = None
@@ -115,6 +116,17 @@ class MetricLogger:
             self.tensorboard.write(step, {k: v for k, v in line.items()
                                           if k != "step" and isinstance(v, (int, float)) and np.isfinite(v)})
             self.last_line = line
+
+    def write_eval(self, step: int, results: dict[str, dict[str, Any]]) -> None:
+        """The evaluators' figures at `step`: a line of WORKDIR/eval/metrics.jsonl and
+        TensorBoard scalars `eval/NAME/metric`."""
+        self.flush()
+        if not self.writing:
+            return
+        with (self.workdir / "eval" / "metrics.jsonl").open("a") as lines:
+            lines.write(json.dumps({"step": step, **results}) + "\n")
+        self.tensorboard.write(step, {f"eval/{name}/{metric}": value for name, figures in results.items()
+                                      for metric, value in figures.items() if isinstance(value, (int, float))})
 
     def close(self) -> None:
         self.flush()

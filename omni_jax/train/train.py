@@ -35,6 +35,8 @@ from omni_jax import registry
 from omni_jax.data.errors import RunStopped
 from omni_jax.data.manifest import ManifestSource
 from omni_jax.data.pipeline import global_batch, make_pipeline, pad_id_of
+from omni_jax.eval.evaluators import from_config
+from omni_jax.eval.predict import Predictor
 from omni_jax.pretrained import load_pretrained, save_pretrained
 from omni_jax.runs import RUN_FILE, load_tokenizer, resolve_checkpoint, run_config
 from omni_jax.sharding import make_mesh
@@ -145,6 +147,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str | os.PathLike, init: str 
     if not cfg.data.manifest:
         raise ValueError("no training data: set --config.data.manifest=FILE.jsonl")
     source_size = len(ManifestSource(cfg.data.manifest))
+    evaluators = from_config(cfg.evals) if cfg.train.eval_every else []  # manifests and references checked now
     tokenizer = load_tokenizer(cfg, init)
     cfg.data.batch_size = batch_per_host(cfg)
     steps = total_steps(cfg, source_size)
@@ -210,6 +213,10 @@ def train(cfg: ml_collections.ConfigDict, workdir: str | os.PathLike, init: str 
                 logger.flush()  # a restored run's metrics.jsonl then runs up to its checkpoint
                 checkpoints.save(step, state, data)
                 last_save = time.monotonic()
+            if evaluators and (step % cfg.train.eval_every == 0 or step == steps):
+                predict = Predictor(trainer.model, merge_params(state["trainable"], frozen), tokenizer, cfg, mesh)
+                logger.write_eval(step, {name: dict(evaluator.run(predict, workdir / "eval" / f"step_{step}"))
+                                         for name, evaluator in evaluators})
             if preempted:
                 stopped = "preempted"
                 break

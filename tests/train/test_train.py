@@ -44,6 +44,8 @@ def data(tmp_path_factory):
         lines.append({"id": f"a{i}", "audio": f"a{i}.m4a", "conversations": [
             {"from": "human", "value": "<audio>\nw12 ."}, {"from": "gpt", "value": f"w{40 + i} ."}]})
     (root / "train.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    (root / "eval.jsonl").write_text("".join(json.dumps({"id": f"c{i}", "video": f"c{i}.mp4", "label": f"w2{i % 2}"})
+                                             + "\n" for i in range(3)))
     return root
 
 
@@ -61,8 +63,11 @@ def metrics(workdir: Path) -> dict[int, dict]:
 
 @pytest.fixture(scope="module")
 def uninterrupted(data, tmp_path_factory):
+    """The run of reference; it also evaluates every 4 steps (evaluation changes no state)."""
     workdir = tmp_path_factory.mktemp("uninterrupted")
-    assert cli.main(["--json", *args(data, workdir)]) == 0
+    evaluation = ("--config.train.eval_every=4", f"--config.evals.dfew.manifest={data / 'eval.jsonl'}",
+                  "--config.evals.dfew.classes=w20,w21", "--config.eval.max_new_tokens=4")
+    assert cli.main(["--json", *args(data, workdir, *evaluation)]) == 0
     return workdir
 
 
@@ -90,6 +95,19 @@ def test_a_run_writes_metrics_events_checkpoints_and_a_final_checkpoint(uninterr
     assert (uninterrupted / "final" / "tokenizer.json").exists()
     assert cli.main(["export", "--src", str(uninterrupted / "final"), "--dst", str(tmp_path / "hf")]) == 0
     assert (tmp_path / "hf" / "config.json").exists()
+
+
+def test_the_configured_evaluators_run_during_training(uninterrupted):
+    evaluations = [json.loads(line) for line in (uninterrupted / "eval" / "metrics.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in evaluations] == [4, 8]
+    assert all({"uar", "war", "unmapped"} <= set(e["dfew"]) and e["dfew"]["clips"] == 3 for e in evaluations)
+    predicted = (uninterrupted / "eval" / "step_8" / "predictions" / "dfew.jsonl").read_text().splitlines()
+    assert [json.loads(line)["id"] for line in predicted] == ["c0", "c1", "c2"]
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(uninterrupted / "tensorboard"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("eval/dfew/war")] == [4, 8]
 
 
 def _launch(data: Path, workdir: Path) -> subprocess.Popen:
@@ -219,6 +237,8 @@ def test_user_errors_are_clear_and_leave_nothing_half_done(data, uninterrupted, 
     assert "no such manifest" in error(*[a for a in base if "manifest" not in a],
                                        f"--config.data.manifest={tmp_path / 'absent.jsonl'}")
     assert "no tokenizer could be read" in error(*base, f"--config.data.tokenizer={tmp_path / 'nothing'}")
+    assert "'w20' is not in the class list" in error(*base, "--config.train.eval_every=2", "--config.evals.dfew."
+                                                     f"manifest={data / 'eval.jsonl'}")
     assert not (tmp_path / "new").exists()
     message = error(*args(data, uninterrupted, "--config.train.learning_rate=5e-4"))
     assert "holds a run with another config" in message and "train.learning_rate" in message
