@@ -79,28 +79,37 @@ def test_mismatched_or_wrong_parts_are_named_and_nothing_is_written(parts, tmp_p
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
 
 
-def test_assemble_command_line(parts, tmp_path):
+@pytest.fixture(scope="module")
+def assembled(parts, tmp_path_factory):
+    """`omni-jax assemble` (a subprocess) with frame_cross_attention, so every parameter kind is
+    there; its JSON summary and output folder."""
     import json
     import subprocess
     import sys
     from pathlib import Path
 
     root, _, _ = parts
+    dst = tmp_path_factory.mktemp("assembled") / "omni"
     repo = Path(__file__).resolve().parents[2]
     out = subprocess.run([sys.executable, "-m", "omni_jax.cli", "--json", "assemble", "--llava", str(root / "llava"),
                           "--whisper", str(root / "whisper"), "--face", str(root / "face"),
                           "--config", "configs/omni_emotion.py:tiny", "--fusion", "frame_cross_attention",
-                          "--dst", str(tmp_path / "omni")], capture_output=True, text=True, cwd=repo)
+                          "--dst", str(dst)], capture_output=True, text=True, cwd=repo)
     assert out.returncode == 0, out.stderr
-    result = json.loads(out.stdout.splitlines()[-1])
+    return json.loads(out.stdout.splitlines()[-1]), dst
+
+
+def test_assemble_command_line(assembled):
+    result, dst = assembled
     assert result["ok"] and result["model_type"] == "omni_emotion" and result["fusion"] == "frame_cross_attention"
-    _, params = omni_jax.load_pretrained(tmp_path / "omni")
+    _, params = omni_jax.load_pretrained(dst)
     assert "face_cross_attention" in params
 
 
-def test_export_to_safetensors_and_back(parts, tmp_path):
+def test_export_to_safetensors_and_back(assembled, tmp_path):
     """The documented key layout (formats.OMNI_EMOTION) through the two conversion scripts, every
     leaf bit-exact; frame_cross_attention, so that every parameter kind is exported."""
+    import shutil
     import subprocess
     import sys
     from pathlib import Path
@@ -109,10 +118,7 @@ def test_export_to_safetensors_and_back(parts, tmp_path):
 
     from omni_jax.conversion.engine import flat_leaves
 
-    root, cfg, _ = parts
-    cross = ml_collections.ConfigDict(cfg.to_dict())
-    cross.fusion = "frame_cross_attention"
-    assemble_omni_emotion(root / "llava", root / "whisper", root / "face", tmp_path / "omni", cross, progress=False)
+    shutil.copytree(assembled[1], tmp_path / "omni")
     repo = Path(__file__).resolve().parents[2]
     for script, src, dst in [("orbax_to_hf.py", "omni", "safetensors"), ("hf_to_orbax.py", "safetensors", "back")]:
         out = subprocess.run([sys.executable, f"convert/{script}", "--src", str(tmp_path / src),
