@@ -151,6 +151,12 @@ SYNONYMS = {
 CLASSIFY = ("Which emotion does the person in the video show most clearly? Options: {options}. Answer with one "
             "word from the options.")
 OPEN_VOCABULARY = "Which emotions does the person in the video show? Answer with emotion words separated by commas."
+DESCRIBE = ("What is the emotional state of the person in the video? Explain it with the clues in their face, voice "
+            "and words, and the scene.")
+# The judge of the reasoning scores and of the LLM grouping: any OpenAI-compatible endpoint.
+JUDGE = dict(base_url="https://api.openai.com/v1", model="gpt-4o-mini", api_key_env="OPENAI_API_KEY",
+             cache="",  # replies cached here (default ~/.cache/omni_jax/judge): a rerun sends nothing twice
+             concurrency=8, retries=4, timeout=60.0, backoff=1.0)
 
 
 def eval_config(variant: str) -> ml_collections.ConfigDict:
@@ -171,12 +177,15 @@ def eval_config(variant: str) -> ml_collections.ConfigDict:
 def evals_config() -> ml_collections.ConfigDict:
     """The paper's benchmarks as evaluators; one runs once its manifest is set
     (`--config.evals.dfew.manifest=dfew_test.jsonl`). Manifest lines: the clip plus `label`
-    (classification) or `labels` (open vocabulary); `conversations` only to ask otherwise."""
+    (classification), `labels` (open vocabulary) or `description` (reasoning); `conversations`
+    only to ask otherwise."""
     classify = lambda classes: dict(type="emotion_classification", manifest="", classes=classes,
                                     synonyms={c: SYNONYMS[c] for c in classes},
                                     question=CLASSIFY.format(options=", ".join(classes)))
     return ml_collections.ConfigDict(dict(
         dfew=classify(DFEW_CLASSES),
         mafw=classify(MAFW_CLASSES),
-        emer_ov=dict(type="open_vocabulary", manifest="", question=OPEN_VOCABULARY, grouping="table"),
+        emer_ov=dict(type="open_vocabulary", manifest="", question=OPEN_VOCABULARY, grouping="table",
+                     endpoint=dict(JUDGE)),  # the endpoint only for grouping="llm"
+        emer=dict(type="reasoning_judge", manifest="", question=DESCRIBE, endpoint=dict(JUDGE)),
     ))

@@ -1,4 +1,5 @@
-"""What the benchmarks here share: a median wall-clock timer and the description of the run."""
+"""What the benchmarks here share: timers (a median; medians of runs taking turns), the torch
+device, and the description of the run."""
 from __future__ import annotations
 
 import datetime
@@ -7,10 +8,33 @@ import os
 import platform
 import statistics
 import time
-from typing import Callable
+from typing import Any, Callable
 
 import jax
 import torch
+
+TORCH_DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def sync(x: torch.Tensor) -> torch.Tensor:
+    """`x` once the GPU (if torch uses one) has finished: for timing."""
+    if TORCH_DEVICE == "cuda":
+        torch.cuda.synchronize()
+    return x
+
+
+def interleaved_medians(runs: dict[str, Callable[[], Any]], repeats: int) -> tuple[dict[str, Any], dict[str, float]]:
+    """Each run's output (from an untimed warm-up: compilation, allocator) and median wall time.
+
+    The runs take turns, so background load on a shared machine hits all of them alike."""
+    outputs = {name: run() for name, run in runs.items()}
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(repeats):
+        for name, run in runs.items():
+            start = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - start)
+    return outputs, {name: statistics.median(t) for name, t in times.items()}
 
 
 def median_seconds(fn: Callable[[], object], repeats: int) -> float:

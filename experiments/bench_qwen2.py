@@ -27,9 +27,7 @@ import datetime
 import json
 import os
 import platform
-import statistics
 import tempfile
-import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -42,6 +40,8 @@ import transformers
 import omni_jax
 from omni_jax.conversion import convert_hf_to_orbax
 from omni_jax.generate import generate
+
+from bench_common import TORCH_DEVICE, interleaved_medians, sync  # experiments/, the script's folder
 
 
 def parse_args() -> argparse.Namespace:
@@ -71,9 +71,6 @@ def qwen2_config(layers: int) -> transformers.Qwen2Config:
         bos_token_id=None, eos_token_id=None, pad_token_id=0)
 
 
-TORCH_DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-
-
 def build_models(config: transformers.Qwen2Config, seed: int, scan_layers: bool,
                  dtype: str) -> tuple[torch.nn.Module, Any, Any]:
     """The torch model (on the GPU when there is one), and the same weights through
@@ -88,26 +85,6 @@ def build_models(config: transformers.Qwen2Config, seed: int, scan_layers: bool,
     return hf_model.to(TORCH_DEVICE, getattr(torch, dtype)), model, params
 
 
-def _sync(x: torch.Tensor) -> torch.Tensor:
-    if TORCH_DEVICE == "cuda":
-        torch.cuda.synchronize()
-    return x
-
-
-def interleaved_medians(runs: dict[str, Callable[[], Any]], repeats: int) -> tuple[dict[str, Any], dict[str, float]]:
-    """Each run's output (from an untimed warm-up: compilation, allocator) and median wall time.
-
-    The runs take turns, so background load on a shared machine hits all of them alike."""
-    outputs = {name: run() for name, run in runs.items()}
-    times: dict[str, list[float]] = {name: [] for name in runs}
-    for _ in range(repeats):
-        for name, run in runs.items():
-            start = time.perf_counter()
-            run()
-            times[name].append(time.perf_counter() - start)
-    return outputs, {name: statistics.median(t) for name, t in times.items()}
-
-
 def prefill_runs(hf_model: torch.nn.Module, model: Any, params: Any,
                  ids: np.ndarray) -> dict[str, Callable[[], Any]]:
     forward = jax.jit(lambda p, x: model.apply({"params": p}, input_ids=x)["logits"])
@@ -115,7 +92,7 @@ def prefill_runs(hf_model: torch.nn.Module, model: Any, params: Any,
 
     def torch_run() -> torch.Tensor:
         with torch.inference_mode():
-            return _sync(hf_model(torch_ids).logits)
+            return sync(hf_model(torch_ids).logits)
 
     return {"jax": lambda: jax.block_until_ready(forward(params, jax_ids)), "torch": torch_run}
 
@@ -130,7 +107,7 @@ def decode_runs(hf_model: torch.nn.Module, model: Any, params: Any, prompt: np.n
 
     def torch_run() -> torch.Tensor:
         with torch.inference_mode():
-            return _sync(hf_model.generate(torch_ids, attention_mask=torch.ones_like(torch_ids), do_sample=False,
+            return sync(hf_model.generate(torch_ids, attention_mask=torch.ones_like(torch_ids), do_sample=False,
                                            max_new_tokens=new_tokens, min_new_tokens=new_tokens)[:, prompt.shape[1]:])
 
     return {"jax": jax_run, "torch": torch_run}

@@ -24,6 +24,7 @@ import jax
 import ml_collections
 import ml_dtypes
 import numpy as np
+from flax import traverse_util
 from tqdm import tqdm
 
 from omni_jax import registry
@@ -133,6 +134,9 @@ def plan(reader: CheckpointReader, family: registry.ModelFamily, config) -> tupl
     return fmt, list(leaves.values())
 
 
+GROUP_BYTES = 64 << 20  # small leaves written together, up to this size (checkpoint_writer)
+
+
 def _nested(path: str, value: Any) -> dict:
     out: Any = value
     for part in reversed(path.split("/")):
@@ -178,8 +182,10 @@ def checkpoint_writer(dst: str | os.PathLike, meta: dict[str, Any],
                       side_files: Path | None = None) -> Iterator[Callable[[str, np.ndarray | jax.Array], None]]:
     """Yields `save(path, array)`, which writes one leaf ("a/b/c") of a new checkpoint at `dst`.
 
-    Leaves go to orbax one at a time (partial saves), so the host holds about one leaf. On a
-    clean exit the params are finalised, `meta` becomes omni_jax.json, `side_files`' tokenizer
+    Leaves go to orbax in groups of up to GROUP_BYTES (partial saves), so the host holds about
+    one large leaf, or a group of small ones: orbax merges the whole tree's metadata at every
+    partial save, so one save per leaf costs time quadratic in the leaf count (a tiny
+    Omni-Emotion's 176 leaves: 40 s, grouped: 2 s). On a clean exit the params are finalised, `meta` becomes omni_jax.json, `side_files`' tokenizer
     and processor files are copied, and the directory appears at `dst` at once; on any error
     nothing is left behind."""
     import orbax.checkpoint.experimental.v1 as ocp
@@ -193,12 +199,22 @@ def checkpoint_writer(dst: str | os.PathLike, meta: dict[str, Any],
     dst = Path(dst)
     tmp = _temp_dir(dst)
 
+    group: dict[str, Any] = {}
+
+    def flush() -> None:
+        if group:
+            with context:
+                ocp.partial.save(tmp / PARAMS_DIR, traverse_util.unflatten_dict(group, sep="/"))
+            group.clear()
+
     def save(path: str, array: np.ndarray) -> None:
-        with context:
-            ocp.partial.save(tmp / PARAMS_DIR, _nested(path, array))
+        group[path] = array
+        if sum(a.nbytes for a in group.values()) >= GROUP_BYTES:  # a large leaf goes at once
+            flush()
 
     try:
         yield save
+        flush()
         with context:
             ocp.partial.finalize(tmp / PARAMS_DIR)
         (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=2))

@@ -23,7 +23,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from omni_jax.eval import metrics
+from omni_jax.eval import judge, metrics
 from omni_jax.eval.predict import write_predictions
 
 Predict = Callable[[str, "str | None"], list[dict[str, Any]]]
@@ -114,15 +114,19 @@ class EmotionClassification(Evaluator):
 
 
 class OpenVocabulary(Evaluator):
-    """EMER-OV precision, recall and their mean over grouped emotion words."""
+    """EMER-OV precision, recall and their mean over grouped emotion words; grouping "table"
+    (emotion_words.GROUPS) or "llm" (the judge endpoint groups each clip's true and predicted
+    words; a clip whose grouping fails is counted in `grouping_failures`, not scored)."""
 
-    GROUPINGS = ("table",)
+    GROUPINGS = ("table", "llm")
 
-    def __init__(self, name: str, manifest: str, question: str, grouping: str = "table"):
+    def __init__(self, name: str, manifest: str, question: str, grouping: str = "table",
+                 endpoint: Mapping[str, Any] | None = None):
         if grouping not in self.GROUPINGS:
             raise ValueError(f"evaluator {name!r}: grouping {grouping!r}; available: {self.GROUPINGS}")
         self.name, self.manifest, self.question = name, manifest, question
         self.table = metrics.word_groups()
+        self.client = judge.JudgeClient(**endpoint) if grouping == "llm" else None
 
         def check(labels: Any, where: str) -> None:
             if not isinstance(labels, list) or not metrics.emotion_words(labels, self.table):
@@ -131,18 +135,67 @@ class OpenVocabulary(Evaluator):
         _references(manifest, "labels", check)
 
     def score(self, answered: list[dict[str, Any]]) -> dict[str, Any]:
+        for p in answered:
+            p["words"] = metrics.emotion_words(p["answer"], self.table)
+        group_of, failures = None, []
+        if self.client is not None:  # clips merged from another process's file are grouped already
+            todo = [p for p in answered if "groups" not in p and "grouping_failure" not in p]
+            words = [sorted(set(metrics.emotion_words(p["labels"], self.table)) | set(p["words"])) for p in todo]
+            groupings = self.client.ask_all([judge.GROUPING_PROMPT.format(words=json.dumps(w)) for w in words],
+                                            [judge.grouping_parser(w) for w in words])
+            for p, grouping in zip(todo, groupings):
+                p.update({"grouping_failure": str(grouping)} if isinstance(grouping, judge.ReplyRejected)
+                         else {"groups": grouping})
+            failures = [p for p in answered if "grouping_failure" in p]
+            answered = [p for p in answered if "groups" in p]
+            in_order = iter([p["groups"] for p in answered])
+            group_of = lambda true, predicted: next(in_order)  # open_vocabulary_scores asks clip by clip
+        if not answered:
+            raise ValueError(f"evaluator {self.name!r}: no clip could be grouped ({failures[0]['grouping_failure']})")
         scores = metrics.open_vocabulary_scores([p["answer"] for p in answered], [p["labels"] for p in answered],
-                                                table=self.table)
+                                                group_of=group_of, table=self.table)
         for p, clip in zip(answered, scores["per_clip"]):
-            p.update(words=metrics.emotion_words(p["answer"], self.table), **clip)
-        return scores
+            p.update(clip)
+        return {**scores, "grouping_failures": len(failures)}
 
     def report(self, scores: dict[str, Any], out_dir: Path) -> Iterator[tuple[str, Any]]:
         for key in ("precision", "recall", "avg"):
             yield key, scores[key]
+        if self.client is not None:
+            yield "grouping_failures", scores["grouping_failures"]
 
 
-EVALUATORS = {"emotion_classification": EmotionClassification, "open_vocabulary": OpenVocabulary}
+class ReasoningJudge(Evaluator):
+    """EMER's reasoning scores: the judge endpoint rates each answer against the line's
+    `description` for clue overlap and label overlap (0-10), averaged over the judged clips;
+    a clip whose replies never parse is a `judge_failure`, counted and not scored."""
+
+    def __init__(self, name: str, manifest: str, question: str, endpoint: Mapping[str, Any]):
+        self.name, self.manifest, self.question = name, manifest, question
+        self.client = judge.JudgeClient(**endpoint)  # a missing API key fails here, before any generation
+
+        def check(description: Any, where: str) -> None:
+            if not isinstance(description, str) or not description.strip():
+                raise ValueError(f"{where}: 'description' must be the reference text, got {description!r:.80}")
+        _references(manifest, "description", check)
+
+    def score(self, answered: list[dict[str, Any]]) -> dict[str, Any]:
+        todo = [p for p in answered if "clue_overlap" not in p and "judge_failure" not in p]
+        replies = self.client.ask_all([judge.REASONING_PROMPT.format(reference=p["description"], answer=p["answer"])
+                                       for p in todo], judge.parse_reasoning)
+        for p, reply in zip(todo, replies):
+            p.update({"judge_failure": str(reply)} if isinstance(reply, judge.ReplyRejected) else reply)
+        judged = [p for p in answered if "clue_overlap" in p]
+        mean = lambda key: float(np.mean([p[key] for p in judged])) if judged else None
+        return {"clue_overlap": mean("clue_overlap"), "label_overlap": mean("label_overlap"), "judged": len(judged),
+                "judge_failures": len(answered) - len(judged)}
+
+    def report(self, scores: dict[str, Any], out_dir: Path) -> Iterator[tuple[str, Any]]:
+        yield from scores.items()
+
+
+EVALUATORS = {"emotion_classification": EmotionClassification, "open_vocabulary": OpenVocabulary,
+              "reasoning_judge": ReasoningJudge}
 
 
 def from_config(evals: ml_collections.ConfigDict) -> list[tuple[str, Any]]:

@@ -1,4 +1,8 @@
 """An Omni-Emotion checkpoint assembled from converted parts: every leaf where it belongs."""
+import contextlib
+import io
+from pathlib import Path
+
 import jax
 import ml_collections
 import numpy as np
@@ -12,6 +16,7 @@ from omni_jax.conversion.assemble import assemble_omni_emotion
 from omni_jax.conversion.engine import save_params
 from omni_jax.prompt import SPECIAL_TOKENS
 
+REPO = Path(__file__).resolve().parents[2]
 LLAVA_FIELDS = ("text", "vision", "vision_feature_layers", "vision_feature_select_strategy", "projector_hidden_act",
                 "projector_bias", "image_token_id", "video_token_id")
 
@@ -37,10 +42,9 @@ def parts(tmp_path_factory):
                        "face": _random_part(root / "face", "facexformer", cfg.face, 2)}
 
 
-def test_parts_land_where_the_model_reads_them(parts, tmp_path):
-    root, cfg, sources = parts
-    assemble_omni_emotion(root / "llava", root / "whisper", root / "face", tmp_path / "omni", cfg, progress=False)
-    model, params = omni_jax.load_pretrained(tmp_path / "omni")
+def test_parts_land_where_the_model_reads_them(parts, assembled):
+    _, cfg, sources = parts
+    model, params = omni_jax.load_pretrained(assembled[1])
     assert type(model).__name__ == "OmniEmotion"
     np.testing.assert_array_equal(params["audio_encoder"]["layers"]["mlp"]["fc1"]["kernel"],
                                   sources["whisper"]["layers"]["mlp"]["fc1"]["kernel"])
@@ -81,22 +85,20 @@ def test_mismatched_or_wrong_parts_are_named_and_nothing_is_written(parts, tmp_p
 
 @pytest.fixture(scope="module")
 def assembled(parts, tmp_path_factory):
-    """`omni-jax assemble` (a subprocess) with frame_cross_attention, so every parameter kind is
-    there; its JSON summary and output folder."""
+    """`omni-jax assemble` with frame_cross_attention, so every parameter kind is there (one
+    assembly for the tests below: each costs ~30 s on 2 cores); its JSON summary and folder."""
     import json
-    import subprocess
-    import sys
-    from pathlib import Path
+
+    from omni_jax import cli
 
     root, _, _ = parts
     dst = tmp_path_factory.mktemp("assembled") / "omni"
-    repo = Path(__file__).resolve().parents[2]
-    out = subprocess.run([sys.executable, "-m", "omni_jax.cli", "--json", "assemble", "--llava", str(root / "llava"),
-                          "--whisper", str(root / "whisper"), "--face", str(root / "face"),
-                          "--config", "configs/omni_emotion.py:tiny", "--fusion", "frame_cross_attention",
-                          "--dst", str(dst)], capture_output=True, text=True, cwd=repo)
-    assert out.returncode == 0, out.stderr
-    return json.loads(out.stdout.splitlines()[-1]), dst
+    capture = io.StringIO()
+    with contextlib.redirect_stdout(capture):
+        assert cli.main(["--json", "assemble", "--llava", str(root / "llava"), "--whisper", str(root / "whisper"),
+                         "--face", str(root / "face"), "--config", str(REPO / "configs/omni_emotion.py:tiny"),
+                         "--fusion", "frame_cross_attention", "--dst", str(dst)]) == 0
+    return json.loads(capture.getvalue().splitlines()[-1]), dst
 
 
 def test_assemble_command_line(assembled):
@@ -109,21 +111,14 @@ def test_assemble_command_line(assembled):
 def test_export_to_safetensors_and_back(assembled, tmp_path):
     """The documented key layout (formats.OMNI_EMOTION) through the two conversion scripts, every
     leaf bit-exact; frame_cross_attention, so that every parameter kind is exported."""
-    import shutil
-    import subprocess
-    import sys
-    from pathlib import Path
-
     from safetensors import safe_open
 
+    from omni_jax import cli
     from omni_jax.conversion.engine import flat_leaves
 
-    shutil.copytree(assembled[1], tmp_path / "omni")
-    repo = Path(__file__).resolve().parents[2]
-    for script, src, dst in [("orbax_to_hf.py", "omni", "safetensors"), ("hf_to_orbax.py", "safetensors", "back")]:
-        out = subprocess.run([sys.executable, f"convert/{script}", "--src", str(tmp_path / src),
-                              "--dst", str(tmp_path / dst)], capture_output=True, text=True, cwd=repo)
-        assert out.returncode == 0, out.stderr
+    # `omni-jax export` / `convert` (convert/*.py run the same functions: test_engine.py's scripts test)
+    assert cli.main(["export", "--src", str(assembled[1]), "--dst", str(tmp_path / "safetensors")]) == 0
+    assert cli.main(["convert", "--src", str(tmp_path / "safetensors"), "--dst", str(tmp_path / "back")]) == 0
     keys = set()
     for file in (tmp_path / "safetensors").glob("*.safetensors"):
         with safe_open(file, "np") as f:
@@ -136,7 +131,7 @@ def test_export_to_safetensors_and_back(assembled, tmp_path):
                 "face_tower.face_projector.linear_2.weight", "frame_embedding",
                 "face_cross_attention.attention.o_proj.bias", "face_cross_attention.query_norm.weight"):
         assert key in keys, key
-    _, original = omni_jax.load_pretrained(tmp_path / "omni")
+    _, original = omni_jax.load_pretrained(assembled[1])
     model, restored = omni_jax.load_pretrained(tmp_path / "back")
     assert model.config.fusion == "frame_cross_attention"
     original, restored = flat_leaves(original), flat_leaves(restored)

@@ -1,0 +1,138 @@
+"""The judge against a fake OpenAI-compatible endpoint the tests start on localhost: scores,
+retries, the disk cache, garbage replies counted as failures, the LLM grouping, and the
+errors (no API key, nothing listening, a refused request)."""
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from omni_jax.eval import judge, metrics
+from omni_jax.eval.evaluators import OpenVocabulary, ReasoningJudge
+
+
+class FakeEndpoint:
+    """Replies by what the prompt holds: "score=N" → clue N, label 10 − N; "GARBAGE" → prose;
+    "FLAKY" → HTTP 500 the first time; a grouping prompt → every word in one group."""
+
+    def __init__(self):
+        self.requests: list[str] = []
+        endpoint = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                prompt = body["messages"][-1]["content"]
+                endpoint.requests.append(prompt)
+                if self.headers["Authorization"] != "Bearer secret":
+                    return self._send(401, {"error": "bad key"})
+                if "FLAKY" in prompt and endpoint.requests.count(prompt) == 1:
+                    return self._send(500, {"error": "try again"})
+                if "GARBAGE" in prompt:
+                    reply = "The explanation seems reasonable overall."
+                elif prompt.startswith("Group these"):
+                    words = json.loads(prompt.split("Words: ")[1].split("\n")[0])
+                    reply = json.dumps({w: "one" for w in words})
+                else:
+                    n = int(prompt.split("score=")[1][0])
+                    reply = f"```json\n{{\"clue_overlap\": {n}, \"label_overlap\": {10 - n}}}\n```"
+                self._send(200, {"choices": [{"message": {"role": "assistant", "content": reply}}]})
+
+            def _send(self, code, payload):
+                data = json.dumps(payload).encode()
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("localhost", 0), Handler)
+        self.url = f"http://localhost:{self.server.server_address[1]}/v1"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
+@pytest.fixture
+def endpoint(monkeypatch):
+    monkeypatch.setenv("JUDGE_KEY", "secret")
+    fake = FakeEndpoint()
+    yield fake
+    fake.server.shutdown()
+
+
+def settings(endpoint, tmp_path, **kwargs):
+    return dict(base_url=endpoint.url, model="fake", api_key_env="JUDGE_KEY", cache=str(tmp_path / "cache"),
+                retries=2, backoff=0.01, timeout=5, **kwargs)
+
+
+def manifest(tmp_path, key, values):
+    path = tmp_path / "refs.jsonl"
+    path.write_text("".join(json.dumps({"id": f"c{i}", "video": "x.mp4", key: v}) + "\n" for i, v in enumerate(values)))
+    return str(path)
+
+
+def fake_predict(answers, key, values):
+    def predict(manifest, question):
+        return [{"line": i + 1, "id": f"c{i}", "question": question, "answer": a, key: v}
+                for i, (a, v) in enumerate(zip(answers, values))]
+    return predict
+
+
+def test_reasoning_scores_retries_cache_and_failures(endpoint, tmp_path):
+    descriptions = ["She smiles and laughs: happy.", "A trembling voice: fear.", "Frowning: anger."]
+    answers = ["score=8 smiling, happy", "FLAKY score=4 shaky voice", "GARBAGE who knows"]
+    evaluator = ReasoningJudge("emer", manifest(tmp_path, "description", descriptions), "Why?",
+                               endpoint=settings(endpoint, tmp_path))
+    figures = dict(evaluator.run(fake_predict(answers, "description", descriptions), tmp_path / "out"))
+    assert figures["clue_overlap"] == pytest.approx((8 + 4) / 2)
+    assert figures["label_overlap"] == pytest.approx((2 + 6) / 2)
+    assert (figures["judged"], figures["judge_failures"]) == (2, 1)
+    lines = [json.loads(x) for x in (tmp_path / "out" / "predictions" / "emer.jsonl").read_text().splitlines()]
+    assert lines[0]["clue_overlap"] == 8 and "judge_failure" in lines[2] and "clue_overlap" not in lines[2]
+    # 1 + 2 (a 500, then the answer) + 3 (garbage, asked again twice)
+    assert len(endpoint.requests) == 6
+    again = dict(evaluator.run(fake_predict(answers, "description", descriptions), tmp_path / "again"))
+    assert again == figures
+    assert len(endpoint.requests) == 6 + 3  # only the unparsable one is asked again: the rest is cached
+
+
+def test_llm_grouping_of_open_vocabulary_words(endpoint, tmp_path):
+    labels = [["happy"], ["sad", "angry"]]
+    evaluator = OpenVocabulary("ov", manifest(tmp_path, "labels", labels), "Which?", grouping="llm",
+                               endpoint=settings(endpoint, tmp_path))
+    figures = dict(evaluator.run(fake_predict(["worried", "calm"], "labels", labels), tmp_path / "out"))
+    # the fake puts every word of a clip in one group: each clip matches fully
+    assert (figures["precision"], figures["recall"]) == (1.0, 1.0)
+    table = dict(OpenVocabulary("ov", manifest(tmp_path, "labels", labels), "Which?").run(
+        fake_predict(["worried", "calm"], "labels", labels), tmp_path / "table"))
+    assert table["precision"] == 0.0 and len(endpoint.requests) == 2
+
+
+def test_endpoint_problems_are_clear_errors(endpoint, tmp_path, monkeypatch):
+    refs = manifest(tmp_path, "description", ["happy"])
+    with pytest.raises(judge.JudgeError, match="NO_SUCH_KEY is not set"):
+        ReasoningJudge("emer", refs, "Why?", endpoint={**settings(endpoint, tmp_path), "api_key_env": "NO_SUCH_KEY"})
+    monkeypatch.setenv("JUDGE_KEY", "wrong")
+    client = judge.JudgeClient(**settings(endpoint, tmp_path))
+    with pytest.raises(judge.JudgeError, match="refused the request: HTTP 401"):
+        client.ask([{"role": "user", "content": "score=5"}], judge.parse_reasoning)
+    assert len(endpoint.requests) == 1  # a refusal is not retried
+    endpoint.server.shutdown()
+    endpoint.server.server_close()
+    with pytest.raises(judge.JudgeError, match="did not answer after 3 attempts"):
+        client.ask([{"role": "user", "content": "score=5"}], judge.parse_reasoning)
+
+
+def test_reply_parsing():
+    assert judge.parse_reasoning('Sure! {"clue_overlap": 7, "label_overlap": 9.5}') == {"clue_overlap": 7.0,
+                                                                                       "label_overlap": 9.5}
+    for bad in ('{"clue_overlap": 11, "label_overlap": 2}', '{"clue_overlap": "high"}', "no json", "{broken"):
+        with pytest.raises(judge.ReplyRejected):
+            judge.parse_reasoning(bad)
+    parse = judge.grouping_parser(["happy", "sad"])
+    assert parse('{"Happy": "joy", "sad": "Sadness"}') == {"happy": "joy", "sad": "sadness"}
+    with pytest.raises(judge.ReplyRejected, match="leaves out"):
+        parse('{"happy": "joy"}')
+    assert metrics.open_vocabulary_scores(["x"], [["happy"]], group_of=lambda t, p: {w: "g" for w in t + p})["avg"] == 1
