@@ -25,6 +25,7 @@ bench: setup
 	$(PY) experiments/bench_face_encoder.py
 	$(PY) experiments/bench_audio.py --large
 	$(PY) experiments/bench_data.py
+	$(PY) experiments/bench_generate.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -126,8 +126,10 @@ def test_bfloat16_video_forward_within_bound(llava):
 
 
 def test_greedy_generation_with_video_equals_transformers(llava):
-    """Left-padded video prompts: our cached decoding gives transformers' `generate` tokens."""
+    """Left-padded video prompts: our cached decoding gives transformers' `generate` tokens, on
+    one device and with the parameters sharded over 8."""
     from omni_jax.generate import generate
+    from omni_jax.sharding import activate, make_mesh
 
     hf, root = llava
     model, params = omni_jax.load_pretrained(root / "ox")
@@ -140,4 +142,10 @@ def test_greedy_generation_with_video_equals_transformers(llava):
                           min_new_tokens=6, do_sample=False, pad_token_id=0)[:, ids.shape[1]:].numpy()
     ours = generate(model, params, jnp.asarray(ids), jnp.asarray(mask), max_new_tokens=6,
                     pixel_values_videos=jnp.asarray(pixels))
+    np.testing.assert_array_equal(np.asarray(ours), ref)
+    mesh = make_mesh(data=1, fsdp=4, tensor=2)  # parameters sharded over 8 devices as in training
+    _, sharded = omni_jax.load_pretrained(root / "ox", mesh=mesh)
+    with activate(mesh):
+        ours = generate(model, sharded, jnp.asarray(ids), jnp.asarray(mask), max_new_tokens=6,
+                        pixel_values_videos=jnp.asarray(pixels))
     np.testing.assert_array_equal(np.asarray(ours), ref)
