@@ -293,11 +293,11 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
 
 
 def _infer(args: argparse.Namespace) -> dict[str, Any]:
-    from omni_jax.eval.run import clip_lines, infer
+    from omni_jax.eval.run import infer
 
     if args.max_new_tokens:
         args.config.eval.max_new_tokens = args.max_new_tokens
-    answers = infer(args.config, args.checkpoint, clip_lines(args.video, args.audio), args.question)
+    answers = infer(args.config, args.checkpoint, args.video, args.audio, args.question)
     if args.json:  # one object per clip, then the summary line
         for answer in answers:
             print(json.dumps(answer, ensure_ascii=False))

@@ -22,6 +22,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 import jax
 import ml_collections
 import numpy as np
+from etils import epath
 
 from omni_jax.eval import judge, metrics
 from omni_jax.eval.predict import write_predictions
@@ -32,7 +33,7 @@ Predict = Callable[[str, "str | None"], list[dict[str, Any]]]
 def _references(manifest: str, key: str, check: Callable[[Any, str], None]) -> None:
     """Checks every parseable line's reference `key` (lines that are not JSON objects are
     the pipeline's to skip and count)."""
-    with open(manifest, encoding="utf-8") as lines:
+    with epath.Path(manifest).open() as lines:
         for number, line in enumerate(lines, 1):
             try:
                 entry = json.loads(line) if line.strip() else None
@@ -207,7 +208,7 @@ def from_config(evals: ml_collections.ConfigDict) -> list[tuple[str, Any]]:
         if kind not in EVALUATORS:
             raise ValueError(f"evals.{name}: type {kind!r}; available: {sorted(EVALUATORS)}")
         if spec.get("manifest"):
-            if not Path(spec["manifest"]).exists():
+            if not epath.Path(spec["manifest"]).exists():
                 raise FileNotFoundError(f"evals.{name}.manifest: {spec['manifest']}: no such file")
             built.append((name, EVALUATORS[kind](name=name, **spec)))
     return built

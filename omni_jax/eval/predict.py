@@ -10,7 +10,8 @@ cut at the first stop string), `reference` (a final gpt turn) and the line's oth
 instead of an answer.
 
 `write_predictions` merges the processes' predictions into one JSONL file in manifest order:
-each process writes its part, process 0 checks that every line is there once, writes the
+each process writes its part (in a folder every process sees, as checkpoints need), process 0
+checks that every line is there once, writes the
 merged file under a temporary name and renames it (a crash never leaves a partial file
 looking complete), then removes the parts.
 """

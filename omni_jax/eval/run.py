@@ -33,8 +33,8 @@ VIDEO_SUFFIXES = (".mp4", ".mkv", ".webm", ".mov", ".avi")
 DEFAULT_QUESTION = "How does the person in the video feel, and which cues in the face, voice and scene show it?"
 
 
-def predictor(cfg: ml_collections.ConfigDict, checkpoint: str | os.PathLike) -> tuple[ml_collections.ConfigDict,
-                                                                                    Predictor]:
+def load_predictor(cfg: ml_collections.ConfigDict,
+                   checkpoint: str | os.PathLike) -> tuple[ml_collections.ConfigDict, Predictor]:
     """(the config as run, a Predictor) for an Omni-Emotion checkpoint or a finished workdir."""
     path = resolve_checkpoint(checkpoint)
     if path is None:
@@ -55,7 +55,7 @@ def evaluate(cfg: ml_collections.ConfigDict, checkpoint: str | os.PathLike,
     if not evaluators:
         raise ValueError(f"no evaluator has a manifest: set --config.evals.NAME.manifest=FILE.jsonl for one of "
                          f"{sorted(cfg.evals)}")
-    cfg, predict = predictor(cfg, checkpoint)
+    cfg, predict = load_predictor(cfg, checkpoint)
     results = {}
     for name, evaluator in evaluators:
         results[name] = dict(evaluator.run(predict, workdir))
@@ -70,43 +70,37 @@ def evaluate(cfg: ml_collections.ConfigDict, checkpoint: str | os.PathLike,
 
 def clip_lines(video: str | os.PathLike | None, audio: str | os.PathLike | None = None) -> list[dict[str, Any]]:
     """Manifest lines for `infer`: one video (with an optional separate audio file), every
-    video of a folder (sorted), or a manifest's lines as they are."""
-    path = Path(video) if video else None
-    if path is None:
+    video of a folder (sorted), or one audio file; paths absolute."""
+    if video is None:
         if audio is None:
             raise ValueError("give --video (a clip, a folder of clips or a manifest) or --audio")
         return [{"id": Path(audio).stem, "audio": str(Path(audio).absolute())}]
+    path = Path(video)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such clip, folder or manifest")
-    if path.suffix == ".jsonl":
-        return [json.loads(line) | {"_manifest": str(path.absolute())} for line in path.read_text().splitlines()
-                if line.strip()]
     videos = sorted(p for p in path.iterdir() if p.suffix.lower() in VIDEO_SUFFIXES) if path.is_dir() else [path]
     if not videos:
         raise FileNotFoundError(f"{path}: no video files ({', '.join(VIDEO_SUFFIXES)})")
-    line = lambda v: {"id": v.stem, "video": str(v.absolute()), **({"audio": str(Path(audio).absolute())}
-                                                                   if audio else {})}
-    return [line(v) for v in videos]
+    voice = {"audio": str(Path(audio).absolute())} if audio else {}
+    return [{"id": v.stem, "video": str(v.absolute()), **voice} for v in videos]
 
 
-def infer(cfg: ml_collections.ConfigDict, checkpoint: str | os.PathLike, lines: Sequence[dict[str, Any]],
-          question: str | None = None) -> list[dict[str, Any]]:
-    """Answers for manifest lines (`clip_lines`): each asked `question` (default: the paper's
-    kind of open question) unless it carries its own conversation; the same transform as
-    training (faces detected when the line gives no boxes)."""
-    cfg, predict = predictor(cfg, checkpoint)
-    with tempfile.TemporaryDirectory() as tmp:
-        manifest = Path(tmp) / "clips.jsonl"
-        manifest.write_text("".join(json.dumps(_absolute(line)) + "\n" for line in lines))
-        answers = predict(manifest, question or DEFAULT_QUESTION)
+def infer(cfg: ml_collections.ConfigDict, checkpoint: str | os.PathLike, video: str | os.PathLike | None = None,
+          audio: str | os.PathLike | None = None, question: str | None = None) -> list[dict[str, Any]]:
+    """Answers for a clip, a folder of clips, an audio file, or a manifest (`video` ending in
+    .jsonl, read as the pipeline reads any manifest): each asked `question` (default: what the
+    person feels and which cues show it) unless its line carries a conversation; decoded as in
+    training (faces detected when no boxes are given)."""
+    cfg, predict = load_predictor(cfg, checkpoint)
+    question = question or DEFAULT_QUESTION
+    if video is not None and str(video).endswith(".jsonl"):
+        answers = predict(video, question)
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            manifest = Path(tmp) / "clips.jsonl"
+            manifest.write_text("".join(json.dumps(line) + "\n" for line in clip_lines(video, audio)))
+            answers = predict(manifest, question)
     return [{k: v for k, v in a.items() if k not in ("line", "reference")} for a in answers]
-
-
-def _absolute(line: dict[str, Any]) -> dict[str, Any]:
-    """A manifest line with its media paths absolute (a manifest's relative to its folder)."""
-    root = Path(line.pop("_manifest", ".")).parent
-    return {k: (str((root / v).absolute()) if k in ("video", "audio") and isinstance(v, str) else v)
-            for k, v in line.items()}
 
 
 def score(task: str, predictions: str | os.PathLike, classes: Sequence[str] | None = None,
