@@ -29,6 +29,23 @@ def test_logits_and_hidden_states_match_transformers(fixture, request):
         assert rel_err(ours, theirs) < RTOL
 
 
+def test_rope_theta_comes_from_the_checkpoint(tmp_path):
+    """Qwen2-7B's θ = 1e6, not the default 1e4: at positions up to 120 the two rotate the
+    queries and keys far apart, so a model that ignored the checkpoint's θ would not match."""
+    from transformers import Qwen2ForCausalLM
+
+    from tests.conftest import build_hf, convert, tiny_qwen2_config
+
+    hf = build_hf(Qwen2ForCausalLM, tiny_qwen2_config(rope_theta=1e6), tmp_path / "hf")
+    assert hf.config.rope_parameters["rope_theta"] == 1e6
+    convert(tmp_path / "hf", tmp_path / "ox")
+    model, params = omni_jax.load_pretrained(tmp_path / "ox")
+    ids = _ids(1, 120, hf.config.vocab_size, seed=9)
+    with torch.no_grad():
+        ref = hf(torch.tensor(ids)).logits
+    assert rel_err(model.apply({"params": params}, input_ids=jnp.asarray(ids))["logits"], ref) < RTOL
+
+
 def test_tied_checkpoint_has_no_head(qwen2_tied):
     _, root = qwen2_tied
     _, params = omni_jax.load_pretrained(root / "ox")
