@@ -84,6 +84,7 @@ def data_config(cfg: ml_collections.ConfigDict, buckets: tuple[int, ...]) -> ml_
         num_frames=cfg.get_ref("num_frames"),
         image_size=cfg.vision.get_ref("image_size"),  # 384: SigLIP
         face_size=cfg.face.swin.get_ref("image_size"),  # 224: FaceXFormer's Swin
+        face_time_tolerance=0.5,  # seconds: a frame takes the manifest's nearest timed box this close, else detection
         buckets=buckets,
         tokenizer="",  # a tokenizer directory; default: the --init checkpoint's
         batch_size=0,  # clips per host per step; 0: train.global_batch_size / hosts

@@ -9,8 +9,12 @@ One clip a line, LLaVA-style:
 `video` (absent or null: an audio-only example if `audio` is given, else a text-only one),
 `audio` (absent or null: the clip's own track) and relative paths resolve against the
 manifest's folder; `gs://` and other remote paths go
-through etils.epath (its filesystem backend must be installed). `faces` is null (the pipeline
-detects faces) or one box or null per sampled frame, in pixels of the source video.
+through etils.epath (its filesystem backend must be installed). `faces` (boxes in pixels of
+the source video) is null (the pipeline detects faces), boxes by time — `[{"t": seconds,
+"box": [x0, y0, x1, y1] or null}, ...]` at any rate, e.g. a face tracker's, `t` the frame's
+presentation time (ffprobe's pts_time; 0 at the first frame of most files); they survive a
+change of `num_frames` — or one box or null per sampled frame (positional: valid only for the
+`num_frames` it was made for).
 
 Evaluation manifests may leave `conversations` out when the evaluator asks its own question
 (`ManifestSource(path, question=...)`: one human turn, `<video>` or `<audio>` then the
@@ -48,10 +52,11 @@ class Record:
     id: str
     video: epath.Path | None
     audio: epath.Path | None
-    faces: tuple[tuple[float, float, float, float] | None, ...] | None
+    faces: tuple[tuple[float, float, float, float] | None, ...] | None  # one per entry of `faces`
     conversations: list[dict[str, Any]]
     where: str  # "manifest.jsonl:12", for skip messages
     extra: dict[str, Any] = dataclasses.field(default_factory=dict)  # the line's other keys (label, labels, ...)
+    face_times: tuple[float, ...] | None = None  # seconds of each box, when `faces` gives them by time
 
 
 KEYS = ("id", "video", "audio", "faces", "conversations")  # what the pipeline reads; the rest is `extra`
@@ -153,11 +158,23 @@ def parse_record(line: ManifestLine, manifest: epath.Path, question: str | None 
         raise ExampleError("malformed_json", f"{where}: 'conversations' (a list of turns) is required")
     faces = entry.get("faces")
     if faces is not None and not isinstance(faces, list):
-        raise ExampleError("malformed_json", f"{where}: 'faces' is a list of per-frame boxes or null")
+        raise ExampleError("malformed_json", f"{where}: 'faces' is a list of boxes (by time or per frame) or null")
+    face_times = None
+    if faces and all(isinstance(face, dict) for face in faces):
+        face_times = tuple(_time(face, where) for face in faces)
+        faces = [face.get("box") for face in faces]
     root = manifest.parent
     return Record(id=str(entry.get("id", f"{manifest.name}:{line.number}")),
                   video=resolve(video, root) if video else None,
                   audio=resolve(audio, root) if audio else None,
                   faces=None if faces is None else tuple(_box(box, where) for box in faces),
                   conversations=conversations, where=where,
-                  extra={k: v for k, v in entry.items() if k not in KEYS})
+                  extra={k: v for k, v in entry.items() if k not in KEYS}, face_times=face_times)
+
+
+def _time(face: dict[str, Any], where: str) -> float:
+    t = face.get("t")
+    if isinstance(t, bool) or not isinstance(t, (int, float)) or t < 0:
+        raise ExampleError("malformed_json", f"{where}: a timed face is {{\"t\": seconds, \"box\": [x0, y0, x1, y1] "
+                                             f"or null}}, got {face!r}")
+    return float(t)

@@ -86,14 +86,24 @@ def local_file(path: epath.Path) -> Iterator[str]:
         yield local.name
 
 
-def _frame_boxes(record: Record, frames: np.ndarray) -> list | None:
-    """The manifest's boxes (one per sampled frame) or, when it has none, detected ones."""
+def frame_boxes(record: Record, clip: video.VideoFrames, tolerance: float) -> list:
+    """A box (or None) per sampled frame: detected when the manifest gives none; by time, the
+    manifest's box nearest to the frame's timestamp when within `tolerance` seconds (a null
+    there: no face), detected for frames with none that near; positional, as given (their
+    count must be the number of sampled frames)."""
     if record.faces is None:
-        return video.detect_faces(frames)
-    if len(record.faces) != len(frames):
-        raise ExampleError("malformed_json", f"{record.where}: 'faces' has {len(record.faces)} boxes, expected one "
-                                             f"per sampled frame ({len(frames)})")
-    return list(record.faces)
+        return video.detect_faces(clip.frames)
+    if record.face_times is None:
+        if len(record.faces) != len(clip.frames):
+            raise ExampleError("malformed_json", f"{record.where}: 'faces' has {len(record.faces)} boxes, expected "
+                                                 f"one per sampled frame ({len(clip.frames)}), or give them by time")
+        return list(record.faces)
+    times = np.asarray(record.face_times)
+    nearest = [int(np.argmin(np.abs(times - t))) for t in clip.timestamps]
+    covered = [abs(times[i] - t) <= tolerance for i, t in zip(nearest, clip.timestamps)]
+    uncovered = [f for f, ok in enumerate(covered) if not ok]
+    detected = iter(video.detect_faces(clip.frames[uncovered]) if uncovered else [])
+    return [record.faces[i] if ok else next(detected) for i, ok in zip(nearest, covered)]
 
 
 def vision_inputs(record: Record, data: ml_collections.ConfigDict, modalities: tuple[str, ...]) -> dict[str, np.ndarray]:
@@ -106,11 +116,11 @@ def vision_inputs(record: Record, data: ml_collections.ConfigDict, modalities: t
     if record.video is None:
         return out
     with local_file(record.video) as path:
-        frames = video.load_frames(path, data.num_frames).frames
+        clip = video.load_frames(path, data.num_frames)
     if "v" in modalities:
-        out.update(pixel_values_videos=video.preprocess_frames(frames, data.image_size), has_video=np.bool_(True))
+        out.update(pixel_values_videos=video.preprocess_frames(clip.frames, data.image_size), has_video=np.bool_(True))
     if "f" in modalities:
-        crops = faces.face_crops(frames, _frame_boxes(record, frames), data.face_size)
+        crops = faces.face_crops(clip.frames, frame_boxes(record, clip, data.face_time_tolerance), data.face_size)
         out.update(face_pixels=crops.pixel_values, has_face=np.bool_(True), face_fallback=np.bool_(crops.fallback))
     return out
 

@@ -31,6 +31,15 @@ def test_lines_indexed_and_read_on_demand(tmp_path):
     assert source._starts.nbytes == 8 * 5  # offsets only: nothing parsed is held
 
 
+def test_faces_by_time_keep_their_times(tmp_path):
+    line = json.dumps({"video": "a.mp4", "faces": [{"t": 0, "box": [1, 2, 30, 40]}, {"t": 0.04, "box": None,
+                                                                                        "score": 0.2}],
+                       "conversations": TURNS})
+    source = ManifestSource(_write(tmp_path / "m.jsonl", [line]))
+    record = source.parse(source[0])
+    assert record.faces == ((1.0, 2.0, 30.0, 40.0), None) and record.face_times == (0.0, 0.04)
+
+
 def test_paths_resolve_against_the_manifest_folder(tmp_path):
     (tmp_path / "sub").mkdir()
     line = json.dumps({"video": "clips/a.mp4", "audio": "/abs/a.wav", "faces": [[1, 2, 30, 40], None],
@@ -50,7 +59,9 @@ def test_paths_resolve_against_the_manifest_folder(tmp_path):
     ('{"id": "x", "video": "a.mp4"}', "'conversations'"),
     ('{"video": 3, "conversations": []}', "'video' must be a path"),
     ('{"faces": [[1, 2, 3]], "conversations": []}', "face box"),
-    ('{"faces": "none", "conversations": []}', "per-frame boxes"),
+    ('{"faces": "none", "conversations": []}', "by time or per frame"),
+    ('{"faces": [{"t": "0.5", "box": null}], "conversations": []}', "a timed face"),
+    ('{"faces": [{"t": 0.5, "box": [1, 2]}], "conversations": []}', "face box"),
 ])
 def test_malformed_lines_are_example_errors_naming_the_line(tmp_path, line, match):
     manifest = _write(tmp_path / "m.jsonl", [json.dumps({"conversations": TURNS}), line])

@@ -4,6 +4,7 @@ import json
 import logging
 
 import grain
+from etils import epath
 import jax
 import numpy as np
 import pytest
@@ -323,3 +324,39 @@ def test_phase_modalities_decide_the_blocks_and_the_media(clips):
     assert face_phase.counts["skipped"] == {"modality_excluded": 1}
     with pytest.raises(ValueError, match="unknown"):
         pipeline.make_pipeline(manifest, tokenizer, cfg, modalities="v,x")
+
+
+def test_faces_by_time_survive_a_change_of_frame_count(clips):
+    """Boxes from a 25-fps tracker: each sampled frame takes the nearest in time, whatever
+    num_frames is; frames with no box within the tolerance are detected; positional boxes
+    hold only for the frame count they were made for."""
+    from omni_jax.data.manifest import Record
+
+    clip = video.load_frames(clips["face"], 3)
+    tracked = [(i / 25, (i, i, 40 + i, 40 + i)) for i in range(8)]  # the first 0.28 s only
+    record = Record("x", clips["face"], None, tuple(b for _, b in tracked), [], "m:1",
+                    face_times=tuple(t for t, _ in tracked))
+    boxes = pipeline.frame_boxes(record, clip, tolerance=0.05)
+    for t, box in zip(clip.timestamps, boxes):
+        if t <= 7 / 25 + 0.05:
+            assert box == min(tracked, key=lambda tb: abs(tb[0] - t))[1]
+    late = [f for f, t in enumerate(clip.timestamps) if t > 7 / 25 + 0.05]
+    assert late and [boxes[f] for f in late] == video.detect_faces(clip.frames[late])
+    cfg = tiny()
+    tokenizer = qwen2_test_tokenizer(cfg)
+    line = {"id": "f", "video": str(clips["face"]), "conversations": turns(),
+            "faces": [{"t": t, "box": list(b)} for t, b in tracked]}
+    for frames in (2, 4):  # one manifest, any frame count
+        cfg.data.num_frames = frames
+        example = pipeline.load_example(_record(line), tokenizer, cfg, ("v", "f"))
+        assert example["face_pixels"].shape[0] == frames and example["has_face"]
+    positional = {**line, "faces": [[0, 0, 40, 40], [1, 1, 41, 41]]}
+    cfg.data.num_frames = 3
+    with pytest.raises(pipeline.ExampleError, match="or give them by time"):
+        pipeline.load_example(_record(positional), tokenizer, cfg, ("v", "f"))
+
+
+def _record(line):
+    from omni_jax.data.manifest import ManifestLine, parse_record
+
+    return parse_record(ManifestLine(1, json.dumps(line).encode()), epath.Path("/m.jsonl"))
