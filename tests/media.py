@@ -189,6 +189,31 @@ def write_truncated(path: Path, src: Path, keep_fraction: float, where: str = "t
     return path
 
 
+def write_damaged_packets(path: Path, src: Path, packets: Sequence[int], seed: int = 0) -> Path:
+    """`src` remuxed with the payload of its audio packets numbered `packets` replaced by random
+    bytes of the same size (timestamps kept): a file with damaged audio packets."""
+    rng = np.random.default_rng(seed)
+    with av.open(str(src)) as source, av.open(str(path), "w") as target:
+        stream = source.streams.audio[0]
+        out = target.add_stream_from_template(stream)
+        for number, packet in enumerate(p for p in source.demux(stream) if p.size):
+            if number in packets:
+                damaged = av.Packet(rng.integers(0, 256, packet.size, dtype=np.uint8).tobytes())
+                damaged.pts, damaged.dts, damaged.time_base = packet.pts, packet.dts, packet.time_base
+                packet = damaged
+            packet.stream = out
+            target.mux(packet)
+    return path
+
+
+def write_silent_track(path: Path, rate: int = 16000) -> Path:
+    """A WAV file whose audio stream holds no samples (a header only; MP4 would drop the track)."""
+    with av.open(str(path), "w") as container:
+        container.add_stream("pcm_s16le", rate=rate, layout="mono")
+        container.start_encoding()
+    return path
+
+
 def write_empty(path: Path) -> Path:
     """A zero-byte file."""
     path.write_bytes(b"")

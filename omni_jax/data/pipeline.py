@@ -56,7 +56,9 @@ from omni_jax.sharding import LOGICAL_AXIS_RULES
 
 log = logging.getLogger(__name__)
 
-STATS = ("truncated", "face_fallback")  # per-example facts counted, not skipped
+# per-example facts counted, not skipped: text cut to the longest bucket, centre crops for want of
+# a face, audio with damaged packets skipped, an audio track without samples (absent)
+STATS = ("truncated", "face_fallback", "audio_damaged", "audio_empty")
 FLAGS = ("has_video", "has_face", "has_audio")
 
 
@@ -136,7 +138,8 @@ def audio_inputs(record: Record, cfg: ml_collections.ConfigDict) -> dict[str, np
         with local_file(source) as path:
             feats = audio.load_audio_features(path, cfg.audio.num_mel_bins, cfg.audio_windows)
     frames = audio_input_frames(cfg.audio)
-    return {"input_features": np.ascontiguousarray(feats.features[..., :frames]), "has_audio": np.bool_(feats.present)}
+    return {"input_features": np.ascontiguousarray(feats.features[..., :frames]), "has_audio": np.bool_(feats.present),
+            "audio_damaged": np.bool_(feats.damaged), "audio_empty": np.bool_(feats.empty)}
 
 
 def prompt_blocks(record: Record, modalities: tuple[str, ...]) -> tuple[str, ...]:
@@ -319,7 +322,8 @@ class BatchIterator(grain.DatasetIterator):
 
     def set_state(self, state: dict[str, Any]) -> None:
         self._parent.set_state(state["upstream"])
-        self.counts = {**state["counts"], "skipped": dict(state["counts"]["skipped"])}
+        # a state saved before a count existed restores it as 0
+        self.counts = {**new_counts(), **state["counts"], "skipped": dict(state["counts"]["skipped"])}
 
 
 class Batches(grain.IterDataset):

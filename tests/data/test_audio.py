@@ -5,6 +5,7 @@ import pytest
 
 from omni_jax.data.audio import (WINDOW_SAMPLES, AudioError, load_audio, load_audio_features, log_mel_spectrogram,
                                  log_mel_spectrogram_jax, split_windows)
+from tests import media
 from tests.media import tone, write_audio, write_video
 
 
@@ -74,6 +75,28 @@ def test_unreadable_files_raise_a_named_error(tmp_path):
         load_audio(corrupt)
     with pytest.raises(AudioError, match="missing.wav: no such file"):
         load_audio(tmp_path / "missing.wav")
+
+
+def test_damaged_packets_are_skipped_and_the_rest_kept(tmp_path):
+    whole = write_audio(tmp_path / "tone.m4a", tone(440.0, 3.0, 16000), 16000)
+    damaged = media.write_damaged_packets(tmp_path / "damaged.m4a", whole, packets=(10, 11, 12))
+    clean, kept = load_audio(whole), load_audio(damaged)
+    assert clean.size - 3 * 1024 - 100 <= kept.size < clean.size  # three AAC frames of 1024 samples gone
+    assert abs(_dominant_hz(kept) - 440.0) < 2.0
+    features = load_audio_features(damaged, n_mels=80)
+    assert features.present and features.damaged and not load_audio_features(whole, n_mels=80).damaged
+    hopeless = media.write_damaged_packets(tmp_path / "hopeless.m4a", whole, packets=range(1000))
+    with pytest.raises(AudioError, match="none of its .* audio packets decodes") as error:
+        load_audio(hopeless)
+    assert error.value.reason == "unreadable_audio"
+
+
+def test_a_track_without_samples_is_absent_and_an_empty_file_named(tmp_path):
+    features = load_audio_features(media.write_silent_track(tmp_path / "silent.wav"), n_mels=80)
+    assert not features.present and features.empty and not features.features.any()
+    with pytest.raises(AudioError, match="empty.m4a: an empty file") as error:
+        load_audio(media.write_empty(tmp_path / "empty.m4a"))
+    assert error.value.reason == "empty_file"
 
 
 def test_long_clips_take_the_first_window_or_several():

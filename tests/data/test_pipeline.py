@@ -122,7 +122,7 @@ def test_batches_have_the_tiny_model_shapes_and_contents(clips):
     assert not batch["input_features"][1:].any() and not batch["pixel_values_videos"][3].any()
     assert not batch["face_pixels"][3].any()
     assert batches.counts == {"seen": 4, "ok": 4, "skipped": {}, "truncated": 0, "face_fallback": 1,  # c: no face
-                              "has_video": 3, "has_face": 3, "has_audio": 1}
+                              "audio_damaged": 0, "audio_empty": 0, "has_video": 3, "has_face": 3, "has_audio": 1}
 
     arrays = pipeline.global_batch(batch, make_mesh(2, 2, 2), tokenizer.pad_token_id)
     for key, value in arrays.items():
@@ -360,3 +360,28 @@ def _record(line):
     from omni_jax.data.manifest import ManifestLine, parse_record
 
     return parse_record(ManifestLine(1, json.dumps(line).encode()), epath.Path("/m.jsonl"))
+
+
+def test_damaged_and_empty_audio_are_counted_apart(clips, tmp_path):
+    """Damaged packets: the clip trains (what decodes) and counts as audio_damaged; a track with
+    no samples: absent and audio_empty; a 0-byte file: skipped as empty_file. The counts are
+    part of the iterator's state (a state saved before they existed restores them as 0)."""
+    damaged = media.write_damaged_packets(tmp_path / "damaged.m4a", clips["tone"], packets=(3, 4))
+    lines = [{"id": "damaged", "audio": str(damaged)},
+             {"id": "silent", "audio": str(media.write_silent_track(tmp_path / "silent.wav"))},
+             {"id": "empty", "audio": str(media.write_empty(tmp_path / "empty.m4a"))}]
+    manifest = write_manifest(tmp_path / "audio.jsonl", [
+        {**line, "conversations": [{"from": "human", "value": "<audio>\nw12"}, {"from": "gpt", "value": "w40"}]}
+        for line in lines])
+    cfg = tiny(batch_size=1)
+    batches = iter(pipeline.make_pipeline(manifest, qwen2_test_tokenizer(cfg), cfg, shuffle=False, modalities="a"))
+    flags = [bool(next(batches)["has_audio"][0]) for _ in range(2)]
+    with pytest.raises(StopIteration):
+        next(batches)
+    counts = batches.counts
+    assert flags == [True, False] and counts["skipped"] == {"empty_file": 1}
+    assert (counts["audio_damaged"], counts["audio_empty"], counts["ok"]) == (1, 1, 2)
+    old = batches.get_state()
+    del old["counts"]["audio_damaged"], old["counts"]["audio_empty"]
+    batches.set_state(old)
+    assert batches.counts["audio_damaged"] == 0
