@@ -26,7 +26,7 @@ def tone(freq: float, seconds: float, rate: int, channels: int = 1) -> np.ndarra
 
 def write_audio(path: Path, samples: np.ndarray, rate: int, codec: str = "aac") -> Path:
     """Encodes [channels, samples] float audio into `path` (container from the suffix)."""
-    layout = {1: "mono", 2: "stereo"}[samples.shape[0]]
+    layout = {1: "mono", 2: "stereo", 6: "5.1"}[samples.shape[0]]
     with av.open(str(path), "w") as container:
         stream = container.add_stream(codec, rate=rate, layout=layout)
         fmt = "s16" if codec.startswith("pcm_s16") else stream.codec_context.codec.audio_formats[0].name
@@ -58,7 +58,8 @@ def write_video(path: Path, seconds: float = 1.0, fps: int = 10, size: tuple[int
     with av.open(str(path), "w") as container:
         video = container.add_stream(codec, rate=fps)
         video.width, video.height, video.pix_fmt = width, height, "yuv420p"
-        sound = _add_audio(container, audio.shape[0], audio_rate) if audio is not None else None
+        layout = None if audio is None else {1: "mono", 2: "stereo"}[audio.shape[0]]
+        sound = container.add_stream("aac", rate=audio_rate, layout=layout) if audio is not None else None
         for i in range(int(seconds * fps)):
             image = np.zeros((height, width, 3), np.uint8)
             x = (i * 4) % max(1, width - 8)
@@ -115,9 +116,11 @@ def draw_face(image: np.ndarray, cx: int, cy: int, size: int) -> np.ndarray:
 
 def write_clip(path: Path, seconds: float = 1.0, fps: float | Fraction = 10, size: tuple[int, int] = (64, 48),
                codec: str = "h264", audio: bool = True, face: bool = False, gop: int = 12,
-               times: Sequence[float] | None = None, faststart: bool = False) -> Path:
+               times: Sequence[float] | None = None, faststart: bool = False, audio_codec: str = "aac",
+               audio_seconds: float | None = None) -> Path:
     """A clip whose frame i shows `frame_code(i)` (and, with `face`, a face in the bottom half),
-    with an AAC tone track of the same length when `audio`; the container follows the suffix.
+    with a 440 Hz tone track (`audio_codec`, 48 kHz for Opus, else 44.1 kHz) as long as the video
+    or `audio_seconds` when `audio`; the container follows the suffix.
 
     `gop` is the keyframe interval; `times` (seconds, increasing) gives each frame its own
     timestamp for variable-frame-rate clips (then `seconds` and `fps` only set the count);
@@ -140,7 +143,8 @@ def write_clip(path: Path, seconds: float = 1.0, fps: float | Fraction = 10, siz
             video.codec_context.options = {"sc_threshold": "0"}
         video.codec_context.time_base = time_base
         video.time_base = time_base
-        sound = _add_audio(container, 1, 44100) if audio else None
+        audio_rate = 48000 if "opus" in audio_codec else 44100
+        sound = container.add_stream(audio_codec, rate=audio_rate, layout="mono") if audio else None
         for i in range(count):
             image = frame_code(i, width, height)
             if face:
@@ -153,14 +157,9 @@ def write_clip(path: Path, seconds: float = 1.0, fps: float | Fraction = 10, siz
         for packet in video.encode(None):
             container.mux(packet)
         if sound is not None:
-            duration = times[-1] if times is not None else count / rate
-            _mux_audio(container, sound, tone(440.0, float(duration), 44100))
+            duration = audio_seconds or (times[-1] if times is not None else count / rate)
+            _mux_audio(container, sound, tone(440.0, float(duration), audio_rate))
     return path
-
-
-def _add_audio(container, channels: int, rate: int):
-    """An AAC stream (streams must all exist before the first packet is muxed)."""
-    return container.add_stream("aac", rate=rate, layout={1: "mono", 2: "stereo"}[channels])
 
 
 def _mux_audio(container, stream, samples: np.ndarray) -> None:
@@ -189,12 +188,12 @@ def write_truncated(path: Path, src: Path, keep_fraction: float, where: str = "t
     return path
 
 
-def write_damaged_packets(path: Path, src: Path, packets: Sequence[int], seed: int = 0) -> Path:
-    """`src` remuxed with the payload of its audio packets numbered `packets` replaced by random
-    bytes of the same size (timestamps kept): a file with damaged audio packets."""
+def write_damaged_packets(path: Path, src: Path, packets: Sequence[int], seed: int = 0, kind: str = "audio") -> Path:
+    """`src`'s first `kind` ("audio" or "video") stream remuxed with the payload of its packets
+    numbered `packets` replaced by random bytes of the same size (timestamps kept)."""
     rng = np.random.default_rng(seed)
     with av.open(str(src)) as source, av.open(str(path), "w") as target:
-        stream = source.streams.audio[0]
+        stream = getattr(source.streams, kind)[0]
         out = target.add_stream_from_template(stream)
         for number, packet in enumerate(p for p in source.demux(stream) if p.size):
             if number in packets:

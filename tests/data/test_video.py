@@ -15,7 +15,9 @@ from transformers import SiglipImageProcessorPil
 from omni_jax.data import video
 from omni_jax.data.errors import ExampleError
 from omni_jax.data.faces import face_crops
+from omni_jax.data.audio import load_audio, load_audio_features
 from omni_jax.data.video import detect_faces, load_frames, preprocess_frames
+from tests import media
 from tests.media import (draw_face, frame_code, read_code, tone, write_audio, write_clip, write_corrupt, write_empty,
                          write_truncated)
 
@@ -49,6 +51,48 @@ def test_frames_sampled_as_llava_onevision(tmp_path, name, codec, fps, size, sec
     sequential = load_frames(path, seek=False)
     np.testing.assert_array_equal(clip.frames, sequential.frames)
     np.testing.assert_array_equal(clip.timestamps, sequential.timestamps)
+
+
+@pytest.mark.parametrize("name,codec,audio_codec,faststart", [
+    ("vp9.webm", "libvpx-vp9", "libopus", False),  # WebM: VP9 + Opus
+    ("h264.mov", "h264", "aac", False),  # QuickTime
+    ("index_at_end.mp4", "h264", "aac", False), ("index_first.mp4", "h264", "aac", True),
+])
+def test_containers_real_datasets_hold(tmp_path, name, codec, audio_codec, faststart):
+    path = write_clip(tmp_path / name, 2.0, 10, (64, 48), codec, audio_codec=audio_codec, faststart=faststart)
+    clip = load_frames(path)
+    assert codes(clip.frames) == llava_indices(20)
+    features = load_audio_features(path, n_mels=80)
+    assert features.present and not features.damaged and abs(load_audio(path).size / 16000 - 2.0) < 0.1
+
+
+@pytest.mark.parametrize("audio_seconds", [0.5, 5.0])
+def test_audio_shorter_or_longer_than_its_video(tmp_path, audio_seconds):
+    path = write_clip(tmp_path / "clip.mp4", 2.0, 10, (64, 48), audio_seconds=audio_seconds)
+    assert codes(load_frames(path).frames) == llava_indices(20)  # frames by the video's own timeline
+    assert abs(load_audio(path).size / 16000 - audio_seconds) < 0.1  # the whole track, as long as it is
+
+
+def test_a_damaged_video_packet_in_the_middle_is_concealed(tmp_path):
+    clean = write_clip(tmp_path / "clean.mp4", 2.0, 10, (64, 48), audio=False, gop=5)
+    damaged = media.write_damaged_packets(tmp_path / "damaged.mp4", clean, packets=(7,), kind="video")
+    clip = load_frames(damaged)
+    assert clip.frames.shape == (8, 48, 64, 3)
+    intact = [i for i, f in enumerate(llava_indices(20)) if f < 7 or f >= 10]  # frames 7-9 follow the damage
+    assert [codes(clip.frames)[i] for i in intact] == [llava_indices(20)[i] for i in intact]
+
+
+def test_timestamps_that_jump_backwards_decode(tmp_path):
+    """Two MPEG-TS recordings joined byte for byte (as capture tools leave them): the second's
+    timestamps restart. Frames are sampled over the sorted timeline, the same with and without
+    seeking, never an error."""
+    first, second = (write_clip(tmp_path / f"{n}.ts", 1.0, 10, (64, 48), audio=False) for n in "ab")
+    joined = tmp_path / "joined.ts"
+    joined.write_bytes(first.read_bytes() + second.read_bytes())
+    clip, sequential = load_frames(joined), load_frames(joined, seek=False)
+    assert clip.frames.shape == (8, 48, 64, 3) and (np.diff(clip.timestamps) > 0).all()
+    assert set(codes(clip.frames)) <= set(range(10))
+    np.testing.assert_array_equal(clip.frames, sequential.frames)
 
 
 def test_frame_count_is_a_parameter(tmp_path):
