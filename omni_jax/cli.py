@@ -31,6 +31,14 @@ from omni_jax.data.errors import RunStopped
 DTYPE_CHOICES = ["float32", "bfloat16", "float16"]
 
 
+def _existing(text: str) -> str:
+    """An input path argument: checked when the command line is read (one line naming it), not
+    deep inside a library's traceback; remote paths (gs://…) are left to the reader."""
+    if "://" not in text and not Path(text).exists():
+        raise argparse.ArgumentTypeError(f"{text}: no such file or directory")
+    return text
+
+
 def _dir_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
@@ -92,9 +100,9 @@ def _add_assemble(sub: argparse._SubParsersAction) -> None:
                        description="Reads each part one leaf at a time (never two copies of the LLM), initialises "
                                    "what no part has (audio projector, frame embeddings, cross-attention) and sets "
                                    "the new special tokens' rows to the mean of the learned rows.")
-    p.add_argument("--llava", required=True, help="`omni-jax convert` output of a LLaVA-OneVision checkpoint")
-    p.add_argument("--whisper", required=True, help="`omni-jax convert` output of a Whisper checkpoint")
-    p.add_argument("--face", required=True, help="`omni-jax convert-facexformer` output")
+    p.add_argument("--llava", type=_existing, required=True, help="`omni-jax convert` output of a LLaVA-OneVision checkpoint")
+    p.add_argument("--whisper", type=_existing, required=True, help="`omni-jax convert` output of a Whisper checkpoint")
+    p.add_argument("--face", type=_existing, required=True, help="`omni-jax convert-facexformer` output")
     p.add_argument("--config", default="configs/omni_emotion.py:7b", help="config file[:variant]")
     p.add_argument("--fusion", choices=FUSIONS, default=None,
                    help="override the config's fusion mode")
@@ -198,9 +206,9 @@ def _add_data_check(sub: argparse._SubParsersAction) -> None:
                        description="Runs the input pipeline once over every line (no shuffling, batches of one) "
                                    "and reports what it would skip and why, the token-length histogram over the "
                                    "config's buckets, how many examples carry video, faces and audio, and clips/s.")
-    p.add_argument("--manifest", required=True, help="JSONL manifest (SPEC §2)")
+    p.add_argument("--manifest", type=_existing, required=True, help="JSONL manifest (SPEC §2)")
     p.add_argument("--config", default="configs/omni_emotion.py:7b", help="config file[:variant]")
-    p.add_argument("--tokenizer", required=True, help="tokenizer directory (e.g. the LLaVA-OneVision checkpoint's)")
+    p.add_argument("--tokenizer", type=_existing, required=True, help="tokenizer directory (e.g. the LLaVA-OneVision checkpoint's)")
     p.add_argument("--workers", type=int, default=None, help="decoding worker processes (default: the config's)")
     p.set_defaults(run=_data_check)
 
@@ -211,7 +219,7 @@ def _add_convert(sub: argparse._SubParsersAction) -> None:
                                    "(qwen2, siglip_vision_model, siglip, llava_onevision, llava_qwen, whisper, swin, "
                                    "omni_emotion). On any "
                                    "mismatch every offending key is listed and no output directory is left.")
-    p.add_argument("--src", required=True, help="directory with config.json and *.safetensors / pytorch_model*.bin")
+    p.add_argument("--src", type=_existing, required=True, help="directory with config.json and *.safetensors / pytorch_model*.bin")
     p.add_argument("--dst", required=True, help="new output directory (must not exist)")
     p.add_argument("--dtype", choices=DTYPE_CHOICES, default=None, help="stored dtype (default: the source's)")
     p.set_defaults(run=_convert)
@@ -219,7 +227,7 @@ def _add_convert(sub: argparse._SubParsersAction) -> None:
 
 def _add_export(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="omni_jax checkpoint → directory transformers' from_pretrained loads")
-    p.add_argument("--src", required=True, help="directory written by `omni-jax convert`")
+    p.add_argument("--src", type=_existing, required=True, help="directory written by `omni-jax convert`")
     p.add_argument("--dst", required=True, help="new output directory (must not exist)")
     p.add_argument("--dtype", choices=DTYPE_CHOICES, default=None, help="written dtype (default: as stored)")
     p.add_argument("--naming", default=None, help="key naming to write (default: the source's, if transformers "
@@ -241,7 +249,7 @@ def _add_convert_facexformer(sub: argparse._SubParsersAction) -> None:
                                    "fusion head); drops the task decoder and positional matrix; initialises the "
                                    "face projector unless the file has one. Missing, unexpected or mis-shaped "
                                    "tensors are all listed and no output directory is left.")
-    p.add_argument("--src", required=True, help="the release's .pt file")
+    p.add_argument("--src", type=_existing, required=True, help="the release's .pt file")
     p.add_argument("--dst", required=True, help="new output directory (must not exist)")
     p.add_argument("--face-grid", type=_grid, default=(14, 14), help="face tokens grid, N or HxW (default 14)")
     p.add_argument("--llm-width", type=int, default=3584, help="projector output width (default 3584, Qwen2-7B)")
@@ -267,7 +275,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", required=True, help="config file[:variant[,phase]], e.g. "
                                                     "configs/omni_emotion.py:7b,audio_alignment")
     p.add_argument("--workdir", required=True, help="the run's folder (created; reused to resume)")
-    p.add_argument("--init", default=None, help="starting checkpoint: omni-jax assemble's output, or the previous "
+    p.add_argument("--init", type=_existing, default=None, help="starting checkpoint: omni-jax assemble's output, or the previous "
                                                 "phase's workdir (its final/); default: the config's initialisers")
     p.set_defaults(run=_train)
 
@@ -287,7 +295,7 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
                                    "writes WORKDIR/predictions/NAME.jsonl, WORKDIR/metrics.json and confusion "
                                    "matrices. --config.eval.modalities=v,a is the paper's modality ablation.")
     p.add_argument("--config", required=True, help="config file[:variant], e.g. configs/omni_emotion.py:7b")
-    p.add_argument("--checkpoint", required=True, help="an Omni-Emotion checkpoint or a finished training workdir")
+    p.add_argument("--checkpoint", type=_existing, required=True, help="an Omni-Emotion checkpoint or a finished training workdir")
     p.add_argument("--workdir", required=True, help="folder for predictions and metrics (created)")
     p.set_defaults(run=_evaluate)
 
@@ -311,9 +319,9 @@ def _add_infer(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("infer", help="answers for a clip, a folder of clips or a manifest",
                        description="Decodes each clip as training does (faces detected unless the manifest gives "
                                    "boxes), asks the question and prints the answer.")
-    p.add_argument("--checkpoint", required=True, help="an Omni-Emotion checkpoint or a finished training workdir")
-    p.add_argument("--video", default=None, help="a clip, a folder of clips, or a manifest (.jsonl)")
-    p.add_argument("--audio", default=None, help="an audio file to use instead of the clip's own track")
+    p.add_argument("--checkpoint", type=_existing, required=True, help="an Omni-Emotion checkpoint or a finished training workdir")
+    p.add_argument("--video", type=_existing, default=None, help="a clip, a folder of clips, or a manifest (.jsonl)")
+    p.add_argument("--audio", type=_existing, default=None, help="an audio file to use instead of the clip's own track")
     p.add_argument("--question", default=None, help="default: what the person feels and which cues show it")
     p.add_argument("--max-new-tokens", type=int, default=0, help="default: the config's eval.max_new_tokens")
     p.add_argument("--config", default=str(Path(__file__).resolve().parents[1] / "configs/omni_emotion.py:7b"),
@@ -330,7 +338,7 @@ def _score(args: argparse.Namespace) -> dict[str, Any]:
 def _add_score(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("score", help="metrics of a predictions file, without a model")
     p.add_argument("--task", required=True, choices=["emotion_classification", "open_vocabulary"])
-    p.add_argument("--predictions", required=True, help='JSONL: {"id", "answer", "label"} or {"id", "answer", '
+    p.add_argument("--predictions", type=_existing, required=True, help='JSONL: {"id", "answer", "label"} or {"id", "answer", '
                                                         '"labels": [...]} per line')
     p.add_argument("--classes", default=None, help="comma-separated class list (classification; default: the "
                                                    "labels seen)")
@@ -367,6 +375,10 @@ def main(argv: list[str] | None = None) -> int:
                         "(jax.distributed; launchers such as SLURM, Open MPI and TPU pods are detected without it)")
     parser.add_argument("--num-processes", type=int, default=None, help="multi-process runs: how many")
     parser.add_argument("--process-id", type=int, default=None, help="multi-process runs: this one's index")
+    # --json belongs to the program but users type it anywhere (`omni-jax plan ... --json`)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--json" in argv:
+        argv = ["--json", *(a for a in argv if a != "--json")]
     args, overrides = parser.parse_known_args(argv)
     if overrides and not hasattr(args, "config"):
         parser.error(f"unrecognized arguments: {' '.join(overrides)}")

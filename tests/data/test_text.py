@@ -1,7 +1,6 @@
 """Conversations → ids and labels with Qwen2's chat template (against the rendered template and a
 turn-by-turn oracle), the multimodal block, truncation, every skip reason, padding buckets,
 packing under next-token targets, and the tokenization time of a full-size example."""
-import time
 
 import numpy as np
 import pytest
@@ -248,9 +247,10 @@ def test_pack_examples_first_fit_with_segments_positions_and_no_cross_segment_ta
         pack_examples([example(65)], 64, PAD)
 
 
-def test_full_size_example_tokenizes_in_well_under_5_ms():
+def test_full_size_example_tokenizes_exactly():
     """7B config: 8 frames × (196 visual + 196 face) + 1 = 3137 video and 500 audio placeholders,
-    a 100-word question and answer, Qwen2's real special-token ids."""
+    a 100-word question and answer, Qwen2's real special-token ids. (Its speed is a benchmark's
+    to measure: experiments/bench_data.py's "tokens" stage, not a timed test.)"""
     cfg = omni_configs.get_config("7b")
     tokenizer = qwen2_test_tokenizer(cfg)
     conversations = conversation(f"<video>\n{words(1000, 50)} .", words(2000, 50))
@@ -259,11 +259,3 @@ def test_full_size_example_tokenizes_in_well_under_5_ms():
     assert example.input_ids.tolist() == ids and example.labels.tolist() == labels
     assert (example.input_ids == cfg.video_token_id).sum() == 3137
     assert (example.input_ids == cfg.audio_token_id).sum() == 500
-    times = []
-    for _ in range(50):
-        start = time.perf_counter()
-        tokenize_conversation(conversations, tokenizer, cfg, max_length=4096)
-        times.append(time.perf_counter() - start)
-    median = float(np.median(times))
-    print(f"tokenize_conversation, {len(example.input_ids)} tokens: median {median * 1e3:.2f} ms")
-    assert median < 2e-3

@@ -89,8 +89,9 @@ def test_score_recomputes_the_metrics_of_a_predictions_file(evaluated, capsys):
     result = json.loads((evaluated / "metrics.json").read_text())["dfew"]
     assert {k: scored[k] for k in ("uar", "war", "clips", "skipped")} == {k: result[k] for k in
                                                                           ("uar", "war", "clips", "skipped")}
-    assert cli.main(["score", "--task", "open_vocabulary", "--predictions", str(evaluated / "nothing.jsonl")]) == 1
-    assert "no such predictions file" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # every input path is checked when the command line is read
+        cli.main(["score", "--task", "open_vocabulary", "--predictions", str(evaluated / "nothing.jsonl")])
+    assert "nothing.jsonl: no such file or directory" in capsys.readouterr().err.splitlines()[-1]
 
 
 def test_one_device_gives_the_sharded_predictions(setup, evaluated):
