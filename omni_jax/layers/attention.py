@@ -16,7 +16,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from omni_jax.layers.linears import DenseGeneral
+from omni_jax.layers.linears import DenseGeneral, default_kernel_init
 from omni_jax.layers.rotary import apply_rotary
 
 _MASKED = -0.7 * float(jnp.finfo(jnp.float32).max)
@@ -104,6 +104,7 @@ class Attention(nn.Module):
     qkv_bias: bool | tuple[bool, bool, bool] = False  # per projection where they differ (Whisper: no k bias)
     out_bias: bool = False
     out_name: str = "o_proj"
+    out_init: Any = default_kernel_init  # zeros: a residual branch that starts as nothing
     decode: bool = False
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
@@ -138,7 +139,8 @@ class Attention(nn.Module):
         out = dot_product_attention(query, key, value, mask, bias)
         out = nn.with_logical_constraint(out, ("activation_batch", "activation_length", "activation_heads", None))
         return DenseGeneral(x.shape[-1], ("heads", "head_dim", "embed"), axis=(-2, -1), use_bias=self.out_bias,
-                            dtype=self.dtype, param_dtype=self.param_dtype, name=self.out_name)(out)
+                            kernel_init=self.out_init, dtype=self.dtype, param_dtype=self.param_dtype,
+                            name=self.out_name)(out)
 
     def _update_cache(self, key: jax.Array, value: jax.Array, slot: jax.Array) -> tuple[jax.Array, jax.Array]:
         """Writes this step's keys/values at `slot`; returns the whole cache.

@@ -80,7 +80,11 @@ def _present(tokens: jax.Array, flag: jax.Array | None) -> jax.Array:
 class FaceCrossAttention(nn.Module):
     """Per frame: face + Attention(query = LN(face), key/value = LN(visual)).
 
-    face: [frames, A, embed]; visual: [frames, V, embed] → [frames, A, embed]."""
+    face: [frames, A, embed]; visual: [frames, V, embed] → [frames, A, embed]. The output
+    projection starts at zero, so a new block is the identity on the face tokens: phase 2 (which
+    freezes it) aligns the face projector through the identity, not through random weights, and
+    phase 3 trains the block from there (its output projection gets gradients at once, the
+    rest once that projection moves: zero-initialised residual branches, as in ReZero)."""
 
     num_heads: int
     epsilon: float = 1e-6
@@ -92,7 +96,7 @@ class FaceCrossAttention(nn.Module):
         dtypes = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         width = face.shape[-1]
         attention = Attention(self.num_heads, self.num_heads, width // self.num_heads, qkv_bias=True, out_bias=True,
-                              name="attention", **dtypes)
+                              out_init=nn.initializers.zeros_init(), name="attention", **dtypes)
         query = LayerNorm(self.epsilon, name="query_norm", **dtypes)(face)
         return face + attention(query, kv=LayerNorm(self.epsilon, name="key_value_norm", **dtypes)(visual))
 

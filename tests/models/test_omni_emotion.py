@@ -301,3 +301,19 @@ def test_new_token_rows_are_the_mean_of_the_trained_rows():
     grown = init_token_rows(params, [160, 161], trained_rows=152)
     assert grown["language_model"]["model"]["embed_tokens"]["embedding"].shape == (162, cfg.text.hidden_size)
     assert grown["language_model"]["lm_head"]["kernel"].shape == (cfg.text.hidden_size, 162)
+
+
+def test_a_new_face_cross_attention_is_the_identity():
+    """Phase 2 freezes the block: it must start as the identity on the face tokens, or the face
+    projector would align through random weights."""
+    import flax.linen as nn
+
+    from omni_jax.models.omni_emotion import FaceCrossAttention
+
+    rng = np.random.RandomState(0)
+    face, visual = (jnp.asarray(rng.randn(2, n, 32).astype(np.float32)) for n in (9, 4))
+    block = FaceCrossAttention(num_heads=4)
+    params = nn.unbox(block.init(jax.random.key(0), face, visual))
+    np.testing.assert_array_equal(np.asarray(block.apply(params, face, visual)), np.asarray(face))
+    grads = jax.grad(lambda p: jnp.sum(block.apply(p, face, visual) ** 2))(params)["params"]["attention"]
+    assert np.abs(np.asarray(grads["o_proj"]["kernel"])).max() > 0  # it learns from the first step
