@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
+import re
 import struct
 from pathlib import Path
 import ml_dtypes
@@ -82,7 +84,17 @@ class CheckpointReader:
     def _torch_header(self, file: Path) -> dict[str, TensorInfo]:
         import torch  # only .bin checkpoints need torch (the `convert` extra)
 
-        state = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+        try:
+            state = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+        except pickle.UnpicklingError as error:  # torch's advice here is to load it unsafely: not ours
+            named = re.search(r"(?i)unsupported global:? (\S+)", str(error))  # torch names the global it met
+            found = named.group(1) if named else "a non-tensor object"
+            raise ValueError(
+                f"{file}: holds {found}, not only tensors, so it was not loaded (unpickling it could run code). From "
+                "a copy you trust, write a safe file: torch.load(..., weights_only=False) there, then "
+                "safetensors.torch.save_file(state_dict, 'model.safetensors')") from None
+        except RuntimeError as error:  # not a zip archive, a truncated one, ...
+            raise ValueError(f"{file}: not a readable PyTorch checkpoint ({str(error).splitlines()[0][:200]})") from None
         if self.state_dict_key is not None:
             if self.state_dict_key not in state:
                 raise ValueError(f"{file}: no {self.state_dict_key!r} entry (found {sorted(state)[:10]})")

@@ -237,3 +237,38 @@ def test_command_line_scripts(qwen2_untied, tmp_path):
     cli = run("-m", "omni_jax.cli", "--json", "convert", "--src", str(root / "hf"), "--dst", str(tmp_path / "ox2"))
     result = json.loads(cli.stdout.splitlines()[-1])
     assert result["ok"] and result["model_type"] == "qwen2" and result["source_format"] == "qwen2"
+
+
+class Payload:
+    """Stands for pickled code: unpickling it would call os.system."""
+
+    def __reduce__(self):
+        import os
+
+        return os.system, ("touch PWNED",)
+
+
+@pytest.mark.parametrize("content,message", [
+    ("code", "holds posix.system, not only tensors, so it was not loaded"),
+    ("garbage", "not a readable PyTorch checkpoint"),
+])
+def test_a_refused_bin_checkpoint_is_one_line_and_nothing_runs(qwen2_untied, tmp_path, capsys, monkeypatch,
+                                                               content, message):
+    """A pytorch_model.bin holding code (or not a checkpoint at all): one line naming the file,
+    saying it was not loaded and how to make a safe file; no traceback, nothing executed."""
+    from omni_jax import cli
+
+    _, root = qwen2_untied
+    src = tmp_path / "bin"
+    src.mkdir()
+    shutil.copy(root / "hf" / "config.json", src / "config.json")
+    if content == "code":
+        torch.save({"model.embed_tokens.weight": torch.zeros(2), "trap": Payload()}, src / "pytorch_model.bin")
+    else:
+        (src / "pytorch_model.bin").write_bytes(b"\x00" * 64)
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["convert", "--src", str(src), "--dst", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "pytorch_model.bin" in err and message in err and "Traceback" not in err
+    assert content == "garbage" or "safetensors" in err
+    assert not (tmp_path / "PWNED").exists() and not (tmp_path / "out").exists()
