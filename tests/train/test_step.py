@@ -134,7 +134,8 @@ def test_sharded_train_step_equals_unsharded():
 
 def test_gradient_accumulation_equals_the_whole_batch():
     """4 rows as 2 microbatches of 2 (different assistant-token counts per row): the same loss,
-    token count and gradients as the whole batch. SGD with lr 1 makes the update the gradient
+    token count and gradients as the whole batch, and those equal the gradients of the loss
+    written out directly. SGD with lr 1 makes the update the gradient
     (Adam's first step is ±lr wherever a gradient is non-zero, however small: ill-conditioned)."""
     config = tiny_config("frame_cross_attention")
     model = OmniEmotion(config)
@@ -161,5 +162,22 @@ def test_gradient_accumulation_equals_the_whole_batch():
         moved += bool(scale > 0)
         assert np.abs(grad - expected_grad).max() <= 1e-4 * scale + 1e-8  # (+ the rounding of p - grad)
     assert moved > 10
+    # The normalisation, against a reference loss differentiated directly: the mean next-token
+    # cross-entropy over the assistant tokens, from the model's full logits (a gradient scaled
+    # by any factor, which Adam would hide, fails here).
+    targets = jnp.asarray(labels[:, 1:])
+
+    def reference_loss(trainable):
+        logits = model.apply({"params": merge_params(trainable, frozen)},
+                             **{k: v for k, v in batch.items() if k != "labels"})["logits"][:, :-1]
+        picked = jnp.take_along_axis(jax.nn.log_softmax(logits), jnp.maximum(targets, 0)[..., None], -1)[..., 0]
+        return -jnp.sum(jnp.where(targets != -100, picked, 0.0)) / jnp.sum(targets != -100)
+
+    loss, reference = jax.jit(jax.value_and_grad(reference_loss))(trainable)
+    np.testing.assert_allclose(float(expected["loss"]), float(loss), rtol=1e-5)
+    for p, b, g in zip(jax.tree.leaves(trainable), jax.tree.leaves(expected_state["trainable"]),
+                       jax.tree.leaves(reference)):
+        g, p = np.asarray(g), np.asarray(p)  # (+ two roundings at the parameter's magnitude: p - g, then p - that)
+        assert np.abs((p - np.asarray(b)) - g).max() <= 1e-4 * np.abs(g).max() + 2.4e-7 * np.abs(p).max()
     with pytest.raises(ValueError, match="a batch of 4 does not split into 3 microbatches"):
         train_step(model, optimizer, schedule, state, frozen, batch, microbatches=3)
