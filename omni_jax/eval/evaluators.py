@@ -15,6 +15,7 @@ list, a line without references: a clear error naming the line, and nothing writ
 """
 from __future__ import annotations
 
+import abc
 import json
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
@@ -46,20 +47,21 @@ def _references(manifest: str, key: str, check: Callable[[Any, str], None]) -> N
                 check(entry[key], where)
 
 
-class Evaluator:
-    """Runs predict over the manifest, merges and scores the predictions; subclasses say how
-    to score (`score`) and what to report (`report`)."""
+class Evaluator(abc.ABC):
+    """Runs predict over the manifest, merges and scores the predictions; each kind says how to
+    score (`score`) and what to report (`report`)."""
 
     name: str
     manifest: str
     question: str | None
 
+    @abc.abstractmethod
     def score(self, answered: list[dict[str, Any]]) -> dict[str, Any]:
         """The scores of the answered clips; adds each clip's own figures to its dict."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def report(self, scores: dict[str, Any], out_dir: Path) -> Iterator[tuple[str, Any]]:
-        raise NotImplementedError
+        """(metric, value) pairs of `scores`; figures (PNGs) into `out_dir`."""
 
     def _scores(self, predictions: list[dict[str, Any]]) -> dict[str, Any]:
         answered = [p for p in predictions if "skip" not in p]
