@@ -198,9 +198,10 @@ class Trainer:
 
 
 def make_trainer(model_config: ml_collections.ConfigDict, mesh: Mesh, train: ml_collections.ConfigDict,
-                 total_steps: int) -> Trainer:
+                 total_steps: int, optimizer: optax.GradientTransformation | None = None) -> Trainer:
     """The phase's train step for `model_config` on `mesh`, as `train` (cfg.train) configures
-    it: optimizer, schedule over `total_steps`, microbatches; state shapes and shardings."""
+    it: optimizer (or the one given), schedule over `total_steps`, microbatches; state shapes and
+    shardings."""
     family = registry.FAMILIES["omni_emotion"]
     config = registry.to_config(model_config)
     model = registry.build(family, config)
@@ -212,7 +213,7 @@ def make_trainer(model_config: ml_collections.ConfigDict, mesh: Mesh, train: ml_
     if not jax.tree.leaves(trainable):
         raise ValueError(f"phase {train.phase!r} trains {PHASES[train.phase]}, which this model does not have")
     schedule = learning_rate_schedule(train, total_steps)
-    optimizer = make_optimizer(train, schedule)
+    optimizer = optimizer or make_optimizer(train, schedule)
     replicated = NamedSharding(mesh, PartitionSpec())
     opt_state = jax.eval_shape(optimizer.init, trainable)
     opt_state = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), opt_state,
