@@ -23,10 +23,9 @@ def sync(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
-def interleaved_medians(runs: dict[str, Callable[[], Any]], repeats: int) -> tuple[dict[str, Any], dict[str, float]]:
-    """Each run's output (from an untimed warm-up: compilation, allocator) and median wall time.
-
-    The runs take turns, so background load on a shared machine hits all of them alike."""
+def interleaved_times(runs: dict[str, Callable[[], Any]], repeats: int) -> tuple[dict[str, Any], dict[str, list]]:
+    """Each run's output (from an untimed warm-up: compilation, allocator) and its `repeats`
+    wall times. The runs take turns, so background load on a shared machine hits all alike."""
     outputs = {name: run() for name, run in runs.items()}
     times: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(repeats):
@@ -34,7 +33,19 @@ def interleaved_medians(runs: dict[str, Callable[[], Any]], repeats: int) -> tup
             start = time.perf_counter()
             run()
             times[name].append(time.perf_counter() - start)
+    return outputs, times
+
+
+def interleaved_medians(runs: dict[str, Callable[[], Any]], repeats: int) -> tuple[dict[str, Any], dict[str, float]]:
+    """`interleaved_times`' outputs and each run's median wall time."""
+    outputs, times = interleaved_times(runs, repeats)
     return outputs, {name: statistics.median(t) for name, t in times.items()}
+
+
+def ratio_spread(slower: list[float], faster: list[float]) -> tuple[float, float]:
+    """(min, max) of the ratios of runs that took turns: how far one median ratio can be trusted."""
+    ratios = [s / f for s, f in zip(slower, faster)]
+    return min(ratios), max(ratios)
 
 
 def median_seconds(fn: Callable[[], object], repeats: int) -> float:
