@@ -385,3 +385,39 @@ def test_damaged_and_empty_audio_are_counted_apart(clips, tmp_path):
     del old["counts"]["audio_damaged"], old["counts"]["audio_empty"]
     batches.set_state(old)
     assert batches.counts["audio_damaged"] == 0
+
+
+def test_data_check_on_real_world_damage(tmp_path, capsys):
+    """The media a crawled dataset holds: each decoded (damaged audio counted apart, a track
+    without samples absent) or skipped by its reason; the good ones usable."""
+    root = tmp_path
+    good = media.write_clip(root / "good.mp4", 1.0, 10, (64, 48))
+    first, second = (media.write_clip(root / f"{n}.ts", 1.0, 10, (64, 48), audio=False) for n in "ab")
+    (root / "restart.ts").write_bytes(first.read_bytes() + second.read_bytes())
+    files = {
+        "damaged-audio": {"video": str(good), "audio": str(media.write_damaged_packets(
+            root / "damaged.m4a", media.write_audio(root / "tone.m4a", media.tone(300.0, 2.0, 16000), 16000),
+            packets=(3, 4)))},
+        "damaged-video": {"video": str(media.write_damaged_packets(root / "dv.mp4", media.write_clip(
+            root / "clean.mp4", 2.0, 10, (64, 48), audio=False, gop=5), packets=(7,), kind="video"))},
+        "silent-track": {"video": str(good), "audio": str(media.write_silent_track(root / "silent.wav"))},
+        "webm": {"video": str(media.write_clip(root / "c.webm", 1.0, 10, (64, 48), "libvpx-vp9",
+                                               audio_codec="libopus"))},
+        "mov": {"video": str(media.write_clip(root / "c.mov", 1.0, 10, (64, 48)))},
+        "long-audio": {"video": str(media.write_clip(root / "long.mp4", 1.0, 10, (64, 48), audio_seconds=3.0))},
+        "restart": {"video": str(root / "restart.ts")},
+        "8k-mono": {"audio": str(media.write_audio(root / "8k.wav", media.tone(300.0, 1.0, 8000), 8000, "pcm_s16le"))},
+        "5.1": {"audio": str(media.write_audio(root / "51.m4a", media.tone(300.0, 1.0, 48000, 6), 48000))},
+        "empty-audio": {"video": str(good), "audio": str(media.write_empty(root / "empty.m4a"))},
+    }
+    lines = [{"id": name, **paths, "conversations": [
+        {"from": "human", "value": ("<video>" if "video" in paths else "<audio>") + "\nw12"},
+        {"from": "gpt", "value": "w40"}]} for name, paths in files.items()]
+    manifest = write_manifest(root / "damaged.jsonl", lines)
+    qwen2_test_tokenizer(tiny()).save_pretrained(root / "tok")
+    assert cli.main(["--json", "data-check", "--manifest", str(manifest), "--config", "configs/omni_emotion.py:tiny",
+                     "--tokenizer", str(root / "tok"), "--workers", "0"]) == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert report["skipped_by_reason"] == {"empty_file": 1}
+    assert report["usable"] == len(files) - 1
+    assert (report["audio_damaged"], report["audio_empty"]) == (1, 1)
