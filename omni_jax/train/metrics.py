@@ -4,7 +4,8 @@ The step's metrics stay on the device until the next step has been dispatched, t
 fetched (one step late, as MaxText's metric logger does), so the host never waits for the
 device it just gave work to. Only process 0 writes.
 
-Per logged step: step, loss, learning_rate, grad_norm, assistant_tokens, tokens_per_s (the
+Per logged step: step, loss, learning_rate, grad_norm (and grad_norm/NAME per trained
+top-level subtree: language_model, audio_projector, ...), assistant_tokens, tokens_per_s (the
 batch's non-padding tokens: process 0's × hosts), clips_per_s (rows, likewise), step_seconds, mfu (the step's FLOPs as
 `omni-jax plan` counts them ÷ (step time × devices × the device's bf16 peak); null where the
 peak is unknown), nonfinite (skipped steps so far), skipped_<reason> (examples the input
@@ -107,7 +108,8 @@ class MetricLogger:
                 "finite": bool(values["finite"]), "nonfinite": int(values["nonfinite"]),
                 "tokens_per_s": host.pop("tokens") / seconds,
                 "clips_per_s": host.pop("clips") / seconds, "step_seconds": seconds,
-                "mfu": self.flops_per_step / (seconds * self.devices * self.peak) if self.peak else None, **host}
+                "mfu": self.flops_per_step / (seconds * self.devices * self.peak) if self.peak else None,
+                **{k: v for k, v in values.items() if k.startswith("grad_norm/")}, **host}
         self.bar.update(step - self.bar.n)
         self.bar.set_postfix(loss=f"{line['loss']:.4f}", tok_s=f"{line['tokens_per_s']:.0f}", refresh=False)
         if self.writing and (step % self.log_every == 0 or not line["finite"]):

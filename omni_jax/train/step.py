@@ -96,7 +96,7 @@ def train_step(model: OmniEmotion, optimizer: optax.GradientTransformation, sche
     """state: {"step", "nonfinite", "trainable", "opt_state"}; frozen: the other parameters;
     batch: the model's inputs plus `labels` (-100 except assistant tokens).
     Returns the new state and {"loss", "tokens", "grad_norm", "learning_rate", "finite",
-    "nonfinite" (skipped steps so far)}.
+    "nonfinite" (skipped steps so far), "grad_norm/NAME" (each trained top-level subtree's)}.
 
     microbatches: the batch is split along its first axis into this many parts, run one after
     another (a scan) with their gradients summed: the memory of one part, the update of the
@@ -140,7 +140,8 @@ def train_step(model: OmniEmotion, optimizer: optax.GradientTransformation, sche
                  "opt_state": keep(opt_state, state["opt_state"])}
     metrics = {"loss": loss, "tokens": tokens, "grad_norm": grad_norm, "finite": finite,
                "nonfinite": new_state["nonfinite"],
-               "learning_rate": schedule(state["step"] - state["nonfinite"])}
+               "learning_rate": schedule(state["step"] - state["nonfinite"]),
+               **{f"grad_norm/{name}": optax.tree.norm(part) for name, part in grads.items()}}
     return new_state, metrics
 
 

@@ -196,9 +196,12 @@ def test_two_processes_killed_and_resumed_equal_one_process(data, uninterrupted,
     assert summary["resumed_from"] >= 4 and summary["stopped"] == "finished"
     expected, got = metrics(uninterrupted), metrics(workdir)
     assert sorted(got) == sorted(expected)
-    # loss and gradient norm per step: a gradient scaled wrongly across processes (local token
-    # counts, a sum counted twice), which Adam's update would hide, changes the norm
-    for key in ("loss", "grad_norm", "assistant_tokens"):
+    # loss and gradient norms (the whole and each trained subtree's) per step: a gradient scaled
+    # or reduced wrongly across processes (local token counts, a sum counted twice, one subtree
+    # left unreduced), which Adam's update would hide, changes them
+    norms = sorted(k for k in expected[1] if k.startswith("grad_norm/"))
+    assert "grad_norm/language_model" in norms and "grad_norm/audio_projector" in norms
+    for key in ("loss", "grad_norm", "assistant_tokens", *norms):
         np.testing.assert_allclose([got[k][key] for k in sorted(got)], [expected[k][key] for k in sorted(got)],
                                    rtol=1e-5, err_msg=key)
     _, final = omni_jax.load_pretrained(workdir / "final")
