@@ -59,6 +59,7 @@ log = logging.getLogger(__name__)
 # per-example facts counted, not skipped: text cut to the longest bucket, centre crops for want of
 # a face, audio with damaged packets skipped, an audio track without samples (absent)
 STATS = ("truncated", "face_fallback", "audio_damaged", "audio_empty")
+MEDIA = ("pixel_values_videos", "face_pixels", "input_features")  # the model's media inputs
 FLAGS = ("has_video", "has_face", "has_audio")
 
 
@@ -156,20 +157,26 @@ def prompt_blocks(record: Record, modalities: tuple[str, ...]) -> tuple[str, ...
     return blocks
 
 
-def load_example(record: Record, tokenizer: Any, cfg: ml_collections.ConfigDict,
-                 modalities: tuple[str, ...] = MODALITIES) -> dict[str, Any]:
-    """One example's model inputs (tokens: text.TokenizedExample, unpadded) and its counted
-    facts; media only for the modalities asked for (a batch of phase 2 carries no log-mel, one
-    of phase 1 no pixels), each zeros and flagged absent where the example lacks it."""
-    blocks = prompt_blocks(record, modalities)
-    tokens = text.tokenize_conversation(record.conversations, tokenizer, cfg, max(cfg.data.buckets), blocks=blocks,
-                                        name=f"{record.id} ({record.where})")
-    example = {"tokens": tokens, "truncated": np.bool_(tokens.truncated)}
+def media_inputs(record: Record, cfg: ml_collections.ConfigDict, modalities: tuple[str, ...]) -> dict[str, Any]:
+    """The media of the modalities asked for (a batch of phase 2 carries no log-mel, one of
+    phase 1 no pixels), each zeros and flagged absent where the record lacks it, and the
+    decoding's counted facts."""
+    example = {}
     if {"v", "f"} & set(modalities):
         example.update(vision_inputs(record, cfg.data, modalities))
     if "a" in modalities:
         example.update(audio_inputs(record, cfg))
     return example
+
+
+def load_example(record: Record, tokenizer: Any, cfg: ml_collections.ConfigDict,
+                 modalities: tuple[str, ...] = MODALITIES) -> dict[str, Any]:
+    """One example's model inputs (tokens: text.TokenizedExample, unpadded; `media_inputs`) and
+    its counted facts."""
+    blocks = prompt_blocks(record, modalities)
+    tokens = text.tokenize_conversation(record.conversations, tokenizer, cfg, max(cfg.data.buckets), blocks=blocks,
+                                        name=f"{record.id} ({record.where})")
+    return {"tokens": tokens, "truncated": np.bool_(tokens.truncated), **media_inputs(record, cfg, modalities)}
 
 
 class ExampleTransform:
@@ -227,7 +234,7 @@ def pad_batch(rows: list[list[dict[str, np.ndarray]]], length: int, pad_id: int)
     padded = [text.pack_examples([e["tokens"] for e in row], length, pad_id)[0] if len(row) > 1
               else text.pad_to_bucket(row[0]["tokens"], (length,), pad_id) for row in rows]
     batch = {key: np.stack([p[key] for p in padded]) for key in padded[0]}
-    for key in ("pixel_values_videos", "face_pixels", "input_features", *FLAGS):
+    for key in MEDIA + FLAGS:
         if key in rows[0][0]:  # the modalities the pipeline was asked for
             batch[key] = np.stack([row[0][key] for row in rows])
     return batch

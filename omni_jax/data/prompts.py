@@ -26,10 +26,10 @@ import numpy as np
 
 from omni_jax.data import text
 from omni_jax.data.errors import ExampleError
-from omni_jax.data.manifest import ManifestLine, ManifestSource
-from omni_jax.data.pipeline import (audio_inputs, bucket_length, ordered_examples, pad_id_of, prompt_blocks,
-                                    vision_inputs)
-from omni_jax.prompt import MODALITIES, audio_input_frames, parse_modalities
+from omni_jax.data.manifest import ManifestLine, ManifestSource, Record
+from omni_jax.data.pipeline import (FLAGS, MEDIA, bucket_length, media_inputs, ordered_examples, pad_id_of,
+                                    prompt_blocks)
+from omni_jax.prompt import MODALITIES, parse_modalities
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,12 +75,7 @@ class PromptTransform:
             blocks = prompt_blocks(record, self.modalities)
             ids = text.tokenize_prompt(turns, self.tokenizer, self.cfg, max(self.cfg.data.buckets), blocks=blocks,
                                        name=f"{record.id} ({record.where})")
-            example = {"input_ids": ids}
-            if {"v", "f"} & set(self.modalities):
-                example.update(vision_inputs(record, self.cfg.data, self.modalities))
-            if "a" in self.modalities:
-                example.update(audio_inputs(record, self.cfg))
-            return row, example
+            return row, {"input_ids": ids, **media_inputs(record, self.cfg, self.modalities)}
         except ExampleError as error:
             return Row(line.number, record_id, skip=error.reason, message=str(error)), None
 
@@ -91,17 +86,9 @@ def _last_human(turns: Any) -> str:
 
 
 def _padding_example(cfg: ml_collections.ConfigDict, modalities: tuple[str, ...]) -> dict[str, np.ndarray]:
-    """A row's media when it holds no prompt: zeros, every modality absent."""
-    data, example = cfg.data, {}
-    if {"v", "f"} & set(modalities):
-        example.update(pixel_values_videos=np.zeros((data.num_frames, data.image_size, data.image_size, 3), np.float32),
-                       face_pixels=np.zeros((data.num_frames, data.face_size, data.face_size, 3), np.float32),
-                       has_video=np.bool_(False), has_face=np.bool_(False))
-    if "a" in modalities:
-        example.update(input_features=np.zeros((cfg.audio_windows, cfg.audio.num_mel_bins,
-                                                audio_input_frames(cfg.audio)), np.float32),
-                       has_audio=np.bool_(False))
-    return example
+    """A row's media when it holds no prompt: those of a record without media (zeros, absent)."""
+    media = media_inputs(Record("", None, None, None, [], ""), cfg, modalities)
+    return {k: v for k, v in media.items() if k in MEDIA + FLAGS}
 
 
 def left_pad(examples: list[dict[str, np.ndarray] | None], buckets: tuple[int, ...], pad_id: int,
