@@ -125,9 +125,7 @@ class JudgeClient:
                     raise JudgeError(f"{self.url} refused the request: HTTP {error.code} {error.reason}") from None
                 problem = error
             except (urllib.error.URLError, TimeoutError, ConnectionError, KeyError, IndexError,
-                    json.JSONDecodeError) as error:
-                problem = error
-            except ReplyRejected as error:
+                    json.JSONDecodeError, ReplyRejected) as error:
                 problem = error
             else:
                 tmp = path.with_suffix(".tmp")
