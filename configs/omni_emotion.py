@@ -1,7 +1,8 @@
 """Omni-Emotion configs: `get_config("VARIANT[,PHASE]")`, one schema for every variant and phase.
 
-VARIANT: "7b" (SPEC §1) or "tiny" (every shape distinct, for the tests: 4 visual and 9 face
-tokens per frame, 10 audio tokens per window, 2 frames, 2 windows). PHASE: one of the paper's
+VARIANT: "7b" (SPEC §1), "tiny" (every shape distinct, for the tests: 4 visual and 9 face
+tokens per frame, 10 audio tokens per window, 2 frames, 2 windows) or "demo" (`make demo`: the
+tiny shapes hearing one 1.5-s window, 25 audio tokens, so that a voice's contour fits). PHASE: one of the paper's
 three training phases (§4.4), default "instruction_tuning"; it sets `train` and `data` to that
 phase's settings. On the command line: `--config configs/omni_emotion.py:7b,audio_alignment`.
 
@@ -17,16 +18,18 @@ from configs import facexformer, llava_onevision, whisper
 # Token ids: <audio>, <vi_start>, <vi_end>, <au_start>, <au_end> follow the llava-hf tokenizer's
 # last entry (<video> = 151647), as `omni_emotion.add_special_tokens` assigns them; the 7B
 # embedding table (152064 rows) already holds them. Tiny: after the tiny LLaVA's <video> (151).
-TOKEN_IDS = {"7b": (151648, 151649, 151650, 151651, 151652), "tiny": (152, 153, 154, 155, 156)}
+TOKEN_IDS = {"7b": (151648, 151649, 151650, 151651, 151652), "tiny": (152, 153, 154, 155, 156),
+             "demo": (152, 153, 154, 155, 156)}
 VARIANTS = {
     # llava variant, face variant, whisper variant, face grid, frames, audio windows, 30-s window
     # positions, cross-attention heads, loss chunk
     "7b": ("7b", "base", "large-v3", 14, 8, 1, 1500, 28, 1024),
     "tiny": ("tiny", "tiny", "tiny", 3, 2, 2, 30, 4, 16),
+    "demo": ("tiny", "tiny", "tiny", 3, 2, 1, 75, 4, 16),
 }
 # Sequence lengths a batch is padded to (the smallest that fits its longest example): a few static
 # shapes for XLA. 7B: the multimodal block alone is 3,645 tokens (3,137 video + 500 audio + 8).
-BUCKETS = {"7b": (4096, 6144, 8192), "tiny": (96, 128, 192)}
+BUCKETS = {"7b": (4096, 6144, 8192), "tiny": (96, 128, 192), "demo": (96, 128, 160)}
 # The paper's settings of each phase (§4.4): what it trains is omni_jax.train.step.PHASES.
 PHASES = {
     # audio projector only, on audio-text pairs (captions, transcripts): prompts hold the audio block
@@ -102,7 +105,7 @@ def data_config(cfg: ml_collections.ConfigDict, buckets: tuple[int, ...]) -> ml_
 def train_config(phase: str, variant: str) -> ml_collections.ConfigDict:
     """The training loop's fields (omni_jax.train.train) with `phase`'s settings."""
     settings = PHASES[phase]
-    tiny = variant == "tiny"
+    tiny = variant != "7b"  # tiny and demo
     return ml_collections.ConfigDict(dict(
         phase=phase,
         modalities=settings["modalities"],  # the prompt's blocks and the media decoded: v, a, f
@@ -164,9 +167,9 @@ def eval_config(variant: str) -> ml_collections.ConfigDict:
     """Generation and evaluation settings (omni_jax.eval), shared by every evaluator."""
     return ml_collections.ConfigDict(dict(
         modalities="v,a,f",  # the paper's ablation (Table 1): v, v,a or v,a,f
-        dtype="float32" if variant == "tiny" else "bfloat16",  # parameters and compute
+        dtype="bfloat16" if variant == "7b" else "float32",  # parameters and compute
         batch_size=8,  # clips per process per generation batch (a multiple of its data x fsdp devices)
-        max_new_tokens=16 if variant == "tiny" else 64,
+        max_new_tokens=64 if variant == "7b" else 16,
         temperature=0.0,  # 0: greedy
         top_k=0,  # sampling only: keep the k most likely tokens (0: all)
         top_p=1.0,  # sampling only: keep the most likely tokens holding this probability

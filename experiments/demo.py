@@ -1,179 +1,250 @@
-"""make demo: the tiny Omni-Emotion (vision + face + audio) built from converted parts, fed by
-the input pipeline from clips it writes itself, sharded over 8 simulated devices.
+"""make demo: the whole job on this machine — synthetic clips → phase 1 → phase 2 → phase 3 →
+the modality ablation → an answer — through the commands a user runs at scale.
 
-1. Parts: a tiny LLaVA-OneVision and a tiny Whisper as transformers writes them (random
-   weights, `save_pretrained`), converted with the real converter; a random tiny FaceXFormer
-   encoder (the release's .pt is not available offline), written as an omni_jax checkpoint.
-2. `assemble_omni_emotion` (= `omni-jax assemble`) → one Omni-Emotion checkpoint.
-3. Four H.264 clips with a drawn face (two with AAC audio, one silent, one at 30000/1001 fps)
-   and a JSONL manifest; the grain pipeline decodes, samples frames, crops faces, computes the
-   log-mel features and tokenizes the chat → one static-shape batch.
-4. The checkpoint restored straight onto a (data 2, fsdp 2, tensor 2) mesh; the batch as global
-   arrays; the sharded forward equals the single-device one; phase-3 train steps on the batch
-   make the loss fall; a greedy answer for each clip.
+1. `omni-jax synth`: clips whose class sets the drawn face's expression and the voice (some
+   classes differ only in the face, others only in the voice; the scene is a weak cue) and
+   the manifests of every phase and of held-out evaluation.
+2. The starting checkpoint as a user builds one: a tiny LLaVA-OneVision (with the demo's
+   word-level tokenizer) and a tiny Whisper written by transformers (random weights,
+   `save_pretrained`), `omni-jax convert`ed; a FaceXFormer-shaped random face encoder;
+   `omni-jax assemble`.
+3. `omni-jax train` three times (audio_alignment → face_alignment → instruction_tuning, each
+   `--init` the previous workdir) on 8 simulated devices; the paper's phase settings scaled
+   down (`PHASES`: the towers stay frozen and random as the phases require).
+4. `omni-jax eval` of the final checkpoint for the modality subsets v, v+a, v+f, v+a+f, and
+   v+a+f with the voices silenced; `omni-jax infer` on one held-out clip.
+5. A summary: UAR, WAR and EMER-OV per subset, accuracy within the class pairs that only the
+   voice (or only the face) tells apart, and PNGs (loss per phase, confusion, ablation).
 
-Exits non-zero if the sharded logits differ from the unsharded ones or the loss does not fall.
-Run: `make demo` (or `.venv/bin/python experiments/demo.py`). Writes only under outputs/demo/.
+Everything lives under outputs/demo/ (replaced by each run; `cache/` keeps XLA's compiled
+programs for the next). Each command's output goes to outputs/demo/logs/; a failing step
+names its command and log. `--seed S` changes the data and every initialisation.
 """
 from __future__ import annotations
 
+import argparse
+import json
 import os
-
-# 8 simulated devices on few cores: XLA:CPU's 40-s collective timeout can pass on a busy machine.
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8 "
-                      "--xla_cpu_collective_call_terminate_timeout_seconds=900 --xla_cpu_collective_timeout_seconds=900")
-os.environ.setdefault("JAX_PLATFORMS", "cpu")
-os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-
-import json  # noqa: E402
-import shutil  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
-from fractions import Fraction  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import flax.linen as nn  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import jax  # noqa: E402
-import ml_collections  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import transformers  # noqa: E402
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # the test suite's media writers and tokenizer builder
-
-import omni_jax  # noqa: E402
-from configs import omni_emotion as omni_configs  # noqa: E402
-from omni_jax import registry  # noqa: E402
-from omni_jax.conversion import convert_hf_to_orbax  # noqa: E402
-from omni_jax.conversion.assemble import assemble_omni_emotion  # noqa: E402
-from omni_jax.conversion.engine import save_params  # noqa: E402
-from omni_jax.data import pipeline  # noqa: E402
-from omni_jax.generate import generate  # noqa: E402
-from omni_jax.models import llava_onevision, whisper  # noqa: E402
-from omni_jax.sharding import LOGICAL_AXIS_RULES, make_mesh  # noqa: E402
-from omni_jax.train.step import make_trainer, merge_params  # noqa: E402
-from tests import media  # noqa: E402
-from tests.tokenizer import qwen2_test_tokenizer  # noqa: E402
-
-OUT = ROOT / "outputs" / "demo"
-LLAVA_FIELDS = ("text", "vision", "vision_feature_layers", "vision_feature_select_strategy", "projector_hidden_act",
-                "projector_bias", "image_token_id", "video_token_id")
-TRAIN_STEPS, LEARNING_RATE = 10, 3e-3
+sys.path.insert(0, str(ROOT))  # configs/
+CONFIG = str(ROOT / "configs" / "omni_emotion.py") + ":demo"
+SUBSETS = {"v": "v", "v+a": "v,a", "v+f": "v,f", "v+a+f": "v,a,f"}
+# Pairs of classes that only the voice tells apart, and pairs that only the face does (synth.CUES).
+VOICE_PAIRS = (("surprise", "fear"), ("angry", "disgust"))
+FACE_PAIRS = (("happy", "surprise"), ("sad", "disgust"))
+# The paper's phases (§4.4) scaled to the demo: what trains and the modalities are the paper's;
+# the global batch is 16 (paper 256/256/128) and the learning rates fit models that start random.
+PHASES = {
+    "audio_alignment": dict(manifest="audio_captions", epochs=2, learning_rate=3e-3),
+    "face_alignment": dict(manifest="face_classification", epochs=2, learning_rate=3e-3),
+    "instruction_tuning": dict(manifest="instructions", epochs=6, learning_rate=2e-3),
+}
+BATCH = 16
 
 
-def stage(message: str) -> None:
+def log_line(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
-def transformers_part(dst: Path, hf_config: dict, seed: int, tokenizer=None) -> Path:
-    """A randomly initialised transformers model saved as its own library writes it, then converted."""
-    torch.manual_seed(seed)
-    config = transformers.AutoConfig.for_model(**hf_config)
-    model_class = getattr(transformers, hf_config["architectures"][0])
-    model_class(config).save_pretrained(dst / "hf")
-    if tokenizer is not None:
-        tokenizer.save_pretrained(dst / "hf")  # travels with the weights into the assembled checkpoint
-    return convert_hf_to_orbax(dst / "hf", dst / "converted", progress=False)
+class StepFailed(RuntimeError):
+    pass
 
 
-def random_face_part(dst: Path, face_cfg: ml_collections.ConfigDict, seed: int) -> Path:
+def run(name: str, args: list[str], out: Path, progress: Path | None = None, total: int = 0) -> None:
+    """Runs `omni-jax ARGS` (or a Python snippet), its output into out/logs/NAME.log; a
+    progress bar counts the lines of `progress` (a metrics.jsonl) up to `total`."""
+    from tqdm import tqdm
+
+    log = out / "logs" / f"{name}.log"
+    command = [sys.executable, "-m", "omni_jax.cli", *args]
+    env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=str(out / "cache"), TRANSFORMERS_VERBOSITY="error",
+               JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=8 "
+               "--xla_cpu_collective_call_terminate_timeout_seconds=900 --xla_cpu_collective_timeout_seconds=900")
+    start = time.perf_counter()
+    with open(log, "w") as sink, tqdm(total=total or None, desc=f"  {name}", unit="step", leave=False,
+                                      bar_format=None if total else "{desc}: {elapsed}") as bar:
+        process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+        while process.poll() is None:
+            time.sleep(0.5)
+            if progress is not None and progress.exists():
+                bar.update(min(total, sum(1 for _ in progress.open())) - bar.n)
+            else:
+                bar.refresh()
+    if process.returncode != 0:
+        tail = "".join(log.read_text().splitlines(keepends=True)[-12:])
+        raise StepFailed(f"{name} failed (exit {process.returncode}) after {time.perf_counter() - start:.0f} s.\n"
+                         f"  command: omni-jax {shlex.join(args)}\n  log: {log}\n  last lines:\n{tail}")
+    log_line(f"{name}: {time.perf_counter() - start:.0f} s")
+
+
+def starting_checkpoint(out: Path, seed: int) -> Path:
+    """transformers' tiny LLaVA-OneVision (+ the demo tokenizer) and Whisper, converted; a random
+    FaceXFormer-shaped encoder; `omni-jax assemble`. Returns the assembled checkpoint."""
+    import jax
+    import ml_collections
+    import numpy as np
+    import torch
+    import transformers
+
+    from configs import omni_emotion
+    from omni_jax import registry
+    from omni_jax.conversion.engine import save_params
+    from omni_jax.data import synth
+    from omni_jax.data.word_tokenizer import word_tokenizer
+    from omni_jax.models import llava_onevision, whisper
+
+    cfg = omni_emotion.get_config("demo")
+    parts = out / "parts"
+    tokenizer = word_tokenizer(synth.vocabulary(), cfg.image_token_id - 3)  # <image>, <video> at the config's ids
+    llava_cfg = ml_collections.ConfigDict({k: cfg[k] for k in ("text", "vision", "vision_feature_layers",
+                                                               "vision_feature_select_strategy", "projector_hidden_act",
+                                                               "projector_bias", "image_token_id", "video_token_id")})
+    for offset, (name, hf_config) in enumerate((("llava", llava_onevision.config_to_hf(llava_cfg)),
+                                                ("whisper", whisper.config_to_hf(cfg.audio)))):
+        torch.manual_seed(seed * 10 + offset)
+        config = transformers.AutoConfig.for_model(**hf_config)
+        getattr(transformers, hf_config["architectures"][0])(config).save_pretrained(parts / f"{name}-hf")
+        if name == "llava":
+            tokenizer.save_pretrained(parts / f"{name}-hf")  # travels into the assembled checkpoint
     family = registry.FAMILIES["facexformer"]
-    shapes, treedef = jax.tree.flatten(registry.abstract_params(family, face_cfg))
-    rng = np.random.RandomState(seed)
-    params = jax.tree.unflatten(treedef, [0.05 * rng.randn(*s.shape).astype(np.float32) for s in shapes])
-    return save_params(dst, family, face_cfg, params)
+    shapes, treedef = jax.tree.flatten(registry.abstract_params(family, cfg.face))
+    rng = np.random.RandomState(seed * 10 + 2)
+    save_params(parts / "facexformer", family, cfg.face,
+                jax.tree.unflatten(treedef, [0.05 * rng.randn(*s.shape).astype(np.float32) for s in shapes]))
+    return parts
 
 
-def write_clips(folder: Path) -> Path:
-    """Four clips and their manifest (SPEC §2); answers are words of the demo's tokenizer."""
-    folder.mkdir(parents=True)
-    specs = [("happy", dict(seconds=2.0, fps=25, size=(160, 120))),
-             ("sad", dict(seconds=1.5, fps=Fraction(30000, 1001), size=(128, 96))),
-             ("angry", dict(seconds=1.0, fps=15, size=(96, 128), codec="mpeg4")),
-             ("silent", dict(seconds=1.2, fps=20, size=(120, 120), audio=False))]
-    lines = []
-    for i, (name, spec) in enumerate(specs):
-        media.write_clip(folder / f"{name}.mp4", face=True, **spec)
-        lines.append({"id": name, "video": f"{name}.mp4", "faces": None,
-                      "conversations": [{"from": "human", "value": "<video>\nw10 w11 w12 ."},
-                                        {"from": "gpt", "value": f"w{20 + i} w{30 + i} ."}]})
-    manifest = folder / "train.jsonl"
-    manifest.write_text("".join(json.dumps(line) + "\n" for line in lines))
-    return manifest
+def train_steps(manifest: Path, epochs: int) -> int:
+    return epochs * sum(1 for _ in manifest.open()) // BATCH
+
+
+def summary(out: Path, data: Path) -> dict[str, Any]:
+    """The table's figures from the eval workdirs; the PNGs."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = {}
+    for subset in [*SUBSETS, "v+a+f, voice silenced"]:
+        folder = out / "eval" / subset.replace("+", "").replace(", voice silenced", "_silenced")
+        figures = json.loads((folder / "metrics.json").read_text())
+        predictions = [json.loads(line) for line in (folder / "predictions" / "dfew.jsonl").open()]
+        pair = lambda pairs: float(sum(_pair_accuracy(predictions, p) for p in pairs) / len(pairs))
+        rows[subset] = dict(uar=figures["dfew"]["uar"], war=figures["dfew"]["war"],
+                            emer_ov=figures.get("emer_ov", {}).get("avg"),
+                            voice_pairs=pair(VOICE_PAIRS), face_pairs=pair(FACE_PAIRS))
+    figure, axes = plt.subplots(1, 3, figsize=(12, 3.2))
+    for ax, phase in zip(axes, PHASES):
+        steps = [json.loads(line) for line in (out / "runs" / phase / "metrics.jsonl").open()]
+        ax.plot([s["step"] for s in steps], [s["loss"] for s in steps])
+        ax.set(title=phase, xlabel="step", ylabel="loss")
+    figure.tight_layout()
+    figure.savefig(out / "loss.png", dpi=80)
+    figure, ax = plt.subplots(figsize=(6, 3.2))
+    names = list(rows)
+    ax.bar(range(len(names)), [rows[n]["uar"] for n in names], color="tab:blue")
+    ax.axhline(1 / 7, color="grey", linestyle="--", label="chance")
+    ax.set_xticks(range(len(names)), [n.replace(", voice silenced", "\nsilenced") for n in names])
+    ax.set(ylabel="UAR", ylim=(0, 1), title="held-out UAR by modalities")
+    ax.legend()
+    figure.tight_layout()
+    figure.savefig(out / "ablation.png", dpi=80)
+    shutil.copy(out / "eval" / "vaf" / "dfew_confusion.png", out / "confusion.png")
+    return rows
+
+
+def _pair_accuracy(predictions: list[dict[str, Any]], pair: tuple[str, str]) -> float:
+    """Mean recall of the pair's two classes over their clips (chance 0.5 when the model tells
+    them apart no better than a coin, whatever else it gets right)."""
+    recalls = []
+    for label in pair:
+        clips = [p for p in predictions if p.get("label") == label]
+        recalls.append(sum(p.get("predicted") == label for p in clips) / max(1, len(clips)))
+    return sum(recalls) / 2
 
 
 def main() -> int:
-    shutil.rmtree(OUT, ignore_errors=True)
-    OUT.mkdir(parents=True)
-    cfg = omni_configs.get_config("tiny")
-    tokenizer = qwen2_test_tokenizer(cfg)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default=str(ROOT / "outputs" / "demo"))
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--clips", type=int, default=336, help="training clips (held out: a quarter as many)")
+    args = parser.parse_args()
+    out = Path(args.out)
+    for child in out.iterdir() if out.exists() else ():  # the previous run's outputs; the compile cache stays
+        if child.name != "cache":
+            shutil.rmtree(child) if child.is_dir() else child.unlink()
+    (out / "logs").mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    data = out / "data"
+    try:
+        log_line(f"1/5 data: {args.clips} training clips, {args.clips // 4} held out (omni-jax synth)")
+        run("synth", ["synth", "--out", str(data), "--clips", str(args.clips), "--seed", str(args.seed)], out)
 
-    stage("1. parts: tiny LLaVA-OneVision and Whisper from transformers, converted; a random FaceXFormer encoder")
-    llava_cfg = ml_collections.ConfigDict({k: cfg[k] for k in LLAVA_FIELDS})
-    llava = transformers_part(OUT / "llava", llava_onevision.config_to_hf(llava_cfg), 0, tokenizer)
-    whisper_part = transformers_part(OUT / "whisper", whisper.config_to_hf(cfg.audio), 1)
-    face = random_face_part(OUT / "facexformer", cfg.face, 2)
+        log_line("2/5 starting checkpoint: transformers' tiny LLaVA-OneVision and Whisper converted, a random "
+                 "face encoder, assembled")
+        parts = starting_checkpoint(out, args.seed)
+        for name in ("llava", "whisper"):
+            run(f"convert_{name}", ["convert", "--src", str(parts / f"{name}-hf"), "--dst", str(parts / name)], out)
+        run("assemble", ["assemble", "--llava", str(parts / "llava"), "--whisper", str(parts / "whisper"),
+                         "--face", str(parts / "facexformer"), "--config", CONFIG, "--dst", str(out / "start")], out)
 
-    stage("2. assemble → Omni-Emotion (video-level concatenation, frame embeddings, modality tokens)")
-    omni = assemble_omni_emotion(llava, whisper_part, face, OUT / "omni_emotion", cfg, progress=False)
+        log_line("3/5 training, three phases on 8 simulated devices (omni-jax train)")
+        init = out / "start"
+        for phase, settings in PHASES.items():
+            manifest = data / f"{settings['manifest']}.jsonl"
+            steps = train_steps(manifest, settings["epochs"])
+            workdir = out / "runs" / phase
+            run(phase, ["train", "--config", f"{CONFIG},{phase}", "--workdir", str(workdir), "--init", str(init),
+                        f"--config.data.manifest={manifest}", f"--config.train.steps={steps}",
+                        f"--config.train.global_batch_size={BATCH}",
+                        f"--config.train.learning_rate={settings['learning_rate']}",
+                        f"--config.train.seed={args.seed}", f"--config.data.seed={args.seed}",
+                        "--config.train.checkpoint_every=0", "--config.train.log_every=1",
+                        "--config.data.workers=1", "--config.data.min_examples=1"],
+                out, workdir / "metrics.jsonl", steps)
+            init = workdir
 
-    stage("3. clips + manifest → input pipeline (frames, face crops, log-mel, chat template)")
-    cfg.data.update(manifest=str(write_clips(OUT / "clips")), batch_size=4, workers=0, epochs=1, min_examples=1)
-    batches = iter(pipeline.make_pipeline(cfg.data.manifest, tokenizer, cfg, shuffle=False))
-    batch = next(batches)
-    print(f"   batch: {', '.join(f'{k} {list(v.shape)}' for k, v in batch.items())}")
-    print(f"   has_audio {batch['has_audio'].tolist()}, counts {batches.counts}")
+        log_line("4/5 evaluation of the final checkpoint by modalities (omni-jax eval), one answer (omni-jax infer)")
+        evals = [(name.replace("+", ""), modalities, "eval_classification") for name, modalities in SUBSETS.items()]
+        for name, modalities, manifest in [*evals, ("vaf_silenced", "v,a,f", "eval_classification_silenced")]:
+            run(f"eval_{name}", ["eval", "--config", CONFIG, "--checkpoint", str(init),
+                                 "--workdir", str(out / "eval" / name), f"--config.eval.modalities={modalities}",
+                                 f"--config.evals.dfew.manifest={data / manifest}.jsonl",
+                                 *([f"--config.evals.emer_ov.manifest={data / 'eval_open_vocabulary.jsonl'}"]
+                                   if manifest == "eval_classification" else [])], out)
+        run("infer", ["infer", "--config", CONFIG, "--checkpoint", str(init), "--video", str(data / "infer.jsonl")],
+            out)
+        answer = (out / "logs" / "infer.log").read_text().strip().splitlines()[-1]
 
-    stage("4. restore onto a data 2 × fsdp 2 × tensor 2 mesh of 8 simulated devices")
-    mesh = make_mesh(2, 2, 2)
-    model, params = omni_jax.load_pretrained(omni, mesh=mesh)
-    arrays = pipeline.global_batch(batch, mesh, pipeline.pad_id_of(tokenizer))
-    inputs = {k: v for k, v in arrays.items() if k != "labels"}
-    with jax.set_mesh(mesh), nn.logical_axis_rules(LOGICAL_AXIS_RULES):
-        sharded_logits = jax.jit(lambda p, x: model.apply({"params": p}, **x)["logits"])(params, inputs)
-    _, single_params = omni_jax.load_pretrained(omni)
-    host_inputs = {k: v for k, v in batch.items() if k != "labels"}
-    single_logits = jax.jit(lambda p, x: model.apply({"params": p}, **x)["logits"])(single_params, host_inputs)
-    difference = float(np.abs(np.asarray(sharded_logits) - np.asarray(single_logits)).max())
-    scale = float(np.abs(np.asarray(single_logits)).max())
-    print(f"   sharded vs single-device logits: max|Δ| / max|ref| = {difference / scale:.2e}")
-    if difference > 1e-5 * scale:
-        print("FAIL: sharded logits differ from the single-device ones")
+        log_line("5/5 summary")
+        rows = summary(out, data)
+    except StepFailed as failure:
+        print(f"\nFAILED: {failure}", file=sys.stderr)
         return 1
-
-    stage(f"5. {TRAIN_STEPS} phase-3 train steps on this batch (AdamW, lr {LEARNING_RATE})")
-    train_cfg = cfg.train.copy_and_resolve_references()
-    train_cfg.update(learning_rate=LEARNING_RATE, warmup_fraction=0.0, final_learning_rate_fraction=1.0,
-                     max_grad_norm=0.0)  # a constant rate: the loss must fall at every step
-    trainer = make_trainer(model.config, mesh, train_cfg, TRAIN_STEPS)
-    state, frozen = trainer.init_state(jax.tree.map(jnp.copy, params))  # the step donates the state
-    with trainer.activate():
-        losses = []
-        for _ in range(TRAIN_STEPS):
-            state, metrics = trainer.step(state, frozen, arrays)
-            losses.append(float(metrics["loss"]))
-    params = merge_params(state["trainable"], frozen)
-    print(f"   loss over {int(metrics['tokens'])} assistant tokens: {' → '.join(f'{x:.3f}' for x in losses)}")
-    if not (np.all(np.diff(losses) < 0) and losses[-1] < 0.75 * losses[0]):
-        print("FAIL: the loss did not fall at every step, by a quarter overall")
-        return 1
-
-    stage("6. greedy answers after training")
-    prompts = [ids[mask == 1][:np.argmax(label != -100)] for ids, mask, label in
-               zip(batch["input_ids"], batch["attention_mask"], batch["labels"])]
-    width = max(len(p) for p in prompts)
-    left_padded = np.stack([np.pad(p, (width - len(p), 0)) for p in prompts])
-    prompt_mask = np.stack([np.pad(np.ones_like(p), (width - len(p), 0)) for p in prompts])
-    media_inputs = {k: batch[k] for k in ("pixel_values_videos", "face_pixels", "input_features", "has_video",
-                                          "has_face", "has_audio")}
-    answers = generate(model, jax.device_get(params), left_padded, max_new_tokens=3,
-                       attention_mask=prompt_mask, **media_inputs)
-    for name, answer, label in zip(("happy", "sad", "angry", "silent"), np.asarray(answers), batch["labels"]):
-        taught = tokenizer.decode(label[label != -100], skip_special_tokens=True)
-        print(f"   {name:>6}: {tokenizer.decode(answer, skip_special_tokens=True)!r} (taught {taught!r})")
-    stage(f"done: checkpoints and clips under {OUT.relative_to(ROOT)}/")
+    print(f"\nHeld-out clips ({args.clips // 4}, 7 classes, chance UAR 0.14); seed {args.seed}\n")
+    print("| modalities | UAR | WAR | EMER-OV avg | voice-only pairs | face-only pairs |")
+    print("|---|---|---|---|---|---|")
+    for name, row in rows.items():
+        emer = "—" if row["emer_ov"] is None else f"{row['emer_ov']:.3f}"
+        print(f"| {name} | {row['uar']:.3f} | {row['war']:.3f} | {emer} | {row['voice_pairs']:.2f} | "
+              f"{row['face_pairs']:.2f} |")
+    print("\n(pairs: mean recall within surprise/fear and angry/disgust (voice-only), happy/surprise and "
+          "sad/disgust (face-only); chance 0.50)")
+    print(f"\ninfer: {answer}")
+    print(f"\nImages: {out / 'loss.png'}, {out / 'confusion.png'}, {out / 'ablation.png'}")
+    print(f"Workdirs: {out / 'runs'} (final checkpoint: {init / 'final'}), {out / 'eval'}; logs: {out / 'logs'}")
+    (out / "summary.json").write_text(json.dumps({"seed": args.seed, "rows": rows, "infer": answer,
+                                                  "seconds": round(time.perf_counter() - start)}, indent=2))
+    log_line(f"done in {time.perf_counter() - start:.0f} s")
     return 0
 
 

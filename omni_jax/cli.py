@@ -10,6 +10,7 @@
     omni-jax eval  --config configs/omni_emotion.py:7b --checkpoint CKPT --workdir DIR --config.evals.dfew.manifest=F
     omni-jax infer --checkpoint CKPT --video CLIP|FOLDER|MANIFEST [--question Q] [--audio A]
     omni-jax score --task emotion_classification|open_vocabulary --predictions FILE.jsonl [--classes a,b,...]
+    omni-jax synth --out DIR [--clips 336] [--seed 0]
 
 Each prints a readable result; with --json its last line is one JSON object. Every subcommand
 that takes --config also takes overrides of its fields: --config.train.learning_rate=2e-4.
@@ -345,10 +346,39 @@ def _add_score(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=_score)
 
 
+def _synth(args: argparse.Namespace) -> dict[str, Any]:
+    from tqdm import tqdm
+
+    from omni_jax.data import synth
+
+    if Path(args.out).exists() and any(Path(args.out).iterdir()):
+        raise FileExistsError(f"{args.out}: exists and is not empty (the generator writes a new folder)")
+    with tqdm(unit="file", file=sys.stderr, disable=args.json) as bar:
+        def progress(done: int, total: int) -> None:
+            bar.total = total
+            bar.update(done - bar.n)
+
+        manifests = synth.synthesize(args.out, args.clips, args.eval_clips, args.seed, progress)
+    return {"out": args.out, **{name: str(path) for name, path in manifests.items()}}
+
+
+def _add_synth(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("synth", help="synthetic emotion clips (drawn face, voice, scene) and every phase's manifests",
+                       description="Writes MP4 clips (H.264 + AAC) whose class sets the face's expression and the "
+                                   "voice (some classes differ only in one of them), phase-1 voices with captions, "
+                                   "and the manifests of the three phases and of held-out evaluation "
+                                   "(omni_jax.data.synth). The same seed writes the same data.")
+    p.add_argument("--out", required=True, help="a new (or empty) folder")
+    p.add_argument("--clips", type=int, default=336, help="training clips (the classes in turn)")
+    p.add_argument("--eval-clips", type=int, default=None, help="held-out clips (default: a quarter of --clips)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(run=_synth)
+
+
 SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_convert, _add_export,
                                                                    _add_convert_facexformer, _add_assemble, _add_plan,
                                                                    _add_data_check, _add_train, _add_eval,
-                                                                   _add_infer, _add_score]
+                                                                   _add_infer, _add_score, _add_synth]
 
 
 def _initialize_distributed(args: argparse.Namespace) -> None:

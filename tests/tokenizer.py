@@ -8,47 +8,19 @@ import ml_collections
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
+from omni_jax.data import word_tokenizer as word_level
+from omni_jax.data.word_tokenizer import LLAVA_SPECIAL, QWEN2_SPECIAL, with_qwen2_specials
 from omni_jax.prompt import add_special_tokens
 
-# Qwen2-7B-Instruct's tokenizer_config.json "chat_template", verbatim.
-QWEN2_CHAT_TEMPLATE = (
-    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
-    "{{ '<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n' }}{% endif %}"
-    "{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
-# The words the template itself writes, so that rendered headers are not [UNK].
-TEMPLATE_WORDS = ("\n", ".", "system", "user", "assistant", "You", "are", "a", "helpful")
-QWEN2_SPECIAL = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")  # Qwen2: 151643, 151644, 151645
-LLAVA_SPECIAL = ("<image>", "<video>")  # llava-hf: 151646, 151647
 # Qwen2's tokenizer.json pre-tokenizer split (then byte-level, no regex of its own).
 QWEN2_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+"
                r"|\s+(?!\S)|\s+")
 
 
-def with_qwen2_specials(backend: Tokenizer, **kwargs) -> PreTrainedTokenizerFast:
-    """`backend` wrapped for transformers, then <|endoftext|>, <|im_start|>, <|im_end|>, <image>,
-    <video> appended (Qwen2's order) and Qwen2-Instruct's chat template, eos and pad tokens."""
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, **kwargs)
-    tokenizer.add_tokens([*QWEN2_SPECIAL, *LLAVA_SPECIAL], special_tokens=True)
-    tokenizer.eos_token, tokenizer.pad_token = "<|im_end|>", "<|endoftext|>"
-    tokenizer.chat_template = QWEN2_CHAT_TEMPLATE
-    return tokenizer
-
-
 def word_tokenizer(words: int) -> PreTrainedTokenizerFast:
-    """A word-level tokenizer of `words` entries: [UNK] = 0, TEMPLATE_WORDS = 1…9, "w{i}" = i for
-    10 ≤ i < words; then <|endoftext|>, <|im_start|>, <|im_end|>, <image>, <video> at ids
-    words … words + 4 (Qwen2's order), and Qwen2-Instruct's chat template.
-
-    Pre-tokenization drops spaces and keeps "\\n" and punctuation as tokens, so the template's
-    newlines are real tokens as in Qwen2's byte-level BPE."""
-    vocab = {token: i for i, token in enumerate(("[UNK]", *TEMPLATE_WORDS))}
-    vocab.update({f"w{i}": i for i in range(len(vocab), words)})
-    backend = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    backend.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(" ", "removed"), pre_tokenizers.Split("\n", "isolated"),
-        pre_tokenizers.Punctuation("isolated")])
-    return with_qwen2_specials(backend, unk_token="[UNK]")
+    """The package's word-level tokenizer with `words` entries named "w{i}" (after [UNK] and
+    the template's words) before the special tokens: word i has id i."""
+    return word_level.word_tokenizer((), words)
 
 
 def byte_bpe_tokenizer(corpus: list[str], merges: int = 64) -> PreTrainedTokenizerFast:

@@ -174,21 +174,24 @@ def _normalise(log_spec, xp):
     return (xp.maximum(log_spec, peak - 8.0) + 4.0) / 4.0
 
 
-def log_mel_spectrogram(waveform_16k: np.ndarray, n_mels: int = 128, chunk: int = 8) -> np.ndarray:
-    """16 kHz audio [samples] or [batch, samples] → log-mel [n_mels, 3000] or [batch, n_mels, 3000].
+def log_mel_spectrogram(waveform_16k: np.ndarray, n_mels: int = 128, chunk: int = 8,
+                        frames: int = WINDOW_FRAMES) -> np.ndarray:
+    """16 kHz audio [samples] or [batch, samples] → log-mel [n_mels, frames] or [batch, n_mels, frames].
 
     Equals `WhisperFeatureExtractor(feature_size=n_mels)(...).input_features`: padded/cut to
     30 s, centred STFT (reflect padding, periodic Hann, n_fft 400, hop 160), power, Slaney mel
-    filters, log10 with a 1e-10 floor, the last frame dropped, clamped and scaled.
+    filters, log10 with a 1e-10 floor, the last frame dropped, clamped and scaled. Fewer
+    `frames` (an encoder with fewer positions, as the tiny configs): only the window's first
+    frames are computed, clamped against their own peak.
     """
     single = np.ndim(waveform_16k) == 1
     audio = _fit_window(waveform_16k)
     filters_t = mel_filters(n_mels).T
-    out = np.empty((audio.shape[0], n_mels, WINDOW_FRAMES), np.float32)
+    out = np.empty((audio.shape[0], n_mels, frames), np.float32)
     for start in range(0, audio.shape[0], chunk):  # bounds the [chunk, 3001, 400] frame buffer
         padded = np.pad(audio[start:start + chunk], ((0, 0), (N_FFT // 2, N_FFT // 2)), mode="reflect")
-        frames = np.lib.stride_tricks.sliding_window_view(padded, N_FFT, axis=-1)[:, ::HOP_LENGTH][:, :WINDOW_FRAMES]
-        spectrum = scipy.fft.rfft(frames * _hann(), axis=-1)  # one thread: loader workers run side by side
+        windows = np.lib.stride_tricks.sliding_window_view(padded, N_FFT, axis=-1)[:, ::HOP_LENGTH][:, :frames]
+        spectrum = scipy.fft.rfft(windows * _hann(), axis=-1)  # one thread: loader workers run side by side
         power = spectrum.real ** 2 + spectrum.imag ** 2
         mel = np.maximum(power @ filters_t, 1e-10)
         out[start:start + chunk] = np.swapaxes(np.log10(mel), 1, 2)
@@ -206,15 +209,17 @@ def log_mel_spectrogram_jax(waveform_16k: jax.Array, n_mels: int = 128) -> jax.A
     return _normalise(jnp.swapaxes(jnp.log10(mel), 1, 2), jnp)
 
 
-def load_audio_features(path: str | os.PathLike | None, n_mels: int = 128, max_windows: int = 1) -> AudioFeatures:
-    """A clip's Whisper inputs; no path, no audio track or a track without samples gives zeros,
-    present=False (the last flagged `empty`); skipped damaged packets flag `damaged`."""
+def load_audio_features(path: str | os.PathLike | None, n_mels: int = 128, max_windows: int = 1,
+                        frames: int = WINDOW_FRAMES) -> AudioFeatures:
+    """A clip's Whisper inputs, `frames` log-mel frames per window (log_mel_spectrogram); no
+    path, no audio track or a track without samples gives zeros, present=False (the last
+    flagged `empty`); skipped damaged packets flag `damaged`."""
     decoded = None if path is None else decode_audio(path)
     if decoded is None or decoded.samples.size == 0:
-        return AudioFeatures(np.zeros((max_windows, n_mels, WINDOW_FRAMES), np.float32), False, 0,
+        return AudioFeatures(np.zeros((max_windows, n_mels, frames), np.float32), False, 0,
                              empty=decoded is not None)
     windows, used = split_windows(decoded.samples, max_windows)
-    features = log_mel_spectrogram(windows[:used], n_mels)
-    padded = np.zeros((max_windows, n_mels, WINDOW_FRAMES), np.float32)
+    features = log_mel_spectrogram(windows[:used], n_mels, frames=frames)
+    padded = np.zeros((max_windows, n_mels, frames), np.float32)
     padded[:used] = features
     return AudioFeatures(padded, True, used, damaged=decoded.damaged_packets > 0)

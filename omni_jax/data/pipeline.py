@@ -131,15 +131,11 @@ def vision_inputs(record: Record, data: ml_collections.ConfigDict, modalities: t
 def audio_inputs(record: Record, cfg: ml_collections.ConfigDict) -> dict[str, np.ndarray]:
     """input_features [windows, n_mels, T]: the manifest's audio file, else the clip's own track.
 
-    T = the encoder's input frames (3000 at full size; tiny configs keep the first T)."""
-    source = record.audio or record.video
-    if source is None:
-        feats = audio.load_audio_features(None, cfg.audio.num_mel_bins, cfg.audio_windows)
-    else:
-        with local_file(source) as path:
-            feats = audio.load_audio_features(path, cfg.audio.num_mel_bins, cfg.audio_windows)
-    frames = audio_input_frames(cfg.audio)
-    return {"input_features": np.ascontiguousarray(feats.features[..., :frames]), "has_audio": np.bool_(feats.present),
+    T = the encoder's input frames (3000 at full size; tiny configs take the first T)."""
+    source, frames = record.audio or record.video, audio_input_frames(cfg.audio)
+    with contextlib.nullcontext(None) if source is None else local_file(source) as path:
+        feats = audio.load_audio_features(path, cfg.audio.num_mel_bins, cfg.audio_windows, frames)
+    return {"input_features": feats.features, "has_audio": np.bool_(feats.present),
             "audio_damaged": np.bool_(feats.damaged), "audio_empty": np.bool_(feats.empty)}
 
 
@@ -207,6 +203,7 @@ def ordered_examples(source: ManifestSource, transform: ExampleTransform, data: 
     takes h, h + H, h + 2H, …, so a step's batches of b on the H hosts together hold exactly
     the H·b examples one process would batch at that step: the run does not depend on the host
     count. With drop_remainder the order is cut to a multiple of H (every host, equal steps)."""
+    _absl_flags_parsed()
     ds = grain.MapDataset.source(source)
     if shuffle:
         ds = ds.shuffle(seed=data.seed)  # repeat() reseeds each epoch: a new order every epoch
@@ -364,7 +361,6 @@ def make_pipeline(manifest: str | os.PathLike, tokenizer: Any, cfg: ml_collectio
     modalities: "v,a,f" or a subset (a training phase's, `prompt.parse_modalities`): the
     prompt's blocks and the media decoded follow them.
     """
-    _absl_flags_parsed()
     data = cfg.data
     if data.batch_size < 1:
         raise ValueError(f"data.batch_size {data.batch_size}: set the clips per host per step (a training run "
