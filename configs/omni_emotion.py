@@ -95,6 +95,7 @@ def data_config(cfg: ml_collections.ConfigDict, buckets: tuple[int, ...]) -> ml_
         threads=1,  # examples decoded at once in each process (grain's default of 16 multiplies memory)
         prefetch=2,  # examples buffered per worker
         pack_text_only=False,  # pack short text-only examples into rows of the smallest bucket
+        modality_dropout=0.0,  # training: leave audio and faces each out of this fraction of prompts (not v)
         seed=0,
         epochs=3,  # passes over the manifest (the phase's: paper §4.4); None repeats forever
         max_skip_fraction=0.1,  # stop when more than this fraction of examples seen is skipped...

@@ -7,10 +7,11 @@ where a worker's time goes.
    crops (face crops), audio (decode + resample), mel (log-mel), tokens (chat template).
 2. End to end: `make_pipeline` with 1 and 2 worker processes, timed after the workers are up.
 
-The clips (a moving frame code and a cartoon face, tests/media.py's writer) are written with
-PyAV into a temporary folder. Tokens use the tests' word-level tokenizer with Qwen2's template
-and the 7B special-token ids (no tokenizer download); Qwen2's BPE costs about the same per
-clip, as the text is a few dozen tokens next to the 3,645-token block inserted as ids.
+The clips (the synthetic generator's drawn face and voice in a scene, omni_jax.data.synth, at
+854×480) are written with PyAV into a temporary folder. Tokens use the package's word-level
+tokenizer with Qwen2's template and the 7B special-token ids (no tokenizer download); Qwen2's
+BPE costs about the same per clip, as the text is a few dozen tokens next to the 3,645-token
+block inserted as ids.
 
     .venv/bin/python experiments/bench_data.py [--clips 6] [--json]
 """
@@ -27,12 +28,14 @@ from pathlib import Path
 import cv2
 import threadpoolctl
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repo root: configs/, tests/
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repo root: configs/
 
 from configs import omni_emotion  # noqa: E402
-from omni_jax.data import audio, faces, pipeline, text, video  # noqa: E402
-from tests.media import write_clip  # noqa: E402
-from tests.tokenizer import qwen2_test_tokenizer  # noqa: E402
+import numpy as np  # noqa: E402
+
+from omni_jax.data import audio, faces, pipeline, synth, text, video  # noqa: E402
+from omni_jax.data.word_tokenizer import word_tokenizer  # noqa: E402
+from omni_jax.prompt import add_special_tokens  # noqa: E402
 
 from bench_common import run_info  # noqa: E402  (experiments/, the script's folder)
 
@@ -41,9 +44,14 @@ TURNS = [{"from": "human", "value": "<video>\nWhat emotion does the person show 
 
 
 def write_clips(folder: Path, count: int) -> list[Path]:
-    """`count` 10-s 854×480 30-fps H.264 clips with a 44.1-kHz AAC track and a face."""
-    return [write_clip(folder / f"clip{i}.mp4", seconds=10.0, fps=30, size=(854, 480), codec="h264", face=True,
-                       gop=60) for i in range(count)]
+    """`count` 10-s 854×480 30-fps H.264 clips with a 16-kHz AAC voice and a face."""
+    paths = []
+    for i in range(count):
+        cues = synth.clip_cues(synth.CLASSES[i % 7], np.random.default_rng(i), frame=(854, 480))
+        voice = synth.synthesize_voice(cues["voice_name"], cues["speaker"], cues["voice_seed"], seconds=10.0)
+        paths.append(synth.write_clip(folder / f"clip{i}.mp4", (synth.draw_frame(cues, t / 30) for t in range(300)),
+                                      voice, fps=30, gop=60))
+    return paths
 
 
 def stage_seconds(clips: list[Path], cfg, tokenizer) -> dict[str, float]:
@@ -85,7 +93,9 @@ def main() -> None:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     cfg = omni_emotion.get_config("7b")
-    tokenizer = qwen2_test_tokenizer(cfg)
+    words = " ".join(turn["value"] for turn in TURNS).replace("<video>", "").split()
+    tokenizer = word_tokenizer(words, cfg.image_token_id - 3)  # <image>, <video> at the 7B's ids
+    add_special_tokens(tokenizer, cfg)
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
         clips = write_clips(Path(tmp), args.clips)

@@ -1,7 +1,7 @@
 """Face encoder images/s, JAX vs PyTorch in the same process on the same machine.
 
 The same random weights in both: a transformers `SwinModel` with FaceXFormer's fusion head,
-pooling and projector in PyTorch (tests/face_reference.py), written out in the FaceXFormer
+pooling and projector in PyTorch (omni_jax/reference/facexformer.py), written out in the FaceXFormer
 release's layout and converted with `convert_facexformer` for the jitted JAX encoder. Face crops
 of 224 px; full size (Swin-B, 196 tokens, 3584-wide projector) unless --tiny. Each framework runs
 on the GPU where it sees one, else on the CPU. In float32 both are held to full float32 matrix
@@ -30,7 +30,7 @@ import omni_jax  # noqa: E402
 from configs import facexformer as facexformer_configs  # noqa: E402
 from omni_jax.conversion.facexformer import convert_facexformer  # noqa: E402
 from omni_jax.models import swin  # noqa: E402
-from tests.face_reference import FaceEncoder, FusionHead, release_file, torch_projector  # noqa: E402
+from omni_jax.reference.facexformer import FaceEncoder, FusionHead, release_file, torch_projector  # noqa: E402
 
 from bench_common import finish, median_seconds, run_info  # noqa: E402  (experiments/, the script's folder)
 

@@ -4,7 +4,7 @@ the test suite's references are transformers' SwinModel and torch's antialiased 
 
 1. torchvision `swin_b` with random weights, wrapped as FaceXFormer wraps it (`backbone` = the
    model's children minus the head, forward hooks on features 1, 3, 5, 7) with the fusion head of
-   tests/face_reference.py: its own state dict — key names written by torchvision — is saved as
+   omni_jax/reference/facexformer.py: its own state dict — key names written by torchvision — is saved as
    the release's `state_dict_backbone` (plus a task-decoder tensor to drop) and converted with
    `convert_facexformer`. Stage outputs, the final norm, the fused map and the tokens are
    compared in float32 on the CPU, at 224 px and at a non-square 192×160 px, where stage 4's
@@ -34,7 +34,7 @@ import omni_jax  # noqa: E402
 from omni_jax.conversion.facexformer import convert_facexformer  # noqa: E402
 from omni_jax.data.faces import face_crops  # noqa: E402
 from omni_jax.models import facexformer  # noqa: E402
-from tests.face_reference import FusionHead, face_tokens_reference, fuse, torch_projector  # noqa: E402
+from omni_jax.reference.facexformer import FusionHead, face_tokens_reference, fuse, torch_projector  # noqa: E402
 
 GRID, LLM_WIDTH = (14, 14), 256
 

@@ -42,13 +42,18 @@ VOICE_PAIRS = (("surprise", "fear"), ("angry", "disgust"))
 FACE_PAIRS = (("happy", "surprise"), ("sad", "disgust"))
 # The paper's phases (§4.4) scaled to the demo: what trains and the modalities are the paper's;
 # the global batch is 16 (paper 256/256/128) and the learning rates fit models that start random.
+# Phase 3 leaves audio and faces each out of 30 % of its prompts, so that the one final
+# checkpoint answers every subset of the ablation (without, a subset it never saw is noise).
 PHASES = {
-    "audio_alignment": dict(manifest="audio_captions", epochs=2, learning_rate=3e-3),
-    "face_alignment": dict(manifest="face_classification", epochs=2, learning_rate=3e-3),
-    "instruction_tuning": dict(manifest="instructions", epochs=6, learning_rate=2e-3),
+    "audio_alignment": dict(manifest="audio_captions", epochs=2, learning_rate=3e-3, modality_dropout=0.0),
+    "face_alignment": dict(manifest="face_classification", epochs=2, learning_rate=3e-3, modality_dropout=0.0),
+    "instruction_tuning": dict(manifest="instructions", epochs=10, learning_rate=2e-3, modality_dropout=0.3),
 }
 BATCH = 16
-
+# Generation data-parallel over the 8 devices (the tiny parameters fit each): XLA:CPU runs
+# independent collectives of one program concurrently and, with 8 simulated devices on 2 cores,
+# its shared thread pool can starve (README: generation sharded over fsdp hung here at times).
+EVAL_MESH = ["--config.mesh.data=8", "--config.mesh.fsdp=1"]
 
 def log_line(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
@@ -69,7 +74,7 @@ def run(name: str, args: list[str], out: Path, progress: Path | None = None, tot
                JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=8 "
                "--xla_cpu_collective_call_terminate_timeout_seconds=900 --xla_cpu_collective_timeout_seconds=900")
     start = time.perf_counter()
-    with open(log, "w") as sink, tqdm(total=total or None, desc=f"  {name}", unit="step", leave=False,
+    with open(log, "w") as sink, tqdm(total=total or None, desc=f"  {name}", unit="step", leave=False, disable=None,
                                       bar_format=None if total else "{desc}: {elapsed}") as bar:
         process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
         while process.poll() is None:
@@ -85,18 +90,15 @@ def run(name: str, args: list[str], out: Path, progress: Path | None = None, tot
     log_line(f"{name}: {time.perf_counter() - start:.0f} s")
 
 
-def starting_checkpoint(out: Path, seed: int) -> Path:
-    """transformers' tiny LLaVA-OneVision (+ the demo tokenizer) and Whisper, converted; a random
-    FaceXFormer-shaped encoder; `omni-jax assemble`. Returns the assembled checkpoint."""
-    import jax
+def starting_checkpoint(out: Path, data: Path, seed: int) -> Path:
+    """transformers' tiny LLaVA-OneVision (+ the demo tokenizer) and Whisper, saved; a
+    FaceXFormer-shaped encoder comes from `prepare_towers`. Returns the
+    parts' folder (the LLaVA and Whisper parts still to be converted by `omni-jax convert`)."""
     import ml_collections
-    import numpy as np
     import torch
     import transformers
 
     from configs import omni_emotion
-    from omni_jax import registry
-    from omni_jax.conversion.engine import save_params
     from omni_jax.data import synth
     from omni_jax.data.word_tokenizer import word_tokenizer
     from omni_jax.models import llava_onevision, whisper
@@ -114,27 +116,114 @@ def starting_checkpoint(out: Path, seed: int) -> Path:
         getattr(transformers, hf_config["architectures"][0])(config).save_pretrained(parts / f"{name}-hf")
         if name == "llava":
             tokenizer.save_pretrained(parts / f"{name}-hf")  # travels into the assembled checkpoint
-    family = registry.FAMILIES["facexformer"]
-    shapes, treedef = jax.tree.flatten(registry.abstract_params(family, cfg.face))
-    rng = np.random.RandomState(seed * 10 + 2)
-    save_params(parts / "facexformer", family, cfg.face,
-                jax.tree.unflatten(treedef, [0.05 * rng.randn(*s.shape).astype(np.float32) for s in shapes]))
     return parts
+
+
+def prepare_towers(parts: Path, data: Path, seed: int) -> dict[str, float]:
+    """The towers as the real ones come: pretrained (FaceXFormer on faces, Whisper on speech).
+    Random towers keep the cues, but as small differences riding on large components every clip
+    shares (Whisper's positions, the face crop's scene), which the phases' projectors would need
+    thousands of steps to amplify. So (1) the converted Whisper encoder is briefly pretrained to
+    tell the training clips' voices apart (each output token through a linear head, dropped
+    afterwards; the emotion labels are never used); (2) both towers' output layers are
+    calibrated: each output channel standardized over the training clips' tokens (folded into
+    the last layer's scale and bias, an LSUV-style data-dependent initialisation). The face
+    encoder (FaceXFormer-shaped) stays random otherwise: from scratch it learns too slowly here.
+    Writes parts/facexformer and parts/whisper-tuned; returns the share of each tower's
+    per-clip output variance that the clip's own cue (expression, voice) explains."""
+    import jax
+    import numpy as np
+
+    import omni_jax
+    from configs import omni_emotion
+    from omni_jax import registry
+    from omni_jax.conversion.engine import save_params
+    from omni_jax.data import pipeline
+    from omni_jax.data.manifest import ManifestSource
+    from omni_jax.models import facexformer
+    from omni_jax.sharding import make_mesh
+
+    cfg = omni_emotion.get_config("demo")
+    source = ManifestSource(data / "face_classification.jsonl")
+    cues = [json.loads(line)["cues"] for line in (data / "face_classification.jsonl").open()]
+    examples = [pipeline.media_inputs(source.parse(source[i]), cfg, ("f", "a")) for i in range(len(source))]
+    voices = np.array([c["voice"] for c in cues])
+    whisper_model, whisper_params = omni_jax.load_pretrained(parts / "whisper", dtype="float32")
+    log_mels = np.concatenate([e["input_features"] for e in examples])
+    towers = {  # name: model, parameters, inputs, each input's cue, the output layer
+        "facexformer": (facexformer.FaceXFormerEncoder(cfg.face),
+                        registry.init_params(registry.FAMILIES["facexformer"], cfg.face, make_mesh(1, 1, 1), seed),
+                        np.concatenate([e["face_pixels"] for e in examples]),
+                        np.repeat([c["face"] for c in cues], cfg.num_frames), ("projector", "linear_2")),
+        "whisper-tuned": (whisper_model, pretrain(whisper_model, whisper_params, log_mels, voices, seed), log_mels,
+                          voices, ("layer_norm",)),
+    }
+    explained = {}
+    for name, (model, params, inputs, labels, layer) in towers.items():
+        encode = jax.jit(lambda p, x: model.apply({"params": p}, x)["last_hidden_state"])
+        outputs = np.concatenate([np.asarray(encode(params, inputs[i:i + 32])) for i in range(0, len(inputs), 32)])
+        mean, std = outputs.mean((0, 1)), outputs.std((0, 1)) + 1e-6
+        params = jax.device_get(params)
+        last = params
+        for key in layer:
+            last = last[key]
+        weight = "kernel" if "kernel" in last else "scale"
+        last[weight], last["bias"] = last[weight] / std, (last["bias"] - mean) / std
+        per_clip = ((outputs - mean) / std).mean(1)
+        per_clip -= per_clip.mean(0)
+        between = sum((per_clip[labels == c].mean(0) ** 2).sum() * (labels == c).sum() for c in set(labels))
+        explained[name] = float(between / (per_clip ** 2).sum())
+        family = "facexformer" if name == "facexformer" else "whisper"
+        save_params(parts / name, registry.FAMILIES[family], model.config, params)
+    return explained
+
+
+def pretrain(model, params, inputs, labels, seed: int, steps: int = 100, learning_rate: float = 1e-2):
+    """`model`'s parameters after `steps` of Adam (16 examples a step) teaching a linear head on
+    every output token (`last_hidden_state`) to name the example's label."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    import optax
+
+    classes = sorted(set(labels))
+    targets = np.array([classes.index(label) for label in labels])
+    width = jax.eval_shape(lambda p, x: model.apply({"params": p}, x)["last_hidden_state"], params,
+                           inputs[:1]).shape[-1]
+    trained = (params, {"kernel": jnp.zeros((width, len(classes))), "bias": jnp.zeros(len(classes))})
+    optimizer = optax.adam(learning_rate)
+
+    @jax.jit
+    def step(trained, opt_state, x, y):
+        def loss(trained):
+            logits = model.apply({"params": trained[0]}, x)["last_hidden_state"] @ trained[1]["kernel"] \
+                + trained[1]["bias"]
+            return optax.softmax_cross_entropy_with_integer_labels(
+                logits, jnp.broadcast_to(y[:, None], logits.shape[:2])).mean()
+
+        updates, opt_state = optimizer.update(jax.grad(loss)(trained), opt_state)
+        return optax.apply_updates(trained, updates), opt_state
+
+    opt_state, rng = optimizer.init(trained), np.random.default_rng(seed)
+    for _ in range(steps):
+        batch = rng.choice(len(inputs), 16, replace=False)
+        trained, opt_state = step(trained, opt_state, inputs[batch], targets[batch])
+    return trained[0]
 
 
 def train_steps(manifest: Path, epochs: int) -> int:
     return epochs * sum(1 for _ in manifest.open()) // BATCH
 
 
-def summary(out: Path, data: Path) -> dict[str, Any]:
-    """The table's figures from the eval workdirs; the PNGs."""
+def summary(out: Path, subsets: list[str]) -> dict[str, Any]:
+    """The table's figures from the eval workdirs of `subsets` (and the silenced run); the PNGs."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     rows = {}
-    for subset in [*SUBSETS, "v+a+f, voice silenced"]:
+    for subset in [*subsets, "v+a+f, voice silenced"]:
         folder = out / "eval" / subset.replace("+", "").replace(", voice silenced", "_silenced")
         figures = json.loads((folder / "metrics.json").read_text())
         predictions = [json.loads(line) for line in (folder / "predictions" / "dfew.jsonl").open()]
@@ -172,12 +261,17 @@ def _pair_accuracy(predictions: list[dict[str, Any]], pair: tuple[str, str]) -> 
     return sum(recalls) / 2
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default=str(ROOT / "outputs" / "demo"))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--clips", type=int, default=336, help="training clips (held out: a quarter as many)")
-    args = parser.parse_args()
+    parser.add_argument("--steps", type=int, default=0, help="steps of every phase (default: the phases' epochs)")
+    parser.add_argument("--subsets", default=",".join(SUBSETS), help="modality subsets to evaluate (default: all)")
+    args = parser.parse_args(argv)
+    subsets = args.subsets.split(",")
+    if not set(subsets) <= set(SUBSETS) or "v+a+f" not in subsets:
+        parser.error(f"--subsets: some of {', '.join(SUBSETS)}, v+a+f among them")
     out = Path(args.out)
     for child in out.iterdir() if out.exists() else ():  # the previous run's outputs; the compile cache stays
         if child.name != "cache":
@@ -191,22 +285,27 @@ def main() -> int:
 
         log_line("2/5 starting checkpoint: transformers' tiny LLaVA-OneVision and Whisper converted, a random "
                  "face encoder, assembled")
-        parts = starting_checkpoint(out, args.seed)
+        parts = starting_checkpoint(out, data, args.seed)
         for name in ("llava", "whisper"):
             run(f"convert_{name}", ["convert", "--src", str(parts / f"{name}-hf"), "--dst", str(parts / name)], out)
-        run("assemble", ["assemble", "--llava", str(parts / "llava"), "--whisper", str(parts / "whisper"),
+        explained = prepare_towers(parts, data, args.seed)
+        log_line("towers prepared (Whisper pretrained on the voices, outputs calibrated); share of their per-clip "
+                 "variance the clip's cue explains: "
+                 + ", ".join(f"{name} {value:.2f}" for name, value in explained.items()))
+        run("assemble", ["assemble", "--llava", str(parts / "llava"), "--whisper", str(parts / "whisper-tuned"),
                          "--face", str(parts / "facexformer"), "--config", CONFIG, "--dst", str(out / "start")], out)
 
         log_line("3/5 training, three phases on 8 simulated devices (omni-jax train)")
         init = out / "start"
         for phase, settings in PHASES.items():
             manifest = data / f"{settings['manifest']}.jsonl"
-            steps = train_steps(manifest, settings["epochs"])
+            steps = args.steps or train_steps(manifest, settings["epochs"])
             workdir = out / "runs" / phase
             run(phase, ["train", "--config", f"{CONFIG},{phase}", "--workdir", str(workdir), "--init", str(init),
                         f"--config.data.manifest={manifest}", f"--config.train.steps={steps}",
                         f"--config.train.global_batch_size={BATCH}",
                         f"--config.train.learning_rate={settings['learning_rate']}",
+                        f"--config.data.modality_dropout={settings['modality_dropout']}",
                         f"--config.train.seed={args.seed}", f"--config.data.seed={args.seed}",
                         "--config.train.checkpoint_every=0", "--config.train.log_every=1",
                         "--config.data.workers=1", "--config.data.min_examples=1"],
@@ -214,19 +313,20 @@ def main() -> int:
             init = workdir
 
         log_line("4/5 evaluation of the final checkpoint by modalities (omni-jax eval), one answer (omni-jax infer)")
-        evals = [(name.replace("+", ""), modalities, "eval_classification") for name, modalities in SUBSETS.items()]
+        evals = [(name.replace("+", ""), SUBSETS[name], "eval_classification") for name in subsets]
         for name, modalities, manifest in [*evals, ("vaf_silenced", "v,a,f", "eval_classification_silenced")]:
-            run(f"eval_{name}", ["eval", "--config", CONFIG, "--checkpoint", str(init),
+            run(f"eval_{name}", ["eval", "--config", CONFIG, "--checkpoint", str(init), *EVAL_MESH,
                                  "--workdir", str(out / "eval" / name), f"--config.eval.modalities={modalities}",
                                  f"--config.evals.dfew.manifest={data / manifest}.jsonl",
                                  *([f"--config.evals.emer_ov.manifest={data / 'eval_open_vocabulary.jsonl'}"]
                                    if manifest == "eval_classification" else [])], out)
-        run("infer", ["infer", "--config", CONFIG, "--checkpoint", str(init), "--video", str(data / "infer.jsonl")],
-            out)
+        run("infer", ["infer", "--config", CONFIG, "--checkpoint", str(init), "--video", str(data / "infer.jsonl"),
+                      *EVAL_MESH], out)
         answer = (out / "logs" / "infer.log").read_text().strip().splitlines()[-1]
+        run("export", ["export", "--src", str(init / "final"), "--dst", str(out / "exported")], out)
 
         log_line("5/5 summary")
-        rows = summary(out, data)
+        rows = summary(out, subsets)
     except StepFailed as failure:
         print(f"\nFAILED: {failure}", file=sys.stderr)
         return 1

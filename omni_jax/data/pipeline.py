@@ -38,7 +38,7 @@ import logging
 import os
 import shutil
 import tempfile
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import flax.linen as nn
 import grain
@@ -153,41 +153,61 @@ def prompt_blocks(record: Record, modalities: tuple[str, ...]) -> tuple[str, ...
     return blocks
 
 
-def media_inputs(record: Record, cfg: ml_collections.ConfigDict, modalities: tuple[str, ...]) -> dict[str, Any]:
-    """The media of the modalities asked for (a batch of phase 2 carries no log-mel, one of
-    phase 1 no pixels), each zeros and flagged absent where the record lacks it, and the
-    decoding's counted facts."""
+NO_MEDIA = Record("", None, None, None, [], "")  # what a padding row or a left-out modality decodes
+
+
+def media_inputs(record: Record, cfg: ml_collections.ConfigDict, modalities: tuple[str, ...],
+                 kept: tuple[str, ...] | None = None) -> dict[str, Any]:
+    """The media of `modalities` (a batch of phase 2 carries no log-mel, one of phase 1 no
+    pixels), each zeros and flagged absent where the record lacks it or `kept` (default: all
+    of them) leaves it out, and the decoding's counted facts."""
+    kept = modalities if kept is None else kept
     example = {}
     if {"v", "f"} & set(modalities):
-        example.update(vision_inputs(record, cfg.data, modalities))
+        example.update(vision_inputs(record, cfg.data, kept))
     if "a" in modalities:
-        example.update(audio_inputs(record, cfg))
+        example.update(audio_inputs(record if "a" in kept else NO_MEDIA, cfg))
     return example
 
 
+def kept_modalities(record: Record, modalities: tuple[str, ...], dropout: float,
+                    rng: np.random.Generator) -> tuple[str, ...]:
+    """The modalities of one training example under modality dropout: audio and faces each left
+    out with probability `dropout` (the scene stays), unless nothing of the record would be left."""
+    if not dropout:
+        return modalities
+    draws = rng.random(len(modalities))
+    kept = tuple(m for m, draw in zip(modalities, draws) if m == "v" or draw >= dropout)
+    media = (record.video is not None and {"v", "f"} & set(kept)) or (record.audio is not None and "a" in kept)
+    return kept if media or (record.video is None and record.audio is None) else modalities
+
+
 def load_example(record: Record, tokenizer: Any, cfg: ml_collections.ConfigDict,
-                 modalities: tuple[str, ...] = MODALITIES) -> dict[str, Any]:
+                 modalities: tuple[str, ...] = MODALITIES, kept: tuple[str, ...] | None = None) -> dict[str, Any]:
     """One example's model inputs (tokens: text.TokenizedExample, unpadded; `media_inputs`) and
-    its counted facts."""
-    blocks = prompt_blocks(record, modalities)
+    its counted facts; `kept`: the modalities its prompt holds (default all of `modalities`)."""
+    kept = modalities if kept is None else kept
+    blocks = prompt_blocks(record, kept)
     tokens = text.tokenize_conversation(record.conversations, tokenizer, cfg, max(cfg.data.buckets), blocks=blocks,
                                         name=f"{record.id} ({record.where})")
-    return {"tokens": tokens, "truncated": np.bool_(tokens.truncated), **media_inputs(record, cfg, modalities)}
+    return {"tokens": tokens, "truncated": np.bool_(tokens.truncated), **media_inputs(record, cfg, modalities, kept)}
 
 
 class ExampleTransform:
-    """ManifestLine → example dict or Skipped (picklable: it runs in grain's worker processes)."""
+    """(ManifestLine, rng) → example dict or Skipped (picklable: it runs in grain's worker
+    processes); the rng draws `data.modality_dropout`."""
 
     def __init__(self, source: ManifestSource, tokenizer: Any, cfg: ml_collections.ConfigDict,
                  modalities: tuple[str, ...] = MODALITIES):
         self.source, self.tokenizer, self.cfg, self.modalities = source, tokenizer, cfg, modalities
 
-    def __call__(self, line: ManifestLine) -> dict[str, np.ndarray] | Skipped:
+    def __call__(self, line: ManifestLine, rng: np.random.Generator) -> dict[str, np.ndarray] | Skipped:
         record_id = f"{self.source.path.name}:{line.number}"
         try:
             record = self.source.parse(line)
             record_id = record.id
-            return load_example(record, self.tokenizer, self.cfg, self.modalities)
+            kept = kept_modalities(record, self.modalities, self.cfg.data.modality_dropout, rng)
+            return load_example(record, self.tokenizer, self.cfg, self.modalities, kept)
         except ExampleError as error:
             return Skipped(error.reason, record_id, str(error))
 
@@ -195,7 +215,8 @@ class ExampleTransform:
 # --------------------------------------------------------------------------- order
 
 
-def ordered_examples(source: ManifestSource, transform: ExampleTransform, data: ml_collections.ConfigDict,
+def ordered_examples(source: ManifestSource, transform: Callable[[ManifestLine, np.random.Generator], Any],
+                     data: ml_collections.ConfigDict,
                      shard: grain.sharding.ShardOptions, shuffle: bool = True) -> grain.IterDataset:
     """This process's examples (or Skipped markers) in training order, decoded by workers.
 
@@ -210,11 +231,11 @@ def ordered_examples(source: ManifestSource, transform: ExampleTransform, data: 
     ds = ds.repeat(data.epochs)
     if shard.drop_remainder and data.epochs is not None:
         ds = ds[:len(ds) - len(ds) % shard.shard_count]
-    ds = ds[shard.shard_index::shard.shard_count]
+    # lazily mapped: each host decodes only its share, with the draws of the element's global place
+    ds = ds.random_map(transform, seed=data.seed)[shard.shard_index::shard.shard_count]
     # grain's default read options run 16 threads with a 500-example buffer in every process:
     # at the 7B config (~20 MB an example) that is ~10 GB per worker. Bounded by the config.
-    ds = ds.map(transform).to_iter_dataset(
-        grain.ReadOptions(num_threads=data.threads, prefetch_buffer_size=data.prefetch))
+    ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=data.threads, prefetch_buffer_size=data.prefetch))
     if data.workers > 0:
         ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=data.workers,
                                                          per_worker_buffer_size=data.prefetch))

@@ -26,8 +26,8 @@ import numpy as np
 
 from omni_jax.data import text
 from omni_jax.data.errors import ExampleError
-from omni_jax.data.manifest import ManifestLine, ManifestSource, Record
-from omni_jax.data.pipeline import (FLAGS, MEDIA, bucket_length, media_inputs, ordered_examples, pad_id_of,
+from omni_jax.data.manifest import ManifestLine, ManifestSource
+from omni_jax.data.pipeline import (FLAGS, MEDIA, NO_MEDIA, bucket_length, media_inputs, ordered_examples, pad_id_of,
                                     prompt_blocks)
 from omni_jax.prompt import MODALITIES, parse_modalities
 
@@ -59,13 +59,14 @@ def split_reference(conversations: Any) -> tuple[Any, str | None]:
 
 
 class PromptTransform:
-    """ManifestLine → (Row, example dict or None) (picklable: it runs in grain's workers)."""
+    """(ManifestLine, rng) → (Row, example dict or None) (picklable: it runs in grain's workers;
+    prompts hold every modality asked for: the rng is not drawn)."""
 
     def __init__(self, source: ManifestSource, tokenizer: Any, cfg: ml_collections.ConfigDict,
                  modalities: tuple[str, ...]):
         self.source, self.tokenizer, self.cfg, self.modalities = source, tokenizer, cfg, modalities
 
-    def __call__(self, line: ManifestLine) -> tuple[Row, dict[str, np.ndarray] | None]:
+    def __call__(self, line: ManifestLine, rng: np.random.Generator) -> tuple[Row, dict[str, np.ndarray] | None]:
         record_id = f"{self.source.path.name}:{line.number}"
         try:
             record = self.source.parse(line)
@@ -87,7 +88,7 @@ def _last_human(turns: Any) -> str:
 
 def _padding_example(cfg: ml_collections.ConfigDict, modalities: tuple[str, ...]) -> dict[str, np.ndarray]:
     """A row's media when it holds no prompt: those of a record without media (zeros, absent)."""
-    media = media_inputs(Record("", None, None, None, [], ""), cfg, modalities)
+    media = media_inputs(NO_MEDIA, cfg, modalities)
     return {k: v for k, v in media.items() if k in MEDIA + FLAGS}
 
 

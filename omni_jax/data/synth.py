@@ -15,6 +15,7 @@ the answer. Every file is a function of (seed, index): the same seed writes the 
 """
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from fractions import Fraction
@@ -86,20 +87,22 @@ MANIFESTS = ("audio_captions", "face_classification", "instructions", "eval_clas
              "eval_open_vocabulary", "eval_classification_silenced", "infer")
 
 
-def clip_cues(label: str, rng: np.random.Generator) -> dict[str, Any]:
+def clip_cues(label: str, rng: np.random.Generator, frame: tuple[int, int] = (WIDTH, HEIGHT)) -> dict[str, Any]:
     """One clip's drawn parameters: the class's face and voice with per-clip jitter, speaker
-    pitch, head position and size, lighting, and the scene."""
+    pitch, head position and size, lighting, and the scene, in a frame of `frame` (width,
+    height) pixels (the head's size follows the height)."""
     face_name, voice_name = CUES[label]
     face = {k: v + rng.normal(0, 0.12) for k, v in FACES[face_name].items()}
     scene = CLASSES.index(label) if rng.random() < SCENE_CUE else int(rng.integers(len(CLASSES)))
-    size = rng.uniform(44, 60)
+    width, height = frame
+    scale = height / HEIGHT
     return dict(
-        label=label, face_name=face_name, voice_name=voice_name, face=face,
+        label=label, face_name=face_name, voice_name=voice_name, face=face, frame=frame,
         speaker=rng.uniform(0.88, 1.14), voice_seed=int(rng.integers(2**31)),
-        centre=(rng.uniform(0.3, 0.7) * WIDTH, rng.uniform(0.38, 0.62) * HEIGHT), size=size,
-        drift=rng.normal(0, 4, 2), light=rng.uniform(0.75, 1.15), skin=rng.uniform(0.85, 1.1),
-        scene=scene, objects=[(int(rng.integers(3)), rng.uniform(0, WIDTH), rng.uniform(0, HEIGHT),
-                               rng.uniform(8, 30), tuple(int(c) for c in rng.integers(0, 256, 3)))
+        centre=(rng.uniform(0.3, 0.7) * width, rng.uniform(0.38, 0.62) * height), size=rng.uniform(44, 60) * scale,
+        drift=rng.normal(0, 4 * scale, 2), light=rng.uniform(0.75, 1.15), skin=rng.uniform(0.85, 1.1),
+        scene=scene, objects=[(int(rng.integers(3)), rng.uniform(0, width), rng.uniform(0, height),
+                               rng.uniform(8, 30) * scale, tuple(int(c) for c in rng.integers(0, 256, 3)))
                               for _ in range(int(rng.integers(2, 5)))])
 
 
@@ -111,10 +114,11 @@ def face_box(cues: dict[str, Any], t: float) -> list[int]:
 
 
 def draw_frame(cues: dict[str, Any], t: float) -> np.ndarray:
-    """[HEIGHT, WIDTH, 3] uint8 RGB: the scene, then the face at time t."""
-    image = np.empty((HEIGHT, WIDTH, 3), np.float32)
+    """[height, width, 3] uint8 RGB: the scene, then the face at time t."""
+    width, height = cues["frame"]
+    image = np.empty((height, width, 3), np.float32)
     image[:] = SCENE_COLOURS[cues["scene"]]
-    image *= np.linspace(1.1, 0.85, HEIGHT)[:, None, None]  # light from above
+    image *= np.linspace(1.1, 0.85, height)[:, None, None]  # light from above
     for kind, x, y, r, colour in cues["objects"]:
         if kind == 0:
             cv2.circle(image, (int(x), int(y)), int(r), colour, -1, cv2.LINE_AA)
@@ -133,12 +137,12 @@ def draw_face(image: np.ndarray, centre: tuple[float, float], size: float, face:
     u = size / 100  # the face's unit: 100 u across
     cx, cy = centre
     at = lambda dx, dy: (int(round(cx + dx * u)), int(round(cy + dy * u)))
-    stroke = max(1, int(round(4 * u)))
+    stroke = max(2, int(round(6 * u)))  # bold strokes: the expression must survive a 96-px crop
     cv2.ellipse(image, at(0, 0), (int(50 * u), int(62 * u)), 0, 0, 360, tuple(c * skin for c in (225, 180, 150)),
                 -1, cv2.LINE_AA)
     brow_y = -26 - 7 * face["brow"]
     for side in (-1, 1):
-        inner, outer = at(side * 7, brow_y - 7 * face["tilt"]), at(side * 31, brow_y + 2 * face["tilt"])
+        inner, outer = at(side * 7, brow_y - 10 * face["tilt"]), at(side * 31, brow_y + 3 * face["tilt"])
         cv2.line(image, inner, outer, (60, 40, 30), stroke, cv2.LINE_AA)
         opening = max(1, int(5 * u * max(face["eyes"], 0.15)))
         cv2.ellipse(image, at(side * 19, -12), (int(9 * u), opening), 0, 0, 360, (250, 250, 250), -1, cv2.LINE_AA)
@@ -148,7 +152,7 @@ def draw_face(image: np.ndarray, centre: tuple[float, float], size: float, face:
                     cv2.LINE_AA)
     else:  # a curve: the centre lies below the corners when smiling, above when frowning
         xs = np.linspace(-19, 19, 15)
-        ys = 30 + face["curve"] * 9 * (1 - (xs / 19) ** 2) - face["curve"] * 4
+        ys = 30 + face["curve"] * 12 * (1 - (xs / 19) ** 2) - face["curve"] * 5
         points = np.array([at(x, y) for x, y in zip(xs, ys)], np.int32)
         cv2.polylines(image, [points], False, (140, 40, 50), stroke + 1, cv2.LINE_AA)
 
@@ -195,14 +199,18 @@ def synthesize_voice(name: str, speaker: float, seed: int, seconds: float = SECO
 
 
 def write_clip(path: Path, frames: Iterator[np.ndarray], audio: np.ndarray | None, fps: int = FPS,
-               rate: int = RATE) -> Path:
-    """Encodes RGB frames as H.264 (and `audio`, [samples] mono float, as AAC) into an MP4."""
+               rate: int = RATE, gop: int = 12) -> Path:
+    """Encodes RGB frames (even sizes) as H.264, a keyframe every `gop` frames (and `audio`,
+    [samples] mono float, as AAC) into an MP4."""
     with av.open(str(path), "w") as container:
         video = container.add_stream("libx264", rate=fps)
-        video.width, video.height, video.pix_fmt = WIDTH, HEIGHT, "yuv420p"
+        frames = iter(frames)
+        first = next(frames)
+        (video.height, video.width), video.pix_fmt = first.shape[:2], "yuv420p"
+        video.codec_context.gop_size = gop
         video.codec_context.options = {"crf": "20", "threads": "1"}  # one thread: the same bytes every run
         sound = container.add_stream("aac", rate=rate, layout="mono") if audio is not None else None
-        for i, image in enumerate(frames):
+        for i, image in enumerate(itertools.chain([first], frames)):
             frame = av.VideoFrame.from_ndarray(image, format="rgb24")
             frame.pts = i
             for packet in video.encode(frame):

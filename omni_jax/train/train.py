@@ -222,6 +222,8 @@ def train(cfg: ml_collections.ConfigDict, workdir: str | os.PathLike, init: str 
                 break
         checkpoints.wait()
     finally:
+        if profiling:  # the run ended (or was preempted, or failed) inside the profiled steps
+            jax.profiler.stop_trace()
         preemption.close()
         if logger is not None:
             logger.close()

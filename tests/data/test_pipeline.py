@@ -326,6 +326,40 @@ def test_phase_modalities_decide_the_blocks_and_the_media(clips):
         pipeline.make_pipeline(manifest, tokenizer, cfg, modalities="v,x")
 
 
+def test_modality_dropout_leaves_audio_and_faces_out_of_some_prompts(clips):
+    """data.modality_dropout: an example without audio has no audio block and zero log-mels
+    flagged absent; one without faces keeps its video block with zero crops flagged absent (as
+    eval's v,a prompts); the scene is never dropped; the draws follow the seed and the
+    element's place (each epoch anew), not the host count."""
+    cfg = tiny(batch_size=8, modality_dropout=0.5, epochs=2)
+    tokenizer = qwen2_test_tokenizer(cfg)
+    manifest = write_manifest(clips["root"] / "dropout.jsonl", [
+        {"id": f"clip{i}", "video": "good.mp4", "conversations": turns(22)} for i in range(8)])
+    counts = placeholder_counts(cfg)
+    batches = list(pipeline.make_pipeline(manifest, tokenizer, cfg, shuffle=False))
+    assert len(batches) == 2
+    blocks = lambda batch, token: (batch["input_ids"] == cfg[token]).sum(axis=1)
+    for batch in batches:
+        audio = blocks(batch, "audio_token_id")
+        assert set(audio.tolist()) <= {0, counts["audio"]}
+        assert ((audio > 0) == batch["has_audio"]).all() and not batch["input_features"][~batch["has_audio"]].any()
+        assert (blocks(batch, "video_token_id") == counts["video"]).all() and batch["has_video"].all()
+        assert not batch["face_pixels"][~batch["has_face"]].any()
+    flags = np.stack([np.concatenate([b["has_audio"], b["has_face"]]) for b in batches])
+    assert 0 < flags.mean() < 1 and (flags[0] != flags[1]).any()  # some left out; epochs draw anew
+    again = list(pipeline.make_pipeline(manifest, tokenizer, cfg, shuffle=False))
+    for a, b in zip(batches, again):
+        np.testing.assert_array_equal(a["input_ids"], b["input_ids"])
+    shares = [list(pipeline.make_pipeline(manifest, tokenizer, tiny(batch_size=4, modality_dropout=0.5, epochs=2),
+                                          shuffle=False, shard=grain.sharding.ShardOptions(h, 2)))
+              for h in range(2)]
+    for step, batch in enumerate(batches):  # host h holds elements h, h + 2, ...: the same draws
+        np.testing.assert_array_equal(batch["has_audio"][0::2], shares[0][step]["has_audio"])
+        np.testing.assert_array_equal(batch["has_face"][1::2], shares[1][step]["has_face"])
+    plain = next(iter(pipeline.make_pipeline(manifest, tokenizer, tiny(batch_size=8), shuffle=False)))
+    assert plain["has_audio"].all() and plain["has_face"].all()
+
+
 def test_faces_by_time_survive_a_change_of_frame_count(clips):
     """Boxes from a 25-fps tracker: each sampled frame takes the nearest in time, whatever
     num_frames is; frames with no box within the tolerance are detected; positional boxes

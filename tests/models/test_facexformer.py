@@ -1,4 +1,4 @@
-"""The face encoder against a PyTorch reference (tests/face_reference.py: transformers' SwinModel
+"""The face encoder against a PyTorch reference (omni_jax/reference/facexformer.py: transformers' SwinModel
 for the backbone; fusion head, pooling and projector written from their description), with the
 weights going through the FaceXFormer converter in the release's key names."""
 import json
@@ -17,7 +17,7 @@ from omni_jax.conversion.facexformer import convert_facexformer
 from omni_jax.models import facexformer, swin
 from omni_jax.sharding import LOGICAL_AXIS_RULES, make_mesh
 from tests.conftest import RTOL, rel_err
-from tests.face_reference import LLM_WIDTH, FaceEncoder, FusionHead, release_file, torch_projector
+from omni_jax.reference.facexformer import LLM_WIDTH, FaceEncoder, FusionHead, release_file, torch_projector
 from tests.models.test_swin import build_swin, tiny_swin_config
 
 IMAGE = 96  # window 3: stage grids 24, 12, 6, 3 (the last equals the window)
