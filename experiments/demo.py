@@ -6,15 +6,16 @@ the modality ablation → an answer — through the commands a user runs at scal
    the manifests of every phase and of held-out evaluation.
 2. The starting checkpoint as a user builds one: a tiny LLaVA-OneVision (with the demo's
    word-level tokenizer) and a tiny Whisper written by transformers (random weights,
-   `save_pretrained`), `omni-jax convert`ed; a FaceXFormer-shaped random face encoder;
-   `omni-jax assemble`.
+   `save_pretrained`), `omni-jax convert`ed; a FaceXFormer-shaped face encoder; the towers
+   briefly pretrained on the training clips' own cues and their outputs calibrated
+   (`prepare_towers`: the real towers come pretrained); `omni-jax assemble`.
 3. `omni-jax train` three times (audio_alignment → face_alignment → instruction_tuning, each
    `--init` the previous workdir) on 8 simulated devices; the paper's phase settings scaled
-   down (`PHASES`: the towers stay frozen and random as the phases require).
+   down (`PHASES`; the towers stay frozen, as the phases require).
 4. `omni-jax eval` of the final checkpoint for the modality subsets v, v+a, v+f, v+a+f, and
-   v+a+f with the voices silenced; `omni-jax infer` on one held-out clip.
-5. A summary: UAR, WAR and EMER-OV per subset, accuracy within the class pairs that only the
-   voice (or only the face) tells apart, and PNGs (loss per phase, confusion, ablation).
+   v+a+f with the voices silenced; `omni-jax infer` on one held-out clip; `omni-jax export`.
+5. A summary: UAR, WAR and EMER-OV per subset, how well the class pairs that only the voice
+   (or only the face) tells apart are told apart, and PNGs (loss per phase, confusion, ablation).
 
 Everything lives under outputs/demo/ (replaced by each run; `cache/` keeps XLA's compiled
 programs for the next). Each command's output goes to outputs/demo/logs/; a failing step
@@ -32,6 +33,8 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # configs/
@@ -54,6 +57,8 @@ BATCH = 16
 # independent collectives of one program concurrently and, with 8 simulated devices on 2 cores,
 # its shared thread pool can starve (README: generation sharded over fsdp hung here at times).
 EVAL_MESH = ["--config.mesh.data=8", "--config.mesh.fsdp=1"]
+# `prepare_towers`: each tower's pretraining steps and Adam learning rate
+PRETRAIN = {"facexformer": dict(steps=200, learning_rate=3e-3), "whisper": dict(steps=100, learning_rate=1e-2)}
 
 def log_line(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
@@ -119,20 +124,21 @@ def starting_checkpoint(out: Path, data: Path, seed: int) -> Path:
     return parts
 
 
-def prepare_towers(parts: Path, data: Path, seed: int) -> dict[str, float]:
+def prepare_towers(parts: Path, data: Path, seed: int, steps: int = 0) -> dict[str, float]:
     """The towers as the real ones come: pretrained (FaceXFormer on faces, Whisper on speech).
     Random towers keep the cues, but as small differences riding on large components every clip
     shares (Whisper's positions, the face crop's scene), which the phases' projectors would need
-    thousands of steps to amplify. So (1) the converted Whisper encoder is briefly pretrained to
-    tell the training clips' voices apart (each output token through a linear head, dropped
-    afterwards; the emotion labels are never used); (2) both towers' output layers are
-    calibrated: each output channel standardized over the training clips' tokens (folded into
-    the last layer's scale and bias, an LSUV-style data-dependent initialisation). The face
-    encoder (FaceXFormer-shaped) stays random otherwise: from scratch it learns too slowly here.
-    Writes parts/facexformer and parts/whisper-tuned; returns the share of each tower's
-    per-clip output variance that the clip's own cue (expression, voice) explains."""
+    thousands of steps to amplify. So (1) each tower is briefly pretrained to tell the training
+    clips' own cue apart — Whisper (converted) the voice, through a linear head on every output
+    token; the face encoder (FaceXFormer-shaped, random) the expression, its fusion head and
+    projector on the frozen random Swin's features, through a linear head on the mean token;
+    the heads are dropped and the emotion labels never used — and (2) both towers' output
+    layers are calibrated: each channel standardized over the training clips' tokens (folded
+    into the last layer's scale and bias, an LSUV-style data-dependent initialisation). Writes
+    parts/facexformer and parts/whisper-tuned; returns the share of each tower's per-clip
+    output variance that the clip's own cue (expression, voice) explains."""
+    import flax.linen as nn
     import jax
-    import numpy as np
 
     import omni_jax
     from configs import omni_emotion
@@ -141,27 +147,42 @@ def prepare_towers(parts: Path, data: Path, seed: int) -> dict[str, float]:
     from omni_jax.data import pipeline
     from omni_jax.data.manifest import ManifestSource
     from omni_jax.models import facexformer
-    from omni_jax.sharding import make_mesh
 
     cfg = omni_emotion.get_config("demo")
+    cfg.face.dtype = "float32"  # as the demo's runs compute
     source = ManifestSource(data / "face_classification.jsonl")
     cues = [json.loads(line)["cues"] for line in (data / "face_classification.jsonl").open()]
     examples = [pipeline.media_inputs(source.parse(source[i]), cfg, ("f", "a")) for i in range(len(source))]
+    expressions = np.repeat([c["face"] for c in cues], cfg.num_frames)
     voices = np.array([c["voice"] for c in cues])
+
+    face_model = facexformer.FaceXFormerEncoder(cfg.face)
+    family = registry.FAMILIES["facexformer"]
+    face_params = nn.unbox(face_model.init(jax.random.key(seed), **family.dummy_inputs(cfg.face))["params"])
+    crops = np.concatenate([e["face_pixels"] for e in examples])
+    stages = jax.jit(lambda p, x: face_model.apply({"params": p}, x, method=lambda m, x: m.backbone(x)["stage_outputs"]))
+    features = jax.tree.map(lambda *b: np.concatenate(b), *[stages(face_params, crops[i:i + 32])
+                                                             for i in range(0, len(crops), 32)])
+    backbone = {"backbone": face_params["backbone"]}
+    face_head = lambda head, x: face_model.apply({"params": {**head, **backbone}}, x,
+                                                 method=facexformer.FaceXFormerEncoder.head)["last_hidden_state"]
+    settings = {name: {**value, **({"steps": steps} if steps else {})} for name, value in PRETRAIN.items()}
+    head = pretrain(face_head, {k: v for k, v in face_params.items() if k != "backbone"}, features, expressions,
+                    seed, False, **settings["facexformer"])
+
     whisper_model, whisper_params = omni_jax.load_pretrained(parts / "whisper", dtype="float32")
+    whisper_encode = lambda p, x: whisper_model.apply({"params": p}, x)["last_hidden_state"]
     log_mels = np.concatenate([e["input_features"] for e in examples])
-    towers = {  # name: model, parameters, inputs, each input's cue, the output layer
-        "facexformer": (facexformer.FaceXFormerEncoder(cfg.face),
-                        registry.init_params(registry.FAMILIES["facexformer"], cfg.face, make_mesh(1, 1, 1), seed),
-                        np.concatenate([e["face_pixels"] for e in examples]),
-                        np.repeat([c["face"] for c in cues], cfg.num_frames), ("projector", "linear_2")),
-        "whisper-tuned": (whisper_model, pretrain(whisper_model, whisper_params, log_mels, voices, seed), log_mels,
-                          voices, ("layer_norm",)),
+    towers = {  # name: encode, parameters, inputs, each input's cue, the output layer
+        "facexformer": (face_head, head, features, expressions, ("projector", "linear_2")),
+        "whisper-tuned": (whisper_encode, pretrain(whisper_encode, whisper_params, log_mels, voices, seed, True,
+                                                   **settings["whisper"]), log_mels, voices, ("layer_norm",)),
     }
     explained = {}
-    for name, (model, params, inputs, labels, layer) in towers.items():
-        encode = jax.jit(lambda p, x: model.apply({"params": p}, x)["last_hidden_state"])
-        outputs = np.concatenate([np.asarray(encode(params, inputs[i:i + 32])) for i in range(0, len(inputs), 32)])
+    for name, (encode, params, inputs, labels, layer) in towers.items():
+        encode = jax.jit(encode)
+        outputs = np.concatenate([np.asarray(encode(params, jax.tree.map(lambda x: x[i:i + 32], inputs)))
+                                  for i in range(0, len(labels), 32)])
         mean, std = outputs.mean((0, 1)), outputs.std((0, 1)) + 1e-6
         params = jax.device_get(params)
         last = params
@@ -173,31 +194,33 @@ def prepare_towers(parts: Path, data: Path, seed: int) -> dict[str, float]:
         per_clip -= per_clip.mean(0)
         between = sum((per_clip[labels == c].mean(0) ** 2).sum() * (labels == c).sum() for c in set(labels))
         explained[name] = float(between / (per_clip ** 2).sum())
-        family = "facexformer" if name == "facexformer" else "whisper"
-        save_params(parts / name, registry.FAMILIES[family], model.config, params)
+        if name == "facexformer":
+            save_params(parts / name, registry.FAMILIES[name], cfg.face, {**params, **jax.device_get(backbone)})
+        else:
+            save_params(parts / name, registry.FAMILIES["whisper"], whisper_model.config, params)
     return explained
 
 
-def pretrain(model, params, inputs, labels, seed: int, steps: int = 100, learning_rate: float = 1e-2):
-    """`model`'s parameters after `steps` of Adam (16 examples a step) teaching a linear head on
-    every output token (`last_hidden_state`) to name the example's label."""
+def pretrain(encode, params, inputs, labels, seed: int, per_token: bool, steps: int, learning_rate: float):
+    """`params` after `steps` of Adam (16 examples a step) teaching a linear head on
+    encode(params, inputs) [batch, tokens, width] — on every token, or on their mean — to name
+    each example's label."""
     import jax
     import jax.numpy as jnp
-    import numpy as np
     import optax
 
     classes = sorted(set(labels))
     targets = np.array([classes.index(label) for label in labels])
-    width = jax.eval_shape(lambda p, x: model.apply({"params": p}, x)["last_hidden_state"], params,
-                           inputs[:1]).shape[-1]
+    width = jax.eval_shape(encode, params, jax.tree.map(lambda x: x[:1], inputs)).shape[-1]
     trained = (params, {"kernel": jnp.zeros((width, len(classes))), "bias": jnp.zeros(len(classes))})
     optimizer = optax.adam(learning_rate)
 
     @jax.jit
     def step(trained, opt_state, x, y):
         def loss(trained):
-            logits = model.apply({"params": trained[0]}, x)["last_hidden_state"] @ trained[1]["kernel"] \
-                + trained[1]["bias"]
+            tokens = encode(trained[0], x)
+            tokens = tokens if per_token else tokens.mean(1, keepdims=True)
+            logits = tokens @ trained[1]["kernel"] + trained[1]["bias"]
             return optax.softmax_cross_entropy_with_integer_labels(
                 logits, jnp.broadcast_to(y[:, None], logits.shape[:2])).mean()
 
@@ -206,8 +229,8 @@ def pretrain(model, params, inputs, labels, seed: int, steps: int = 100, learnin
 
     opt_state, rng = optimizer.init(trained), np.random.default_rng(seed)
     for _ in range(steps):
-        batch = rng.choice(len(inputs), 16, replace=False)
-        trained, opt_state = step(trained, opt_state, inputs[batch], targets[batch])
+        batch = rng.choice(len(targets), min(16, len(targets)), replace=False)
+        trained, opt_state = step(trained, opt_state, jax.tree.map(lambda x: x[batch], inputs), targets[batch])
     return trained[0]
 
 
@@ -227,7 +250,7 @@ def summary(out: Path, subsets: list[str]) -> dict[str, Any]:
         folder = out / "eval" / subset.replace("+", "").replace(", voice silenced", "_silenced")
         figures = json.loads((folder / "metrics.json").read_text())
         predictions = [json.loads(line) for line in (folder / "predictions" / "dfew.jsonl").open()]
-        pair = lambda pairs: float(sum(_pair_accuracy(predictions, p) for p in pairs) / len(pairs))
+        pair = lambda pairs: float(np.mean([_pair_separation(predictions, p) for p in pairs]))
         rows[subset] = dict(uar=figures["dfew"]["uar"], war=figures["dfew"]["war"],
                             emer_ov=figures.get("emer_ov", {}).get("avg"),
                             voice_pairs=pair(VOICE_PAIRS), face_pairs=pair(FACE_PAIRS))
@@ -251,14 +274,14 @@ def summary(out: Path, subsets: list[str]) -> dict[str, Any]:
     return rows
 
 
-def _pair_accuracy(predictions: list[dict[str, Any]], pair: tuple[str, str]) -> float:
-    """Mean recall of the pair's two classes over their clips (chance 0.5 when the model tells
-    them apart no better than a coin, whatever else it gets right)."""
-    recalls = []
-    for label in pair:
-        clips = [p for p in predictions if p.get("label") == label]
-        recalls.append(sum(p.get("predicted") == label for p in clips) / max(1, len(clips)))
-    return sum(recalls) / 2
+def _pair_separation(predictions: list[dict[str, Any]], pair: tuple[str, str]) -> float:
+    """How differently the model answers the two classes' clips: 0.5 + (P(a | a) − P(a | b) +
+    P(b | b) − P(b | a)) / 4, P(x | y) the share of y's clips answered x. 1: always its own
+    class; 0.5 (chance): the same answers whatever the class, whichever they are."""
+    rate = lambda answer, label: float(np.mean([p.get("predicted") == answer for p in predictions
+                                                if p.get("label") == label]))
+    (a, b) = pair
+    return 0.5 + (rate(a, a) - rate(a, b) + rate(b, b) - rate(b, a)) / 4
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -267,6 +290,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--clips", type=int, default=336, help="training clips (held out: a quarter as many)")
     parser.add_argument("--steps", type=int, default=0, help="steps of every phase (default: the phases' epochs)")
+    parser.add_argument("--tower-steps", type=int, default=0, help="each tower's pretraining steps (default: PRETRAIN)")
     parser.add_argument("--subsets", default=",".join(SUBSETS), help="modality subsets to evaluate (default: all)")
     args = parser.parse_args(argv)
     subsets = args.subsets.split(",")
@@ -283,14 +307,14 @@ def main(argv: list[str] | None = None) -> int:
         log_line(f"1/5 data: {args.clips} training clips, {args.clips // 4} held out (omni-jax synth)")
         run("synth", ["synth", "--out", str(data), "--clips", str(args.clips), "--seed", str(args.seed)], out)
 
-        log_line("2/5 starting checkpoint: transformers' tiny LLaVA-OneVision and Whisper converted, a random "
-                 "face encoder, assembled")
+        log_line("2/5 starting checkpoint: transformers' tiny LLaVA-OneVision and Whisper converted, a "
+                 "FaceXFormer-shaped face encoder, the towers prepared, assembled")
         parts = starting_checkpoint(out, data, args.seed)
         for name in ("llava", "whisper"):
             run(f"convert_{name}", ["convert", "--src", str(parts / f"{name}-hf"), "--dst", str(parts / name)], out)
-        explained = prepare_towers(parts, data, args.seed)
-        log_line("towers prepared (Whisper pretrained on the voices, outputs calibrated); share of their per-clip "
-                 "variance the clip's cue explains: "
+        explained = prepare_towers(parts, data, args.seed, args.tower_steps)
+        log_line("towers pretrained on their cues, outputs calibrated; share of their per-clip variance the "
+                 "clip's cue explains: "
                  + ", ".join(f"{name} {value:.2f}" for name, value in explained.items()))
         run("assemble", ["assemble", "--llava", str(parts / "llava"), "--whisper", str(parts / "whisper-tuned"),
                          "--face", str(parts / "facexformer"), "--config", CONFIG, "--dst", str(out / "start")], out)
@@ -322,7 +346,8 @@ def main(argv: list[str] | None = None) -> int:
                                    if manifest == "eval_classification" else [])], out)
         run("infer", ["infer", "--config", CONFIG, "--checkpoint", str(init), "--video", str(data / "infer.jsonl"),
                       *EVAL_MESH], out)
-        answer = (out / "logs" / "infer.log").read_text().strip().splitlines()[-1]
+        answer = next(line for line in (out / "logs" / "infer.log").read_text().splitlines()
+                      if line.startswith("eval_"))
         run("export", ["export", "--src", str(init / "final"), "--dst", str(out / "exported")], out)
 
         log_line("5/5 summary")
@@ -337,8 +362,9 @@ def main(argv: list[str] | None = None) -> int:
         emer = "—" if row["emer_ov"] is None else f"{row['emer_ov']:.3f}"
         print(f"| {name} | {row['uar']:.3f} | {row['war']:.3f} | {emer} | {row['voice_pairs']:.2f} | "
               f"{row['face_pairs']:.2f} |")
-    print("\n(pairs: mean recall within surprise/fear and angry/disgust (voice-only), happy/surprise and "
-          "sad/disgust (face-only); chance 0.50)")
+    print("\n(pairs: how differently the clips of surprise/fear and angry/disgust (only the voice tells them "
+          "apart) and of happy/surprise and sad/disgust (only the face) are answered; 1 = each its own class, "
+          "0.5 = chance)")
     print(f"\ninfer: {answer}")
     print(f"\nImages: {out / 'loss.png'}, {out / 'confusion.png'}, {out / 'ablation.png'}")
     print(f"Workdirs: {out / 'runs'} (final checkpoint: {init / 'final'}), {out / 'eval'}; logs: {out / 'logs'}")

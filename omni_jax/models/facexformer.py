@@ -92,7 +92,11 @@ class FaceXFormerEncoder(nn.Module):
         Returns last_hidden_state [batch, tokens, llm width] (the projected face tokens),
         pooled_features [batch, tokens, 256] and fused_features [batch, h_0, w_0, 256].
         """
-        fused = self.fuse(self.backbone(pixel_values)["stage_outputs"])
+        return self.head(self.backbone(pixel_values)["stage_outputs"])
+
+    def head(self, stage_outputs: tuple[jax.Array, ...]) -> dict[str, jax.Array]:
+        """What follows the backbone: fusion, pooling to the face grid, projector (`__call__`'s outputs)."""
+        fused = self.fuse(stage_outputs)
         pooled = adaptive_avg_pool(fused, tuple(self.config.face_grid))
         pooled = pooled.reshape(pooled.shape[0], -1, pooled.shape[-1])
         return {"last_hidden_state": self.projector(pooled), "pooled_features": pooled, "fused_features": fused}
