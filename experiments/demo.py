@@ -53,12 +53,10 @@ PHASES = {
     "instruction_tuning": dict(manifest="instructions", epochs=10, learning_rate=2e-3, modality_dropout=0.3),
 }
 BATCH = 16
-# Generation data-parallel over the 8 devices (the tiny parameters fit each): XLA:CPU runs
-# independent collectives of one program concurrently and, with 8 simulated devices on 2 cores,
-# its shared thread pool can starve (README: generation sharded over fsdp hung here at times).
-EVAL_MESH = ["--config.mesh.data=8", "--config.mesh.fsdp=1"]
+DEVICES = 8  # simulated CPU devices of every command (--devices)
 # `prepare_towers`: each tower's pretraining steps and Adam learning rate
 PRETRAIN = {"facexformer": dict(steps=200, learning_rate=3e-3), "whisper": dict(steps=100, learning_rate=1e-2)}
+
 
 def log_line(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
@@ -68,15 +66,23 @@ class StepFailed(RuntimeError):
     pass
 
 
+def eval_mesh(devices: int) -> list[str]:
+    """Generation data-parallel over the devices (the tiny parameters fit each): XLA:CPU runs
+    independent collectives of one program concurrently and, with 8 simulated devices on 2
+    cores, its shared thread pool can starve (README: generation sharded over fsdp hung here)."""
+    return [f"--config.mesh.data={devices}", "--config.mesh.fsdp=1"]
+
+
 def run(name: str, args: list[str], out: Path, progress: Path | None = None, total: int = 0) -> None:
-    """Runs `omni-jax ARGS` (or a Python snippet), its output into out/logs/NAME.log; a
-    progress bar counts the lines of `progress` (a metrics.jsonl) up to `total`."""
+    """Runs `omni-jax ARGS` on DEVICES simulated devices, its output into out/logs/NAME.log; a progress
+    bar counts the lines of `progress` (a metrics.jsonl) up to `total`; StepFailed names the
+    command and the log."""
     from tqdm import tqdm
 
     log = out / "logs" / f"{name}.log"
     command = [sys.executable, "-m", "omni_jax.cli", *args]
     env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=str(out / "cache"), TRANSFORMERS_VERBOSITY="error",
-               JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=8 "
+               JAX_PLATFORMS="cpu", XLA_FLAGS=f"--xla_force_host_platform_device_count={DEVICES} "
                "--xla_cpu_collective_call_terminate_timeout_seconds=900 --xla_cpu_collective_timeout_seconds=900")
     start = time.perf_counter()
     with open(log, "w") as sink, tqdm(total=total or None, desc=f"  {name}", unit="step", leave=False, disable=None,
@@ -95,10 +101,9 @@ def run(name: str, args: list[str], out: Path, progress: Path | None = None, tot
     log_line(f"{name}: {time.perf_counter() - start:.0f} s")
 
 
-def starting_checkpoint(out: Path, data: Path, seed: int) -> Path:
-    """transformers' tiny LLaVA-OneVision (+ the demo tokenizer) and Whisper, saved; a
-    FaceXFormer-shaped encoder comes from `prepare_towers`. Returns the
-    parts' folder (the LLaVA and Whisper parts still to be converted by `omni-jax convert`)."""
+def transformers_parts(out: Path, seed: int) -> Path:
+    """transformers' tiny LLaVA-OneVision (with the demo's word-level tokenizer) and Whisper
+    with random weights, `save_pretrained` into out/parts/{llava,whisper}-hf; returns out/parts."""
     import ml_collections
     import torch
     import transformers
@@ -285,6 +290,7 @@ def _pair_separation(predictions: list[dict[str, Any]], pair: tuple[str, str]) -
 
 
 def main(argv: list[str] | None = None) -> int:
+    global DEVICES  # every command's (`run`)
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default=str(ROOT / "outputs" / "demo"))
     parser.add_argument("--seed", type=int, default=0)
@@ -292,7 +298,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=0, help="steps of every phase (default: the phases' epochs)")
     parser.add_argument("--tower-steps", type=int, default=0, help="each tower's pretraining steps (default: PRETRAIN)")
     parser.add_argument("--subsets", default=",".join(SUBSETS), help="modality subsets to evaluate (default: all)")
+    parser.add_argument("--devices", type=int, default=8, help="simulated CPU devices of every command")
     args = parser.parse_args(argv)
+    DEVICES = args.devices
     subsets = args.subsets.split(",")
     if not set(subsets) <= set(SUBSETS) or "v+a+f" not in subsets:
         parser.error(f"--subsets: some of {', '.join(SUBSETS)}, v+a+f among them")
@@ -309,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
 
         log_line("2/5 starting checkpoint: transformers' tiny LLaVA-OneVision and Whisper converted, a "
                  "FaceXFormer-shaped face encoder, the towers prepared, assembled")
-        parts = starting_checkpoint(out, data, args.seed)
+        parts = transformers_parts(out, args.seed)
         for name in ("llava", "whisper"):
             run(f"convert_{name}", ["convert", "--src", str(parts / f"{name}-hf"), "--dst", str(parts / name)], out)
         explained = prepare_towers(parts, data, args.seed, args.tower_steps)
@@ -319,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
         run("assemble", ["assemble", "--llava", str(parts / "llava"), "--whisper", str(parts / "whisper-tuned"),
                          "--face", str(parts / "facexformer"), "--config", CONFIG, "--dst", str(out / "start")], out)
 
-        log_line("3/5 training, three phases on 8 simulated devices (omni-jax train)")
+        log_line(f"3/5 training, three phases on {DEVICES} simulated devices (omni-jax train)")
         init = out / "start"
         for phase, settings in PHASES.items():
             manifest = data / f"{settings['manifest']}.jsonl"
@@ -339,13 +347,13 @@ def main(argv: list[str] | None = None) -> int:
         log_line("4/5 evaluation of the final checkpoint by modalities (omni-jax eval), one answer (omni-jax infer)")
         evals = [(name.replace("+", ""), SUBSETS[name], "eval_classification") for name in subsets]
         for name, modalities, manifest in [*evals, ("vaf_silenced", "v,a,f", "eval_classification_silenced")]:
-            run(f"eval_{name}", ["eval", "--config", CONFIG, "--checkpoint", str(init), *EVAL_MESH,
+            run(f"eval_{name}", ["eval", "--config", CONFIG, "--checkpoint", str(init), *eval_mesh(DEVICES),
                                  "--workdir", str(out / "eval" / name), f"--config.eval.modalities={modalities}",
                                  f"--config.evals.dfew.manifest={data / manifest}.jsonl",
                                  *([f"--config.evals.emer_ov.manifest={data / 'eval_open_vocabulary.jsonl'}"]
                                    if manifest == "eval_classification" else [])], out)
         run("infer", ["infer", "--config", CONFIG, "--checkpoint", str(init), "--video", str(data / "infer.jsonl"),
-                      *EVAL_MESH], out)
+                      *eval_mesh(DEVICES)], out)
         answer = next(line for line in (out / "logs" / "infer.log").read_text().splitlines()
                       if line.startswith("eval_"))
         run("export", ["export", "--src", str(init / "final"), "--dst", str(out / "exported")], out)

@@ -30,5 +30,5 @@ def test_bad_overrides_name_the_field(override, message):
 
 
 def test_unknown_variant_or_phase_is_refused():
-    with pytest.raises(ValueError, match="VARIANT in \\['7b', 'tiny'\\] and PHASE in"):
+    with pytest.raises(ValueError, match="VARIANT in \\['7b', 'demo', 'tiny'\\] and PHASE in"):
         load_config("configs/omni_emotion.py:tiny,warm_up")

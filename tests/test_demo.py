@@ -13,7 +13,7 @@ def test_the_demo_runs_every_stage_through_the_commands(tmp_path):
     out = tmp_path / "demo"
     (out / "stale").mkdir(parents=True)  # a previous run's leftovers are replaced
     done = subprocess.run([sys.executable, str(REPO / "experiments" / "demo.py"), "--out", str(out), "--clips", "7",
-                           "--steps", "2", "--tower-steps", "3", "--subsets", "v+a+f"],
+                           "--steps", "2", "--tower-steps", "3", "--subsets", "v+a+f", "--devices", "1"],
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert not (out / "stale").exists()
