@@ -1,6 +1,9 @@
 """`make demo`'s pipeline end to end on a handful of clips, two steps a phase: synth → convert →
 assemble → the three phases, each from the previous one's workdir → eval (all modalities, and
-with the voices silenced) → infer → export → the summary and its images."""
+with the voices silenced) → infer → export → the summary and its images.
+
+`make demo-smoke` runs it (~3 min on 2 cores); it sits outside `make test`, whose 15-minute
+budget it would exceed (ten `omni-jax` processes, each importing JAX and compiling)."""
 import json
 import subprocess
 import sys
