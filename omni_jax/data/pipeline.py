@@ -173,13 +173,15 @@ def media_inputs(record: Record, cfg: ml_collections.ConfigDict, modalities: tup
 def kept_modalities(record: Record, modalities: tuple[str, ...], dropout: float,
                     rng: np.random.Generator) -> tuple[str, ...]:
     """The modalities of one training example under modality dropout: audio and faces each left
-    out with probability `dropout` (the scene stays), unless nothing of the record would be left."""
+    out with probability `dropout` (the scene stays), unless that leaves the record no block."""
     if not dropout:
         return modalities
-    draws = rng.random(len(modalities))
-    kept = tuple(m for m, draw in zip(modalities, draws) if m == "v" or draw >= dropout)
-    media = (record.video is not None and {"v", "f"} & set(kept)) or (record.audio is not None and "a" in kept)
-    return kept if media or (record.video is None and record.audio is None) else modalities
+    kept = tuple(m for m, draw in zip(modalities, rng.random(len(modalities))) if m == "v" or draw >= dropout)
+    try:
+        prompt_blocks(record, kept)
+    except ExampleError:  # an audio-only example without its audio
+        return modalities
+    return kept
 
 
 def load_example(record: Record, tokenizer: Any, cfg: ml_collections.ConfigDict,

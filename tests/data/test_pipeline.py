@@ -358,6 +358,11 @@ def test_modality_dropout_leaves_audio_and_faces_out_of_some_prompts(clips):
         np.testing.assert_array_equal(batch["has_face"][1::2], shares[1][step]["has_face"])
     plain = next(iter(pipeline.make_pipeline(manifest, tokenizer, tiny(batch_size=8), shuffle=False)))
     assert plain["has_audio"].all() and plain["has_face"].all()
+    speech = write_manifest(clips["root"] / "dropout_speech.jsonl", [  # never left without its only block
+        {"id": f"speech{i}", "audio": "tone.m4a", "conversations": turns(21, "<audio>\nw12", video=False)}
+        for i in range(4)])
+    phase1 = iter(pipeline.make_pipeline(speech, tokenizer, tiny(modality_dropout=0.9), shuffle=False, modalities="a"))
+    assert next(phase1)["has_audio"].all() and phase1.counts["skipped"] == {}
 
 
 def test_faces_by_time_survive_a_change_of_frame_count(clips):
