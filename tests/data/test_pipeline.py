@@ -5,7 +5,6 @@ import logging
 
 import grain
 from etils import epath
-import jax
 import numpy as np
 import pytest
 
