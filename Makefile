@@ -3,7 +3,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo demo-smoke test bench clean
+.PHONY: setup demo test bench clean
 
 setup: $(STAMP)
 
@@ -18,9 +18,6 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest -q tests
-
-demo-smoke: setup
-	$(PY) -m pytest -q experiments/test_demo.py
 
 bench: setup
 	$(PY) experiments/bench_qwen2.py

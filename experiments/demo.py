@@ -24,6 +24,7 @@ names its command and log. `--seed S` changes the data and every initialisation.
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import json
 import os
 import shlex
@@ -82,7 +83,7 @@ def run(name: str, args: list[str], out: Path, progress: Path | None = None, tot
     log = out / "logs" / f"{name}.log"
     command = [sys.executable, "-m", "omni_jax.cli", *args]
     env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=str(out / "cache"), TRANSFORMERS_VERBOSITY="error",
-               JAX_PLATFORMS="cpu", XLA_FLAGS=f"--xla_force_host_platform_device_count={DEVICES} "
+               JAX_PLATFORMS="cpu", XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={DEVICES} "
                "--xla_cpu_collective_call_terminate_timeout_seconds=900 --xla_cpu_collective_timeout_seconds=900")
     start = time.perf_counter()
     with open(log, "w") as sink, tqdm(total=total or None, desc=f"  {name}", unit="step", leave=False, disable=None,
@@ -101,6 +102,14 @@ def run(name: str, args: list[str], out: Path, progress: Path | None = None, tot
     log_line(f"{name}: {time.perf_counter() - start:.0f} s")
 
 
+def run_side_by_side(commands: dict[str, list[str]], out: Path, at_once: int = 2) -> None:
+    """`run`s independent commands `at_once` at a time: much of each is single-threaded (starting
+    Python, tracing, compiling), so two share the cores better than one."""
+    with concurrent.futures.ThreadPoolExecutor(at_once) as pool:
+        for done in [pool.submit(run, name, args, out) for name, args in commands.items()]:
+            done.result()  # the first failure, once the others have ended
+
+
 def transformers_parts(out: Path, seed: int) -> Path:
     """transformers' tiny LLaVA-OneVision (with the demo's word-level tokenizer) and Whisper
     with random weights, `save_pretrained` into out/parts/{llava,whisper}-hf; returns out/parts."""
@@ -113,6 +122,7 @@ def transformers_parts(out: Path, seed: int) -> Path:
     from omni_jax.data.word_tokenizer import word_tokenizer
     from omni_jax.models import llava_onevision, whisper
 
+    transformers.utils.logging.disable_progress_bar()  # "Writing model shards", per tiny file
     cfg = omni_emotion.get_config("demo")
     parts = out / "parts"
     tokenizer = word_tokenizer(synth.vocabulary(), cfg.image_token_id - 3)  # <image>, <video> at the config's ids
@@ -346,17 +356,19 @@ def main(argv: list[str] | None = None) -> int:
 
         log_line("4/5 evaluation of the final checkpoint by modalities (omni-jax eval), one answer (omni-jax infer)")
         evals = [(name.replace("+", ""), SUBSETS[name], "eval_classification") for name in subsets]
-        for name, modalities, manifest in [*evals, ("vaf_silenced", "v,a,f", "eval_classification_silenced")]:
-            run(f"eval_{name}", ["eval", "--config", CONFIG, "--checkpoint", str(init), *eval_mesh(DEVICES),
-                                 "--workdir", str(out / "eval" / name), f"--config.eval.modalities={modalities}",
-                                 f"--config.evals.dfew.manifest={data / manifest}.jsonl",
-                                 *([f"--config.evals.emer_ov.manifest={data / 'eval_open_vocabulary.jsonl'}"]
-                                   if manifest == "eval_classification" else [])], out)
-        run("infer", ["infer", "--config", CONFIG, "--checkpoint", str(init), "--video", str(data / "infer.jsonl"),
-                      *eval_mesh(DEVICES)], out)
+        commands = {f"eval_{name}": ["eval", "--config", CONFIG, "--checkpoint", str(init), *eval_mesh(DEVICES),
+                                     "--workdir", str(out / "eval" / name), f"--config.eval.modalities={modalities}",
+                                     f"--config.evals.dfew.manifest={data / manifest}.jsonl",
+                                     *([f"--config.evals.emer_ov.manifest={data / 'eval_open_vocabulary.jsonl'}"]
+                                       if manifest == "eval_classification" else [])]
+                    for name, modalities, manifest in [*evals, ("vaf_silenced", "v,a,f",
+                                                                "eval_classification_silenced")]}
+        commands["infer"] = ["infer", "--config", CONFIG, "--checkpoint", str(init), "--video",
+                             str(data / "infer.jsonl"), *eval_mesh(DEVICES)]
+        commands["export"] = ["export", "--src", str(init / "final"), "--dst", str(out / "exported")]
+        run_side_by_side(commands, out)
         answer = next(line for line in (out / "logs" / "infer.log").read_text().splitlines()
                       if line.startswith("eval_"))
-        run("export", ["export", "--src", str(init / "final"), "--dst", str(out / "exported")], out)
 
         log_line("5/5 summary")
         rows = summary(out, subsets)

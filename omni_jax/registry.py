@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Callable
 
 import flax.linen as nn
@@ -75,9 +76,16 @@ def build(family: ModelFamily, config) -> nn.Module:
 
 def abstract_params(family: ModelFamily, config, boxed: bool = False) -> Any:
     """The parameter tree as ShapeDtypeStructs; `boxed` keeps the logical-axis metadata."""
+    params = jax.tree.map(lambda x: x, _abstract_params(family, to_config(config)))  # a copy: callers own it
+    return params if boxed else nn.unbox(params)
+
+
+@functools.lru_cache(maxsize=16)
+def _abstract_params(family: ModelFamily, config: ml_collections.FrozenConfigDict) -> Any:
+    # Tracing a whole model's init takes seconds; a run asks for the same tree several times
+    # (restore target, shardings, the trainer's state).
     model = build(family, config)
-    variables = jax.eval_shape(lambda: model.init(jax.random.key(0), **family.dummy_inputs(config)))
-    return variables["params"] if boxed else nn.unbox(variables["params"])
+    return jax.eval_shape(lambda: model.init(jax.random.key(0), **family.dummy_inputs(config)))["params"]
 
 
 def init_params(family: ModelFamily, config, mesh: jax.sharding.Mesh, seed: int = 0) -> Any:

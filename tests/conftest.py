@@ -4,7 +4,9 @@ Every checkpoint is built here with transformers' `save_pretrained` on random we
 converted with the real converter: nothing reaches the network.
 """
 import os
+import shutil
 import sys
+import tempfile
 
 # 8 simulated devices share 2 cores: a device's share of a sharded step can reach a collective
 # more than XLA:CPU's default 40 s after the others, which then abort ("Termination timeout").
@@ -13,6 +15,12 @@ os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8 "
                       "--xla_cpu_collective_timeout_seconds=900 "
                       "--xla_cpu_collective_call_warn_stuck_timeout_seconds=300")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# One compilation cache for the session, this process and the `omni-jax` processes tests start:
+# a subprocess then loads the train step an earlier run compiled (a tiny train run: 54 s -> 24 s),
+# and tests that build the same program from fresh closures share it. Fresh per session, so
+# every program is compiled at least once in every run.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _SESSION_XLA_CACHE = tempfile.mkdtemp(prefix="omni_jax_xla_cache_")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
@@ -24,6 +32,11 @@ from omni_jax.conversion import convert_hf_to_orbax  # noqa: E402
 
 RTOL = 5e-5  # max|Δ| / max|ref|, the project's parity bar in float32
 HUNG_TEST_SECONDS = float(os.environ.get("HUNG_TEST_SECONDS", 600))  # the slowest test: ~100 s on 2 cores
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if "_SESSION_XLA_CACHE" in globals():
+        shutil.rmtree(_SESSION_XLA_CACHE, ignore_errors=True)
 
 
 @pytest.hookimpl(hookwrapper=True)

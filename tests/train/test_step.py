@@ -15,8 +15,8 @@ from omni_jax.models.omni_emotion import OmniEmotion
 from omni_jax.sharding import make_mesh
 from omni_jax.train.step import (learning_rate_schedule, make_trainer, merge_params, split_params, train_step,
                                  trainable_mask)
-from tests.models.test_omni_emotion import superset_params, tiny_config
-from tests.test_sharding import omni_batch
+from omni_jax.prompt import IGNORE
+from tests.models.test_omni_emotion import clip_inputs, superset_params, tiny_config
 
 # The paper (§4.4), written out: what each phase trains (parameter subtrees of the model with
 # every parameter kind). Everything else, the three towers above all, stays frozen.
@@ -35,6 +35,17 @@ def train_config(phase: str, **fields) -> ml_collections.ConfigDict:
     train = omni_configs.get_config("tiny").train
     train.update({"phase": phase, "learning_rate": 1e-3, "warmup_fraction": 0.0, **fields})
     return train
+
+
+def omni_batch(cfg, batch: int = 8) -> dict[str, np.ndarray]:
+    """Every modality, one face absent, padded rows, assistant labels at each row's end."""
+    inputs = clip_inputs(cfg, batch=batch, seed=4)
+    inputs["has_face"][1] = False
+    inputs["has_audio"][2] = False
+    mask = np.ones_like(inputs["input_ids"])
+    mask[3, -2:] = 0
+    labels = np.where(np.arange(mask.shape[1]) >= mask.shape[1] - 5, inputs["input_ids"], IGNORE)
+    return {**inputs, "attention_mask": mask, "labels": np.where(mask == 1, labels, IGNORE)}
 
 
 @functools.cache
@@ -107,9 +118,10 @@ def test_schedule_warms_up_linearly_then_decays_as_a_cosine():
 
 
 def test_sharded_train_step_equals_unsharded():
-    """Two phase-3 steps on a 2×2×2 mesh and on one device, with SGD at lr 1 so that each step's
-    update is its gradient: loss, gradient norm and every leaf's gradient. (Adam's update is ±lr
-    wherever a gradient is non-zero: it would hide a gradient scaled wrongly across shards.)"""
+    """Two phase-3 steps of the model with every parameter kind on a 2×2×2 mesh and on one
+    device, with SGD at lr 1 so that each step's update is its gradient: loss, gradient norm and
+    every trained leaf's gradient, placed like its parameter. (Adam's update is ±lr wherever a
+    gradient is non-zero: it would hide a gradient scaled wrongly across shards.)"""
     _, batch = one_device_trainer("instruction_tuning")
     results = []
     for mesh in (make_mesh(1, 1, 1, devices=jax.devices()[:1]), make_mesh(2, 2, 2)):
@@ -117,12 +129,19 @@ def test_sharded_train_step_equals_unsharded():
                                optimizer=optax.sgd(1.0))
         shardings = jax.tree.map(lambda s: s.sharding, merge_params(trainer.abstract_state["trainable"],
                                                                    trainer.abstract_frozen))
-        state, frozen = trainer.init_state(jax.device_put(fresh(superset_params()), shardings))
+        params = jax.device_put(fresh(superset_params()), shardings)
+        on_first = sum(s.data.size for x in jax.tree.leaves(params) for s in x.addressable_shards
+                       if s.device == mesh.devices.flat[0])
+        assert (on_first < sum(x.size for x in jax.tree.leaves(params)) / 2) == (mesh.size > 1)  # split, not copied
+        state, frozen = trainer.init_state(params)
         with trainer.activate():
             steps = []
             for _ in range(2):
                 before = jax.tree.map(np.asarray, state["trainable"])
                 state, metrics = trainer.step(state, frozen, jax.device_put(batch, trainer.batch_sharding))
+                for leaf, abstract in zip(jax.tree.leaves(state["trainable"]),
+                                          jax.tree.leaves(trainer.abstract_state["trainable"])):
+                    assert leaf.sharding.is_equivalent_to(abstract.sharding, leaf.ndim)
                 grads = jax.tree.map(lambda b, a: b - np.asarray(a), before, state["trainable"])
                 steps.append((float(metrics["loss"]), float(metrics["grad_norm"]), grads))
         results.append(steps)

@@ -111,9 +111,9 @@ def test_the_configured_evaluators_run_during_training(uninterrupted):
 
 
 def _launch(data: Path, workdir: Path) -> subprocess.Popen:
-    # XLA_FLAGS as conftest set them (8 devices, long timeouts); the runs of one test share a
-    # compilation cache, so the second loads the step the first compiled.
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "JAX_COMPILATION_CACHE_DIR": str(workdir.parent / "xla_cache")}
+    # XLA_FLAGS and the session's compilation cache as conftest set them (8 devices, long
+    # timeouts; the step the in-process run of reference compiled is loaded, not compiled again).
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     return subprocess.Popen([sys.executable, "-m", "omni_jax.cli", "--json", *args(data, workdir)], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
@@ -171,8 +171,7 @@ def _launch_two(data: Path, workdir: Path) -> list[subprocess.Popen]:
     devices each: one mesh of 8 devices spanning both, each host reading its share."""
     port = _free_port()
     flags = " ".join(f for f in os.environ.get("XLA_FLAGS", "").split() if f.startswith("--xla_cpu_collective"))
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": f"--xla_force_host_platform_device_count=4 {flags}",
-           "JAX_COMPILATION_CACHE_DIR": str(workdir.parent / "xla_cache")}
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": f"--xla_force_host_platform_device_count=4 {flags}"}
     return [subprocess.Popen([sys.executable, "-m", "omni_jax.cli", "--json", "--coordinator", f"localhost:{port}",
                               "--num-processes", "2", "--process-id", str(i), *args(data, workdir)], cwd=REPO, env=env,
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]

@@ -1,9 +1,7 @@
 """`make demo`'s pipeline end to end on a handful of clips, two steps a phase: synth → convert →
 assemble → the three phases, each from the previous one's workdir → eval (all modalities, and
-with the voices silenced) → infer → export → the summary and its images.
-
-`make demo-smoke` runs it (~3 min on 2 cores); it sits outside `make test`, whose 15-minute
-budget it would exceed (ten `omni-jax` processes, each importing JAX and compiling)."""
+with the voices silenced) → infer → export → the summary and its images (~2.5 min on 2 cores:
+eleven `omni-jax` processes, each importing JAX and compiling)."""
 import json
 import subprocess
 import sys
