@@ -16,8 +16,11 @@ $(STAMP): setup.py
 demo: setup
 	$(PY) experiments/demo.py
 
+# Two workers, a test file each at a time (tests/conftest.py starts the longest first).
+TEST_WORKERS ?= 2
+
 test: setup
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile tests
 
 bench: setup
 	$(PY) experiments/bench_qwen2.py

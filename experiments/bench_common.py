@@ -1,17 +1,24 @@
-"""What the benchmarks here share: timers (a median; medians of runs taking turns), the torch
-device, and the description of the run."""
+"""What the benchmarks here share: XLA:CPU's options chosen for this CPU (set on import, before
+JAX starts its backend) and a header naming the host; timers (a median; medians of runs taking
+turns), the torch device, and the description of the run."""
 from __future__ import annotations
 
 import datetime
 import json
 import os
-import platform
 import statistics
 import time
 from typing import Any, Callable
 
 import jax
 import torch
+
+from omni_jax import xla_cpu
+
+xla_cpu.configure()
+HOST = xla_cpu.host()
+print(f"host: {HOST['model']}, {HOST['cores']} cores, {' '.join(HOST['features']) or 'no AVX2'}; "
+      f"XLA_FLAGS={HOST['xla_flags']!r}", flush=True)
 
 TORCH_DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -60,8 +67,8 @@ def median_seconds(fn: Callable[[], object], repeats: int) -> float:
 
 def run_info() -> dict[str, str]:
     """Date, machine and framework versions, the header of every benchmark's JSON."""
-    return {"date": datetime.date.today().isoformat(), "machine": f"{platform.machine()} {os.cpu_count()} cores",
-            "jax": jax.__version__, "torch": torch.__version__}
+    return {"date": datetime.date.today().isoformat(), "machine": f"{HOST['model']}, {os.cpu_count()} cores",
+            "host": HOST, "jax": jax.__version__, "torch": torch.__version__}
 
 
 def finish(results: dict, as_json: bool) -> None:

@@ -66,7 +66,7 @@ def child(repeats: int) -> dict[str, float]:
         def heads(t):
             return t.reshape(*t.shape[:2], 8, 64)
         q, k, v = (heads(dot(x, w).astype(x.dtype)) for w in (wq, wk, wv))
-        a = dot_product_attention(q, k, v).reshape(x.shape)
+        a = dot_product_attention(q, k, v, None).reshape(x.shape)
         x = x + dot(a.astype(x.dtype), wo).astype(x.dtype)
         return x + dot(jax.nn.gelu(dot(x, w1)).astype(x.dtype), w2).astype(x.dtype)
 

@@ -311,6 +311,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--devices", type=int, default=8, help="simulated CPU devices of every command")
     args = parser.parse_args(argv)
     DEVICES = args.devices
+    from omni_jax import xla_cpu
+
+    xla_cpu.configure()  # for the towers' preparation here (the commands configure themselves)
     subsets = args.subsets.split(",")
     if not set(subsets) <= set(SUBSETS) or "v+a+f" not in subsets:
         parser.error(f"--subsets: some of {', '.join(SUBSETS)}, v+a+f among them")

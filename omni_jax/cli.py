@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from omni_jax import xla_cpu
 from omni_jax.config_flags import apply_overrides, load_config
 from omni_jax.data.errors import RunStopped
 
@@ -395,6 +396,7 @@ def _initialize_distributed(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    xla_cpu.configure()  # XLA reads XLA_FLAGS when JAX starts its CPU backend: nothing has yet
     parser = argparse.ArgumentParser(prog="omni-jax", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--json", action="store_true", help="end with one JSON line")

@@ -15,6 +15,9 @@ os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8 "
                       "--xla_cpu_collective_timeout_seconds=900 "
                       "--xla_cpu_collective_call_warn_stuck_timeout_seconds=300")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+from omni_jax import xla_cpu  # noqa: E402  (no JAX import)
+
+xla_cpu.configure()  # the parity tests run with the options users get on this CPU
 # One compilation cache for the session, this process and the `omni-jax` processes tests start:
 # a subprocess then loads the train step an earlier run compiled (a tiny train run: 54 s -> 24 s),
 # and tests that build the same program from fresh closures share it. Fresh per session, so
@@ -32,6 +35,16 @@ from omni_jax.conversion import convert_hf_to_orbax  # noqa: E402
 
 RTOL = 5e-5  # max|Δ| / max|ref|, the project's parity bar in float32
 HUNG_TEST_SECONDS = float(os.environ.get("HUNG_TEST_SECONDS", 600))  # the slowest test: ~100 s on 2 cores
+
+
+# `make test` runs two workers, a file to a worker (pytest -n 2 --dist loadfile): the longest
+# files go first, so that neither worker is left with one of them at the end.
+LONGEST_FIRST = ("tests/train/test_train.py", "tests/test_demo.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = lambda item: next((i for i, f in enumerate(LONGEST_FIRST) if item.nodeid.startswith(f)), len(LONGEST_FIRST))
+    items.sort(key=rank)
 
 
 def pytest_sessionfinish(session, exitstatus):

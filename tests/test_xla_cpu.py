@@ -1,0 +1,57 @@
+"""XLA:CPU options by CPU features (omni_jax/xla_cpu.py): what each feature set gets, parsed
+from /proc/cpuinfo text, and the user's own XLA_FLAGS left as they are."""
+import os
+import subprocess
+import sys
+
+from omni_jax import xla_cpu
+
+YNN_DOTS = "--xla_cpu_experimental_ynn_fusion_type=individual_dot"
+ZEN4 = "model name\t: AMD EPYC 9B14\nflags\t\t: fpu sse2 avx fma avx2 avx512f avx512dq avx512_bf16 avx512vl\n"
+SAPPHIRE_RAPIDS = ("model name\t: Intel(R) Xeon(R) Platinum 8481C\n"
+                   "flags\t\t: fpu avx2 avx512f avx512_bf16 amx_bf16 amx_tile amx_int8\n")
+HASWELL = "model name\t: Intel(R) Xeon(R) CPU E5-2680 v3\nflags\t\t: fpu sse4_2 avx fma avx2\n"
+
+
+def test_features_come_from_the_cpuinfo_flags_line():
+    assert xla_cpu.cpu_features(ZEN4) == {"avx2", "avx512f", "avx512_bf16"}
+    assert xla_cpu.cpu_features(SAPPHIRE_RAPIDS) == {"avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16"}
+    assert xla_cpu.cpu_features(HASWELL) == {"avx2"}
+    assert xla_cpu.cpu_features("processor\t: 0\n") == set()
+
+
+def test_each_feature_set_gets_the_documented_flags():
+    assert xla_cpu.selected_flags(xla_cpu.cpu_features(ZEN4)) == [YNN_DOTS]  # measured (README)
+    assert xla_cpu.selected_flags(xla_cpu.cpu_features(SAPPHIRE_RAPIDS)) == []  # unmeasured: XLA's defaults
+    assert xla_cpu.selected_flags(xla_cpu.cpu_features(HASWELL)) == []
+    assert xla_cpu.selected_flags(set()) == []
+
+
+def test_configure_adds_only_what_the_user_has_not_set():
+    avx512 = xla_cpu.cpu_features(ZEN4)
+    environ = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+    assert xla_cpu.configure(environ, avx512) == [YNN_DOTS]
+    assert environ["XLA_FLAGS"] == f"--xla_force_host_platform_device_count=8 {YNN_DOTS}"
+    assert xla_cpu.configure(environ, avx512) == []  # a second call changes nothing
+    assert environ["XLA_FLAGS"] == f"--xla_force_host_platform_device_count=8 {YNN_DOTS}"
+    mine = {"XLA_FLAGS": "--xla_cpu_experimental_ynn_fusion_type="}  # the user's choice, even empty
+    assert xla_cpu.configure(mine, avx512) == [] and mine == {"XLA_FLAGS": "--xla_cpu_experimental_ynn_fusion_type="}
+    off = {"OMNI_JAX_XLA_CPU": "off"}
+    assert xla_cpu.configure(off, avx512) == [] and "XLA_FLAGS" not in off
+    empty = {}
+    xla_cpu.configure(empty, avx512)
+    assert empty == {"XLA_FLAGS": YNN_DOTS}
+
+
+def test_the_cli_applies_the_selection_and_this_xla_accepts_it():
+    """A fresh `omni-jax` process sets the flags selected for this CPU (after the user's) before
+    JAX starts, and this jaxlib starts its CPU backend with them (XLA aborts on a flag it lacks)."""
+    code = ("import os, jax; from omni_jax import cli, xla_cpu\n"
+            "try:\n    cli.main(['--help'])\nexcept SystemExit:\n    pass\n"
+            "jax.numpy.ones(3).block_until_ready()\n"
+            "print(os.environ['XLA_FLAGS']); print(' '.join(xla_cpu.selected_flags(xla_cpu.cpu_features())))")
+    env = {k: v for k, v in os.environ.items() if k != "OMNI_JAX_XLA_CPU"}
+    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    flags, selected = out.splitlines()[-2:]
+    assert flags.split() == ["--xla_force_host_platform_device_count=2", *selected.split()]
