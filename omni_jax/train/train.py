@@ -29,6 +29,7 @@ from typing import Any
 import jax
 import ml_collections
 import numpy as np
+import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
 from omni_jax import registry
@@ -138,6 +139,14 @@ class Preemption:
             signal.signal(signal.SIGTERM, self.previous)
 
 
+def align_hosts(name: str, minutes: float = 10) -> None:
+    """Every process waits here for the others, at the coordinator's barrier (not a collective).
+    XLA:CPU's collectives (gloo) give a process 30 s to join another's first collective over a
+    set of devices: hosts that get there unevenly (a loaded machine, slow storage, one host still
+    importing) would fail at it. A no-op in a single process."""
+    ocp.multihost.get_barrier_sync_fn()(key=name, timeout_ms=int(minutes * 60_000))
+
+
 def train(cfg: ml_collections.ConfigDict, workdir: str | os.PathLike, init: str | os.PathLike | None = None,
           progress: bool = True) -> dict[str, Any]:
     """Runs (or resumes) one training phase in `workdir`; returns a summary."""
@@ -160,6 +169,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str | os.PathLike, init: str 
     pipeline_cfg = ml_collections.ConfigDict(cfg.to_dict())
     pipeline_cfg.data.epochs = None  # the run ends by its step count (see the module docstring)
     data = iter(make_pipeline(cfg.data.manifest, tokenizer, pipeline_cfg, modalities=cfg.train.modalities))
+    align_hosts("omni_jax_train_start")  # before the first collective: the checkpoints' sync
     checkpoints = Checkpoints(workdir / "checkpoints", cfg.train.keep_checkpoints, cfg.train.keep_every)
     state, frozen = trainer.init_state(initial_params(trainer, cfg, init))
     start = checkpoints.latest_step()
