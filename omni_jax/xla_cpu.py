@@ -4,7 +4,8 @@ XLA reads XLA_FLAGS once, when JAX creates its CPU client (at the first computat
 `configure()` runs before that: the CLI, the demo, the benchmarks and tests/conftest.py call it
 first thing. What it picks (`selected_flags`) was measured with experiments/bench_cpu_backends.py
 (README, "CPU back ends"). A flag the user already put in XLA_FLAGS is left as they set it;
-OMNI_JAX_XLA_CPU=off leaves XLA_FLAGS alone altogether. Deliberately free of JAX imports.
+OMNI_JAX_XLA_CPU=off leaves XLA_FLAGS alone altogether. (Importing JAX does not start the
+backend; its first computation does.)
 """
 from __future__ import annotations
 

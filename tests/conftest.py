@@ -15,7 +15,7 @@ os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8 "
                       "--xla_cpu_collective_timeout_seconds=900 "
                       "--xla_cpu_collective_call_warn_stuck_timeout_seconds=300")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
-from omni_jax import xla_cpu  # noqa: E402  (no JAX import)
+from omni_jax import xla_cpu  # noqa: E402  (imports JAX, whose CPU backend has not started yet)
 
 xla_cpu.configure()  # the parity tests run with the options users get on this CPU
 # One compilation cache for the session, this process and the `omni-jax` processes tests start:
