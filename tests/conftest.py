@@ -27,6 +27,7 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
+import jax  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
@@ -72,6 +73,11 @@ def pytest_runtest_protocol(item, nextitem):
     timer.start()
     yield
     timer.cancel()
+
+
+def on_first_device(tree) -> int:
+    """Elements of `tree`'s arrays held by the first device: below half the total = split."""
+    return sum(s.data.size for x in jax.tree.leaves(tree) for s in x.addressable_shards if s.device == jax.devices()[0])
 
 
 def rel_err(ours, ref) -> float:

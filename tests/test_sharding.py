@@ -12,14 +12,10 @@ import omni_jax
 from omni_jax import registry
 from omni_jax.conversion.engine import save_params
 from omni_jax.sharding import LOGICAL_AXIS_RULES, make_mesh, param_shardings
-from tests.conftest import rel_err
+from tests.conftest import on_first_device, rel_err
 from tests.models.test_llava_onevision import video_inputs
 
 MESHES = [(8, 1, 1), (1, 8, 1), (2, 2, 2), (1, 2, 4)]
-
-
-def _on_first_device(tree) -> int:
-    return sum(s.data.size for x in jax.tree.leaves(tree) for s in x.addressable_shards if s.device == jax.devices()[0])
 
 
 def _batch_sharding(mesh):
@@ -42,7 +38,7 @@ def test_sharded_forward_equals_unsharded(llava, unsharded, data, fsdp, tensor):
     mesh = make_mesh(data, fsdp, tensor)
     model, params = omni_jax.load_pretrained(root / "ox", mesh=mesh)
     if data == 1:  # fsdp and tensor split the parameters; data alone replicates them
-        assert _on_first_device(params) < sum(x.size for x in jax.tree.leaves(params)) / 2
+        assert on_first_device(params) < sum(x.size for x in jax.tree.leaves(params)) / 2
     batch = _batch_sharding(mesh)
     with jax.set_mesh(mesh), nn.logical_axis_rules(LOGICAL_AXIS_RULES):
         forward = jax.jit(lambda p, i, v: model.apply({"params": p}, input_ids=i, pixel_values_videos=v)["logits"])
@@ -74,7 +70,7 @@ def test_fresh_parameters_are_created_in_their_shards(llava):
     sharded = registry.init_params(family, model.config, mesh, seed=3)
     single = registry.init_params(family, model.config, make_mesh(1, 1, 1, devices=jax.devices()[:1]), seed=3)
     expected = param_shardings(registry.abstract_params(family, model.config, boxed=True), mesh)
-    assert _on_first_device(sharded) < sum(x.size for x in jax.tree.leaves(sharded)) / 2
+    assert on_first_device(sharded) < sum(x.size for x in jax.tree.leaves(sharded)) / 2
     for a, b, sharding in zip(jax.tree.leaves(sharded), jax.tree.leaves(single), jax.tree.leaves(expected)):
         assert a.sharding == sharding
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

@@ -12,10 +12,11 @@ from flax import traverse_util
 
 from configs import omni_emotion as omni_configs
 from omni_jax.models.omni_emotion import OmniEmotion
+from omni_jax.prompt import IGNORE
 from omni_jax.sharding import make_mesh
 from omni_jax.train.step import (learning_rate_schedule, make_trainer, merge_params, split_params, train_step,
                                  trainable_mask)
-from omni_jax.prompt import IGNORE
+from tests.conftest import on_first_device
 from tests.models.test_omni_emotion import clip_inputs, superset_params, tiny_config
 
 # The paper (§4.4), written out: what each phase trains (parameter subtrees of the model with
@@ -130,9 +131,8 @@ def test_sharded_train_step_equals_unsharded():
         shardings = jax.tree.map(lambda s: s.sharding, merge_params(trainer.abstract_state["trainable"],
                                                                    trainer.abstract_frozen))
         params = jax.device_put(fresh(superset_params()), shardings)
-        on_first = sum(s.data.size for x in jax.tree.leaves(params) for s in x.addressable_shards
-                       if s.device == mesh.devices.flat[0])
-        assert (on_first < sum(x.size for x in jax.tree.leaves(params)) / 2) == (mesh.size > 1)  # split, not copied
+        split = on_first_device(params) < sum(x.size for x in jax.tree.leaves(params)) / 2
+        assert split == (mesh.size > 1)  # split over the mesh, not copied to every device
         state, frozen = trainer.init_state(params)
         with trainer.activate():
             steps = []
