@@ -129,7 +129,8 @@ def main() -> None:
         cells = []
         for name in names:
             ms = medians[name][op] * 1e3
-            cells.append(f"{ms:.2f}" + (f" ({base[op] / medians[name][op]:.2f}×)" if base and name != "default" else ""))
+            ratio = f" ({base[op] / medians[name][op]:.2f}×)" if base and name != "default" else ""
+            cells.append(f"{ms:.2f}{ratio}")
         print(f"| {op} | {' | '.join(cells)} |")
     for name in names:
         print(f"{name}: XLA_FLAGS={' '.join(CANDIDATES[name]) or '(none)'}")

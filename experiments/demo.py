@@ -82,9 +82,10 @@ def run(name: str, args: list[str], out: Path, progress: Path | None = None, tot
 
     log = out / "logs" / f"{name}.log"
     command = [sys.executable, "-m", "omni_jax.cli", *args]
+    flags = (f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={DEVICES} "  # yours, then ours
+             "--xla_cpu_collective_call_terminate_timeout_seconds=900 --xla_cpu_collective_timeout_seconds=900")
     env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=str(out / "cache"), TRANSFORMERS_VERBOSITY="error",
-               JAX_PLATFORMS="cpu", XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={DEVICES} "
-               "--xla_cpu_collective_call_terminate_timeout_seconds=900 --xla_cpu_collective_timeout_seconds=900")
+               JAX_PLATFORMS="cpu", XLA_FLAGS=flags)
     start = time.perf_counter()
     with open(log, "w") as sink, tqdm(total=total or None, desc=f"  {name}", unit="step", leave=False, disable=None,
                                       bar_format=None if total else "{desc}: {elapsed}") as bar:

@@ -73,14 +73,8 @@ def selected_flags(features: set[str]) -> list[str]:
     return []
 
 
-def flag_name(flag: str) -> str:
+def _flag_name(flag: str) -> str:
     return flag.split("=", 1)[0].lstrip("-")
-
-
-def with_defaults(xla_flags: str, defaults: list[str]) -> str:
-    """`xla_flags` with each of `defaults` appended whose flag it does not already set."""
-    present = {flag_name(f) for f in xla_flags.split()}
-    return " ".join([*xla_flags.split(), *(f for f in defaults if flag_name(f) not in present)])
 
 
 def configure(environ: MutableMapping[str, str] = os.environ, features: set[str] | None = None) -> list[str]:
@@ -88,9 +82,10 @@ def configure(environ: MutableMapping[str, str] = os.environ, features: set[str]
     flags added. Too late once JAX has started its CPU backend: then it says so and adds none."""
     if environ.get("OMNI_JAX_XLA_CPU", "").lower() in ("off", "0", "false"):
         return []
-    current = environ.get("XLA_FLAGS", "")
+    current = environ.get("XLA_FLAGS", "").split()
+    present = {_flag_name(f) for f in current}
     added = [f for f in selected_flags(cpu_features() if features is None else features)
-             if flag_name(f) not in {flag_name(g) for g in current.split()}]
+             if _flag_name(f) not in present]
     if not added:
         return []
     if "jax" in sys.modules and environ is os.environ:
@@ -99,5 +94,5 @@ def configure(environ: MutableMapping[str, str] = os.environ, features: set[str]
         if xla_bridge.backends_are_initialized():
             log.warning("XLA:CPU options %s not applied: JAX's backend had already started", " ".join(added))
             return []
-    environ["XLA_FLAGS"] = with_defaults(current, added)
+    environ["XLA_FLAGS"] = " ".join([*current, *added])
     return added
