@@ -173,9 +173,11 @@ def _mux_audio(container, stream, samples: np.ndarray) -> None:
         container.mux(packet)
 
 
-def write_corrupt(path: Path, size: int = 4096, seed: int = 0) -> Path:
-    """Random bytes under a video suffix."""
-    path.write_bytes(np.random.default_rng(seed).integers(0, 256, size, dtype=np.uint8).tobytes())
+def write_corrupt(path: Path, size: int = 4096, seed: int = 0, text: bytes = b"") -> Path:
+    """Random bytes under a video suffix, or `text` repeated to `size` bytes."""
+    data = (text * (size // len(text) + 1))[:size] if text else \
+        np.random.default_rng(seed).integers(0, 256, size, dtype=np.uint8).tobytes()
+    path.write_bytes(data)
     return path
 
 

@@ -16,8 +16,9 @@ up to its last wanted frame, never re-decoded. When a seek lands after the wante
 container whose index or keyframe flags lie), the clip is decoded sequentially from the start
 instead; both paths choose frames by the same rule and give the same frames (tested).
 
-Broken input raises `ExampleError`: missing_file, empty_file, no_video_stream, corrupt_video
-(FFmpeg cannot open or demux the file, or no frame decodes), truncated_video (the readable video
+Broken input raises `ExampleError`: missing_file, empty_file, no_video_stream (audio only),
+corrupt_video (FFmpeg cannot open or demux the file, finds neither video nor audio in it, or no
+frame decodes), truncated_video (the readable video
 ends more than TRUNCATION_TOLERANCE_S before the duration in the header). A file cut short
 therefore is skipped when its header survives to promise the missing part (an MP4 with its
 index first, `movflags=faststart`); an MP4 cut at the tail with its index at the end (FFmpeg's
@@ -155,8 +156,13 @@ def load_frames(path: str | os.PathLike, num_frames: int = NUM_FRAMES, seek: boo
     try:
         with av.open(str(path)) as container:
             if not container.streams.video:
-                raise ExampleError("no_video_stream", f"{path}: no video stream (streams: "
-                                   f"{[s.type for s in container.streams]})")
+                streams = [s.type for s in container.streams]
+                # Bytes without a header can match a text format's probe (a cut MP4 was read as
+                # LRC lyrics): with no sound either, the file is damaged, not an audio clip.
+                if not container.streams.audio:
+                    raise ExampleError("corrupt_video", f"{path}: FFmpeg reads it as "
+                                       f"{container.format.name!r} with streams {streams}, no video or audio")
+                raise ExampleError("no_video_stream", f"{path}: no video stream (streams: {streams})")
             stream = container.streams.video[0]
             timeline = _timeline(container, stream)
             promised = _promised_seconds(container, stream)

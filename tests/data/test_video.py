@@ -164,6 +164,8 @@ def test_a_seek_that_lands_late_falls_back_to_sequential(tmp_path, monkeypatch):
     (lambda d: write_empty(d / "empty.mp4"), "empty_file"),
     (lambda d: write_corrupt(d / "garbage.mp4"), "corrupt_video"),
     (lambda d: write_audio(d / "speech.m4a", tone(440.0, 1.0, 16000), 16000), "no_video_stream"),
+    # An MP4 cut at the head once probed as LRC lyrics (its bytes held "[00:…]"-like text).
+    (lambda d: write_corrupt(d / "lyrics.mp4", text=b"[00:01.00]la la\n"), "corrupt_video"),
 ])
 def test_bad_files(tmp_path, make, reason):
     path = make(tmp_path)
