@@ -29,6 +29,7 @@ LOGICAL_AXIS_RULES: tuple[tuple[str, Any], ...] = (
     ("norm", None),
     # activations
     ("activation_batch", ("data", "fsdp")),
+    ("activation_replica_batch", "data"),  # the batch split over data only (the embedding lookup)
     ("activation_length", None),
     ("activation_embed", None),
     ("activation_mlp", "tensor"),
@@ -51,24 +52,77 @@ def make_mesh(data: int = 1, fsdp: int = -1, tensor: int = 1, devices: Sequence[
     return Mesh(np.asarray(devices).reshape(sizes), MESH_AXES)
 
 
-def _divisible(spec: PartitionSpec, shape: tuple[int, ...], mesh: Mesh) -> PartitionSpec:
-    """Replicates any dimension the mesh axes do not divide (e.g. 4 KV heads on tensor=8)."""
-    dims = []
-    for size, axes in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec))):
-        names = (axes,) if isinstance(axes, str) else tuple(axes or ())
-        ways = int(np.prod([mesh.shape[n] for n in names])) if names else 1
-        dims.append(axes if size % ways == 0 else None)
-    return PartitionSpec(*dims)
+def _axes(entry: Any) -> tuple[str, ...]:
+    return (entry,) if isinstance(entry, str) else tuple(entry or ())
+
+
+def _ways(axes: Sequence[str], mesh: Mesh) -> int:
+    return int(np.prod([mesh.shape[a] for a in axes], dtype=np.int64))
+
+
+def fit_spec(spec: PartitionSpec, shape: Sequence[int], mesh: Mesh, fixed: Sequence[bool] = ()) -> PartitionSpec:
+    """The rules' `spec` made to divide `shape`: each dimension keeps the subset of its mesh
+    axes that splits it most ways and divides it; an axis left over moves to the largest
+    dimension it still divides, whole ones first, never to a `fixed` one (the scanned layers:
+    a scan slicing a split dimension would gather all of it). So tensor=8 on 4 KV heads splits
+    head_dim. An axis that divides nothing stays unused (`padded_shape`)."""
+    dims = [_axes(e) for e in tuple(spec) + (None,) * (len(shape) - len(spec))]
+    fixed = tuple(fixed) + (False,) * (len(shape) - len(fixed))
+    left = []
+    for i, (size, axes) in enumerate(zip(shape, dims)):
+        subsets = [tuple(a for j, a in enumerate(axes) if mask >> j & 1) for mask in range(2 ** len(axes))]
+        dims[i] = max((sub for sub in subsets if size % _ways(sub, mesh) == 0),
+                      key=lambda sub: (_ways(sub, mesh), len(sub)))  # size-1 axes kept: the rules' spec
+        left += [a for a in axes if a not in dims[i] and mesh.shape[a] > 1]
+    for axis in sorted(left, key=lambda a: -mesh.shape[a]):
+        fits = [i for i, size in enumerate(shape)
+                if not fixed[i] and size % (_ways(dims[i], mesh) * mesh.shape[axis]) == 0]
+        if fits:
+            best = max(fits, key=lambda i: (not dims[i], shape[i]))
+            dims[best] = dims[best] + (axis,)
+    return PartitionSpec(*(None if not d else d[0] if len(d) == 1 else d for d in dims))
+
+
+def padded_shape(spec: PartitionSpec, shape: Sequence[int], mesh: Mesh) -> tuple[int, ...]:
+    """`shape` with each dimension rounded up to a multiple of its mesh axes in `spec`."""
+    dims = tuple(spec) + (None,) * (len(shape) - len(spec))
+    return tuple(-(-size // _ways(_axes(d), mesh)) * _ways(_axes(d), mesh) for size, d in zip(shape, dims))
+
+
+MAX_PADDING = 0.125
+
+
+def stored_layout(spec: PartitionSpec, shape: Sequence[int], mesh: Mesh,
+                  fixed: Sequence[bool] = ()) -> tuple[tuple[int, ...], PartitionSpec]:
+    """(shape, spec) to store a leaf that only a jitted step reads, which slices the padding
+    off (the frozen towers): the fitted spec where it splits the leaf as many ways as the
+    rules' `spec`; else the rules' spec on the shape padded to divide, if that adds at most
+    MAX_PADDING of the leaf (SigLIP's 1152-wide kernels on fsdp=256: 1280, split 256 ways)."""
+    fitted = fit_spec(spec, shape, mesh, fixed)
+    padded = padded_shape(spec, shape, mesh)
+    if split_ways(fitted, mesh) >= split_ways(spec, mesh) or np.prod(padded) > (1 + MAX_PADDING) * np.prod(shape):
+        return tuple(shape), fitted
+    return padded, spec
+
+
+def split_ways(spec: PartitionSpec, mesh: Mesh) -> int:
+    """Into how many parts `spec` splits an array on `mesh`."""
+    return _ways([a for entry in spec for a in _axes(entry)], mesh)
+
+
+def rule_specs(boxed_abstract_params: Any, rules: Sequence[tuple[str, Any]] = LOGICAL_AXIS_RULES) -> Any:
+    """The mesh PartitionSpecs the rules give a parameter tree that carries its logical-axis
+    boxes, before `fit_spec`."""
+    return nn.logical_to_mesh(nn.get_partition_spec(boxed_abstract_params), rules)
 
 
 def param_shardings(boxed_abstract_params: Any, mesh: Mesh,
                     rules: Sequence[tuple[str, Any]] = LOGICAL_AXIS_RULES) -> Any:
     """NamedShardings for a parameter tree that still carries its logical-axis boxes
-    (e.g. `jax.eval_shape(model.init, ...)["params"]`)."""
+    (e.g. `jax.eval_shape(model.init, ...)["params"]`), each spec fitted to its shape."""
     logical = nn.get_partition_spec(boxed_abstract_params)
-    mesh_specs = nn.logical_to_mesh(logical, rules)
-    shapes = nn.unbox(boxed_abstract_params)
-    return jax.tree.map(lambda spec, s: NamedSharding(mesh, _divisible(spec, s.shape, mesh)), mesh_specs, shapes,
+    fit = lambda names, spec, s: NamedSharding(mesh, fit_spec(spec, s.shape, mesh, [n == "layers" for n in names]))
+    return jax.tree.map(fit, logical, nn.logical_to_mesh(logical, rules), nn.unbox(boxed_abstract_params),
                         is_leaf=lambda x: isinstance(x, PartitionSpec))
 
 

@@ -11,7 +11,9 @@ import pytest
 import omni_jax
 from omni_jax import registry
 from omni_jax.conversion.engine import save_params
-from omni_jax.sharding import LOGICAL_AXIS_RULES, make_mesh, param_shardings
+from jax.sharding import AbstractMesh, PartitionSpec as P
+
+from omni_jax.sharding import LOGICAL_AXIS_RULES, fit_spec, make_mesh, param_shardings, stored_layout
 from tests.conftest import on_first_device, rel_err
 from tests.models.test_llava_onevision import video_inputs
 
@@ -74,3 +76,31 @@ def test_fresh_parameters_are_created_in_their_shards(llava):
     for a, b, sharding in zip(jax.tree.leaves(sharded), jax.tree.leaves(single), jax.tree.leaves(expected)):
         assert a.sharding == sharding
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def _mesh(data=1, fsdp=1, tensor=1):
+    return AbstractMesh((data, fsdp, tensor), ("data", "fsdp", "tensor"))
+
+
+@pytest.mark.parametrize("spec,shape,mesh,fixed,expected", [
+    # 4 KV heads on tensor=8: tensor moves to head_dim, the whole dimension it divides
+    (P("fsdp", "tensor", None), (3584, 4, 128), _mesh(fsdp=2, tensor=8), (), P("fsdp", None, "tensor")),
+    # two names on one dimension: the subset that divides it (tensor) stays, fsdp moves on
+    (P(("fsdp", "tensor"), None), (6, 64), _mesh(fsdp=4, tensor=2), (), P("tensor", "fsdp")),
+    # the scanned layers never take an axis (a scan slicing them would gather them whole)
+    (P(None, "fsdp"), (16, 3), _mesh(fsdp=8), (True, False), P(None, None)),
+    (P(None, "fsdp"), (16, 3), _mesh(fsdp=8), (), P("fsdp", None)),
+    # SigLIP's 1152 × 4304 MLP kernel on fsdp=256: nothing divides (padding is stored_layout's)
+    (P(None, "fsdp", "tensor"), (26, 1152, 4304), _mesh(fsdp=256), (True,), P(None, None, "tensor")),
+])
+def test_a_dimension_its_axes_do_not_divide_passes_them_on(spec, shape, mesh, fixed, expected):
+    assert fit_spec(spec, shape, mesh, fixed) == expected
+
+
+def test_frozen_leaves_are_stored_padded_when_nothing_else_splits_them():
+    fsdp256 = _mesh(fsdp=256)
+    assert stored_layout(P(None, "fsdp", "tensor"), (26, 1152, 4304), fsdp256, (True,)) == (
+        (26, 1280, 4304), P(None, "fsdp", "tensor"))
+    # split by another dimension: no padding; padding 3 → 256 rows: kept whole
+    assert stored_layout(P("fsdp", None), (1152, 3584), fsdp256) == ((1152, 3584), P(None, "fsdp"))
+    assert stored_layout(P("fsdp", None), (3, 5), fsdp256) == ((3, 5), P(None, None))

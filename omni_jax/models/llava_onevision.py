@@ -88,8 +88,9 @@ def merge_at_placeholders(embeds: jax.Array, input_ids: jax.Array, token_id: int
     """
     batch, n, width = features.shape
     mask = input_ids == token_id
-    index = jnp.clip(jnp.cumsum(mask, axis=1) - 1, 0, n - 1) + n * jnp.arange(batch)[:, None]
-    gathered = features.reshape(batch * n, width)[index].astype(embeds.dtype)
+    index = jnp.clip(jnp.cumsum(mask, axis=1) - 1, 0, n - 1)
+    # per row (batch stays a batch dimension of the gather: no collective when it is sharded)
+    gathered = jnp.take_along_axis(features, index[..., None], axis=1).astype(embeds.dtype)
     return jnp.where(mask[..., None], gathered, embeds)
 
 

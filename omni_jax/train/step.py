@@ -5,7 +5,9 @@ parameters are split by the phase's `trainable_mask` into two trees: `state["tra
 which the optimizer updates and checkpoints keep (with the Adam moments, the step and the
 count of skipped steps), and `frozen`, passed to the step untouched, never differentiated,
 never checkpointed (it comes back from the base checkpoint on resume). Phases 1 and 2 thus
-hold and save Adam moments and weights for one projector only.
+hold and save Adam moments and weights for one projector only. A frozen leaf that its mesh
+axes do not divide is stored zero-padded until they do (`sharding.stored_layout`) and sliced
+back inside the step, where XLA keeps it split: nothing sits whole on every device.
 
 A step whose loss or gradient norm is not finite leaves the state as it was (its batch is
 consumed: `step` advances, `nonfinite` counts it); the learning-rate schedule counts applied
@@ -66,6 +68,17 @@ def split_params(params: Any, mask: Any) -> tuple[dict, dict]:
     flat, flat_mask = traverse_util.flatten_dict(params), traverse_util.flatten_dict(mask)
     pick = lambda keep: traverse_util.unflatten_dict({k: v for k, v in flat.items() if flat_mask[k] == keep})
     return pick(True), pick(False)
+
+
+def resized(tree: Any, shapes: Any) -> Any:
+    """Each array of `tree` zero-padded or sliced (at the end of each dimension) to the shape of
+    its counterpart in `shapes`."""
+    def resize(x, target):
+        if x.shape == target.shape:
+            return x
+        x = x[tuple(slice(0, min(a, b)) for a, b in zip(x.shape, target.shape))]
+        return jnp.pad(x, [(0, b - a) for a, b in zip(x.shape, target.shape)])
+    return jax.tree.map(resize, tree, shapes)
 
 
 def merge_params(trainable: Any, frozen: Any) -> dict:
@@ -169,8 +182,10 @@ class Trainer:
     """Everything a sharded training run needs, built by `make_trainer`.
 
     abstract_state / abstract_frozen: ShapeDtypeStructs carrying their shardings (what a
-    checkpoint restores into, what `plan` compiles against); step(state, frozen, batch) →
-    (state, metrics), jitted with explicit shardings, the state donated."""
+    checkpoint restores into, what `plan` compiles against; frozen leaves as stored, padded
+    where their axes do not divide them); frozen_shapes: the frozen leaves as the model has
+    them; step(state, frozen, batch) → (state, metrics), jitted with explicit shardings, the
+    state donated."""
 
     model: OmniEmotion
     config: ml_collections.FrozenConfigDict  # the model's
@@ -181,17 +196,28 @@ class Trainer:
     mask: Any
     abstract_state: dict[str, Any]
     abstract_frozen: Any
+    frozen_shapes: Any
     batch_sharding: NamedSharding
     step: Callable
 
     def init_state(self, params: Any) -> tuple[dict[str, Any], Any]:
-        """(state at step 0, frozen) from a whole parameter tree placed on the mesh."""
+        """(state at step 0, frozen as stored) from a whole parameter tree placed on the mesh."""
         trainable, frozen = split_params(params, self.mask)
-        shardings = jax.tree.map(lambda s: s.sharding, self.abstract_state["opt_state"])
+        shardings_of = lambda tree: jax.tree.map(lambda s: s.sharding, tree)
         with self.activate():
-            opt_state = jax.jit(self.optimizer.init, out_shardings=shardings)(trainable)
+            opt_state = jax.jit(self.optimizer.init, out_shardings=shardings_of(self.abstract_state["opt_state"]))(
+                trainable)
+            frozen = jax.jit(lambda f: resized(f, self.abstract_frozen), out_shardings=shardings_of(
+                self.abstract_frozen))(frozen)
         counter = lambda: jax.device_put(jnp.zeros((), jnp.int32), NamedSharding(self.mesh, PartitionSpec()))
         return {"step": counter(), "nonfinite": counter(), "trainable": trainable, "opt_state": opt_state}, frozen
+
+    def params(self, state: dict[str, Any], frozen: Any) -> dict:
+        """The whole parameter tree as the model has it (for evaluation and export)."""
+        with self.activate():
+            frozen = jax.jit(lambda f: resized(f, self.frozen_shapes), out_shardings=jax.tree.map(
+                lambda s: s.sharding, self.frozen_shapes))(frozen)
+        return merge_params(state["trainable"], frozen)
 
     def activate(self) -> contextlib.AbstractContextManager:
         """The mesh and logical-axis rules every traced function of the run needs."""
@@ -210,7 +236,10 @@ def make_trainer(model_config: ml_collections.ConfigDict, mesh: Mesh, train: ml_
     params = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), nn.unbox(boxed),
                           sharding.param_shardings(boxed, mesh))
     mask = trainable_mask(params, train.phase)
-    trainable, frozen = split_params(params, mask)
+    trainable, frozen_shapes = split_params(params, mask)
+    frozen = split_params(jax.tree.map(functools.partial(_stored, mesh), nn.get_partition_spec(boxed),
+                                       sharding.rule_specs(boxed), params, is_leaf=lambda x: isinstance(x, PartitionSpec)),
+                          mask)[1]
     if not jax.tree.leaves(trainable):
         raise ValueError(f"phase {train.phase!r} trains {PHASES[train.phase]}, which this model does not have")
     schedule = learning_rate_schedule(train, total_steps)
@@ -224,7 +253,18 @@ def make_trainer(model_config: ml_collections.ConfigDict, mesh: Mesh, train: ml_
     shardings_of = lambda tree: jax.tree.map(lambda s: s.sharding, tree)
     batch_sharding = nn.logical_to_mesh_sharding(PartitionSpec("activation_batch"), mesh,
                                                  sharding.LOGICAL_AXIS_RULES)
-    step = jax.jit(functools.partial(train_step, model, optimizer, schedule, microbatches=train.microbatches),
-                   in_shardings=(shardings_of(state), shardings_of(frozen), batch_sharding),
+    def step(state, frozen, batch):
+        return train_step(model, optimizer, schedule, state, resized(frozen, frozen_shapes), batch,
+                          microbatches=train.microbatches)
+
+    step = jax.jit(step, in_shardings=(shardings_of(state), shardings_of(frozen), batch_sharding),
                    out_shardings=(shardings_of(state), replicated), donate_argnums=(0,))
-    return Trainer(model, config, mesh, train.phase, optimizer, schedule, mask, state, frozen, batch_sharding, step)
+    return Trainer(model, config, mesh, train.phase, optimizer, schedule, mask, state, frozen, frozen_shapes,
+                   batch_sharding, step)
+
+
+def _stored(mesh: Mesh, names: PartitionSpec, spec: PartitionSpec, leaf: jax.ShapeDtypeStruct) -> jax.ShapeDtypeStruct:
+    """A frozen leaf as stored: `sharding.stored_layout` of its rules' spec."""
+    shape, stored = sharding.stored_layout(spec, leaf.shape, mesh, [n == "layers" for n in names])
+    return jax.ShapeDtypeStruct(shape, leaf.dtype, sharding=NamedSharding(mesh, stored))
+

@@ -44,7 +44,7 @@ from omni_jax.sharding import make_mesh
 from omni_jax.train.checkpoint import Checkpoints
 from omni_jax.train.metrics import MetricLogger, peak_flops
 from omni_jax.train.plan import matmul_flops
-from omni_jax.train.step import Trainer, make_trainer, merge_params, training_model_config
+from omni_jax.train.step import Trainer, make_trainer, training_model_config
 
 log = logging.getLogger(__name__)
 
@@ -224,7 +224,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str | os.PathLike, init: str 
                 checkpoints.save(step, state, data)
                 last_save = time.monotonic()
             if evaluators and (step % cfg.train.eval_every == 0 or step == steps):
-                predict = Predictor(trainer.model, merge_params(state["trainable"], frozen), tokenizer, cfg, mesh)
+                predict = Predictor(trainer.model, trainer.params(state, frozen), tokenizer, cfg, mesh)
                 logger.write_eval(step, {name: dict(evaluator.run(predict, workdir / "eval" / f"step_{step}"))
                                          for name, evaluator in evaluators})
             if preempted:
@@ -246,7 +246,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str | os.PathLike, init: str 
     if stopped == "finished":
         provenance = {"trained": {"phase": cfg.train.phase, "steps": step, "workdir": str(workdir.absolute()),
                                   "base": str(init.absolute()) if init else f"initialised, seed {cfg.train.seed}"}}
-        final = save_pretrained(workdir / "final", trainer.config, merge_params(state["trainable"], frozen),
+        final = save_pretrained(workdir / "final", trainer.config, trainer.params(state, frozen),
                                 workdir / "tokenizer", provenance)
         summary["final"] = str(final)
     return summary

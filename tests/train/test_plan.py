@@ -1,5 +1,6 @@
 """`omni-jax plan`: the sharded train step compiled ahead of time, without weights."""
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -7,11 +8,12 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import PartitionSpec as P
 
 from configs import omni_emotion
 from omni_jax import registry
 from omni_jax.sharding import make_mesh
-from omni_jax.train.plan import abstract_batch, bytes_per_device, matmul_flops
+from omni_jax.train.plan import abstract_batch, bytes_per_device, collective_bytes, matmul_flops
 from omni_jax.train.step import make_trainer, merge_params, trainable_mask, training_model_config
 
 REPO = Path(__file__).resolve().parents[2]
@@ -29,6 +31,9 @@ def test_plan_reports_fsdp_sharded_bytes_and_flops():
     # tiny: norm scales and odd-sized leaves (replicated) are a visible share; the 7B test is tight
     assert total / 8 <= result["params_bytes_per_device"] < 1.1 * total / 8
     assert result["temp_bytes_per_device"] > 0
+    # FSDP gathers the weights and sums the gradients; the tiny model's odd leaves are whole
+    assert result["all-gather_bytes_per_device"] > 0 and result["all-reduce_bytes_per_device"] > 0
+    assert 0 < result["replicated_params_bytes_per_device"] < 0.1 * total / 8
     # Adam's two moments exist for the trainable leaves only, sharded like them.
     mask = jax.tree.leaves(trainable_mask(shapes, "instruction_tuning"))
     trainable = sum(int(np.prod(s.shape)) * 4 for s, trained in zip(jax.tree.leaves(shapes), mask) if trained)
@@ -42,6 +47,56 @@ def test_full_size_fsdp_holds_one_eighth_of_the_parameters_per_device():
     params = merge_params(trainer.abstract_state["trainable"], trainer.abstract_frozen)
     total = sum(int(np.prod(s.shape)) * s.dtype.itemsize for s in jax.tree.leaves(params))
     assert total / 8 <= bytes_per_device(params) < 1.05 * total / 8
+
+
+FSDP_256 = """
+import json, jax, numpy as np
+from configs import omni_emotion
+from omni_jax.sharding import make_mesh
+from omni_jax.train.plan import bytes_per_device, replicated_bytes_per_device
+from omni_jax.train.step import make_trainer, training_model_config
+cfg = omni_emotion.get_config("7b")
+mesh = make_mesh(1, 256, 1)
+trainer = make_trainer(training_model_config(cfg), mesh, cfg.train, total_steps=1)
+stored = (trainer.abstract_state["trainable"], trainer.abstract_frozen)
+total = sum(int(np.prod(s.shape)) * s.dtype.itemsize
+            for s in jax.tree.leaves((trainer.abstract_state["trainable"], trainer.frozen_shapes)))
+print(json.dumps({"total": total, "per_device": bytes_per_device(stored),
+                  "replicated": replicated_bytes_per_device(stored, mesh)}))
+"""
+
+
+def test_full_size_fsdp_256_splits_the_parameters_that_do_not_divide_it():
+    """SigLIP's 1152-wide layers and the projector's 1152 rows on fsdp=256 (shardings only, on
+    256 simulated devices in a fresh process): split along another dimension or stored padded."""
+    out = subprocess.run([sys.executable, "-c", FSDP_256], capture_output=True, text=True, cwd=REPO,
+                         env={**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=256"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    result = json.loads(out.stdout.splitlines()[-1])
+    assert result["total"] / 256 <= result["per_device"] < 1.1 * result["total"] / 256
+    # what remains whole: norm scales and biases, which the rules replicate (5.7 MB)
+    assert result["replicated"] < 0.05 * result["total"] / 256
+
+
+def test_collective_bytes_count_loops_and_the_costliest_branch():
+    """An all-gather in a 3-step scan, an all-reduce after it and another in one branch of a
+    cond, written with shard_map so the compiled collectives are exactly these."""
+    mesh = jax.make_mesh((8,), ("x",))
+
+    def body(c, _):
+        gathered = jax.lax.all_gather(c, "x", tiled=True)  # [16, 16] f32: 1024 bytes
+        return c + gathered[:2] * gathered[-2:], None
+
+    def f(x):
+        y = jax.lax.psum(jax.lax.scan(body, x, None, length=3)[0], "x")  # [2, 16]: 128 bytes
+        return jax.lax.cond(y.sum() > 0, lambda v: jax.lax.psum(jnp.concatenate([v] * 4), "x")[:2],  # 512
+                            lambda v: v * 2, y)
+
+    step = jax.jit(jax.shard_map(f, mesh=mesh, in_specs=P("x"), out_specs=P("x")))
+    spec = jax.ShapeDtypeStruct((16, 16), jnp.float32, sharding=jax.sharding.NamedSharding(mesh, P("x")))
+    counts = collective_bytes(step.lower(spec).compile().as_text())
+    assert counts == {"all-gather": 3 * 1024, "all-reduce": 128 + 512, "reduce-scatter": 0, "all-to-all": 0,
+                      "collective-permute": 0}
 
 
 def test_plan_rejects_a_sequence_too_short_for_the_clip():

@@ -9,8 +9,10 @@ import numpy as np
 import optax
 import pytest
 from flax import traverse_util
+from jax.sharding import PartitionSpec
 
 from configs import omni_emotion as omni_configs
+from omni_jax import sharding
 from omni_jax.models.omni_emotion import OmniEmotion
 from omni_jax.prompt import IGNORE
 from omni_jax.sharding import make_mesh
@@ -118,22 +120,35 @@ def test_schedule_warms_up_linearly_then_decays_as_a_cosine():
         assert float(schedule(step)) == pytest.approx(expected, rel=1e-5, abs=1e-12), step
 
 
-def test_sharded_train_step_equals_unsharded():
+def padded_by_one_shard(spec, shape, mesh, fixed=()):
+    """`sharding.stored_layout` as if no split dimension divided: each grows by one shard."""
+    ways = [sharding.split_ways(PartitionSpec(axes), mesh) for axes in tuple(spec) + (None,) * len(shape)]
+    return tuple(-(-n // w) * w + w if w > 1 else n for n, w in zip(shape, ways)), spec
+
+
+def test_sharded_train_step_equals_unsharded(monkeypatch):
     """Two phase-3 steps of the model with every parameter kind on a 2×2×2 mesh and on one
     device, with SGD at lr 1 so that each step's update is its gradient: loss, gradient norm and
     every trained leaf's gradient, placed like its parameter. (Adam's update is ±lr wherever a
-    gradient is non-zero: it would hide a gradient scaled wrongly across shards.)"""
+    gradient is non-zero: it would hide a gradient scaled wrongly across shards.) The frozen
+    leaves are stored padded, as a mesh whose axes do not divide them stores them."""
     _, batch = one_device_trainer("instruction_tuning")
+    monkeypatch.setattr(sharding, "stored_layout", padded_by_one_shard)
     results = []
     for mesh in (make_mesh(1, 1, 1, devices=jax.devices()[:1]), make_mesh(2, 2, 2)):
         trainer = make_trainer(tiny_config("frame_cross_attention"), mesh, train_config("instruction_tuning"), 10,
                                optimizer=optax.sgd(1.0))
         shardings = jax.tree.map(lambda s: s.sharding, merge_params(trainer.abstract_state["trainable"],
-                                                                   trainer.abstract_frozen))
+                                                                   trainer.frozen_shapes))
         params = jax.device_put(fresh(superset_params()), shardings)
         split = on_first_device(params) < sum(x.size for x in jax.tree.leaves(params)) / 2
         assert split == (mesh.size > 1)  # split over the mesh, not copied to every device
         state, frozen = trainer.init_state(params)
+        padded = [a.shape != b.shape for a, b in zip(jax.tree.leaves(frozen), jax.tree.leaves(trainer.frozen_shapes))]
+        assert any(padded) == (mesh.size > 1)
+        whole = trainer.params(state, frozen)  # padding sliced off again
+        for a, b in zip(jax.tree.leaves(whole), jax.tree.leaves(params)):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
         with trainer.activate():
             steps = []
             for _ in range(2):
