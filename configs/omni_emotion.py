@@ -124,6 +124,7 @@ def train_config(phase: str, variant: str) -> ml_collections.ConfigDict:
         adam_eps=1e-8,
         max_grad_norm=1.0,  # clipping by global norm (0: none)
         remat="full",  # the LM's rematerialisation policy (layers.scan.REMAT_POLICIES); the towers are frozen
+        attention_impl="auto",  # auto | xla | cudnn | splash (layers.attention.select_implementation)
         param_dtype="float32",
         compute_dtype="float32" if tiny else "bfloat16",
         seed=0,  # initialisation without --init
@@ -169,6 +170,7 @@ def eval_config(variant: str) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(dict(
         modalities="v,a,f",  # the paper's ablation (Table 1): v, v,a or v,a,f
         dtype="bfloat16" if variant == "7b" else "float32",  # parameters and compute
+        attention_impl="auto",  # auto | xla | cudnn | splash (layers.attention.select_implementation)
         batch_size=8,  # clips per process per generation batch (a multiple of its data x fsdp devices)
         max_new_tokens=64 if variant == "7b" else 16,
         temperature=0.0,  # 0: greedy

@@ -22,6 +22,13 @@ def override_fields(config: dict[str, Any], **values: Any) -> dict[str, Any]:
     return {k: override_fields(v, **values) if isinstance(v, dict) else values.get(k, v) for k, v in config.items()}
 
 
+def with_attention(config: dict[str, Any], implementation: str) -> dict[str, Any]:
+    """`config` with `attention_impl` (layers.attention.select_implementation) set in every
+    (sub-)config that has a dtype: each tower's, also in checkpoints stored without the field."""
+    out = {k: with_attention(v, implementation) if isinstance(v, dict) else v for k, v in config.items()}
+    return {**out, "attention_impl": implementation} if "dtype" in config else out
+
+
 def unstack_layers(params: dict[str, Any], target: Any) -> dict[str, Any]:
     """Stored (scanned) params → the unrolled layout of `target`: where `target` has
     "layers_0", "layers_1", ... and `params` has "layers", each stacked leaf is sliced and then
@@ -45,14 +52,15 @@ def unstack_layers(params: dict[str, Any], target: Any) -> dict[str, Any]:
 
 
 def load_pretrained(path: str | os.PathLike, dtype: str | Any = "float32", mesh: jax.sharding.Mesh | None = None,
-                    scan_layers: bool = True) -> tuple[nn.Module, Any]:
+                    scan_layers: bool = True, attention_impl: str = "auto") -> tuple[nn.Module, Any]:
     """Loads a directory written by `convert/hf_to_orbax.py`.
 
     dtype: parameter and compute dtype ("float32", "bfloat16", ...); stored parameters are
     cast while restoring. mesh: restore every leaf directly into its shards on this mesh,
     placed by the logical-axis rules of `omni_jax.sharding` (no host holds a whole copy).
     scan_layers=False unrolls the language model's layers (faster decoding on CPU; longer
-    compiles): for inference, while training keeps them scanned.
+    compiles): for inference, while training keeps them scanned. attention_impl: the attention
+    kernels (auto | xla | cudnn | splash, `layers.attention.select_implementation`).
     Returns `(model, params)`: `model.apply({"params": params}, **inputs)`.
     """
     import orbax.checkpoint.experimental.v1 as ocp
@@ -60,7 +68,8 @@ def load_pretrained(path: str | os.PathLike, dtype: str | Any = "float32", mesh:
     dtype = jnp.dtype(dtype).name
     meta = read_converted_config(path)
     family = registry.FAMILIES[meta["model_type"]]
-    stored_config = registry.to_config(override_fields(meta["config"], dtype=dtype, param_dtype=dtype))
+    stored_config = registry.to_config(with_attention(override_fields(meta["config"], dtype=dtype, param_dtype=dtype),
+                                                      attention_impl))
     abstract = registry.abstract_params(family, stored_config)
     if mesh is None:
         shardings = jax.tree.map(lambda _: jax.sharding.SingleDeviceSharding(jax.devices()[0]), abstract)

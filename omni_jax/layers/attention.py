@@ -7,14 +7,23 @@ The KV cache lives in the flax "cache" collection as `[batch, max_length, kv_hea
 buffers; the caller owns the write slot (one per model, shared by the batch). Left-padded
 prompts keep one slot for the whole batch; padding is excluded through the key mask, and
 positions come from the attention mask, so a padded row decodes exactly as it would alone.
+
+One entry point, `dot_product_attention`, runs every attention of every tower, with the kernel
+chosen per call site by `select_implementation` (config `attention_impl`: auto | xla | cudnn |
+splash): cuDNN's flash attention on NVIDIA GPUs, the Pallas splash kernel on TPUs (or anywhere in
+Pallas' interpret mode, which the CPU tests use), and the chunked XLA path otherwise: with an
+additive bias (Swin), for cached decoding, for shapes a kernel does not take, and in float32 on
+GPUs (cuDNN's flash kernel is half precision: `auto` never changes numerics beyond bf16's).
 """
 from __future__ import annotations
 
 from typing import Any
 
 import flax.linen as nn
+import flax.struct
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from omni_jax.layers.linears import DenseGeneral, default_kernel_init
 from omni_jax.layers.rotary import apply_rotary
@@ -36,21 +45,76 @@ def make_causal_mask(key_segments: jax.Array, q_positions: jax.Array) -> jax.Arr
     return (causal[None] & same & (key_segments[:, None, :] != 0))[:, None]
 
 
+@flax.struct.dataclass
+class CausalMask:
+    """Causal self-attention in the form fused kernels take; `dense()` is the boolean mask.
+
+    key_segments: [batch, kv] 0 at padding, else 1 or segment ids (packed rows); q_slots: [q]
+    the queries' slots. from_start (static): the queries are slots 0 … q-1 of a kv of q slots
+    (training, a forward without cache), the only causal layout the kernels are given.
+    """
+    key_segments: jax.Array
+    q_slots: jax.Array
+    from_start: bool = flax.struct.field(pytree_node=False, default=False)
+
+    def dense(self) -> jax.Array:
+        return make_causal_mask(self.key_segments, self.q_slots)
+
+
+IMPLEMENTATIONS = ("auto", "xla", "cudnn", "splash")
 QUERY_CHUNK = 256
+SPLASH_BLOCK = 128  # the splash kernel's tile along q and kv: both lengths must be multiples
+
+
+def select_implementation(requested: str, backend: str, dtype: Any, head_dim: int, q_len: int, kv_len: int,
+                          mask: CausalMask | jax.Array | None, bias: jax.Array | None) -> str:
+    """The kernel one call site runs: "xla", "cudnn" or "splash".
+
+    `requested` "auto" means cuDNN on GPUs and splash on TPUs; a kernel named explicitly is used
+    on any backend that runs it (splash: all, through Pallas' interpret mode off TPU; cuDNN:
+    GPUs only, else ValueError). Either way a call the kernel cannot take runs XLA: an additive
+    bias, a dense mask or a causal mask not from the start (cached decoding), cuDNN outside
+    bf16/fp16 or head_dim > 128 or not a multiple of 8, splash at lengths not multiples of
+    SPLASH_BLOCK.
+    """
+    if requested not in IMPLEMENTATIONS:
+        raise ValueError(f"attention_impl {requested!r}: choose one of {IMPLEMENTATIONS}")
+    kernel = {"gpu": "cudnn", "tpu": "splash"}.get(backend, "xla") if requested == "auto" else requested
+    if kernel == "cudnn" and backend != "gpu":
+        raise ValueError(f"attention_impl 'cudnn' needs an NVIDIA GPU; JAX's backend here is {backend!r}")
+    structured = mask is None or (isinstance(mask, CausalMask) and mask.from_start)
+    if kernel == "xla" or bias is not None or not structured:
+        return "xla"
+    if kernel == "cudnn":
+        supported = jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16) and head_dim <= 128 and head_dim % 8 == 0
+    else:
+        supported = q_len % SPLASH_BLOCK == 0 and kv_len % SPLASH_BLOCK == 0
+    return kernel if supported else "xla"
 
 
 def dot_product_attention(query: jax.Array, key: jax.Array, value: jax.Array,
-                          mask: jax.Array | None, bias: jax.Array | None = None,
-                          query_chunk: int = QUERY_CHUNK) -> jax.Array:
+                          mask: CausalMask | jax.Array | None, bias: jax.Array | None = None,
+                          query_chunk: int = QUERY_CHUNK, implementation: str = "xla") -> jax.Array:
     """query: [batch, q, heads, head_dim]; key/value: [batch, kv, kv_heads, head_dim].
 
-    mask: [batch, 1, q, kv] bool. bias: additive logits bias [batch or 1, heads, q, kv] (Swin's
-    relative positions and shifted-window mask), added in float32 before the mask.
-    Heads are grouped (GQA) without repeating K/V; softmax runs in float32. Queries longer
-    than `query_chunk` are processed in chunks, so the [heads, q, kv] logits never exist whole:
-    memory stays linear in q, and on CPU the chunk's logits stay in cache (2.7x faster at
-    Whisper's 1500 tokens than one [1500, 1500] softmax).
+    mask: a CausalMask, or [batch, 1, q, kv] bool. bias: additive logits bias [batch or 1,
+    heads, q, kv] (Swin's relative positions and shifted-window mask), added in float32 before
+    the mask. `implementation` as `select_implementation` resolves it for this call.
+
+    The XLA path groups heads (GQA) without repeating K/V; softmax runs in float32. Queries
+    longer than `query_chunk` are processed in chunks, so the [heads, q, kv] logits never exist
+    whole: memory stays linear in q, and on CPU the chunk's logits stay in cache (2.7x faster at
+    Whisper's 1500 tokens than one [1500, 1500] softmax). Outputs at padding queries are
+    unused and differ between kernels.
     """
+    chosen = select_implementation(implementation, jax.default_backend(), query.dtype, query.shape[-1],
+                                   query.shape[1], key.shape[1], mask, bias)
+    if chosen == "cudnn":
+        return _cudnn(query, key, value, mask)
+    if chosen == "splash":
+        return _splash(query, key, value, mask, interpret=jax.default_backend() != "tpu")
+    if isinstance(mask, CausalMask):
+        mask = mask.dense()
     q_len = query.shape[1]
     if q_len <= query_chunk or bias is not None:
         return _attend(query, key, value, mask, bias)
@@ -90,6 +154,55 @@ def _attend(query, key, value, mask, bias):
     return out.reshape(batch, q_len, heads, head_dim)
 
 
+def _cudnn_arguments(query, key, value, mask: CausalMask | None) -> dict[str, Any]:
+    """`jax.nn.dot_product_attention`'s arguments for this call: causal from the start with the
+    padding and segments as a boolean mask (the kernel skips the blocks above the diagonal)."""
+    return dict(query=query, key=key, value=value, is_causal=mask is not None,
+                mask=None if mask is None else mask.dense())
+
+
+def _cudnn(query, key, value, mask):
+    return jax.nn.dot_product_attention(**_cudnn_arguments(query, key, value, mask), implementation="cudnn")
+
+
+def _splash(query: jax.Array, key: jax.Array, value: jax.Array, mask: CausalMask | None, interpret: bool) -> jax.Array:
+    """The splash kernel, one query-head group per KV head (its MQA form), over the batch and the
+    KV heads; split over the active mesh as the activations' logical rules split them."""
+    from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as splash
+    from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as masks
+
+    batch, q_len, heads, head_dim = query.shape
+    kv_len, kv_heads = key.shape[1:3]
+    groups = heads // kv_heads
+    shape = (q_len, kv_len)
+    kernel = splash.make_splash_mqa_single_device(
+        masks.MultiHeadMask([masks.CausalMask(shape) if mask is not None else masks.FullMask(shape)] * groups),
+        block_sizes=splash.BlockSizes(*(SPLASH_BLOCK,) * 8), interpret=interpret)
+    # Causal from the start: queries and keys are the same slots, so they share segment ids.
+    kv_ids = jnp.ones((batch, kv_len), jnp.int32) if mask is None else mask.key_segments.astype(jnp.int32)
+    q_ids = jnp.ones((batch, q_len), jnp.int32) if mask is None else kv_ids
+
+    def attend(query, key, value, q_ids, kv_ids):  # [batch, q|kv, (kv_)heads, d], [batch, q], [batch, kv]
+        q = (query * head_dim ** -0.5).reshape(*query.shape[:2], -1, groups, head_dim).transpose(0, 2, 3, 1, 4)
+        k, v = key.transpose(0, 2, 1, 3), value.transpose(0, 2, 1, 3)
+        per_head = lambda q, k, v, q_ids, kv_ids: kernel(q, k, v, segment_ids=splash.SegmentIds(q=q_ids, kv=kv_ids))
+        out = jax.vmap(jax.vmap(per_head, in_axes=(0, 0, 0, None, None)))(q, k, v, q_ids, kv_ids)
+        return out.transpose(0, 3, 1, 2, 4).reshape(query.shape)
+
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty:
+        return attend(query, key, value, q_ids, kv_ids)
+    # A Pallas kernel is not partitioned by XLA: each device runs it on its batch rows and heads.
+    batch_axes, heads_axes = nn.logical_to_mesh_axes(("activation_batch", "activation_heads"))
+    ways = lambda axes: int(np.prod([mesh.shape[a] for a in (axes if isinstance(axes, tuple) else (axes,))
+                                     if a is not None]))
+    batch_axes = batch_axes if batch % ways(batch_axes) == 0 else None
+    heads_axes = heads_axes if kv_heads % ways(heads_axes) == 0 else None
+    qkv, ids = jax.sharding.PartitionSpec(batch_axes, None, heads_axes, None), jax.sharding.PartitionSpec(batch_axes)
+    return jax.shard_map(attend, mesh=mesh, in_specs=(qkv, qkv, qkv, ids, ids), out_specs=qkv,
+                         check_vma=False)(query, key, value, q_ids, kv_ids)
+
+
 class Attention(nn.Module):
     """Self-attention: q/k/v projections to `[embed, heads, head_dim]` kernels, optional rotary,
     grouped KV heads, output projection `[heads, head_dim, embed]`.
@@ -106,6 +219,7 @@ class Attention(nn.Module):
     out_name: str = "o_proj"
     out_init: Any = default_kernel_init  # zeros: a residual branch that starts as nothing
     decode: bool = False
+    implementation: str = "auto"  # the config's attention_impl (select_implementation)
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
 
@@ -114,7 +228,7 @@ class Attention(nn.Module):
                  rotary: tuple[jax.Array, jax.Array] | None = None,
                  cache_slot: jax.Array | None = None, bias: jax.Array | None = None,
                  kv: jax.Array | None = None) -> jax.Array:
-        """x: [batch, length, embed]; mask: [batch, 1, length, kv_length] bool;
+        """x: [batch, length, embed]; mask: CausalMask or [batch, 1, length, kv_length] bool;
         rotary: (cos, sin) each [batch, length, head_dim]; cache_slot: scalar int, where this
         step's keys/values are written when decoding; bias: additive [batch or 1, heads, length,
         kv_length] logits bias; kv: [batch, kv_length, kv_embed], the keys' and values' source
@@ -136,7 +250,7 @@ class Attention(nn.Module):
         query = nn.with_logical_constraint(query, ("activation_batch", "activation_length", "activation_heads", None))
         if self.decode:
             key, value = self._update_cache(key, value, cache_slot)
-        out = dot_product_attention(query, key, value, mask, bias)
+        out = dot_product_attention(query, key, value, mask, bias, implementation=self.implementation)
         out = nn.with_logical_constraint(out, ("activation_batch", "activation_length", "activation_heads", None))
         return DenseGeneral(x.shape[-1], ("heads", "head_dim", "embed"), axis=(-2, -1), use_bias=self.out_bias,
                             kernel_init=self.out_init, dtype=self.dtype, param_dtype=self.param_dtype,

@@ -88,6 +88,7 @@ class FaceCrossAttention(nn.Module):
 
     num_heads: int
     epsilon: float = 1e-6
+    implementation: str = "auto"  # attention_impl
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
 
@@ -96,7 +97,8 @@ class FaceCrossAttention(nn.Module):
         dtypes = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         width = face.shape[-1]
         attention = Attention(self.num_heads, self.num_heads, width // self.num_heads, qkv_bias=True, out_bias=True,
-                              out_init=nn.initializers.zeros_init(), name="attention", **dtypes)
+                              out_init=nn.initializers.zeros_init(), implementation=self.implementation,
+                              name="attention", **dtypes)
         query = LayerNorm(self.epsilon, name="query_norm", **dtypes)(face)
         return face + attention(query, kv=LayerNorm(self.epsilon, name="key_value_norm", **dtypes)(visual))
 
@@ -120,7 +122,8 @@ class OmniEmotion(LlavaOnevisionForConditionalGeneration):
                                           nn.with_logical_partitioning(nn.initializers.zeros_init(), (None, "embed")),
                                           (cfg.num_frames, cfg.text.hidden_size), dtypes["param_dtype"])
         if cfg.fusion == "frame_cross_attention":
-            self.face_cross_attention = FaceCrossAttention(cfg.cross_attention_heads, **dtypes)
+            self.face_cross_attention = FaceCrossAttention(cfg.cross_attention_heads,
+                                                           implementation=cfg.text.get("attention_impl", "auto"), **dtypes)
 
     def video_block(self, pixel_values_videos: jax.Array, face_pixels: jax.Array, has_video: jax.Array | None = None,
                     has_face: jax.Array | None = None) -> jax.Array:

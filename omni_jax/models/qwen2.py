@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from omni_jax.layers import (Attention, DenseGeneral, Embed, GatedMlp, RMSNorm, apply_layers, make_causal_mask,
+from omni_jax.layers import (Attention, CausalMask, DenseGeneral, Embed, GatedMlp, RMSNorm, apply_layers,
                              rotary_cos_sin)
 
 ACT = ("activation_batch", "activation_length", "activation_embed")
@@ -88,7 +88,7 @@ class DecoderLayer(nn.Module):
                                     name=name)
         x = nn.with_logical_constraint(x, ACT)
         h = Attention(cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, qkv_bias=True, decode=self.decode,
-                      dtype=dtype, param_dtype=param_dtype, name="self_attn")(norm("input_layernorm")(x), mask, rotary, cache_slot)
+                      implementation=cfg.get("attention_impl", "auto"), dtype=dtype, param_dtype=param_dtype, name="self_attn")(norm("input_layernorm")(x), mask, rotary, cache_slot)
         x = x + h
         h = GatedMlp(cfg.intermediate_size, cfg.hidden_act, dtype=dtype, param_dtype=param_dtype,
                      name="mlp")(norm("post_attention_layernorm")(x))
@@ -135,7 +135,7 @@ class Qwen2Model(nn.Module):
             attention_mask = jnp.ones((batch, length), jnp.int32)
         if position_ids is None:
             position_ids = jnp.take(positions_from_mask(attention_mask), q_slots, axis=1)
-        mask = make_causal_mask(attention_mask.astype(jnp.int32), q_slots)
+        mask = CausalMask(attention_mask.astype(jnp.int32), q_slots, from_start=not decode)
         rotary = rotary_cos_sin(position_ids, cfg.head_dim, cfg.rope_theta)
         x, per_layer = apply_layers(DecoderLayer, cfg.num_layers, x, mask, rotary, cache_slot,
                                     remat=cfg.remat_policy, scan=cfg.get("scan_layers", True), config=cfg,

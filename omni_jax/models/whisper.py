@@ -75,7 +75,8 @@ class WhisperEncoderLayer(nn.Module):
         x = nn.with_logical_constraint(x, ACT)
         heads = cfg.num_heads
         x = x + Attention(heads, heads, cfg.hidden_size // heads, qkv_bias=(True, False, True), out_bias=True,
-                          out_name="out_proj", name="self_attn", **_dtypes(cfg))(ln("self_attn_layer_norm")(x))
+                          out_name="out_proj", implementation=cfg.get("attention_impl", "auto"), name="self_attn",
+                          **_dtypes(cfg))(ln("self_attn_layer_norm")(x))
         h = Mlp(cfg.intermediate_size, activation=cfg.activation_function, name="mlp",
                 **_dtypes(cfg))(ln("final_layer_norm")(x))
         x = nn.with_logical_constraint(x + h, ACT)

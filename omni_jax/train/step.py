@@ -30,7 +30,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from omni_jax import registry, sharding
 from omni_jax.models.omni_emotion import OmniEmotion
-from omni_jax.pretrained import override_fields
+from omni_jax.pretrained import override_fields, with_attention
 from omni_jax.runs import model_config
 from omni_jax.train.loss import next_token_loss
 
@@ -46,9 +46,9 @@ PHASES: dict[str, tuple[str, ...]] = {
 
 def training_model_config(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """The model's fields with the run's dtypes (parameters in param_dtype, compute in
-    compute_dtype) and the LM's remat policy."""
-    fields = override_fields(model_config(cfg).to_dict(), dtype=cfg.train.compute_dtype,
-                       param_dtype=cfg.train.param_dtype)
+    compute_dtype), attention kernels and the LM's remat policy."""
+    fields = with_attention(override_fields(model_config(cfg).to_dict(), dtype=cfg.train.compute_dtype,
+                                           param_dtype=cfg.train.param_dtype), cfg.train.attention_impl)
     fields["text"]["remat_policy"] = cfg.train.remat
     return ml_collections.ConfigDict(fields)
 

@@ -52,7 +52,8 @@ log = logging.getLogger(__name__)
 # it reports, not what it computes (a restored state fits any mesh).
 RESUMABLE = ("mesh", "data.workers", "data.threads", "data.prefetch", "train.log_every", "train.profile_steps",
              "train.checkpoint_every", "train.checkpoint_every_minutes", "train.keep_checkpoints", "train.keep_every",
-             "train.peak_flops_per_device", "train.allow_config_change", "train.eval_every", "eval", "evals")
+             "train.peak_flops_per_device", "train.allow_config_change", "train.eval_every", "train.attention_impl",
+             "eval", "evals")
 
 
 class NonFiniteError(RunStopped):

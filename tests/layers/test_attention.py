@@ -1,9 +1,14 @@
-"""Attention against a direct NumPy softmax, chunked and whole, with GQA and masks."""
+"""Attention against a direct NumPy softmax, chunked and whole, with GQA and masks; the fused
+kernels against the XLA path; which kernel each backend picks."""
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from omni_jax.layers.attention import dot_product_attention, make_causal_mask
+from omni_jax import sharding
+from omni_jax.layers import attention
+from omni_jax.layers.attention import (SPLASH_BLOCK, CausalMask, dot_product_attention, make_causal_mask,
+                                       select_implementation)
 from tests.conftest import rel_err
 
 
@@ -35,3 +40,105 @@ def test_attention_equals_reference(q_len, chunk, masked):
     ref = _reference(q, k, v, mask)
     rows = np.ones((2, q_len), bool) if mask is None else mask[:, 0].any(-1)
     assert rel_err(ours[rows], ref[rows]) < 1e-5
+
+
+# The kernels: each runs where its backend allows and equals the XLA path (splash through
+# Pallas' interpret mode on the CPU; cuDNN only on a GPU, so here its arguments are checked
+# through jax.nn.dot_product_attention's XLA implementation); and what `auto` picks per backend.
+
+LENGTH = 2 * SPLASH_BLOCK
+
+
+def _inputs(batch=2, heads=4, kv_heads=2, head_dim=32, seed=0):
+    rng = np.random.default_rng(seed)
+    q = rng.standard_normal((batch, LENGTH, heads, head_dim)).astype(np.float32)
+    k, v = (rng.standard_normal((batch, LENGTH, kv_heads, head_dim)).astype(np.float32) for _ in range(2))
+    # row 0: two packed examples then right padding; row 1: one example, left padding
+    segments = np.zeros((batch, LENGTH), np.int32)
+    segments[0, :100], segments[0, 100:230] = 1, 2
+    segments[1, 20:] = 1
+    return jnp.asarray(q), jnp.asarray(k), jnp.asarray(v), jnp.asarray(segments)
+
+
+def _masks(segments):
+    return {"causal": CausalMask(segments, jnp.arange(LENGTH), from_start=True), "none": None}
+
+
+@pytest.mark.parametrize("masking", ["causal", "none"])
+def test_splash_kernel_and_its_gradient_equal_the_xla_path(masking):
+    q, k, v, segments = _inputs()
+    mask = _masks(segments)[masking]
+    real = np.asarray(segments != 0)[:, :, None, None] if mask is not None else np.ones((1, 1, 1, 1), bool)
+
+    def loss(q, k, v, implementation):  # outputs at padding queries are unused and differ
+        out = dot_product_attention(q, k, v, mask, implementation=implementation)
+        return jnp.sum(jnp.where(real, out, 0.0) ** 2), out
+
+    (xla_loss, xla_out), xla_grads = jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True)(q, k, v, "xla")
+    (splash_loss, splash_out), splash_grads = jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True)(
+        q, k, v, "splash")
+    rows = np.broadcast_to(real, xla_out.shape)
+    assert rel_err(np.asarray(splash_out)[rows], np.asarray(xla_out)[rows]) < 1e-5
+    for ours, ref in zip(splash_grads, xla_grads):
+        assert rel_err(ours, ref) < 1e-5
+
+
+def test_splash_cross_attention_equals_the_xla_path():
+    """Queries and keys of different lengths, no mask (the face-to-frame cross-attention)."""
+    q, k, v, _ = _inputs()
+    q = q[:, :SPLASH_BLOCK]
+    expected = dot_product_attention(q, k, v, None, implementation="xla")
+    assert rel_err(dot_product_attention(q, k, v, None, implementation="splash"), expected) < 1e-5
+
+
+def test_splash_is_split_over_the_mesh_as_the_activations():
+    """Inside a sharded jit the kernel runs per device (shard_map over batch and heads)."""
+    q, k, v, segments = _inputs(batch=4, heads=4, kv_heads=2)
+    mask = _masks(segments)["causal"]
+    expected = dot_product_attention(q, k, v, mask, implementation="xla")
+    mesh = sharding.make_mesh(2, 2, 2)
+    with sharding.activate(mesh):
+        out = jax.jit(lambda q, k, v, s: dot_product_attention(
+            q, k, v, CausalMask(s, jnp.arange(LENGTH), from_start=True), implementation="splash"))(q, k, v, segments)
+    real = np.asarray(segments != 0)
+    assert rel_err(np.asarray(out)[real], np.asarray(expected)[real]) < 1e-5
+
+
+@pytest.mark.parametrize("masking", ["causal", "none"])
+def test_cudnn_arguments_mean_what_the_xla_path_computes(masking):
+    q, k, v, segments = _inputs()
+    mask = _masks(segments)[masking]
+    ours = dot_product_attention(q, k, v, mask, implementation="xla")
+    theirs = jax.nn.dot_product_attention(**attention._cudnn_arguments(q, k, v, mask), implementation="xla")
+    real = np.asarray(segments != 0) if mask is not None else np.ones(segments.shape, bool)
+    assert rel_err(np.asarray(theirs)[real], np.asarray(ours)[real]) < 1e-5
+
+
+@pytest.mark.parametrize("requested,backend,dtype,head_dim,length,mask,bias,expected", [
+    ("auto", "gpu", jnp.bfloat16, 128, 4096, "causal", False, "cudnn"),
+    ("auto", "gpu", jnp.bfloat16, 64, 1500, "none", False, "cudnn"),     # Whisper's encoder
+    ("auto", "gpu", jnp.float32, 128, 4096, "causal", False, "xla"),     # cuDNN's flash is half precision
+    ("auto", "gpu", jnp.bfloat16, 256, 4096, "causal", False, "xla"),    # head_dim > 128
+    ("auto", "gpu", jnp.bfloat16, 32, 49, "none", True, "xla"),          # Swin: relative-position bias
+    ("auto", "gpu", jnp.bfloat16, 128, 1, "decode", False, "xla"),       # cached decoding
+    ("auto", "tpu", jnp.bfloat16, 128, 4096, "causal", False, "splash"),
+    ("auto", "tpu", jnp.bfloat16, 64, 1500, "none", False, "xla"),       # 1500 is not a multiple of 128
+    ("auto", "tpu", jnp.bfloat16, 128, 4096, "dense", False, "xla"),     # a mask without structure
+    ("auto", "cpu", jnp.float32, 128, 4096, "causal", False, "xla"),
+    ("splash", "cpu", jnp.float32, 64, 256, "causal", False, "splash"),  # interpret mode
+    ("xla", "tpu", jnp.bfloat16, 128, 4096, "causal", False, "xla"),
+])
+def test_each_backend_picks_its_kernel(requested, backend, dtype, head_dim, length, mask, bias, expected):
+    masks = {"causal": CausalMask(jnp.ones((1, length), jnp.int32), jnp.arange(length), from_start=True),
+             "decode": CausalMask(jnp.ones((1, length), jnp.int32), jnp.arange(1), from_start=False),
+             "dense": jnp.ones((1, 1, length, length), bool), "none": None}
+    chosen = select_implementation(requested, backend, dtype, head_dim, 1 if mask == "decode" else length, length,
+                                   masks[mask], jnp.zeros((1, 1, 1, 1)) if bias else None)
+    assert chosen == expected
+
+
+def test_unknown_or_unavailable_kernels_are_refused():
+    with pytest.raises(ValueError, match="choose one of"):
+        select_implementation("flash", "gpu", jnp.bfloat16, 128, 128, 128, None, None)
+    with pytest.raises(ValueError, match="needs an NVIDIA GPU"):
+        select_implementation("cudnn", "cpu", jnp.bfloat16, 128, 128, 128, None, None)
