@@ -29,6 +29,7 @@ bench: setup
 	$(PY) experiments/bench_audio.py --large
 	$(PY) experiments/bench_data.py
 	$(PY) experiments/bench_generate.py
+	$(PY) experiments/bench_train.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info
