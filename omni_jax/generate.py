@@ -2,9 +2,10 @@
 one token per step (no Python per token). Greedy, or sampling with temperature, top-k and top-p
 (transformers' order: temperature, then top-k, then top-p), seeded.
 
-Works for any model whose `__call__(input_ids, attention_mask, ..., decode=True)` returns
-`logits` (Qwen2ForCausalLM, LlavaOnevisionForConditionalGeneration, OmniEmotion): multimodal inputs go
-to the prefill only. Only the last position's logits are computed (`logits_to_keep=1`): a long
+Works for any model whose `__call__(input_ids, attention_mask, ..., decode=True, prefill=…)`
+returns `logits` (Qwen2ForCausalLM, LlavaOnevisionForConditionalGeneration, OmniEmotion):
+multimodal inputs go to the prefill only, which fills the fresh cache from slot 0 (so its
+attention is causal from the start: the fused kernels' case). Only the last position's logits are computed (`logits_to_keep=1`): a long
 (video) prompt would otherwise build [batch, prompt, vocab] float32 logits, 0.6 GB per 1000
 tokens at Qwen2's vocabulary.
 
@@ -69,9 +70,9 @@ def generate(model: nn.Module, params: Any, input_ids: jax.Array, attention_mask
     cache = init_cache(model, batch, prompt_len + max_new_tokens)
     stop_ids = jnp.asarray(tuple(eos_token_ids) or (-1,), jnp.int32)
 
-    def step(i, cache, tokens, **inputs):
+    def step(i, cache, tokens, prefill=False, **inputs):
         out, variables = model.apply({"params": params, "cache": cache}, input_ids=tokens, attention_mask=full_mask,
-                                     decode=True, logits_to_keep=1, mutable=["cache"], **inputs)
+                                     decode=True, prefill=prefill, logits_to_keep=1, mutable=["cache"], **inputs)
         logits = out["logits"][:, -1].astype(jnp.float32)
         if temperature > 0:
             token = jax.random.categorical(jax.random.fold_in(rng, i), filter_logits(logits, temperature, top_k, top_p))
@@ -79,7 +80,7 @@ def generate(model: nn.Module, params: Any, input_ids: jax.Array, attention_mask
             token = jnp.argmax(logits, axis=-1)
         return token.astype(jnp.int32), variables["cache"]
 
-    token, cache = step(0, cache, input_ids, **prefill_inputs)
+    token, cache = step(0, cache, input_ids, prefill=True, **prefill_inputs)
     generated = jnp.full((batch, max_new_tokens), pad_token_id, jnp.int32).at[:, 0].set(token)
     done = jnp.isin(token, stop_ids)
 

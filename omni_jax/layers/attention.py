@@ -249,7 +249,11 @@ class Attention(nn.Module):
             key = apply_rotary(key, *rotary)
         query = nn.with_logical_constraint(query, ("activation_batch", "activation_length", "activation_heads", None))
         if self.decode:
-            key, value = self._update_cache(key, value, cache_slot)
+            cached = self._update_cache(key, value, cache_slot)
+            # A prefill (causal from the start) fills slots 0 … length-1: its queries see only the
+            # keys it writes, which the kernels take; later steps attend over the whole cache.
+            if not (isinstance(mask, CausalMask) and mask.from_start):
+                key, value = cached
         out = dot_product_attention(query, key, value, mask, bias, implementation=self.implementation)
         out = nn.with_logical_constraint(out, ("activation_batch", "activation_length", "activation_heads", None))
         return DenseGeneral(x.shape[-1], ("heads", "head_dim", "embed"), axis=(-2, -1), use_bias=self.out_bias,

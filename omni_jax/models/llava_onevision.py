@@ -132,7 +132,8 @@ class LlavaOnevisionForConditionalGeneration(nn.Module):
 
     def __call__(self, input_ids: jax.Array, attention_mask: jax.Array | None = None,
                  pixel_values_videos: jax.Array | None = None, position_ids: jax.Array | None = None,
-                 decode: bool = False, output_hidden_states: bool = False, logits_to_keep: int = 0) -> dict[str, Any]:
+                 decode: bool = False, output_hidden_states: bool = False, logits_to_keep: int = 0,
+                 prefill: bool = False) -> dict[str, Any]:
         """input_ids: [batch, length] with `video_token_id` placeholders (frames * tokens + 1 per
         video); pixel_values_videos: [batch, frames, height, width, channels]. Returns logits
         [batch, length, vocab], last_hidden_state and (if asked) hidden_states."""
@@ -143,4 +144,4 @@ class LlavaOnevisionForConditionalGeneration(nn.Module):
                                            features.reshape(input_ids.shape[0], -1, features.shape[-1]))
         return self.language_model(attention_mask=attention_mask, position_ids=position_ids, inputs_embeds=embeds,
                                    decode=decode, output_hidden_states=output_hidden_states,
-                                   logits_to_keep=logits_to_keep)
+                                   logits_to_keep=logits_to_keep, prefill=prefill)

@@ -196,7 +196,7 @@ class OmniEmotion(LlavaOnevisionForConditionalGeneration):
                  input_features: jax.Array | None = None, has_video: jax.Array | None = None,
                  has_face: jax.Array | None = None, has_audio: jax.Array | None = None,
                  position_ids: jax.Array | None = None, decode: bool = False, output_hidden_states: bool = False,
-                 logits_to_keep: int = 0) -> dict[str, Any]:
+                 logits_to_keep: int = 0, prefill: bool = False) -> dict[str, Any]:
         """input_ids: [batch, length] laid out by `multimodal_prompt_ids`; input_features:
         [batch, windows, n_mels, 3000]; has_*: [batch] bool (None: present). Returns logits
         [batch, length, vocab] (float32), last_hidden_state and (if asked) hidden_states."""
@@ -204,7 +204,7 @@ class OmniEmotion(LlavaOnevisionForConditionalGeneration):
                                    has_video, has_face, has_audio)
         return self.language_model(attention_mask=attention_mask, position_ids=position_ids, inputs_embeds=embeds,
                                    decode=decode, output_hidden_states=output_hidden_states,
-                                   logits_to_keep=logits_to_keep)
+                                   logits_to_keep=logits_to_keep, prefill=prefill)
 
 
 def fill_token_rows(table: jax.Array, token_ids: Sequence[int], trained_rows: int, vocab_axis: int,

@@ -109,17 +109,22 @@ class Qwen2Model(nn.Module):
 
     @nn.compact
     def __call__(self, input_ids=None, attention_mask=None, position_ids=None, inputs_embeds=None,
-                 decode: bool = False, output_hidden_states: bool = False) -> dict[str, Any]:
+                 decode: bool = False, output_hidden_states: bool = False, prefill: bool = False) -> dict[str, Any]:
         """input_ids: [batch, length] (or inputs_embeds [batch, length, embed]).
 
         attention_mask: [batch, length] 1 for real tokens, 0 for padding, or segment ids (1, 2, …)
         for rows packed with several examples, which then neither see each other nor share
         positions; when decoding, [batch, cache_length] covering every cache slot (prompt,
         generated and still-to-come tokens).
+        prefill (with decode): the first call on a fresh cache, which it fills from slot 0; its
+        queries then attend to the keys it writes, causally from the start, which the fused
+        attention kernels take.
         Returns last_hidden_state [batch, length, embed] and, if asked, hidden_states: the
         embeddings and each layer's output (the last one after the final norm), as transformers.
         """
         cfg = self.config
+        if prefill and not decode:
+            raise ValueError("prefill fills the KV cache: it needs decode=True")
         x = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds.astype(jnp.dtype(cfg.dtype))
         batch, length = x.shape[:2]
         cache_slot = jnp.zeros((), jnp.int32)
@@ -135,7 +140,10 @@ class Qwen2Model(nn.Module):
             attention_mask = jnp.ones((batch, length), jnp.int32)
         if position_ids is None:
             position_ids = jnp.take(positions_from_mask(attention_mask), q_slots, axis=1)
-        mask = CausalMask(attention_mask.astype(jnp.int32), q_slots, from_start=not decode)
+        if prefill:
+            mask = CausalMask(attention_mask[:, :length].astype(jnp.int32), jnp.arange(length), from_start=True)
+        else:
+            mask = CausalMask(attention_mask.astype(jnp.int32), q_slots, from_start=not decode)
         rotary = rotary_cos_sin(position_ids, cfg.head_dim, cfg.rope_theta)
         x, per_layer = apply_layers(DecoderLayer, cfg.num_layers, x, mask, rotary, cache_slot,
                                     remat=cfg.remat_policy, scan=cfg.get("scan_layers", True), config=cfg,
@@ -174,11 +182,12 @@ class Qwen2ForCausalLM(nn.Module):
                                           ("activation_batch", "activation_length", "activation_vocab"))
 
     def __call__(self, input_ids=None, attention_mask=None, position_ids=None, inputs_embeds=None,
-                 decode: bool = False, output_hidden_states: bool = False, logits_to_keep: int = 0) -> dict[str, Any]:
+                 decode: bool = False, output_hidden_states: bool = False, logits_to_keep: int = 0,
+                 prefill: bool = False) -> dict[str, Any]:
         """As Qwen2Model, plus logits [batch, length, vocab] (float32) — for the last
         `logits_to_keep` positions only when it is > 0, as transformers."""
         out = self.model(input_ids, attention_mask, position_ids, inputs_embeds, decode=decode,
-                         output_hidden_states=output_hidden_states)
+                         output_hidden_states=output_hidden_states, prefill=prefill)
         hidden = out["last_hidden_state"]
         out["logits"] = self.logits(hidden[:, -logits_to_keep:] if logits_to_keep else hidden)
         return out

@@ -83,23 +83,51 @@ def test_packed_row_equals_its_examples_alone(qwen2_untied):
         assert rel_err(packed[:, start:stop], alone) < RTOL
 
 
-def test_kv_cache_decoding_equals_full_forward(qwen2_untied):
+def _decoded_logits(model, params, ids, mask, prompt, prefill):
+    """Logits of `ids` fed through the KV cache: the first `prompt` tokens at once, then one by one."""
+    cache = init_cache(model, ids.shape[0], ids.shape[1])
+    step = jax.jit(lambda cache, tokens, prefill: model.apply(
+        {"params": params, "cache": cache}, input_ids=tokens, attention_mask=jnp.asarray(mask), decode=True,
+        prefill=prefill, mutable=["cache"]), static_argnums=2)
+    out, variables = step(cache, jnp.asarray(ids[:, :prompt]), prefill)
+    logits = [out["logits"]]
+    for t in range(prompt, ids.shape[1]):
+        out, variables = step(variables["cache"], jnp.asarray(ids[:, t:t + 1]), False)
+        logits.append(out["logits"])
+    return np.concatenate([np.asarray(x) for x in logits], axis=1)
+
+
+@pytest.mark.parametrize("prefill", [False, True])
+def test_kv_cache_decoding_equals_full_forward(qwen2_untied, prefill):
+    """The first call fills the cache as any step (attending over the whole cache) or as a
+    prefill (over its own keys, causal from the start): the same logits either way."""
     hf, root = qwen2_untied
     model, params = omni_jax.load_pretrained(root / "ox")
     ids = _ids(2, 14, hf.config.vocab_size, seed=2)
     mask = np.ones_like(ids)
     mask[0, :3] = 0
     full = model.apply({"params": params}, input_ids=jnp.asarray(ids), attention_mask=jnp.asarray(mask))["logits"]
-    prompt = 6
-    cache = init_cache(model, 2, ids.shape[1])
-    step = jax.jit(lambda cache, tokens: model.apply({"params": params, "cache": cache}, input_ids=tokens,
-                                                     attention_mask=jnp.asarray(mask), decode=True, mutable=["cache"]))
-    out, variables = step(cache, jnp.asarray(ids[:, :prompt]))
-    logits = [out["logits"]]
-    for t in range(prompt, ids.shape[1]):
-        out, variables = step(variables["cache"], jnp.asarray(ids[:, t:t + 1]))
-        logits.append(out["logits"])
-    cached = np.concatenate([np.asarray(x) for x in logits], axis=1)
+    cached = _decoded_logits(model, params, ids, mask, 6, prefill)
+    real = mask == 1
+    assert rel_err(cached[real], np.asarray(full)[real]) < RTOL
+
+
+def test_prefill_runs_the_attention_kernel(qwen2_untied):
+    """attention_impl="splash" (interpret mode): a 128-token left-padded prefill runs the kernel
+    and then decoding continues from the cache it wrote, as the XLA model's full forward."""
+    hf, root = qwen2_untied
+    xla_model, params = omni_jax.load_pretrained(root / "ox", attention_impl="xla")
+    splash_model, _ = omni_jax.load_pretrained(root / "ox", attention_impl="splash")
+    ids = _ids(2, 130, hf.config.vocab_size, seed=4)
+    mask = np.ones_like(ids)
+    mask[1, :10] = 0
+    full = xla_model.apply({"params": params}, input_ids=jnp.asarray(ids), attention_mask=jnp.asarray(mask))["logits"]
+    cache = init_cache(splash_model, 2, 130)
+    prefill = jax.make_jaxpr(lambda c: splash_model.apply({"params": params, "cache": c}, input_ids=ids[:, :128],
+                                                          attention_mask=mask, decode=True, prefill=True,
+                                                          mutable=["cache"]))(cache)
+    assert "pallas_call" in str(prefill)
+    cached = _decoded_logits(splash_model, params, ids, mask, 128, prefill=True)
     real = mask == 1
     assert rel_err(cached[real], np.asarray(full)[real]) < RTOL
 
