@@ -23,10 +23,10 @@ import flax.linen as nn
 import flax.struct
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from omni_jax.layers.linears import DenseGeneral, default_kernel_init
 from omni_jax.layers.rotary import apply_rotary
+from omni_jax.sharding import split_ways
 
 _MASKED = -0.7 * float(jnp.finfo(jnp.float32).max)
 
@@ -194,8 +194,7 @@ def _splash(query: jax.Array, key: jax.Array, value: jax.Array, mask: CausalMask
         return attend(query, key, value, q_ids, kv_ids)
     # A Pallas kernel is not partitioned by XLA: each device runs it on its batch rows and heads.
     batch_axes, heads_axes = nn.logical_to_mesh_axes(("activation_batch", "activation_heads"))
-    ways = lambda axes: int(np.prod([mesh.shape[a] for a in (axes if isinstance(axes, tuple) else (axes,))
-                                     if a is not None]))
+    ways = lambda axes: split_ways(jax.sharding.PartitionSpec(axes), mesh)
     batch_axes = batch_axes if batch % ways(batch_axes) == 0 else None
     heads_axes = heads_axes if kv_heads % ways(heads_axes) == 0 else None
     qkv, ids = jax.sharding.PartitionSpec(batch_axes, None, heads_axes, None), jax.sharding.PartitionSpec(batch_axes)

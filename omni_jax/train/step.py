@@ -203,11 +203,10 @@ class Trainer:
     def init_state(self, params: Any) -> tuple[dict[str, Any], Any]:
         """(state at step 0, frozen as stored) from a whole parameter tree placed on the mesh."""
         trainable, frozen = split_params(params, self.mask)
-        shardings_of = lambda tree: jax.tree.map(lambda s: s.sharding, tree)
         with self.activate():
-            opt_state = jax.jit(self.optimizer.init, out_shardings=shardings_of(self.abstract_state["opt_state"]))(
+            opt_state = jax.jit(self.optimizer.init, out_shardings=_shardings(self.abstract_state["opt_state"]))(
                 trainable)
-            frozen = jax.jit(lambda f: resized(f, self.abstract_frozen), out_shardings=shardings_of(
+            frozen = jax.jit(lambda f: resized(f, self.abstract_frozen), out_shardings=_shardings(
                 self.abstract_frozen))(frozen)
         counter = lambda: jax.device_put(jnp.zeros((), jnp.int32), NamedSharding(self.mesh, PartitionSpec()))
         return {"step": counter(), "nonfinite": counter(), "trainable": trainable, "opt_state": opt_state}, frozen
@@ -215,8 +214,8 @@ class Trainer:
     def params(self, state: dict[str, Any], frozen: Any) -> dict:
         """The whole parameter tree as the model has it (for evaluation and export)."""
         with self.activate():
-            frozen = jax.jit(lambda f: resized(f, self.frozen_shapes), out_shardings=jax.tree.map(
-                lambda s: s.sharding, self.frozen_shapes))(frozen)
+            frozen = jax.jit(lambda f: resized(f, self.frozen_shapes), out_shardings=_shardings(self.frozen_shapes))(
+                frozen)
         return merge_params(state["trainable"], frozen)
 
     def activate(self) -> contextlib.AbstractContextManager:
@@ -237,9 +236,9 @@ def make_trainer(model_config: ml_collections.ConfigDict, mesh: Mesh, train: ml_
                           sharding.param_shardings(boxed, mesh))
     mask = trainable_mask(params, train.phase)
     trainable, frozen_shapes = split_params(params, mask)
-    frozen = split_params(jax.tree.map(functools.partial(_stored, mesh), nn.get_partition_spec(boxed),
-                                       sharding.rule_specs(boxed), params, is_leaf=lambda x: isinstance(x, PartitionSpec)),
-                          mask)[1]
+    stored = jax.tree.map(functools.partial(_stored, mesh), nn.get_partition_spec(boxed), sharding.rule_specs(boxed),
+                          params, is_leaf=lambda x: isinstance(x, PartitionSpec))
+    frozen = split_params(stored, mask)[1]
     if not jax.tree.leaves(trainable):
         raise ValueError(f"phase {train.phase!r} trains {PHASES[train.phase]}, which this model does not have")
     schedule = learning_rate_schedule(train, total_steps)
@@ -250,15 +249,14 @@ def make_trainer(model_config: ml_collections.ConfigDict, mesh: Mesh, train: ml_
                              optimizer_shardings(opt_state, trainable, mesh))
     counter = jax.ShapeDtypeStruct((), jnp.int32, sharding=replicated)
     state = {"step": counter, "nonfinite": counter, "trainable": trainable, "opt_state": opt_state}
-    shardings_of = lambda tree: jax.tree.map(lambda s: s.sharding, tree)
     batch_sharding = nn.logical_to_mesh_sharding(PartitionSpec("activation_batch"), mesh,
                                                  sharding.LOGICAL_AXIS_RULES)
-    def step(state, frozen, batch):
+    def run_step(state, frozen, batch):
         return train_step(model, optimizer, schedule, state, resized(frozen, frozen_shapes), batch,
                           microbatches=train.microbatches)
 
-    step = jax.jit(step, in_shardings=(shardings_of(state), shardings_of(frozen), batch_sharding),
-                   out_shardings=(shardings_of(state), replicated), donate_argnums=(0,))
+    step = jax.jit(run_step, in_shardings=(_shardings(state), _shardings(frozen), batch_sharding),
+                   out_shardings=(_shardings(state), replicated), donate_argnums=(0,))
     return Trainer(model, config, mesh, train.phase, optimizer, schedule, mask, state, frozen, frozen_shapes,
                    batch_sharding, step)
 
@@ -268,3 +266,6 @@ def _stored(mesh: Mesh, names: PartitionSpec, spec: PartitionSpec, leaf: jax.Sha
     shape, stored = sharding.stored_layout(spec, leaf.shape, mesh, [n == "layers" for n in names])
     return jax.ShapeDtypeStruct(shape, leaf.dtype, sharding=NamedSharding(mesh, stored))
 
+
+def _shardings(abstract: Any) -> Any:
+    return jax.tree.map(lambda s: s.sharding, abstract)
