@@ -110,20 +110,30 @@ def split_ways(spec: PartitionSpec, mesh: Mesh) -> int:
     return _ways([a for entry in spec for a in _axes(entry)], mesh)
 
 
-def rule_specs(boxed_abstract_params: Any, rules: Sequence[tuple[str, Any]] = LOGICAL_AXIS_RULES) -> Any:
-    """The mesh PartitionSpecs the rules give a parameter tree that carries its logical-axis
-    boxes, before `fit_spec`."""
-    return nn.logical_to_mesh(nn.get_partition_spec(boxed_abstract_params), rules)
+def _per_leaf(layout: Any, boxed_abstract_params: Any, rules: Sequence[tuple[str, Any]]) -> Any:
+    """`layout(rules' spec, shape, dtype, scanned dims)` for every leaf of a boxed parameter tree."""
+    logical = nn.get_partition_spec(boxed_abstract_params)
+    return jax.tree.map(lambda names, spec, s: layout(spec, s.shape, s.dtype, [n == "layers" for n in names]),
+                        logical, nn.logical_to_mesh(logical, rules), nn.unbox(boxed_abstract_params),
+                        is_leaf=lambda x: isinstance(x, PartitionSpec))
 
 
 def param_shardings(boxed_abstract_params: Any, mesh: Mesh,
                     rules: Sequence[tuple[str, Any]] = LOGICAL_AXIS_RULES) -> Any:
     """NamedShardings for a parameter tree that still carries its logical-axis boxes
     (e.g. `jax.eval_shape(model.init, ...)["params"]`), each spec fitted to its shape."""
-    logical = nn.get_partition_spec(boxed_abstract_params)
-    fit = lambda names, spec, s: NamedSharding(mesh, fit_spec(spec, s.shape, mesh, [n == "layers" for n in names]))
-    return jax.tree.map(fit, logical, nn.logical_to_mesh(logical, rules), nn.unbox(boxed_abstract_params),
-                        is_leaf=lambda x: isinstance(x, PartitionSpec))
+    return _per_leaf(lambda spec, shape, _, scanned: NamedSharding(mesh, fit_spec(spec, shape, mesh, scanned)),
+                     boxed_abstract_params, rules)
+
+
+def stored_params(boxed_abstract_params: Any, mesh: Mesh,
+                  rules: Sequence[tuple[str, Any]] = LOGICAL_AXIS_RULES) -> Any:
+    """ShapeDtypeStructs of the parameters as a step that only reads them stores them
+    (`stored_layout`: padded where nothing else splits them), with their shardings."""
+    def layout(spec, shape, dtype, scanned):
+        stored_shape, stored_spec = stored_layout(spec, shape, mesh, scanned)
+        return jax.ShapeDtypeStruct(stored_shape, dtype, sharding=NamedSharding(mesh, stored_spec))
+    return _per_leaf(layout, boxed_abstract_params, rules)
 
 
 @contextlib.contextmanager

@@ -88,7 +88,8 @@ class DecoderLayer(nn.Module):
                                     name=name)
         x = nn.with_logical_constraint(x, ACT)
         h = Attention(cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, qkv_bias=True, decode=self.decode,
-                      implementation=cfg.get("attention_impl", "auto"), dtype=dtype, param_dtype=param_dtype, name="self_attn")(norm("input_layernorm")(x), mask, rotary, cache_slot)
+                      implementation=cfg.get("attention_impl", "auto"), dtype=dtype, param_dtype=param_dtype,
+                      name="self_attn")(norm("input_layernorm")(x), mask, rotary, cache_slot)
         x = x + h
         h = GatedMlp(cfg.intermediate_size, cfg.hidden_act, dtype=dtype, param_dtype=param_dtype,
                      name="mlp")(norm("post_attention_layernorm")(x))

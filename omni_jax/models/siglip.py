@@ -93,7 +93,8 @@ class SiglipEncoderLayer(nn.Module):
         x = nn.with_logical_constraint(x, ACT)
         heads = cfg.num_heads
         x = x + Attention(heads, heads, cfg.hidden_size // heads, qkv_bias=True, out_bias=True, out_name="out_proj",
-                          implementation=cfg.get("attention_impl", "auto"), name="self_attn", **_dtypes(cfg))(ln("layer_norm1")(x), mask)
+                          implementation=cfg.get("attention_impl", "auto"), name="self_attn",
+                          **_dtypes(cfg))(ln("layer_norm1")(x), mask)
         x = x + Mlp(cfg.intermediate_size, activation=cfg.hidden_act, name="mlp", **_dtypes(cfg))(ln("layer_norm2")(x))
         x = nn.with_logical_constraint(x, ACT)
         return x, (x if self.return_hidden else None)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
 from typing import Any, Callable
 
 import flax.linen as nn
@@ -236,9 +235,7 @@ def make_trainer(model_config: ml_collections.ConfigDict, mesh: Mesh, train: ml_
                           sharding.param_shardings(boxed, mesh))
     mask = trainable_mask(params, train.phase)
     trainable, frozen_shapes = split_params(params, mask)
-    stored = jax.tree.map(functools.partial(_stored, mesh), nn.get_partition_spec(boxed), sharding.rule_specs(boxed),
-                          params, is_leaf=lambda x: isinstance(x, PartitionSpec))
-    frozen = split_params(stored, mask)[1]
+    frozen = split_params(sharding.stored_params(boxed, mesh), mask)[1]
     if not jax.tree.leaves(trainable):
         raise ValueError(f"phase {train.phase!r} trains {PHASES[train.phase]}, which this model does not have")
     schedule = learning_rate_schedule(train, total_steps)
@@ -259,12 +256,6 @@ def make_trainer(model_config: ml_collections.ConfigDict, mesh: Mesh, train: ml_
                    out_shardings=(_shardings(state), replicated), donate_argnums=(0,))
     return Trainer(model, config, mesh, train.phase, optimizer, schedule, mask, state, frozen, frozen_shapes,
                    batch_sharding, step)
-
-
-def _stored(mesh: Mesh, names: PartitionSpec, spec: PartitionSpec, leaf: jax.ShapeDtypeStruct) -> jax.ShapeDtypeStruct:
-    """A frozen leaf as stored: `sharding.stored_layout` of its rules' spec."""
-    shape, stored = sharding.stored_layout(spec, leaf.shape, mesh, [n == "layers" for n in names])
-    return jax.ShapeDtypeStruct(shape, leaf.dtype, sharding=NamedSharding(mesh, stored))
 
 
 def _shardings(abstract: Any) -> Any:
