@@ -79,7 +79,11 @@ def check_workdir(workdir: Path, cfg: ml_collections.ConfigDict, init: Path | No
                                      "with this one")
     if jax.process_index() == 0:
         workdir.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(record, indent=2, default=str))
+        # Renamed into place: another host checking a resumed run reads the old record or the
+        # new one, never a file cut open (a rewrite in place once gave it "").
+        tmp = workdir / f".{RUN_FILE}.tmp"
+        tmp.write_text(json.dumps(record, indent=2, default=str))
+        os.replace(tmp, path)
 
 
 def _differences(before: Any, after: Any, where: str = "") -> list[str]:
