@@ -4,7 +4,10 @@ Parameters, optimizer state and the batch are `jax.ShapeDtypeStruct`s carrying t
 shardings; the step is lowered and compiled for that mesh (simulated CPU devices will do), and
 XLA's memory analysis gives the per-device bytes. FLOPs are counted on the step's jaxpr, not
 taken from XLA's cost analysis, which counts a loop body once: the scanned layers, the loss
-chunks and the microbatches would be undercounted by their trip counts.
+chunks and the microbatches would be undercounted by their trip counts. Collective bytes are
+read from the compiled HLO with the same care for loops; compiled for the CPU they are upper
+bounds for GPUs/TPUs (XLA:CPU widens bf16 collectives to f32 and reduces gradients with
+all-reduce rather than reduce-scatter).
 """
 from __future__ import annotations
 
