@@ -32,7 +32,7 @@ from transformers.models.whisper.modeling_whisper import WhisperEncoder
 import omni_jax
 from omni_jax.conversion import convert_hf_to_orbax
 
-from bench_common import TORCH_DEVICE, finish, interleaved_times, ratio_spread, run_info, sync  # experiments/
+from bench_common import TORCH_DEVICE, finish, interleaved_times, ratio_spread, roofline, roofline_line, run_info, sync  # experiments/
 
 SHAPES = {
     "base": dict(num_mel_bins=80, d_model=512, encoder_layers=6, encoder_attention_heads=8, encoder_ffn_dim=2048),
@@ -66,7 +66,8 @@ def bench_encoder(shape: str, batch: int, repeats: int, dtype: str) -> dict:
             "torch_device": TORCH_DEVICE, "jax_audio_s_per_s": audio_seconds / jax_s,
             "torch_audio_s_per_s": audio_seconds / torch_s, "ratio": torch_s / jax_s,
             "ratio_spread": ratio_spread(times["torch"], times["jax"]),
-            "max_rel_err": float(np.abs(ours - theirs).max() / np.abs(theirs).max())}
+            "max_rel_err": float(np.abs(ours - theirs).max() / np.abs(theirs).max()),
+            "roofline": roofline(forward, (params, x), jax_s, torch_s, dtype)}
 
 
 def _per_clip_seconds(fn: Callable[[np.ndarray], Any], clip: np.ndarray) -> float:
@@ -123,7 +124,8 @@ def main() -> None:
         print(f"encoder {shape:>8} {args.dtype} batch {r['batch']} (JAX on {r['jax_device']}, torch on "
               f"{r['torch_device']}): JAX {r['jax_audio_s_per_s']:7.1f} audio-s/s, "
               f"PyTorch {r['torch_audio_s_per_s']:7.1f} audio-s/s, ratio {r['ratio']:.2f}x "
-              f"(runs {r['ratio_spread'][0]:.2f}-{r['ratio_spread'][1]:.2f}x), max rel err {r['max_rel_err']:.1e}")
+              f"(runs {r['ratio_spread'][0]:.2f}-{r['ratio_spread'][1]:.2f}x), max rel err {r['max_rel_err']:.1e}\n"
+              f"  {roofline_line(r['roofline'])}")
     torch.set_num_threads(args.mel_threads)
     for n_mels in (80, 128) if args.clips else ():
         with threadpoolctl.threadpool_limits(args.mel_threads):

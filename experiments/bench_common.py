@@ -1,6 +1,7 @@
 """What the benchmarks here share: XLA:CPU's options chosen for this CPU (set on import, before
 JAX starts its backend) and a header naming the host; timers (a median; medians of runs taking
-turns), the torch device, and the description of the run."""
+turns), the torch device, the matrix-product peak and how close each side comes to it, and the
+description of the run."""
 from __future__ import annotations
 
 import datetime
@@ -11,9 +12,11 @@ import time
 from typing import Any, Callable
 
 import jax
+import jax.numpy as jnp
 import torch
 
 from omni_jax import xla_cpu
+from omni_jax.train.plan import matmul_flops
 
 xla_cpu.configure()
 HOST = xla_cpu.host()
@@ -63,6 +66,36 @@ def median_seconds(fn: Callable[[], object], repeats: int) -> float:
         fn()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+def measured_peak(dtype: str, size: int | None = None, repeats: int = 5) -> float:
+    """FLOP/s of a [size, size] @ [size, size] product in `dtype` on one device (f32 accumulation);
+    size 2048 on the CPU, 8192 on an accelerator."""
+    size = size or (2048 if jax.default_backend() == "cpu" else 8192)
+    a = jnp.ones((size, size), dtype)
+    product = jax.jit(lambda x, y: jnp.dot(x, y, preferred_element_type=jnp.float32))
+    product(a, a).block_until_ready()
+    return 2 * size ** 3 / median_seconds(lambda: product(a, a).block_until_ready(), repeats)
+
+
+def roofline(fn: Callable[..., Any], args: tuple, jax_s: float, torch_s: float, dtype: str) -> dict[str, float]:
+    """How close each side's call of the same model comes to the device's matrix-product peak: the
+    call's matrix-product FLOPs (counted on `fn`'s jaxpr, as `plan` counts them), each side's
+    FLOP/s, the measured peak in `dtype`, and the highest JAX ÷ PyTorch ratio the peak allows
+    (PyTorch's time ÷ the time the products alone take at the peak)."""
+    flops = matmul_flops(jax.make_jaxpr(fn)(*args).jaxpr)
+    peak = measured_peak(dtype)
+    return {"matmul_flops": flops, "jax_flop_s": flops / jax_s, "torch_flop_s": flops / torch_s,
+            "peak_flop_s": peak, "ratio_ceiling": torch_s * peak / flops}
+
+
+def roofline_line(r: dict[str, float]) -> str:
+    """One line for `roofline`'s figures."""
+    peak = r["peak_flop_s"]
+    return (f"matrix products {r['matmul_flops'] / 1e9:.1f} GFLOP per call: JAX {r['jax_flop_s'] / 1e9:.0f} GFLOP/s "
+            f"({r['jax_flop_s'] / peak:.0%} of the measured peak {peak / 1e9:.0f}), PyTorch "
+            f"{r['torch_flop_s'] / 1e9:.0f} ({r['torch_flop_s'] / peak:.0%}); at the peak the ratio could reach "
+            f"{r['ratio_ceiling']:.2f}x")
 
 
 def run_info() -> dict[str, str]:

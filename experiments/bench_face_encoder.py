@@ -4,15 +4,17 @@ The same random weights in both: a transformers `SwinModel` with FaceXFormer's f
 pooling and projector in PyTorch (omni_jax/reference/facexformer.py), written out in the FaceXFormer
 release's layout and converted with `convert_facexformer` for the jitted JAX encoder. Face crops
 of 224 px; full size (Swin-B, 196 tokens, 3584-wide projector) unless --tiny. Each framework runs
-on the GPU where it sees one, else on the CPU. In float32 both are held to full float32 matrix
+on the GPU where it sees one, else on the CPU; the two take turns (medians, and the spread of
+the per-pair ratios). In float32 both are held to full float32 matrix
 products (JAX's default on GPUs would be TF32; PyTorch's is full float32).
 
-    .venv/bin/python experiments/bench_face_encoder.py [--batch 8] [--repeats 3] [--dtype bfloat16] [--tiny] [--json]
+    .venv/bin/python experiments/bench_face_encoder.py [--batch 8] [--repeats 5] [--dtype bfloat16] [--tiny] [--json]
 """
 from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -32,7 +34,7 @@ from omni_jax.conversion.facexformer import convert_facexformer  # noqa: E402
 from omni_jax.models import swin  # noqa: E402
 from omni_jax.reference.facexformer import FaceEncoder, FusionHead, release_file, torch_projector  # noqa: E402
 
-from bench_common import finish, median_seconds, run_info  # noqa: E402  (experiments/, the script's folder)
+from bench_common import finish, interleaved_times, ratio_spread, roofline, roofline_line, run_info  # noqa: E402  (experiments/, the script's folder)
 
 
 def build(variant: str, tmp: Path, dtype: str):
@@ -59,31 +61,35 @@ def bench(variant: str, batch: int, repeats: int, dtype: str) -> dict:
     forward = jax.jit(lambda p, x: model.apply({"params": p}, x)["last_hidden_state"])
     x = jnp.asarray(pixels, dtype)
     start = time.perf_counter()
-    ours = forward(params, x).block_until_ready()
+    forward(params, x).block_until_ready()
     compile_s = time.perf_counter() - start
-    jax_s = median_seconds(lambda: forward(params, x).block_until_ready(), repeats)
     nchw = torch.from_numpy(pixels).permute(0, 3, 1, 2).contiguous().to(device, getattr(torch, dtype))
 
     def run_torch():
         out = reference(nchw)
         if device == "cuda":
             torch.cuda.synchronize()
-        return out
+        return out[2]
 
     with torch.inference_mode():
-        theirs = run_torch()[2].float().cpu().numpy()
-        torch_s = median_seconds(run_torch, repeats)
+        outputs, times = interleaved_times({"jax": lambda: forward(params, x).block_until_ready(), "torch": run_torch},
+                                           repeats)
+    ours, theirs = outputs["jax"], outputs["torch"].float().cpu().numpy()
+    jax_s, torch_s = statistics.median(times["jax"]), statistics.median(times["torch"])
     ours = np.asarray(ours.astype(jnp.float32))
     return {"variant": variant, "dtype": dtype, "batch": batch, "image": size, "tokens": ours.shape[1],
             "width": ours.shape[2], "jax_device": jax.devices()[0].device_kind, "torch_device": device,
             "jax_images_per_s": batch / jax_s, "torch_images_per_s": batch / torch_s, "ratio": torch_s / jax_s,
-            "jax_compile_s": compile_s, "max_rel_err": float(np.abs(ours - theirs).max() / np.abs(theirs).max())}
+            "ratio_spread": ratio_spread(times["torch"], times["jax"]),
+            "jax_compile_s": compile_s,
+            "roofline": roofline(forward, (params, x), jax_s, torch_s, dtype),
+            "max_rel_err": float(np.abs(ours - theirs).max() / np.abs(theirs).max())}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
     parser.add_argument("--tiny", action="store_true", help="the tiny test configuration instead of Swin-B")
     parser.add_argument("--json", action="store_true")
@@ -96,7 +102,8 @@ def main() -> None:
     print(f"face encoder ({r['variant']}, {r['image']} px, batch {r['batch']}, {r['dtype']} → {r['tokens']} × "
           f"{r['width']}): JAX {r['jax_images_per_s']:.2f} images/s on {r['jax_device']}, PyTorch "
           f"{r['torch_images_per_s']:.2f} images/s on {r['torch_device']}, ratio {r['ratio']:.2f}x "
-          f"(JAX compile + first run {r['jax_compile_s']:.1f} s), max rel err {r['max_rel_err']:.1e}")
+          f"(runs {r['ratio_spread'][0]:.2f}-{r['ratio_spread'][1]:.2f}x; JAX compile + first run {r['jax_compile_s']:.1f} s), max rel err {r['max_rel_err']:.1e}\n"
+          f"  {roofline_line(r['roofline'])}")
     finish(results, args.json)
 
 

@@ -41,7 +41,7 @@ import omni_jax
 from omni_jax.conversion import convert_hf_to_orbax
 from omni_jax.generate import generate
 
-from bench_common import TORCH_DEVICE, interleaved_medians, sync  # experiments/, the script's folder
+from bench_common import TORCH_DEVICE, interleaved_medians, roofline, roofline_line, sync  # experiments/, the script's folder
 
 
 def parse_args() -> argparse.Namespace:
@@ -150,6 +150,7 @@ def report(r: dict[str, Any]) -> None:
     print(f"greedy tokens agreeing: {r['decode']['agree']}/{c['new_tokens']}"
           + (f" (first difference at token {first})" if first is not None else ""))
     print(f"prefill logits max|JAX - torch| / max|torch|: {r['prefill']['logits_max_rel_err']:.2e}")
+    print(f"prefill {roofline_line(r['prefill']['roofline'])}")
 
 
 def main() -> None:
@@ -180,7 +181,10 @@ def main() -> None:
         "config": {"layers": args.layers, "scan_layers": args.scan_layers, "seq": args.seq, "prompt_tokens": args.prompt_tokens,
                    "new_tokens": args.new_tokens, "repeats": args.repeats, "dtype": args.dtype, "batch": 1,
                    "jax_device": jax.devices()[0].device_kind, "torch_device": TORCH_DEVICE},
-        "prefill": {**throughput(prefill_s, args.seq), "logits_max_rel_err": rel_err},
+        "prefill": {**throughput(prefill_s, args.seq), "logits_max_rel_err": rel_err,
+                    "roofline": roofline(lambda p, x: model.apply({"params": p}, input_ids=x)["logits"],
+                                         (params, jnp.asarray(ids, jnp.int32)), prefill_s["jax"], prefill_s["torch"],
+                                         args.dtype)},
         "decode": {**throughput(decode_s, args.new_tokens), "agree": int(same.sum()),
                    "first_difference": None if same.all() else int(np.argmin(same))},
     }

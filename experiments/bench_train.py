@@ -19,7 +19,7 @@ import argparse
 import statistics
 import time
 
-import bench_common  # noqa: F401  (XLA:CPU options before JAX starts; the host header)
+import bench_common  # XLA:CPU options before JAX starts; the host header
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -59,19 +59,6 @@ def synthetic_batch(cfg, batch: int, seq: int, seed: int = 0) -> dict[str, np.nd
     return out
 
 
-def measured_peak(dtype: str, size: int = 2048, repeats: int = 5) -> float:
-    """FLOP/s of a [size, size] @ [size, size] product in `dtype` on one device (f32 accumulation)."""
-    a = jnp.ones((size, size), dtype)
-    product = jax.jit(lambda x, y: jnp.dot(x, y, preferred_element_type=jnp.float32))
-    product(a, a).block_until_ready()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        product(a, a).block_until_ready()
-        times.append(time.perf_counter() - start)
-    return 2 * size ** 3 / statistics.median(times)
-
-
 def main() -> None:
     accelerator = jax.default_backend() != "cpu"
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -82,6 +69,8 @@ def main() -> None:
     parser.add_argument("--seq", type=int, default=4096 if accelerator else 128)
     parser.add_argument("--microbatches", type=int, default=1)
     parser.add_argument("--remat", default=None, help="the language model's remat policy (default: the config's)")
+    parser.add_argument("--compute-dtype", choices=["float32", "bfloat16"], default=None,
+                        help="the step's compute dtype (default: the config's)")
     parser.add_argument("--steps", type=int, default=10, help="timed steps (after 2 untimed)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
@@ -93,6 +82,8 @@ def main() -> None:
     cfg.train.microbatches = args.microbatches
     if args.remat:
         cfg.train.remat = args.remat
+    if args.compute_dtype:
+        cfg.train.compute_dtype = args.compute_dtype
     devices = jax.devices()
     mesh = make_mesh(1, len(devices), 1)
     model_config = training_model_config(cfg)
@@ -110,7 +101,7 @@ def main() -> None:
             times.append(time.perf_counter() - start)
     step = statistics.median(times[2:])
     kind = devices[0].device_kind
-    peak = peak_flops(kind) if accelerator else measured_peak(cfg.train.compute_dtype)
+    peak = peak_flops(kind) if accelerator else bench_common.measured_peak(cfg.train.compute_dtype)
     tokens = args.batch * args.seq
     results = {**bench_common.run_info(), "device": f"{len(devices)} × {kind}", "config": args.config,
                "llm": args.llm, "batch": args.batch, "seq": args.seq, "microbatches": args.microbatches,

@@ -1,5 +1,6 @@
 """The token embedding sharded on the test meshes: lookup, tied head and their gradients equal
-the unsharded ones, and the partitioner never falls back to replicating the table."""
+the unsharded ones, and the partitioner never falls back to replicating the table. The layers'
+products in bf16: bf16 operands, a float32 result on the CPU, rounded once."""
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -9,7 +10,7 @@ import pytest
 from jax.sharding import NamedSharding, PartitionSpec
 
 from omni_jax import sharding
-from omni_jax.layers import Embed
+from omni_jax.layers import Conv, DenseGeneral, Embed
 from tests.conftest import rel_err
 from tests.test_sharding import MESHES
 
@@ -46,3 +47,38 @@ def test_sharded_embedding_and_its_gradient_equal_unsharded(unsharded, data, fsd
     assert rel_err(sharded_loss, loss) < 1e-6
     assert rel_err(sharded_grads["embedding"], grads["embedding"]) < 1e-6
     assert "Involuntary full rematerialization" not in capfd.readouterr().err
+
+
+# bf16 compute: the products take bf16 operands and return float32 on the CPU (what sends them
+# to YNNPACK's bf16 kernels instead of a float32 product of converted operands), rounded to bf16
+# once, after the bias.
+
+def _products(jaxpr):
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name in ("dot_general", "conv_general_dilated"):
+            yield eqn
+        for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+            yield from _products(sub)
+
+
+@pytest.mark.parametrize("layer,x", [
+    (DenseGeneral((4, 8), ("embed", "heads", "head_dim"), use_bias=True), jnp.ones((2, 5, 16))),
+    (Conv(8, (3, 3), (None, None, "embed", "mlp"), padding=(1, 1)), jnp.ones((2, 6, 6, 3))),
+    (Embed(VOCAB, WIDTH), jnp.ones((2, 5, WIDTH))),
+])
+def test_bf16_layers_multiply_bf16_into_float32_once(layer, x):
+    for name, dtype in (("dtype", jnp.bfloat16), ("param_dtype", jnp.float32)):
+        layer = layer.clone(**{name: dtype})
+    method = Embed.attend if isinstance(layer, Embed) else None
+    params = layer.init(jax.random.key(0), jnp.ones((2, 5), jnp.int32) if method else x)
+    params = jax.tree.map(lambda p: jax.random.normal(jax.random.key(1), p.shape, p.dtype), params)
+    apply = lambda p, x: layer.apply(p, x, method=method)
+    eqns = list(_products(jax.make_jaxpr(apply)(params, x).jaxpr))
+    assert eqns and all(e.invars[0].aval.dtype == e.invars[1].aval.dtype == jnp.bfloat16 for e in eqns)
+    assert all(e.outvars[0].aval.dtype == jnp.float32 for e in eqns)
+    out = apply(params, x)
+    assert out.dtype == jnp.bfloat16
+    # equals the float32 layer on bf16-rounded parameters and inputs, rounded once
+    rounded = jax.tree.map(lambda p: p.astype(jnp.bfloat16).astype(jnp.float32), params)
+    ref = layer.clone(dtype=jnp.float32).apply(rounded, x.astype(jnp.bfloat16).astype(jnp.float32), method=method)
+    assert rel_err(out, ref) < 2 ** -8
