@@ -42,7 +42,8 @@ def load_predictor(cfg: ml_collections.ConfigDict,
     cfg = run_config(cfg, path)
     tokenizer = load_tokenizer(cfg, path)
     mesh = make_mesh(**cfg.mesh)
-    model, params = load_pretrained(path, dtype=cfg.eval.dtype, mesh=mesh, attention_impl=cfg.eval.attention_impl)
+    model, params = load_pretrained(path, dtype=cfg.eval.dtype, mesh=mesh, scan_layers=cfg.eval.scan_layers,
+                                    attention_impl=cfg.eval.attention_impl)
     return cfg, Predictor(model, params, tokenizer, cfg, mesh)
 
 

@@ -14,6 +14,7 @@ from configs import omni_emotion
 from omni_jax import cli, registry
 from omni_jax.eval import metrics
 from omni_jax.eval.predict import Predictor
+from omni_jax.eval.run import load_predictor
 from omni_jax.pretrained import load_pretrained, save_pretrained
 from omni_jax.runs import load_tokenizer, model_config
 from omni_jax.sharding import make_mesh
@@ -104,6 +105,16 @@ def test_one_device_gives_the_sharded_predictions(setup, evaluated):
     single = predict(setup / "dfew.jsonl", cfg.evals.dfew.question)
     sharded = predictions(evaluated / "predictions" / "dfew.jsonl")
     assert [p.get("answer") for p in single] == [p.get("answer") for p in sharded]
+
+
+def test_generation_unrolls_the_language_model_unless_told(setup):
+    """eval.scan_layers=False (the default; the eval above ran so) loads the LM's layers
+    unrolled, as the single-device run above did not: their answers agree."""
+    cfg = omni_emotion.get_config("tiny")
+    for scan_layers, layout in ((False, "layers_0"), (True, "layers")):
+        cfg.eval.scan_layers = scan_layers
+        _, predict = load_predictor(cfg, setup / "ckpt")
+        assert layout in predict.params["language_model"]["model"]
 
 
 def test_two_processes_give_the_one_process_predictions(setup, evaluated, tmp_path):
