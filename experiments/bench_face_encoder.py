@@ -47,7 +47,7 @@ def build(variant: str, tmp: Path, dtype: str):
     reference = FaceEncoder(backbone, head, projector, config.face_grid).eval()
     convert_facexformer(release_file(tmp / "release.pt", backbone, head, projector), tmp / "ox", config,
                         progress=False)
-    model, params = omni_jax.load_pretrained(tmp / "ox", dtype=dtype)
+    model, params = omni_jax.load_pretrained(tmp / "ox", dtype=dtype, scan_layers=False)
     return reference, model, params, config
 
 

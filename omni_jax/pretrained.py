@@ -30,20 +30,20 @@ def with_attention(config: dict[str, Any], implementation: str) -> dict[str, Any
 
 
 def unstack_layers(params: dict[str, Any], target: Any) -> dict[str, Any]:
-    """Stored (scanned) params → the unrolled layout of `target`: where `target` has
-    "layers_0", "layers_1", ... and `params` has "layers", each stacked leaf is sliced and then
-    dropped, so the extra memory is one leaf."""
+    """Stored (scanned) params → the unrolled layout of `target`: where `params` has a stack
+    ("layers", Swin's "blocks") and `target` has "{stack}_0", "{stack}_1", ..., each stacked
+    leaf is sliced and then dropped, so the extra memory is one leaf."""
     out = {}
     for key, value in params.items():
-        if key == "layers" and "layers_0" in target:
+        if f"{key}_0" in target and key not in target:
             flat = traverse_util.flatten_dict(value)
-            per_layer = [dict() for name in target if name.startswith("layers_")]
+            per_layer = [dict() for _ in range(next(iter(flat.values())).shape[0])]
             for leaf_path in list(flat):
                 stacked = flat.pop(leaf_path)
                 for i, layer in enumerate(per_layer):
                     layer[leaf_path] = stacked[i]
                 del stacked
-            out.update({f"layers_{i}": traverse_util.unflatten_dict(layer) for i, layer in enumerate(per_layer)})
+            out.update({f"{key}_{i}": traverse_util.unflatten_dict(layer) for i, layer in enumerate(per_layer)})
         elif isinstance(value, dict):
             out[key] = unstack_layers(value, target[key])
         else:
@@ -58,8 +58,9 @@ def load_pretrained(path: str | os.PathLike, dtype: str | Any = "float32", mesh:
     dtype: parameter and compute dtype ("float32", "bfloat16", ...); stored parameters are
     cast while restoring. mesh: restore every leaf directly into its shards on this mesh,
     placed by the logical-axis rules of `omni_jax.sharding` (no host holds a whole copy).
-    scan_layers=False unrolls the language model's layers (faster decoding on CPU; longer
-    compiles): for inference, while training keeps them scanned. attention_impl: the attention
+    scan_layers=False unrolls the language model's and Swin's layers (faster on the CPU, where
+    XLA copies a scanned layer's weights; longer compiles): for inference, while training keeps
+    them scanned. attention_impl: the attention
     kernels (auto | xla | cudnn | splash, `layers.attention.select_implementation`).
     Returns `(model, params)`: `model.apply({"params": params}, **inputs)`.
     """

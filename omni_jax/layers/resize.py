@@ -60,3 +60,12 @@ def adaptive_avg_pool(x: jax.Array, size: tuple[int, int]) -> jax.Array:
     """x: [batch, height, width, channels] → [batch, size[0], size[1], channels], as torch
     `adaptive_avg_pool2d` (separable, so one static matrix per axis)."""
     return _separable(x, adaptive_avg_matrix(x.shape[1], size[0]), adaptive_avg_matrix(x.shape[2], size[1]))
+
+
+def resize_then_pool(x: jax.Array, size: tuple[int, int], grid: tuple[int, int]) -> jax.Array:
+    """`adaptive_avg_pool(bilinear_resize(x, size), grid)` without the resized map: both are
+    linear along each axis, so their product is one [grid, in] matrix per axis.
+    x: [batch, height, width, channels] → [batch, grid[0], grid[1], channels]."""
+    rows = adaptive_avg_matrix(size[0], grid[0]) @ bilinear_matrix(x.shape[1], size[0])
+    cols = adaptive_avg_matrix(size[1], grid[1]) @ bilinear_matrix(x.shape[2], size[1])
+    return _separable(x, rows, cols)

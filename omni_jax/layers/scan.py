@@ -47,20 +47,21 @@ def scan_layers(layer_cls: type[nn.Module], num_layers: int, remat: str = "none"
 
 
 def apply_layers(layer_cls: type[nn.Module], num_layers: int, carry: Any, *broadcast_args: Any,
-                 remat: str = "none", scan: bool = True, **attributes: Any) -> tuple[Any, Any]:
+                 remat: str = "none", scan: bool = True, name: str = "layers",
+                 **attributes: Any) -> tuple[Any, Any]:
     """Runs `num_layers` layers built as `layer_cls(**attributes)` (call from a compact method).
 
-    Scanned: parameters stacked under "layers". Unrolled: one subtree per layer, "layers_{i}"
+    Scanned: parameters stacked under `name`. Unrolled: one subtree per layer, "{name}_{i}"
     (load_pretrained(..., scan_layers=False) unstacks a stored checkpoint into that layout).
     Returns (carry, per-layer outputs stacked on a leading axis, or None).
     """
     if scan:
         stack = scan_layers(layer_cls, num_layers, remat, num_broadcast_args=len(broadcast_args))
-        return stack(**attributes, name="layers")(carry, *broadcast_args)
+        return stack(**attributes, name=name)(carry, *broadcast_args)
     if remat != "none":
         layer_cls = nn.remat(layer_cls, policy=remat_policy(remat))
     outputs = []
     for i in range(num_layers):
-        carry, out = layer_cls(**attributes, name=f"layers_{i}")(carry, *broadcast_args)
+        carry, out = layer_cls(**attributes, name=f"{name}_{i}")(carry, *broadcast_args)
         outputs.append(out)
     return carry, None if outputs[0] is None else jnp.stack(outputs)

@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from omni_jax.layers import Attention, Conv, DenseGeneral, LayerNorm, Mlp, scan_layers
+from omni_jax.layers import Attention, Conv, DenseGeneral, LayerNorm, Mlp, apply_layers
 
 ACT = ("activation_batch", None, None, "activation_embed")
 MASKED = -100.0  # what torchvision and transformers add across shifted-window regions (not -inf)
@@ -53,6 +53,7 @@ def config_from_hf(hf: dict[str, Any]) -> ml_collections.ConfigDict:
         dtype="float32",
         param_dtype="float32",
         remat_policy="none",
+        scan_layers=True,  # False unrolls the blocks (load_pretrained(scan_layers=False)): faster on the CPU
     ))
 
 
@@ -191,8 +192,9 @@ class SwinStage(nn.Module):
         """x: [batch, h, w, c] → (the stage output, same shape; the next stage's input
         [batch, ⌈h/2⌉, ⌈w/2⌉, 2c], or None after the last stage)."""
         cfg = self.config
-        blocks = scan_layers(SwinBlock, cfg.depths[self.stage], cfg.remat_policy, num_broadcast_args=0)
-        (x, _), _ = blocks(cfg, cfg.num_heads[self.stage], name="blocks")((x, jnp.zeros((), jnp.int32)))
+        (x, _), _ = apply_layers(SwinBlock, cfg.depths[self.stage], (x, jnp.zeros((), jnp.int32)),
+                                 remat=cfg.remat_policy, scan=cfg.get("scan_layers", True), name="blocks",
+                                 config=cfg, num_heads=cfg.num_heads[self.stage])
         if self.stage == len(cfg.depths) - 1:
             return x, None
         return x, SwinPatchMerging(cfg, name="downsample")(x)

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from omni_jax.layers import adaptive_avg_pool, bilinear_resize
+from omni_jax.layers import adaptive_avg_pool, bilinear_resize, resize_then_pool
 from tests.conftest import rel_err
 
 
@@ -37,3 +37,13 @@ def test_adaptive_avg_pool_equals_torch(in_hw, out_hw):
     ours = np.asarray(adaptive_avg_pool(jnp.asarray(x), out_hw))
     assert ours.shape == (2, *out_hw, 5)
     assert rel_err(ours, ref.permute(0, 2, 3, 1).numpy()) < 1e-6
+
+
+@pytest.mark.parametrize("in_hw,size,grid", [((7, 7), (56, 56), (14, 14)), ((28, 28), (56, 56), (14, 14)),
+                                             ((5, 6), (24, 20), (5, 7))])
+def test_resize_then_pool_equals_torch_interpolate_then_pool(in_hw, size, grid):
+    x = np.random.RandomState(0).randn(2, *in_hw, 5).astype(np.float32)
+    resized = torch.nn.functional.interpolate(torch.from_numpy(x).permute(0, 3, 1, 2), size=size, mode="bilinear",
+                                              align_corners=False)
+    ref = torch.nn.functional.adaptive_avg_pool2d(resized, grid).permute(0, 2, 3, 1).numpy()
+    assert rel_err(resize_then_pool(jnp.asarray(x), size, grid), ref) < 1e-5

@@ -57,6 +57,19 @@ def test_face_encoder_matches_reference(converted, grid):
     assert rel_err(out["last_hidden_state"], tokens) < RTOL
 
 
+def test_unrolled_blocks_equal_scanned(converted):
+    """load_pretrained(scan_layers=False) unstacks Swin's blocks (the CPU's inference layout)."""
+    *_, ox = converted
+    model, params = omni_jax.load_pretrained(ox)
+    unrolled, unrolled_params = omni_jax.load_pretrained(ox, scan_layers=False)
+    stage = unrolled_params["backbone"]["encoder"]["layers_2"]
+    assert "blocks" not in stage and sorted(k for k in stage if k.startswith("blocks_")) == ["blocks_0", "blocks_1"]
+    pixels = jnp.asarray(np.random.RandomState(0).randn(2, IMAGE, IMAGE, 3).astype(np.float32))
+    scanned_out = jax.jit(model.apply)({"params": params}, pixels)
+    unrolled_out = jax.jit(unrolled.apply)({"params": unrolled_params}, pixels)
+    assert rel_err(unrolled_out["last_hidden_state"], scanned_out["last_hidden_state"]) < 1e-6
+
+
 def test_fusion_head_alone_matches_reference(converted):
     """The fusion on arbitrary stage maps, independent of the backbone."""
     _, head, _, ox = converted
@@ -65,7 +78,8 @@ def test_fusion_head_alone_matches_reference(converted):
     stages = [rng.randn(2, 24 // 2 ** i, 24 // 2 ** i, 16 * 2 ** i).astype(np.float32) for i in range(4)]
     with torch.no_grad():
         ref = head([torch.from_numpy(s).permute(0, 3, 1, 2) for s in stages])
-    out = jax.jit(lambda p, x: model.apply({"params": p}, x, method="fuse"))(params, tuple(map(jnp.asarray, stages)))
+    out = jax.jit(lambda p, x: model.apply({"params": p}, x, method="head")["fused_features"])(
+        params, tuple(map(jnp.asarray, stages)))
     assert rel_err(out, ref.permute(0, 2, 3, 1)) < RTOL
 
 
