@@ -7,7 +7,8 @@ to 256 per scale → bilinear upsampling to the first stage's grid (torch `inter
 align_corners=False) → concatenated deepest-first → 1×1 convolution 1024 → 256 without bias:
 the fused map FaceXFormer's task decoder reads. Omni-Emotion then pools it to `face_grid`
 (default 14×14 = 196 tokens per face; the paper does not say how, adaptive average pooling is
-used) and projects the flattened tokens with Linear → GELU → Linear to the LLM width.
+used; computed from each scale's own grid, which the linearity of the steps allows) and
+projects the flattened tokens with Linear → GELU → Linear to the LLM width.
 
 Parameter tree:
   backbone/...                      SwinModel (its final `layernorm`, the release's backbone.1,
@@ -79,7 +80,6 @@ class FaceXFormerEncoder(nn.Module):
         self.linear_fuse = Conv(width, (1, 1), (None, None, "mlp", "embed"), use_bias=False, **dtypes)
         self.projector = Mlp(cfg.llm_width, cfg.llm_width, cfg.projector_hidden_act, names=("linear_1", "linear_2"),
                              in_axis_name="vision_embed", **dtypes)
-
 
     def __call__(self, pixel_values: jax.Array) -> dict[str, jax.Array]:
         """pixel_values: face crops [batch, 224, 224, 3], ImageNet-normalised (`data.faces`).
