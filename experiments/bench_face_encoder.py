@@ -102,7 +102,8 @@ def main() -> None:
     print(f"face encoder ({r['variant']}, {r['image']} px, batch {r['batch']}, {r['dtype']} → {r['tokens']} × "
           f"{r['width']}): JAX {r['jax_images_per_s']:.2f} images/s on {r['jax_device']}, PyTorch "
           f"{r['torch_images_per_s']:.2f} images/s on {r['torch_device']}, ratio {r['ratio']:.2f}x "
-          f"(runs {r['ratio_spread'][0]:.2f}-{r['ratio_spread'][1]:.2f}x; JAX compile + first run {r['jax_compile_s']:.1f} s), max rel err {r['max_rel_err']:.1e}\n"
+          f"(runs {r['ratio_spread'][0]:.2f}-{r['ratio_spread'][1]:.2f}x; JAX compile + first run "
+          f"{r['jax_compile_s']:.1f} s), max rel err {r['max_rel_err']:.1e}\n"
           f"  {roofline_line(r['roofline'])}")
     finish(results, args.json)
 

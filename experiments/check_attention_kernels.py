@@ -13,10 +13,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
 
-import bench_common  # noqa: F401  (XLA:CPU options before JAX starts; the host header)
+import bench_common  # XLA:CPU options before JAX starts; the host header; timers
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -73,15 +71,9 @@ def main() -> None:
             return jax.jit(jax.value_and_grad(f, argnums=(0, 1, 2)))
 
         runs = {"xla": loss_and_grads("xla"), chosen: loss_and_grads(args.kernel)}
-        outputs = {impl: jax.block_until_ready(run(q, k, v)) for impl, run in runs.items()}
-        times = {impl: [] for impl in runs}
-        for _ in range(args.repeats):
-            for impl, run in runs.items():
-                start = time.perf_counter()
-                jax.block_until_ready(run(q, k, v))
-                times[impl].append(time.perf_counter() - start)
+        outputs, medians = bench_common.interleaved_medians(
+            {impl: (lambda run=run: jax.block_until_ready(run(q, k, v))) for impl, run in runs.items()}, args.repeats)
         (xla_loss, xla_grads), (kernel_loss, kernel_grads) = outputs["xla"], outputs[chosen]
-        medians = {impl: statistics.median(t) for impl, t in times.items()}
         row = {"layout": name, "shape": [batch, q_len, kv_len, heads, kv_heads, head_dim], "kernel": chosen,
                "loss_rel_err": abs(float(kernel_loss) - float(xla_loss)) / abs(float(xla_loss)),
                "grad_rel_err": max(rel(a, b) for a, b in zip(kernel_grads, xla_grads)),
