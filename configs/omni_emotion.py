@@ -134,7 +134,7 @@ def train_config(phase: str, variant: str) -> ml_collections.ConfigDict:
         keep_checkpoints=3,  # the latest N ...
         keep_every=0,  # ... and every K-th step's for good (0: none)
         log_every=1 if tiny else 10,  # steps between metrics.jsonl / TensorBoard lines
-        peak_flops_per_device=0.0,  # for MFU where the device is not in train.metrics.PEAK_FLOPS (0: no MFU)
+        peak_flops_per_device=0.0,  # for MFU where the device is not in train.metric_logger.PEAK_FLOPS (0: no MFU)
         profile_steps=(),  # (first, last): a jax.profiler trace of these steps under WORKDIR/profile
         allow_config_change=False,  # resume a workdir whose config.json differs
         eval_every=0,  # steps between runs of the configured evaluators (`evals`; 0: none during training)

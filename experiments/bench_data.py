@@ -35,7 +35,7 @@ import numpy as np  # noqa: E402
 
 from omni_jax.data import audio, faces, pipeline, synth, text, video  # noqa: E402
 from omni_jax.data.word_tokenizer import word_tokenizer  # noqa: E402
-from omni_jax.prompt import add_special_tokens  # noqa: E402
+from omni_jax.modality_tokens import add_special_tokens  # noqa: E402
 
 from bench_common import run_info  # noqa: E402  (experiments/, the script's folder)
 

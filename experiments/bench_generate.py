@@ -32,7 +32,7 @@ import omni_jax
 from bench_common import TORCH_DEVICE, finish, interleaved_medians, run_info, sync  # experiments/
 from omni_jax.conversion import convert_hf_to_orbax
 from omni_jax.generate import generate
-from omni_jax.prompt import video_tokens
+from omni_jax.modality_tokens import video_tokens
 
 FRAMES = 2
 TEXT = {  # Qwen2 shapes of the two models

@@ -7,7 +7,7 @@ sequence 4096, bf16 compute, fp32 parameters and Adam moments, remat "full" (pla
 On the CPU: the tiny config against the CPU's measured matrix-product peak in the step's
 compute dtype. Reported: step time (median), tokens/s per device, and MFU = FLOPs per step
 (matrix products counted on the step's jaxpr, as `plan` and `train` count them) ÷ (step time ×
-devices × peak), the peak from the device's data sheet (omni_jax.train.metrics.PEAK_FLOPS) or,
+devices × peak), the peak from the device's data sheet (omni_jax.train.metric_logger.PEAK_FLOPS) or,
 on the CPU, measured here.
 
     python experiments/bench_train.py                       # the device present, its default
@@ -26,9 +26,9 @@ import numpy as np
 
 from omni_jax import registry
 from omni_jax.config_flags import load_config
-from omni_jax.prompt import IGNORE, multimodal_prompt_ids
+from omni_jax.modality_tokens import IGNORE, multimodal_prompt_ids
 from omni_jax.sharding import make_mesh
-from omni_jax.train.metrics import peak_flops
+from omni_jax.train.metric_logger import peak_flops
 from omni_jax.train.plan import abstract_batch, matmul_flops
 from omni_jax.train.step import make_trainer, training_model_config
 

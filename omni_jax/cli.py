@@ -175,7 +175,7 @@ def _data_check(args: argparse.Namespace) -> dict[str, Any]:
 
     from omni_jax.data.manifest import ManifestSource
     from omni_jax.data.pipeline import FLAGS, STATS, make_pipeline
-    from omni_jax.prompt import add_special_tokens
+    from omni_jax.modality_tokens import add_special_tokens
 
     config = args.config
     tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)

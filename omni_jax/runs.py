@@ -13,7 +13,7 @@ from typing import Any
 import ml_collections
 
 from omni_jax.conversion.engine import CONFIG_FILE, read_converted_config
-from omni_jax.prompt import add_special_tokens
+from omni_jax.modality_tokens import add_special_tokens
 
 log = logging.getLogger(__name__)
 

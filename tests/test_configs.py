@@ -6,8 +6,8 @@ import pytest
 from configs import facexformer, llava_onevision, omni_emotion, qwen2, siglip, swin, whisper
 from omni_jax import registry
 from omni_jax.conversion.engine import abstract_params
-from omni_jax.prompt import video_tokens
-from omni_jax.prompt import placeholder_counts
+from omni_jax.modality_tokens import video_tokens
+from omni_jax.modality_tokens import placeholder_counts
 
 
 def _cross_attention_7b():

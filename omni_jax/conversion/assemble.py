@@ -25,7 +25,7 @@ from omni_jax import registry
 from omni_jax.conversion.engine import (DTYPES, PARAMS_DIR, ConversionError, abstract_params, checkpoint_writer,
                                         flat_leaves, load_leaf, read_converted_config, stored_leaves)
 from omni_jax.models.omni_emotion import fill_token_rows
-from omni_jax.prompt import SPECIAL_TOKENS
+from omni_jax.modality_tokens import SPECIAL_TOKENS
 
 PARTS = {"": "llava_onevision", "audio_encoder/": "whisper", "face_encoder/": "facexformer"}  # prefix → model type
 TOKEN_TABLES = {"language_model/model/embed_tokens/embedding": 0, "language_model/lm_head/kernel": 1}  # vocab axis

@@ -51,7 +51,7 @@ from jax.sharding import Mesh, PartitionSpec
 from omni_jax.data import audio, faces, text, video
 from omni_jax.data.errors import ExampleError, TooManySkipsError
 from omni_jax.data.manifest import ManifestLine, ManifestSource, Record
-from omni_jax.prompt import IGNORE, MODALITIES, audio_input_frames, parse_modalities
+from omni_jax.modality_tokens import IGNORE, MODALITIES, audio_input_frames, parse_modalities
 from omni_jax.sharding import LOGICAL_AXIS_RULES
 
 log = logging.getLogger(__name__)

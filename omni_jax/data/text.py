@@ -43,7 +43,7 @@ import ml_collections
 import numpy as np
 
 from omni_jax.data.errors import ExampleError
-from omni_jax.prompt import IGNORE, SPECIAL_TOKENS, multimodal_prompt_ids
+from omni_jax.modality_tokens import IGNORE, SPECIAL_TOKENS, multimodal_prompt_ids
 
 ROLES = {"system": "system", "human": "user", "gpt": "assistant"}  # LLaVA "from" → chat-template role
 VIDEO, AUDIO = "<video>", "<audio>"

@@ -25,7 +25,7 @@ import ml_collections
 import numpy as np
 from etils import epath
 
-from omni_jax.eval import judge, metrics
+from omni_jax.eval import judge, scoring
 from omni_jax.eval.predict import write_predictions
 
 Predict = Callable[[str, "str | None"], list[dict[str, Any]]]
@@ -100,7 +100,7 @@ class EmotionClassification(Evaluator):
         _references(manifest, "label", check)
 
     def score(self, answered: list[dict[str, Any]]) -> dict[str, Any]:
-        scores = metrics.classification_scores([p["answer"] for p in answered], [p["label"] for p in answered],
+        scores = scoring.classification_scores([p["answer"] for p in answered], [p["label"] for p in answered],
                                                self.classes, self.synonyms)
         for p, guess in zip(answered, scores["predicted"]):
             p.update(predicted=guess, correct=guess == p["label"])
@@ -128,22 +128,22 @@ class OpenVocabulary(Evaluator):
         if grouping not in self.GROUPINGS:
             raise ValueError(f"evaluator {name!r}: grouping {grouping!r}; available: {self.GROUPINGS}")
         self.name, self.manifest, self.question = name, manifest, question
-        self.table = metrics.word_groups()
+        self.table = scoring.word_groups()
         self.client = judge.JudgeClient(**endpoint) if grouping == "llm" else None
 
         def check(labels: Any, where: str) -> None:
-            if not isinstance(labels, list) or not metrics.emotion_words(labels, self.table):
+            if not isinstance(labels, list) or not scoring.emotion_words(labels, self.table):
                 raise ValueError(f"{where}: 'labels' must be a list holding at least one emotion word, got "
                                  f"{labels!r:.80}")
         _references(manifest, "labels", check)
 
     def score(self, answered: list[dict[str, Any]]) -> dict[str, Any]:
         for p in answered:
-            p["words"] = metrics.emotion_words(p["answer"], self.table)
+            p["words"] = scoring.emotion_words(p["answer"], self.table)
         group_of, failures = None, []
         if self.client is not None:  # clips merged from another process's file are grouped already
             todo = [p for p in answered if "groups" not in p and "grouping_failure" not in p]
-            words = [sorted(set(metrics.emotion_words(p["labels"], self.table)) | set(p["words"])) for p in todo]
+            words = [sorted(set(scoring.emotion_words(p["labels"], self.table)) | set(p["words"])) for p in todo]
             groupings = self.client.ask_all([judge.GROUPING_PROMPT.format(words=json.dumps(w)) for w in words],
                                             [judge.grouping_parser(w) for w in words])
             for p, grouping in zip(todo, groupings):
@@ -155,7 +155,7 @@ class OpenVocabulary(Evaluator):
             group_of = lambda true, predicted: next(in_order)  # open_vocabulary_scores asks clip by clip
         if not answered:
             raise ValueError(f"evaluator {self.name!r}: no clip could be grouped ({failures[0]['grouping_failure']})")
-        scores = metrics.open_vocabulary_scores([p["answer"] for p in answered], [p["labels"] for p in answered],
+        scores = scoring.open_vocabulary_scores([p["answer"] for p in answered], [p["labels"] for p in answered],
                                                 group_of=group_of, table=self.table)
         for p, clip in zip(answered, scores["per_clip"]):
             p.update(clip)

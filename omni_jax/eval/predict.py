@@ -1,7 +1,7 @@
 """Sharded batched generation over a manifest, and the predictions files it writes.
 
 `Predictor(model, params, tokenizer, cfg, mesh)(manifest, question)` runs every prompt batch of
-this process (`data.prompts.prompt_batches`: manifest order, left-padded, padding rows so
+this process (`data.generation_batches.prompt_batches`: manifest order, left-padded, padding rows so
 every process runs the same batches) through `generate` on the mesh (batch over the data and
 fsdp axes, parameters as `load_pretrained(mesh=...)` placed them) and returns this process's
 predictions, one dict per manifest line it holds: `line`, `id`, `question`, `answer` (decoded,
@@ -29,7 +29,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, PartitionSpec
 
 from omni_jax.data.pipeline import global_batch, pad_id_of
-from omni_jax.data.prompts import Row, prompt_batches
+from omni_jax.data.generation_batches import Row, prompt_batches
 from omni_jax.generate import generate
 from omni_jax.sharding import activate
 

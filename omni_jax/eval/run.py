@@ -20,7 +20,7 @@ from typing import Any, Sequence
 import jax
 import ml_collections
 
-from omni_jax.eval import metrics
+from omni_jax.eval import scoring
 from omni_jax.eval.evaluators import from_config
 from omni_jax.eval.predict import Predictor
 from omni_jax.pretrained import load_pretrained
@@ -122,10 +122,10 @@ def score(task: str, predictions: str | os.PathLike, classes: Sequence[str] | No
         raise ValueError(f"{path}: lines without 'answer' or {key!r}: {missing[:5]}")
     if task == "emotion_classification":
         classes = list(classes or sorted({p["label"] for p in answered}))
-        out = metrics.classification_scores([p["answer"] for p in answered], [p["label"] for p in answered],
+        out = scoring.classification_scores([p["answer"] for p in answered], [p["label"] for p in answered],
                                             classes, synonyms)
         out = {k: out[k] for k in ("uar", "war", "unmapped", "strict_uar", "strict_war", "recall")}
     else:
-        out = metrics.open_vocabulary_scores([p["answer"] for p in answered], [p["labels"] for p in answered])
+        out = scoring.open_vocabulary_scores([p["answer"] for p in answered], [p["labels"] for p in answered])
         out = {k: out[k] for k in ("precision", "recall", "avg")}
     return {**out, "clips": len(answered), "skipped": len(lines) - len(answered)}

@@ -1,7 +1,7 @@
 """Omni-Emotion: LLaVA-OneVision's video path + FaceXFormer face tokens + Whisper audio tokens,
 fused in the Qwen2 input sequence (Yang et al. 2025, §4).
 
-Prompt layout: `omni_jax.prompt` (the multimodal block and its placeholder counts, shared with
+Prompt layout: `omni_jax.modality_tokens` (the multimodal block and its placeholder counts, shared with
 the data pipeline). The loss lives with training (`omni_jax.train.loss`).
 
 Video block layouts (F frames; V visual tokens per frame = the 2×2-pooled SigLIP grid; A face
@@ -44,7 +44,7 @@ import ml_collections
 from omni_jax.layers import Attention, LayerNorm
 from omni_jax.models import facexformer, whisper
 from omni_jax.models.llava_onevision import LlavaOnevisionForConditionalGeneration, merge_at_placeholders
-from omni_jax.prompt import audio_input_frames
+from omni_jax.modality_tokens import audio_input_frames
 
 FUSIONS = ("video_concat", "frame_concat", "frame_cross_attention")
 

@@ -23,7 +23,7 @@ import ml_collections
 
 from omni_jax.layers import Attention, Conv, Embed, LayerNorm, Mlp, scan_layers
 from omni_jax.layers.mlp import ACTIVATIONS
-from omni_jax.prompt import audio_input_frames
+from omni_jax.modality_tokens import audio_input_frames
 
 ACT = ("activation_batch", "activation_length", "activation_embed")
 

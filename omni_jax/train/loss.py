@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 
 from omni_jax.models.omni_emotion import OmniEmotion
-from omni_jax.prompt import IGNORE
+from omni_jax.modality_tokens import IGNORE
 
 
 def next_token_targets(labels: jax.Array) -> jax.Array:

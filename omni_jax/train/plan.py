@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from omni_jax.prompt import audio_input_frames, parse_modalities, placeholder_counts
+from omni_jax.modality_tokens import audio_input_frames, parse_modalities, placeholder_counts
 from omni_jax.train.step import make_trainer, training_model_config
 
 

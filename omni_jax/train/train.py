@@ -5,7 +5,7 @@
 
 WORKDIR holds the run: config.json (the config as run, the base checkpoint), checkpoints/
 (orbax: the trainable parameters, optimizer state, step and data position; see
-train.checkpoint), metrics.jsonl and tensorboard/ (train.metrics), tokenizer/, and at the end
+train.checkpoint), metrics.jsonl and tensorboard/ (train.metric_logger), tokenizer/, and at the end
 final/: a complete checkpoint (frozen + trained parameters, config, tokenizer) that
 `load_pretrained`, `omni-jax export` and the next phase's `--init` take. Rerunning the same
 command resumes from the latest checkpoint; SIGTERM (preemption) saves at the next step
@@ -42,7 +42,7 @@ from omni_jax.pretrained import load_pretrained, save_pretrained
 from omni_jax.runs import RUN_FILE, load_tokenizer, resolve_checkpoint, run_config
 from omni_jax.sharding import make_mesh
 from omni_jax.train.checkpoint import Checkpoints
-from omni_jax.train.metrics import MetricLogger, peak_flops
+from omni_jax.train.metric_logger import MetricLogger, peak_flops
 from omni_jax.train.plan import matmul_flops
 from omni_jax.train.step import Trainer, make_trainer, training_model_config
 

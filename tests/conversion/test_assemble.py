@@ -14,7 +14,7 @@ from omni_jax import registry
 from omni_jax.conversion import ConversionError
 from omni_jax.conversion.assemble import assemble_omni_emotion
 from omni_jax.conversion.engine import save_params
-from omni_jax.prompt import SPECIAL_TOKENS
+from omni_jax.modality_tokens import SPECIAL_TOKENS
 
 REPO = Path(__file__).resolve().parents[2]
 LLAVA_FIELDS = ("text", "vision", "vision_feature_layers", "vision_feature_select_strategy", "projector_hidden_act",

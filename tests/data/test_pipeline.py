@@ -11,7 +11,7 @@ import pytest
 from configs import omni_emotion
 from omni_jax import cli
 from omni_jax.data import audio, faces, pipeline, video
-from omni_jax.prompt import IGNORE, placeholder_counts
+from omni_jax.modality_tokens import IGNORE, placeholder_counts
 from omni_jax.sharding import make_mesh
 from tests import media
 from tests.tokenizer import qwen2_test_tokenizer

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from omni_jax.data import audio, synth, video
-from omni_jax.eval import metrics
+from omni_jax.eval import scoring
 
 CLIPS_PER_CLASS = 2
 
@@ -117,7 +117,7 @@ def test_manifests_serve_every_phase_and_the_evaluators(written):
         assert len(line["faces"]) == synth.FPS * synth.SECONDS
     kinds = {line["conversations"][0]["value"] for line in read(manifests["instructions"])}
     assert kinds == {"<video>\n" + synth.QUESTIONS[k] for k in ("classify", "open_vocabulary", "describe")}
-    table = metrics.word_groups()
+    table = scoring.word_groups()
     for line in read(manifests["eval_open_vocabulary"]):
         label = line["id"]  # the references are other words of the class's group than the trained answers
         trained = synth.instruction(synth.CLASSES[int(label.split("_")[1]) % 7], "open_vocabulary")[1]

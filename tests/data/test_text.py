@@ -8,10 +8,10 @@ import pytest
 from configs import omni_emotion as omni_configs
 from omni_jax.data.errors import ExampleError
 from omni_jax.data.text import BLOCKS, TokenizedExample, check_tokenizer, pack_examples, pad_to_bucket, tokenize_conversation
-from omni_jax.prompt import IGNORE, multimodal_prompt_ids, placeholder_counts
+from omni_jax.modality_tokens import IGNORE, multimodal_prompt_ids, placeholder_counts
 from omni_jax.train.loss import next_token_targets
 from omni_jax.models.qwen2 import positions_from_mask
-from omni_jax.prompt import add_special_tokens
+from omni_jax.modality_tokens import add_special_tokens
 from tests.tokenizer import byte_bpe_tokenizer, qwen2_test_tokenizer, word_tokenizer
 
 CFG = omni_configs.get_config("tiny")

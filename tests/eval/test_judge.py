@@ -7,7 +7,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from omni_jax.eval import judge, metrics
+from omni_jax.eval import judge, scoring
 from omni_jax.eval.evaluators import OpenVocabulary, ReasoningJudge
 
 
@@ -135,4 +135,4 @@ def test_reply_parsing():
     assert parse('{"Happy": "joy", "sad": "Sadness"}') == {"happy": "joy", "sad": "sadness"}
     with pytest.raises(judge.ReplyRejected, match="leaves out"):
         parse('{"happy": "joy"}')
-    assert metrics.open_vocabulary_scores(["x"], [["happy"]], group_of=lambda t, p: {w: "g" for w in t + p})["avg"] == 1
+    assert scoring.open_vocabulary_scores(["x"], [["happy"]], group_of=lambda t, p: {w: "g" for w in t + p})["avg"] == 1

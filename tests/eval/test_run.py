@@ -12,7 +12,7 @@ import pytest
 
 from configs import omni_emotion
 from omni_jax import cli, registry
-from omni_jax.eval import metrics
+from omni_jax.eval import scoring
 from omni_jax.eval.predict import Predictor
 from omni_jax.eval.run import load_predictor
 from omni_jax.pretrained import load_pretrained, save_pretrained
@@ -71,7 +71,7 @@ def test_eval_writes_predictions_metrics_and_a_confusion_matrix(setup, evaluated
     assert all(isinstance(p["answer"], str) and p["correct"] == (p["predicted"] == p["label"]) for p in answered)
     result = json.loads((evaluated / "metrics.json").read_text())
     assert result["modalities"] == "v,a,f"
-    expected = metrics.classification_scores([p["answer"] for p in answered], [p["label"] for p in answered],
+    expected = scoring.classification_scores([p["answer"] for p in answered], [p["label"] for p in answered],
                                              CLASSES.split(","))
     for key in ("uar", "war", "unmapped", "strict_uar", "strict_war"):
         assert result["dfew"][key] == pytest.approx(expected[key])

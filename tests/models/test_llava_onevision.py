@@ -8,7 +8,7 @@ import torch
 
 import omni_jax
 from omni_jax.conversion.io import CheckpointReader, write_safetensors
-from omni_jax.prompt import video_tokens
+from omni_jax.modality_tokens import video_tokens
 from tests.conftest import RTOL, convert, rel_err
 
 FRAMES = 3

@@ -15,7 +15,7 @@ from omni_jax.generate import generate
 from omni_jax.models import facexformer, whisper
 from omni_jax.models.llava_onevision import LlavaOnevisionForConditionalGeneration
 from omni_jax.models.omni_emotion import FUSIONS, FaceCrossAttention, OmniEmotion, init_token_rows
-from omni_jax.prompt import IGNORE, add_special_tokens, audio_input_frames, multimodal_prompt_ids, placeholder_counts
+from omni_jax.modality_tokens import IGNORE, add_special_tokens, audio_input_frames, multimodal_prompt_ids, placeholder_counts
 from omni_jax.train.loss import chunked_cross_entropy, next_token_loss, next_token_targets
 from omni_jax.pretrained import override_fields
 from tests.conftest import rel_err

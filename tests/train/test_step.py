@@ -14,7 +14,7 @@ from jax.sharding import PartitionSpec
 from configs import omni_emotion as omni_configs
 from omni_jax import sharding
 from omni_jax.models.omni_emotion import OmniEmotion
-from omni_jax.prompt import IGNORE
+from omni_jax.modality_tokens import IGNORE
 from omni_jax.sharding import make_mesh
 from omni_jax.train.step import (learning_rate_schedule, make_trainer, merge_params, split_params, train_step,
                                  trainable_mask)

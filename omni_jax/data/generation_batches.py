@@ -29,7 +29,7 @@ from omni_jax.data.errors import ExampleError
 from omni_jax.data.manifest import ManifestLine, ManifestSource
 from omni_jax.data.pipeline import (FLAGS, MEDIA, NO_MEDIA, bucket_length, media_inputs, ordered_examples, pad_id_of,
                                     prompt_blocks)
-from omni_jax.prompt import MODALITIES, parse_modalities
+from omni_jax.modality_tokens import MODALITIES, parse_modalities
 
 
 @dataclasses.dataclass(frozen=True)

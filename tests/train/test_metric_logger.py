@@ -5,7 +5,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from omni_jax.train.metrics import MetricLogger, peak_flops
+from omni_jax.train.metric_logger import MetricLogger, peak_flops
 
 
 def device_metrics(loss: float, finite: bool = True, nonfinite: int = 0) -> dict:

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from configs import omni_emotion
-from omni_jax.data import prompts, text
-from omni_jax.prompt import placeholder_counts
+from omni_jax.data import generation_batches, text
+from omni_jax.modality_tokens import placeholder_counts
 from tests import media
 from tests.tokenizer import qwen2_test_tokenizer
 
@@ -34,19 +34,19 @@ def test_every_line_once_over_the_processes(setup, processes, batch):
     cfg, tokenizer, manifest, count = setup
     seen, batches = [], []
     for index in range(processes):
-        out = list(prompts.prompt_batches(manifest, tokenizer, cfg, batch, modalities="v,f", question="w15 ?",
+        out = list(generation_batches.prompt_batches(manifest, tokenizer, cfg, batch, modalities="v,f", question="w15 ?",
                                           process=(index, processes)))
         batches.append(len(out))
         for arrays, rows in out:
             assert arrays["input_ids"].shape[0] == len(rows) == batch
             seen += [row.line for row in rows if not row.padding]
-    assert len(set(batches)) == 1 and batches[0] == prompts.batch_count(count, processes, batch)
+    assert len(set(batches)) == 1 and batches[0] == generation_batches.batch_count(count, processes, batch)
     assert sorted(seen) == list(range(1, count + 1))
 
 
 def test_rows_are_left_padded_prompts_with_their_references(setup):
     cfg, tokenizer, manifest, count = setup
-    (arrays, rows), = prompts.prompt_batches(manifest, tokenizer, cfg, count + 1, modalities="v,f",
+    (arrays, rows), = generation_batches.prompt_batches(manifest, tokenizer, cfg, count + 1, modalities="v,f",
                                              question="w15 ?", process=(0, 1))
     by_id = {row.id: (i, row) for i, row in enumerate(rows) if not row.padding}
     mask, ids = arrays["attention_mask"], arrays["input_ids"]
