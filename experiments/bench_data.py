@@ -34,6 +34,7 @@ from configs import omni_emotion  # noqa: E402
 import numpy as np  # noqa: E402
 
 from omni_jax.data import audio, faces, pipeline, synth, text, video  # noqa: E402
+from omni_jax.data.media_writer import write_media  # noqa: E402
 from omni_jax.data.word_tokenizer import word_tokenizer  # noqa: E402
 from omni_jax.modality_tokens import add_special_tokens  # noqa: E402
 
@@ -49,8 +50,8 @@ def write_clips(folder: Path, count: int) -> list[Path]:
     for i in range(count):
         cues = synth.clip_cues(synth.CLASSES[i % 7], np.random.default_rng(i), frame=(854, 480))
         voice = synth.synthesize_voice(cues["voice_name"], cues["speaker"], cues["voice_seed"], seconds=10.0)
-        paths.append(synth.write_clip(folder / f"clip{i}.mp4", (synth.draw_frame(cues, t / 30) for t in range(300)),
-                                      voice, fps=30, gop=60))
+        paths.append(write_media(folder / f"clip{i}.mp4", (synth.draw_frame(cues, t / 30) for t in range(300)), voice,
+                                 fps=30, rate=synth.RATE, gop=60, codec_options=synth.X264_OPTIONS))
     return paths
 
 

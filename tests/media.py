@@ -1,4 +1,4 @@
-"""Media files the tests write themselves with PyAV (real codecs, no downloads).
+"""Media files the tests write themselves (real codecs through omni_jax.data.media_writer, no downloads).
 
 `write_clip` codes each frame's index into its pixels (`frame_code` / `read_code`: a grid of
 black and white cells in the top half, robust to codec loss) and can draw a cartoon face in the
@@ -15,6 +15,8 @@ import av
 import cv2
 import numpy as np
 
+from omni_jax.data.media_writer import write_media
+
 CODE_ROWS, CODE_COLS = 2, 5  # 10 bits: frame indices up to 1023
 
 
@@ -26,51 +28,21 @@ def tone(freq: float, seconds: float, rate: int, channels: int = 1) -> np.ndarra
 
 def write_audio(path: Path, samples: np.ndarray, rate: int, codec: str = "aac") -> Path:
     """Encodes [channels, samples] float audio into `path` (container from the suffix)."""
-    layout = {1: "mono", 2: "stereo", 6: "5.1"}[samples.shape[0]]
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream(codec, rate=rate, layout=layout)
-        fmt = "s16" if codec.startswith("pcm_s16") else stream.codec_context.codec.audio_formats[0].name
-        frame_size = stream.codec_context.frame_size or 1024
-        for start in range(0, samples.shape[1], frame_size):
-            _encode_audio(container, stream, samples[:, start:start + frame_size], rate, layout, fmt, start)
-        for packet in stream.encode(None):
-            container.mux(packet)
-    return path
-
-
-def _encode_audio(container, stream, chunk, rate, layout, fmt, pts):
-    planar = fmt.endswith("p")
-    if fmt.startswith("s16"):
-        data = (np.clip(chunk, -1, 1) * 32767).astype(np.int16)
-    else:
-        data = chunk.astype(np.float32)
-    data = data if planar else data.T.reshape(1, -1)
-    frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(data), format=fmt, layout=layout)
-    frame.sample_rate, frame.pts, frame.time_base = rate, pts, Fraction(1, rate)
-    for packet in stream.encode(frame):
-        container.mux(packet)
+    return write_media(path, audio=samples, rate=rate, audio_codec=codec)
 
 
 def write_video(path: Path, seconds: float = 1.0, fps: int = 10, size: tuple[int, int] = (64, 48),
                 audio: np.ndarray | None = None, audio_rate: int = 44100, codec: str = "mpeg4") -> Path:
     """A clip of a moving square (and, if given, an AAC audio track)."""
     width, height = size
-    with av.open(str(path), "w") as container:
-        video = container.add_stream(codec, rate=fps)
-        video.width, video.height, video.pix_fmt = width, height, "yuv420p"
-        layout = None if audio is None else {1: "mono", 2: "stereo"}[audio.shape[0]]
-        sound = container.add_stream("aac", rate=audio_rate, layout=layout) if audio is not None else None
-        for i in range(int(seconds * fps)):
-            image = np.zeros((height, width, 3), np.uint8)
-            x = (i * 4) % max(1, width - 8)
-            image[8:16, x:x + 8] = (255, 64, 32)
-            for packet in video.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
-                container.mux(packet)
-        for packet in video.encode(None):
-            container.mux(packet)
-        if sound is not None:
-            _mux_audio(container, sound, audio)
-    return path
+
+    def frame(i: int) -> np.ndarray:
+        image = np.zeros((height, width, 3), np.uint8)
+        x = (i * 4) % max(1, width - 8)
+        image[8:16, x:x + 8] = (255, 64, 32)
+        return image
+
+    return write_media(path, map(frame, range(int(seconds * fps))), audio, fps=fps, rate=audio_rate, codec=codec)
 
 
 def frame_code(index: int, width: int, height: int) -> np.ndarray:
@@ -129,48 +101,19 @@ def write_clip(path: Path, seconds: float = 1.0, fps: float | Fraction = 10, siz
     width, height = size
     rate = Fraction(fps).limit_denominator(1001)
     count = len(times) if times is not None else int(seconds * rate)
-    time_base = Fraction(1, 1000) if times is not None else 1 / rate
+
+    def frame(i: int) -> np.ndarray:
+        image = frame_code(i, width, height)
+        return draw_face(image, width // 2, height * 3 // 4, min(width, height // 2) - 8) if face else image
+
+    audio_rate = 48000 if "opus" in audio_codec else 44100
+    duration = audio_seconds or (times[-1] if times is not None else count / rate)
     codec = "libx264" if codec == "h264" else codec
-    options = {"movflags": "faststart"} if faststart else {}
-    with av.open(str(path), "w", options=options) as container:
-        video = container.add_stream(codec, rate=rate)
-        # x264 refuses 4:2:0 at odd sizes (chroma planes of half a pixel); MPEG-4 pads them.
-        odd = width % 2 or height % 2
-        video.width, video.height = width, height
-        video.pix_fmt = "yuv444p" if codec == "libx264" and odd else "yuv420p"
-        video.codec_context.gop_size = gop
-        if codec == "libx264":  # keyframes every `gop` frames only, not where the frame code changes a lot
-            video.codec_context.options = {"sc_threshold": "0"}
-        video.codec_context.time_base = time_base
-        video.time_base = time_base
-        audio_rate = 48000 if "opus" in audio_codec else 44100
-        sound = container.add_stream(audio_codec, rate=audio_rate, layout="mono") if audio else None
-        for i in range(count):
-            image = frame_code(i, width, height)
-            if face:
-                draw_face(image, width // 2, height * 3 // 4, min(width, height // 2) - 8)
-            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
-            frame.pts = round(times[i] * 1000) if times is not None else i
-            frame.time_base = time_base
-            for packet in video.encode(frame):
-                container.mux(packet)
-        for packet in video.encode(None):
-            container.mux(packet)
-        if sound is not None:
-            duration = audio_seconds or (times[-1] if times is not None else count / rate)
-            _mux_audio(container, sound, tone(440.0, float(duration), audio_rate))
-    return path
-
-
-def _mux_audio(container, stream, samples: np.ndarray) -> None:
-    """Encodes [channels, samples] float audio into `stream`."""
-    fmt = stream.codec_context.codec.audio_formats[0].name
-    frame_size = stream.codec_context.frame_size or 1024
-    for start in range(0, samples.shape[1], frame_size):
-        _encode_audio(container, stream, samples[:, start:start + frame_size], stream.rate, stream.layout.name, fmt,
-                      start)
-    for packet in stream.encode(None):
-        container.mux(packet)
+    return write_media(path, map(frame, range(count)), tone(440.0, float(duration), audio_rate) if audio else None,
+                       fps=rate, rate=audio_rate, codec=codec, audio_codec=audio_codec, gop=gop, times=times,
+                       # keyframes every `gop` frames only, not where the frame code changes a lot
+                       codec_options={"sc_threshold": "0"} if codec == "libx264" else None,
+                       container_options={"movflags": "faststart"} if faststart else None)
 
 
 def write_corrupt(path: Path, size: int = 4096, seed: int = 0, text: bytes = b"") -> Path:

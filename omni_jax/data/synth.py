@@ -15,17 +15,16 @@ the answer. Every file is a function of (seed, index): the same seed writes the 
 """
 from __future__ import annotations
 
-import itertools
 import json
 import math
-from fractions import Fraction
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
-import av
 import cv2
 import numpy as np
 import scipy.signal
+
+from omni_jax.data.media_writer import write_media
 
 CLASSES = ("happy", "surprise", "neutral", "angry", "disgust", "sad", "fear")  # DFEW's seven
 # The face and the voice of each class.
@@ -79,6 +78,7 @@ SCENE_COLOURS = ((235, 200, 60), (120, 200, 230), (170, 170, 170), (200, 60, 50)
 SCENE_CUE = 1 / 3  # the fraction of clips whose background is their class's colour
 WIDTH, HEIGHT, FPS, SECONDS, RATE = 256, 192, 10, 2.0, 16000
 SILENCE = "voices/silence.m4a"
+X264_OPTIONS = {"crf": "20", "threads": "1"}  # one thread: the same bytes every run
 # One manifest per use: phase 1 (audio only, captions), phase 2 (classification on what is
 # seen), phase 3 (classification, open vocabulary and explained answers), held-out evaluation.
 # `eval_classification_silenced`: the held-out clips with a silent track in place of their own
@@ -198,50 +198,6 @@ def synthesize_voice(name: str, speaker: float, seed: int, seconds: float = SECO
     return (voice["loudness"] * signal + noise).astype(np.float32)
 
 
-def write_clip(path: Path, frames: Iterator[np.ndarray], audio: np.ndarray | None, fps: int = FPS,
-               rate: int = RATE, gop: int = 12) -> Path:
-    """Encodes RGB frames (even sizes) as H.264, a keyframe every `gop` frames (and `audio`,
-    [samples] mono float, as AAC) into an MP4."""
-    with av.open(str(path), "w") as container:
-        video = container.add_stream("libx264", rate=fps)
-        frames = iter(frames)
-        first = next(frames)
-        (video.height, video.width), video.pix_fmt = first.shape[:2], "yuv420p"
-        video.codec_context.gop_size = gop
-        video.codec_context.options = {"crf": "20", "threads": "1"}  # one thread: the same bytes every run
-        sound = container.add_stream("aac", rate=rate, layout="mono") if audio is not None else None
-        for i, image in enumerate(itertools.chain([first], frames)):
-            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
-            frame.pts = i
-            for packet in video.encode(frame):
-                container.mux(packet)
-        for packet in video.encode(None):
-            container.mux(packet)
-        if sound is not None:
-            _mux_audio(container, sound, audio, rate)
-    return path
-
-
-def write_audio(path: Path, audio: np.ndarray, rate: int = RATE) -> Path:
-    """[samples] mono float audio as AAC in an M4A file."""
-    with av.open(str(path), "w", format="mp4") as container:
-        _mux_audio(container, container.add_stream("aac", rate=rate, layout="mono"), audio, rate)
-    return path
-
-
-def _mux_audio(container: av.container.OutputContainer, stream: av.AudioStream, audio: np.ndarray, rate: int) -> None:
-    fmt = stream.codec_context.codec.audio_formats[0].name
-    size = stream.codec_context.frame_size or 1024
-    for start in range(0, audio.size, size):
-        chunk = np.ascontiguousarray(audio[None, start:start + size], np.float32)
-        frame = av.AudioFrame.from_ndarray(chunk, format=fmt, layout="mono")
-        frame.sample_rate, frame.pts, frame.time_base = rate, start, Fraction(1, rate)
-        for packet in stream.encode(frame):
-            container.mux(packet)
-    for packet in stream.encode(None):
-        container.mux(packet)
-
-
 def turns(question: str, answer: str | None, marker: str = "<video>") -> list[dict[str, str]]:
     human = [{"from": "human", "value": f"{marker}\n{question}"}]
     return human + ([{"from": "gpt", "value": answer}] if answer is not None else [])
@@ -289,8 +245,9 @@ def synthesize(out: str | Path, clips: int = 336, eval_clips: int | None = None,
             cues = clip_cues(label, rng)
             times = np.arange(int(SECONDS * FPS)) / FPS
             name = f"clips/{split}_{index:04d}.mp4"
-            write_clip(out / name, (draw_frame(cues, t) for t in times),
-                       synthesize_voice(cues["voice_name"], cues["speaker"], cues["voice_seed"]))
+            write_media(out / name, (draw_frame(cues, t) for t in times),
+                        synthesize_voice(cues["voice_name"], cues["speaker"], cues["voice_seed"]), fps=FPS, rate=RATE,
+                        codec_options=X264_OPTIONS)
             done += 1
             clip = {"id": f"{split}_{index:04d}", "video": name,
                     "faces": [{"t": round(float(t), 3), "box": face_box(cues, t)} for t in times],
@@ -311,14 +268,15 @@ def synthesize(out: str | Path, clips: int = 336, eval_clips: int | None = None,
                 voice = cues["voice_name"]
                 speaker, voice_seed = rng.uniform(0.88, 1.14), int(rng.integers(2**31))
                 audio_name = f"voices/{index:04d}.m4a"
-                write_audio(out / audio_name, synthesize_voice(voice, speaker, voice_seed))
+                write_media(out / audio_name, audio=synthesize_voice(voice, speaker, voice_seed), rate=RATE,
+                            format="mp4")
                 done += 1
                 lines["audio_captions"].append({"id": f"voice_{index:04d}", "audio": audio_name,
                                                 "conversations": turns(QUESTIONS["caption"], CAPTIONS[voice],
                                                                        "<audio>")})
             if progress:
                 progress(done, total)
-    write_audio(out / SILENCE, np.zeros(int(SECONDS * RATE), np.float32))
+    write_media(out / SILENCE, audio=np.zeros(int(SECONDS * RATE), np.float32), rate=RATE, format="mp4")
     lines["infer"] = [{**line, "conversations": turns(QUESTIONS["describe"], None)}
                       for line in lines["eval_classification"][:1]]
     paths = {}
