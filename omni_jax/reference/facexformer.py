@@ -1,11 +1,15 @@
 """The face encoder in PyTorch, written from its description, for the parity tests and the
 benchmark: transformers' SwinModel supplies the backbone (torchvision does not load beside the
 CPU build of torch), the fusion head, pooling and projector are below, and `release_file` lays
-the weights out as the FaceXFormer release does."""
-import re
+the weights out as the FaceXFormer release does.
 
-import torch
-import torch.nn.functional as F
+torch is imported where it is used, and the two torch.nn.Module classes (`FusionHead`,
+`FaceEncoder`) are defined on first access, so that importing this module needs no torch
+(tests/test_imports.py)."""
+from __future__ import annotations
+
+import functools
+import re
 
 LLM_WIDTH = 64
 
@@ -28,46 +32,66 @@ def fuse(linear_c, linear_fuse, features):
     upsampling to the first scale's grid, deepest-first concatenation, 1×1 conv without bias.
 
     features: [batch, c_s, h_s, w_s] per stage → [batch, 256, h_0, w_0]."""
+    import torch
+    import torch.nn.functional as F
+
     size = features[0].shape[2:]
     scales = [F.interpolate(mlp["proj"](f.permute(0, 2, 3, 1)).permute(0, 3, 1, 2), size=size, mode="bilinear",
                             align_corners=False) for mlp, f in zip(linear_c, features)]
     return linear_fuse(torch.cat(scales[::-1], dim=1))
 
 
-class FusionHead(torch.nn.Module):
-    """`fuse` with its parameters, named as in the release (linear_c.{i}.proj, linear_fuse)."""
-
-    def __init__(self, widths, width=256):
-        super().__init__()
-        self.linear_c = torch.nn.ModuleList(torch.nn.ModuleDict({"proj": torch.nn.Linear(w, width)}) for w in widths)
-        self.linear_fuse = torch.nn.Conv2d(len(widths) * width, width, kernel_size=1, bias=False)
-
-    def forward(self, features):
-        return fuse(self.linear_c, self.linear_fuse, features)
-
-
 def face_tokens_reference(fused, grid, projector):
     """Omni-Emotion's face tokens: adaptive average pooling, flattening, Linear → GELU → Linear."""
+    import torch.nn.functional as F
+
     pooled = F.adaptive_avg_pool2d(fused, grid).flatten(2).transpose(1, 2)
     return pooled, projector["linear_2"](F.gelu(projector["linear_1"](pooled)))
 
 
-class FaceEncoder(torch.nn.Module):
-    """transformers' SwinModel (stage outputs before downsampling) → FusionHead → face tokens."""
+@functools.cache
+def _modules() -> dict[str, type]:
+    import torch
 
-    def __init__(self, swin, head: FusionHead, projector, grid):
-        super().__init__()
-        self.swin, self.head, self.projector, self.grid = swin, head, projector, tuple(grid)
+    class FusionHead(torch.nn.Module):
+        """`fuse` with its parameters, named as in the release (linear_c.{i}.proj, linear_fuse)."""
 
-    def forward(self, pixel_values):
-        """pixel_values: [batch, 3, height, width] → (fused map, pooled features, projected tokens)."""
-        out = self.swin(pixel_values, output_hidden_states=True, output_hidden_states_before_downsampling=True)
-        fused = self.head(list(out.reshaped_hidden_states[1:]))
-        return (fused, *face_tokens_reference(fused, self.grid, self.projector))
+        def __init__(self, widths, width=256):
+            super().__init__()
+            self.linear_c = torch.nn.ModuleList(torch.nn.ModuleDict({"proj": torch.nn.Linear(w, width)})
+                                                for w in widths)
+            self.linear_fuse = torch.nn.Conv2d(len(widths) * width, width, kernel_size=1, bias=False)
+
+        def forward(self, features):
+            return fuse(self.linear_c, self.linear_fuse, features)
+
+    class FaceEncoder(torch.nn.Module):
+        """transformers' SwinModel (stage outputs before downsampling) → FusionHead → face tokens."""
+
+        def __init__(self, swin, head: FusionHead, projector, grid):
+            super().__init__()
+            self.swin, self.head, self.projector, self.grid = swin, head, projector, tuple(grid)
+
+        def forward(self, pixel_values):
+            """pixel_values: [batch, 3, height, width] → (fused map, pooled features, projected tokens)."""
+            out = self.swin(pixel_values, output_hidden_states=True, output_hidden_states_before_downsampling=True)
+            fused = self.head(list(out.reshaped_hidden_states[1:]))
+            return (fused, *face_tokens_reference(fused, self.grid, self.projector))
+
+    return {"FusionHead": FusionHead, "FaceEncoder": FaceEncoder}
+
+
+def __getattr__(name: str) -> type:
+    """`FusionHead` and `FaceEncoder`, defined (with torch imported) on first access (PEP 562)."""
+    if name in ("FusionHead", "FaceEncoder"):
+        return _modules()[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def torchvision_names(hf_state: dict, window: int) -> dict:
     """A transformers SwinModel state dict (its module names) in torchvision's names."""
+    import torch
+
     out = {}
     for key, value in hf_state.items():
         qkv = re.match(r"(.*)attention\.q_proj\.(weight|bias)$", key)
@@ -90,6 +114,8 @@ def _rename(key: str) -> str:
 
 def release_file(path, hf_swin, head, projector=None):
     """A .pt laid out as the FaceXFormer release, with decoder and positional tensors to drop."""
+    import torch
+
     state = {**torchvision_names(hf_swin.state_dict(), hf_swin.config.window_size), **head.state_dict(),
              "face_decoder.landmarks_token.weight": torch.randn(1, 256),
              "face_decoder.transformer.layers.0.self_attn.q_proj.weight": torch.randn(256, 256),
@@ -101,5 +127,7 @@ def release_file(path, hf_swin, head, projector=None):
 
 
 def torch_projector(width=256, llm_width=LLM_WIDTH):
+    import torch
+
     return torch.nn.ModuleDict({"linear_1": torch.nn.Linear(width, llm_width),
                                 "linear_2": torch.nn.Linear(llm_width, llm_width)})
