@@ -5,11 +5,14 @@ import ml_collections
 from configs import swin as swin_configs
 from omni_jax.models import facexformer
 
-VARIANTS = {"base": ("base", 14, 3584), "tiny": ("tiny", 6, 64)}
+# backbone: configs/swin.py variant; face_grid: tokens per side; llm_width: the projector's output
+VARIANTS = {"base": dict(backbone="base", face_grid=14, llm_width=3584),
+            "tiny": dict(backbone="tiny", face_grid=6, llm_width=64)}
 
 
 def get_config(variant: str = "base") -> ml_collections.ConfigDict:
-    backbone, face_grid, llm_width = VARIANTS[variant]
-    cfg = facexformer.release_config(face_grid, llm_width, swin_configs.get_config(backbone))
+    variant = VARIANTS[variant]
+    cfg = facexformer.release_config(variant["face_grid"], variant["llm_width"],
+                                     swin_configs.get_config(variant["backbone"]))
     cfg.update(dtype="bfloat16", param_dtype="float32")
     return cfg

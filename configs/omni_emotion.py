@@ -1,35 +1,59 @@
 """Omni-Emotion configs: `get_config("VARIANT[,PHASE]")`, one schema for every variant and phase.
 
-VARIANT: "7b" (SPEC §1), "tiny" (every shape distinct, for the tests: 4 visual and 9 face
-tokens per frame, 10 audio tokens per window, 2 frames, 2 windows) or "demo" (`make demo`: the
-tiny shapes hearing one 1.5-s window, 25 audio tokens, so that a voice's contour fits). PHASE: one of the paper's
-three training phases (§4.4), default "instruction_tuning"; it sets `train` and `data` to that
-phase's settings. On the command line: `--config configs/omni_emotion.py:7b,audio_alignment`.
+VARIANT: "7b" (the paper's model), "tiny" (every shape distinct, for the tests: 4 visual and 9
+face tokens per frame, 10 audio tokens per window, 2 frames, 2 windows) or "demo" (`make demo`:
+the tiny shapes hearing one 1.5-s window, 25 audio tokens, so that a voice's contour fits).
+PHASE: one of the paper's three training phases (§4.4), default "instruction_tuning"; it sets
+`train` and `data` to that phase's settings. On the command line:
+`--config configs/omni_emotion.py:7b,audio_alignment`.
 
-LLaVA-OneVision's schema (text, vision, projector, image/video token ids: a converted
-LLaVA-OV config is a subset) plus the face encoder, the audio encoder and every choice the
-paper leaves open; then the run's sections: `data` (the input pipeline), `train` (the loop,
-optimizer, checkpoints, metrics) and `mesh`.
+Sections (big_vision's shape):
+  model  LLaVA-OneVision's schema (text, vision, projector, image/video token ids: a converted
+         LLaVA-OV config is a subset) plus the face encoder, the audio encoder and every choice
+         the paper leaves open. A run that starts from a checkpoint (`--init`, `eval`, `infer`)
+         takes the model from the checkpoint (`omni_jax.runs.run_config` says what may differ).
+  data   the input pipeline;  train  the loop, optimizer, checkpoints, metrics;
+  eval   generation;  evals  the benchmarks;  mesh  the device mesh.
 """
+import dataclasses
+
 import ml_collections
 
 from configs import facexformer, llava_onevision, whisper
+from omni_jax.errors import InputError
 
-# Token ids: <audio>, <vi_start>, <vi_end>, <au_start>, <au_end> follow the llava-hf tokenizer's
-# last entry (<video> = 151647), as `omni_emotion.add_special_tokens` assigns them; the 7B
-# embedding table (152064 rows) already holds them. Tiny: after the tiny LLaVA's <video> (151).
-TOKEN_IDS = {"7b": (151648, 151649, 151650, 151651, 151652), "tiny": (152, 153, 154, 155, 156),
-             "demo": (152, 153, 154, 155, 156)}
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    """What sets one Omni-Emotion variant apart: its parts' variants and the sizes the paper leaves open."""
+    llava: str  # configs/llava_onevision.py variant (Qwen2 + SigLIP)
+    face: str  # configs/facexformer.py variant
+    whisper: str  # configs/whisper.py variant
+    face_grid: int  # face tokens per frame: face_grid × face_grid
+    num_frames: int  # frames sampled per clip
+    audio_windows: int  # 30-s windows per clip; emotion clips are short, one is the default
+    audio_positions: int  # Whisper positions of one window: 1500 = 30 s (tiny: 60 mel frames)
+    cross_attention_heads: int  # fusion="frame_cross_attention" only; head width = hidden_size / heads
+    loss_chunk_size: int  # sequence positions whose [batch, chunk, vocab] logits exist at once
+    # <audio>, <vi_start>, <vi_end>, <au_start>, <au_end> follow the tokenizer's last entry
+    # (<video>), as `modality_tokens.add_special_tokens` assigns them; the 7B embedding table
+    # (152064 rows) already holds them.
+    audio_token_id: int
+    buckets: tuple[int, ...]  # sequence lengths a batch is padded to (the smallest that fits): a few static shapes
+
+
 VARIANTS = {
-    # llava variant, face variant, whisper variant, face grid, frames, audio windows, 30-s window
-    # positions, cross-attention heads, loss chunk
-    "7b": ("7b", "base", "large-v3", 14, 8, 1, 1500, 28, 1024),
-    "tiny": ("tiny", "tiny", "tiny", 3, 2, 2, 30, 4, 16),
-    "demo": ("tiny", "tiny", "tiny", 3, 2, 1, 75, 4, 16),
+    # 7B: the multimodal block alone is 3,645 tokens (3,137 video + 500 audio + 8)
+    "7b": Variant(llava="7b", face="base", whisper="large-v3", face_grid=14, num_frames=8, audio_windows=1,
+                  audio_positions=1500, cross_attention_heads=28, loss_chunk_size=1024, audio_token_id=151648,
+                  buckets=(4096, 6144, 8192)),
+    "tiny": Variant(llava="tiny", face="tiny", whisper="tiny", face_grid=3, num_frames=2, audio_windows=2,
+                    audio_positions=30, cross_attention_heads=4, loss_chunk_size=16, audio_token_id=152,
+                    buckets=(96, 128, 192)),
+    "demo": Variant(llava="tiny", face="tiny", whisper="tiny", face_grid=3, num_frames=2, audio_windows=1,
+                    audio_positions=75, cross_attention_heads=4, loss_chunk_size=16, audio_token_id=152,
+                    buckets=(96, 128, 160)),
 }
-# Sequence lengths a batch is padded to (the smallest that fits its longest example): a few static
-# shapes for XLA. 7B: the multimodal block alone is 3,645 tokens (3,137 video + 500 audio + 8).
-BUCKETS = {"7b": (4096, 6144, 8192), "tiny": (96, 128, 192), "demo": (96, 128, 160)}
 # The paper's settings of each phase (§4.4): what it trains is omni_jax.train.step.PHASES.
 PHASES = {
     # audio projector only, on audio-text pairs (captions, transcripts): prompts hold the audio block
@@ -45,48 +69,53 @@ def get_config(arg: str = "7b") -> ml_collections.ConfigDict:
     variant, _, phase = arg.partition(",")
     phase = phase or "instruction_tuning"
     if variant not in VARIANTS or phase not in PHASES:
-        raise ValueError(f"config {arg!r}: expected VARIANT[,PHASE] with VARIANT in {sorted(VARIANTS)} and PHASE "
+        raise InputError(f"config {arg!r}: expected VARIANT[,PHASE] with VARIANT in {sorted(VARIANTS)} and PHASE "
                          f"in {sorted(PHASES)}")
-    llava, face, audio, grid, frames, windows, positions, heads, chunk = VARIANTS[variant]
-    cfg = llava_onevision.get_config(llava)
-    face_cfg = facexformer.get_config(face)
-    face_cfg.update(face_grid=[grid, grid], llm_width=cfg.text.hidden_size)
-    audio_cfg = whisper.get_config(audio)
-    audio_cfg.max_source_positions = positions  # 1500 = a 30-s window; tiny: 60 mel frames
-    audio_id, vi_start, vi_end, au_start, au_end = TOKEN_IDS[variant]
-    cfg.update(dict(
-        face=face_cfg,
-        audio=audio_cfg,
-        audio_pool=3,  # 3:1 average pooling, 1500 → 500 tokens per window (paper §4.1)
-        audio_windows=windows,  # 30-s windows per clip; emotion clips are short, one is the default
-        num_frames=frames,
-        fusion="video_concat",  # | "frame_concat" | "frame_cross_attention" (paper Table 3)
-        cross_attention_heads=heads,  # frame_cross_attention only; head width = text.hidden_size / heads
-        audio_token_id=audio_id,
-        vi_start_token_id=vi_start,
-        vi_end_token_id=vi_end,
-        au_start_token_id=au_start,
-        au_end_token_id=au_end,
-        loss_chunk_size=chunk,  # sequence positions whose [batch, chunk, vocab] logits exist at once
-    ))
-    cfg.data = data_config(cfg, BUCKETS[variant])
+    cfg = ml_collections.ConfigDict()
+    cfg.model = model_config(VARIANTS[variant])
+    cfg.data = data_config(cfg.model, VARIANTS[variant].buckets)
     cfg.data.epochs = PHASES[phase]["epochs"]
     cfg.train = train_config(phase, variant)
     cfg.eval = eval_config(variant)
     cfg.evals = evals_config()
     # sharding.make_mesh(**cfg.mesh); -1 takes the remaining devices. On 256 chips at batch 128:
-    # data=2, fsdp=64, tensor=2 (README, "What fits").
+    # data=2, fsdp=64, tensor=2 (docs/scaling.md).
     cfg.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1))
     return cfg
 
 
-def data_config(cfg: ml_collections.ConfigDict, buckets: tuple[int, ...]) -> ml_collections.ConfigDict:
+def model_config(variant: Variant) -> ml_collections.ConfigDict:
+    """The model's fields: what `OmniEmotion` takes and a checkpoint's config.json stores."""
+    cfg = llava_onevision.get_config(variant.llava)
+    face = facexformer.get_config(variant.face)
+    face.update(face_grid=[variant.face_grid, variant.face_grid], llm_width=cfg.text.hidden_size)
+    audio = whisper.get_config(variant.whisper)
+    audio.max_source_positions = variant.audio_positions
+    cfg.update(dict(
+        face=face,
+        audio=audio,
+        audio_pool=3,  # 3:1 average pooling, 1500 → 500 tokens per window (paper §4.1)
+        audio_windows=variant.audio_windows,
+        num_frames=variant.num_frames,
+        fusion="video_concat",  # | "frame_concat" | "frame_cross_attention" (paper Table 3)
+        cross_attention_heads=variant.cross_attention_heads,
+        audio_token_id=variant.audio_token_id,
+        vi_start_token_id=variant.audio_token_id + 1,
+        vi_end_token_id=variant.audio_token_id + 2,
+        au_start_token_id=variant.audio_token_id + 3,
+        au_end_token_id=variant.audio_token_id + 4,
+        loss_chunk_size=variant.loss_chunk_size,
+    ))
+    return cfg
+
+
+def data_config(model: ml_collections.ConfigDict, buckets: tuple[int, ...]) -> ml_collections.ConfigDict:
     """The input pipeline's fields (omni_jax.data.pipeline); frames and pixel sizes follow the model."""
     return ml_collections.ConfigDict(dict(
-        manifest="",  # JSONL, SPEC §2
-        num_frames=cfg.get_ref("num_frames"),
-        image_size=cfg.vision.get_ref("image_size"),  # 384: SigLIP
-        face_size=cfg.face.swin.get_ref("image_size"),  # 224: FaceXFormer's Swin
+        manifest="",  # JSONL (docs/data.md)
+        num_frames=model.get_ref("num_frames"),
+        image_size=model.vision.get_ref("image_size"),  # 384: SigLIP
+        face_size=model.face.swin.get_ref("image_size"),  # 224: FaceXFormer's Swin
         face_time_tolerance=0.5,  # seconds: a frame takes the manifest's nearest timed box this close, else detection
         buckets=buckets,
         tokenizer="",  # a tokenizer directory; default: the --init checkpoint's

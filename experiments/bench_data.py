@@ -66,14 +66,14 @@ def stage_seconds(clips: list[Path], cfg, tokenizer) -> dict[str, float]:
         return out
 
     for path in clips:
-        frames = timed("decode", lambda: video.load_frames(path, cfg.num_frames).frames)
+        frames = timed("decode", lambda: video.load_frames(path, cfg.model.num_frames).frames)
         timed("resize", video.preprocess_frames, frames, cfg.data.image_size)
         boxes = timed("faces", video.detect_faces, frames)
         timed("crops", faces.face_crops, frames, boxes, cfg.data.face_size)
         wave = timed("audio", audio.load_audio, path)
-        timed("mel", lambda: audio.log_mel_spectrogram(audio.split_windows(wave, cfg.audio_windows)[0],
-                                                       cfg.audio.num_mel_bins))
-        timed("tokens", text.tokenize_conversation, TURNS, tokenizer, cfg, max(cfg.data.buckets))
+        timed("mel", lambda: audio.log_mel_spectrogram(audio.split_windows(wave, cfg.model.audio_windows)[0],
+                                                       cfg.model.audio.num_mel_bins))
+        timed("tokens", text.tokenize_conversation, TURNS, tokenizer, cfg.model, max(cfg.data.buckets))
     return {name: statistics.median(values) for name, values in times.items()}
 
 
@@ -95,8 +95,8 @@ def main() -> None:
     args = parser.parse_args()
     cfg = omni_emotion.get_config("7b")
     words = " ".join(turn["value"] for turn in TURNS).replace("<video>", "").split()
-    tokenizer = word_tokenizer(words, cfg.image_token_id - 3)  # <image>, <video> at the 7B's ids
-    add_special_tokens(tokenizer, cfg)
+    tokenizer = word_tokenizer(words, cfg.model.image_token_id - 3)  # <image>, <video> at the 7B's ids
+    add_special_tokens(tokenizer, cfg.model)
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
         clips = write_clips(Path(tmp), args.clips)

@@ -26,10 +26,11 @@ import numpy as np
 
 from omni_jax import registry
 from omni_jax.config_flags import load_config
+from omni_jax.flops import matmul_flops
 from omni_jax.modality_tokens import IGNORE, multimodal_prompt_ids
 from omni_jax.sharding import make_mesh
 from omni_jax.train.metric_logger import peak_flops
-from omni_jax.train.plan import abstract_batch, matmul_flops
+from omni_jax.train.plan import abstract_batch
 from omni_jax.train.step import make_trainer, training_model_config
 
 # Language models that keep the real towers but shrink the step to one accelerator's memory.
@@ -44,10 +45,10 @@ def synthetic_batch(cfg, batch: int, seq: int, seed: int = 0) -> dict[str, np.nd
     random text to `seq`, the text after the media blocks as the answer (labels)."""
     rng = np.random.default_rng(seed)
     shapes = abstract_batch(cfg, batch, seq)
-    prompt = multimodal_prompt_ids(cfg, before=[1, 2, 3], video="pixel_values_videos" in shapes,
+    prompt = multimodal_prompt_ids(cfg.model, before=[1, 2, 3], video="pixel_values_videos" in shapes,
                                    audio="input_features" in shapes)
     answer = seq - prompt.size
-    ids = np.stack([np.concatenate([prompt, rng.integers(0, cfg.text.vocab_size // 2, answer)]) for _ in range(batch)])
+    ids = np.stack([np.concatenate([prompt, rng.integers(0, cfg.model.text.vocab_size // 2, answer)]) for _ in range(batch)])
     labels = ids.copy()
     labels[:, :prompt.size] = IGNORE
     out = {"input_ids": ids.astype(np.int32), "attention_mask": np.ones_like(ids, np.int32),
@@ -77,8 +78,8 @@ def main() -> None:
 
     cfg = load_config(args.config)
     if args.llm:
-        cfg.text.update(LLM_SHAPES[args.llm])
-        cfg.face.llm_width = cfg.text.hidden_size
+        cfg.model.text.update(LLM_SHAPES[args.llm])
+        cfg.model.face.llm_width = cfg.model.text.hidden_size
     cfg.train.microbatches = args.microbatches
     if args.remat:
         cfg.train.remat = args.remat

@@ -14,6 +14,8 @@
 
 Each prints a readable result; with --json its last line is one JSON object. Every subcommand
 that takes --config also takes overrides of its fields: --config.train.learning_rate=2e-4.
+A mistake in the input is one line (`error: ...`, exit 1; --debug adds its traceback); anything
+else is a bug in omni_jax and shows its traceback (exit 2).
 """
 from __future__ import annotations
 
@@ -23,12 +25,13 @@ import logging
 import os
 import sys
 import time
+import traceback
 from pathlib import Path
 from typing import Any, Callable
 
 from omni_jax import xla_cpu
-from omni_jax.config_flags import apply_overrides, load_config
-from omni_jax.data.errors import RunStopped
+from omni_jax.config_flags import MODEL_PREFIX, apply_overrides, load_config
+from omni_jax.errors import OutputExistsError, UserError
 
 DTYPE_CHOICES = ["float32", "bfloat16", "float16"]
 
@@ -87,12 +90,12 @@ def _assemble(args: argparse.Namespace) -> dict[str, Any]:
     from omni_jax.conversion.assemble import assemble_omni_emotion
 
     start = time.perf_counter()
-    config = args.config
+    model = args.config.model
     if args.fusion:
-        config.fusion = args.fusion
-    dst = assemble_omni_emotion(args.llava, args.whisper, args.face, args.dst, config, seed=args.seed,
+        model.fusion = args.fusion
+    dst = assemble_omni_emotion(args.llava, args.whisper, args.face, args.dst, model, seed=args.seed,
                                 dtype=args.dtype, progress=not args.json)
-    return {**_converted(dst, start), "fusion": config.fusion}
+    return {**_converted(dst, start), "fusion": model.fusion}
 
 
 def _add_assemble(sub: argparse._SubParsersAction) -> None:
@@ -179,7 +182,7 @@ def _data_check(args: argparse.Namespace) -> dict[str, Any]:
 
     config = args.config
     tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
-    add_special_tokens(tokenizer, config)
+    add_special_tokens(tokenizer, config.model)
     data = config.data
     # One pass, one example a row, that reports rather than stops.
     data.update(batch_size=1, epochs=1, max_skip_fraction=1.0, pack_text_only=False)
@@ -264,7 +267,7 @@ def _train(args: argparse.Namespace) -> dict[str, Any]:
     from omni_jax.train.train import train
 
     start = time.perf_counter()
-    summary = train(args.config, args.workdir, args.init, progress=not args.json)
+    summary = train(args.config, args.workdir, args.init, progress=not args.json, model_overrides=args.model_overrides)
     return {**summary, "seconds": round(time.perf_counter() - start, 1)}
 
 
@@ -286,7 +289,7 @@ def _evaluate(args: argparse.Namespace) -> dict[str, Any]:
     from omni_jax.eval.run import evaluate
 
     start = time.perf_counter()
-    results = evaluate(args.config, args.checkpoint, args.workdir)
+    results = evaluate(args.config, args.checkpoint, args.workdir, model_overrides=args.model_overrides)
     return {**results, "workdir": args.workdir, "seconds": round(time.perf_counter() - start, 1)}
 
 
@@ -307,7 +310,8 @@ def _infer(args: argparse.Namespace) -> dict[str, Any]:
 
     if args.max_new_tokens:
         args.config.eval.max_new_tokens = args.max_new_tokens
-    answers = infer(args.config, args.checkpoint, args.video, args.audio, args.question)
+    answers = infer(args.config, args.checkpoint, args.video, args.audio, args.question,
+                    model_overrides=args.model_overrides)
     if args.json:  # one object per clip, then the summary line
         for answer in answers:
             print(json.dumps(answer, ensure_ascii=False))
@@ -353,7 +357,7 @@ def _synth(args: argparse.Namespace) -> dict[str, Any]:
     from omni_jax.data import synth
 
     if Path(args.out).exists() and any(Path(args.out).iterdir()):
-        raise FileExistsError(f"{args.out}: exists and is not empty (the generator writes a new folder)")
+        raise OutputExistsError(f"{args.out}: exists and is not empty (the generator writes a new folder)")
     with tqdm(unit="file", file=sys.stderr, disable=args.json) as bar:
         def progress(done: int, total: int) -> None:
             bar.total = total
@@ -400,6 +404,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="omni-jax", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--json", action="store_true", help="end with one JSON line")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of any error")
     sub = parser.add_subparsers(dest="command", required=True)
     for add in SUBCOMMANDS:
         add(sub)
@@ -407,13 +412,16 @@ def main(argv: list[str] | None = None) -> int:
                         "(jax.distributed; launchers such as SLURM, Open MPI and TPU pods are detected without it)")
     parser.add_argument("--num-processes", type=int, default=None, help="multi-process runs: how many")
     parser.add_argument("--process-id", type=int, default=None, help="multi-process runs: this one's index")
-    # --json belongs to the program but users type it anywhere (`omni-jax plan ... --json`)
+    # --json and --debug belong to the program but users type them anywhere (`omni-jax plan ... --json`)
     argv = list(sys.argv[1:] if argv is None else argv)
-    if "--json" in argv:
-        argv = ["--json", *(a for a in argv if a != "--json")]
+    program_flags = [flag for flag in ("--json", "--debug") if flag in argv]
+    argv = [*program_flags, *(a for a in argv if a not in program_flags)]
     args, overrides = parser.parse_known_args(argv)
     if overrides and not hasattr(args, "config"):
         parser.error(f"unrecognized arguments: {' '.join(overrides)}")
+    # what the command line sets in the model ("text.rope_theta"): a run from a checkpoint refuses
+    # those it may not change (omni_jax.runs.run_config)
+    args.model_overrides = [o[len(MODEL_PREFIX):].partition("=")[0] for o in overrides if o.startswith(MODEL_PREFIX)]
     if args.command == "plan":  # read when JAX starts its CPU backend, which nothing has done yet
         devices = args.mesh["data"] * args.mesh["fsdp"] * args.mesh["tensor"]
         os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices}"
@@ -426,11 +434,20 @@ def main(argv: list[str] | None = None) -> int:
         if hasattr(args, "config"):
             args.config = apply_overrides(load_config(args.config), overrides)
         result = args.run(args)
-    except (FileExistsError, FileNotFoundError, KeyError, ValueError, RunStopped) as e:
+    except (UserError, OSError) as e:  # the input, or the machine (a full disk, a lost mount): one line
+        if args.debug:
+            traceback.print_exc()
         print(f"error: {e}", file=sys.stderr)
         if args.json:
             print(json.dumps({"ok": False, "error": str(e)}))
         return 1
+    except Exception as e:  # a bug: its traceback is what a report needs
+        traceback.print_exc()
+        print(f"omni-jax {args.command}: this is a bug in omni_jax, not a mistake in the input; please report it "
+              "with the traceback above", file=sys.stderr)
+        if args.json:
+            print(json.dumps({"ok": False, "error": f"{type(e).__name__}: {e}", "bug": True}))
+        return 2
     for key, value in result.items():
         print(f"{key:>14}: {value}")
     if args.json:

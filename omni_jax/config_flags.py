@@ -17,7 +17,10 @@ from typing import Any, Sequence
 
 import ml_collections
 
+from omni_jax.errors import InputError, MissingInputError, UserError
+
 PREFIX = "--config."
+MODEL_PREFIX = PREFIX + "model."
 
 
 def load_config(spec: str) -> ml_collections.ConfigDict:
@@ -25,14 +28,18 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
     path, _, arg = spec.partition(":")
     module_spec = importlib.util.spec_from_file_location(Path(path).stem, path)
     if module_spec is None or not Path(path).is_file():
-        raise FileNotFoundError(f"{path}: no such config file")
+        raise MissingInputError(f"{path}: no such config file")
     module = importlib.util.module_from_spec(module_spec)
     sys.path.insert(0, str(Path(path).resolve().parent.parent))  # configs import each other as `configs.*`
     try:
         module_spec.loader.exec_module(module)
+        return module.get_config(arg) if arg else module.get_config()
+    except UserError:
+        raise
+    except Exception as error:  # the config file is the user's code: its failure is theirs to read (--debug)
+        raise InputError(f"{spec}: the config file failed: {type(error).__name__}: {error}") from error
     finally:
         sys.path.pop(0)
-    return module.get_config(arg) if arg else module.get_config()
 
 
 def _parse(text: str, current: Any, name: str) -> Any:
@@ -72,7 +79,7 @@ def _parse(text: str, current: Any, name: str) -> Any:
                 value = [_literal(item) for item in value]
         return type(current)(value)
     if isinstance(current, ml_collections.ConfigDict):
-        raise ValueError(f"{PREFIX}{name} is a section; set its fields ({', '.join(sorted(current.keys()))})")
+        raise InputError(f"{PREFIX}{name} is a section; set its fields ({', '.join(sorted(current.keys()))})")
     return _literal(text)  # a None field: any literal, else the string
 
 
@@ -87,7 +94,7 @@ def apply_overrides(cfg: ml_collections.ConfigDict, overrides: Sequence[str]) ->
     """Sets each `--config.a.b=value` of `overrides` on `cfg` (in place; returned)."""
     for item in overrides:
         if not item.startswith(PREFIX) or "=" not in item:
-            raise ValueError(f"unrecognised argument {item!r}: config overrides are {PREFIX}FIELD=VALUE")
+            raise InputError(f"unrecognised argument {item!r}: config overrides are {PREFIX}FIELD=VALUE")
         path, _, text = item[len(PREFIX):].partition("=")
         *parents, name = path.split(".")
         section = cfg
@@ -95,12 +102,12 @@ def apply_overrides(cfg: ml_collections.ConfigDict, overrides: Sequence[str]) ->
             if not isinstance(section, ml_collections.ConfigDict) or part not in section:
                 where = ".".join(parents[:depth]) or "the config"
                 fields = sorted(section.keys()) if isinstance(section, ml_collections.ConfigDict) else []
-                raise ValueError(f"{PREFIX}{path}: {where} has no field {part!r}; it has {', '.join(fields)}")
+                raise InputError(f"{PREFIX}{path}: {where} has no field {part!r}; it has {', '.join(fields)}")
             if depth < len(parents):
                 section = section[part]
         value = _parse(text, section[name], path)
         try:
             section[name] = value
         except TypeError as error:
-            raise ValueError(f"{PREFIX}{path}={text}: {error}") from None
+            raise InputError(f"{PREFIX}{path}={text}: {error}") from None
     return cfg

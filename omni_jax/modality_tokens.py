@@ -17,6 +17,7 @@ from typing import Any, Sequence
 import ml_collections
 import numpy as np
 
+from omni_jax.errors import InputError
 from omni_jax.layers.resize import half_size
 
 IGNORE = -100  # label of positions that carry no loss (everything but the assistant's tokens)
@@ -34,7 +35,7 @@ def parse_modalities(value: str | Sequence[str]) -> tuple[str, ...]:
     letters = [m.strip() for m in (value.split(",") if isinstance(value, str) else value) if m.strip()]
     unknown = sorted(set(letters) - set(MODALITIES))
     if unknown or not letters:
-        raise ValueError(f"modalities {value!r}: expected a non-empty subset of {','.join(MODALITIES)} "
+        raise InputError(f"modalities {value!r}: expected a non-empty subset of {','.join(MODALITIES)} "
                          f"(v: video frames, a: audio, f: faces){f'; unknown {unknown}' if unknown else ''}")
     return tuple(m for m in MODALITIES if m in letters)
 
@@ -86,4 +87,4 @@ def add_special_tokens(tokenizer: Any, cfg: ml_collections.ConfigDict) -> None:
     got = {SPECIAL_TOKENS[f]: tokenizer.convert_tokens_to_ids(SPECIAL_TOKENS[f]) for f in fields}
     want = {SPECIAL_TOKENS[f]: cfg[f] for f in fields}
     if got != want:
-        raise ValueError(f"the tokenizer assigns {got}, the config expects {want}: set the config's token ids")
+        raise InputError(f"the tokenizer assigns {got}, the config expects {want}: set the config's token ids")

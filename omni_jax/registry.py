@@ -10,6 +10,7 @@ import jax
 import ml_collections
 
 from omni_jax.conversion import formats
+from omni_jax.errors import CheckpointRefused
 from omni_jax.models import facexformer, llava_onevision, omni_emotion, qwen2, siglip, swin, whisper
 
 
@@ -61,7 +62,7 @@ HF_MODEL_TYPES = {"qwen2": "qwen2", "siglip_vision_model": "siglip_vision_model"
 def family_for_hf_config(hf_config: dict[str, Any]) -> tuple[ModelFamily, ml_collections.ConfigDict]:
     model_type = hf_config.get("model_type")
     if model_type not in HF_MODEL_TYPES:
-        raise ValueError(f"unsupported model_type {model_type!r} in config.json; supported: {sorted(HF_MODEL_TYPES)}")
+        raise CheckpointRefused(f"unsupported model_type {model_type!r} in config.json; supported: {sorted(HF_MODEL_TYPES)}")
     family = FAMILIES[HF_MODEL_TYPES[model_type]]
     return family, family.config_from_hf(hf_config)
 

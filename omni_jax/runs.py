@@ -1,29 +1,39 @@
 """What every run (train, eval, infer) starts from: the checkpoint, the config as run, the tokenizer.
 
-A run's config = the model's fields (from the checkpoint it starts from, which defines the
-architecture) + the run's sections (`RUN_SECTIONS`, from the config file and the command line).
+A run's config = `model` (from the checkpoint it starts from, which defines the architecture,
+else the config file's) + the run's sections (data, train, eval, evals, mesh: from the config
+file and the command line).
 """
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import ml_collections
 
-from omni_jax.conversion.engine import CONFIG_FILE, read_converted_config
+from omni_jax.conversion.engine import CONFIG_FILE, LEGACY_RUN_SECTIONS, read_converted_config
+from omni_jax.errors import CheckpointRefused, InputError
 from omni_jax.modality_tokens import add_special_tokens
 
 log = logging.getLogger(__name__)
 
-RUN_SECTIONS = ("data", "train", "eval", "evals", "mesh")
 RUN_FILE = "config.json"  # a training workdir's record of its run
+# Model fields a run from a checkpoint may set to another value (`--config.model.FIELD=…`): no
+# parameter's shape or meaning depends on them. Any other model field is the checkpoint's.
+FINE_TUNABLE = ("loss_chunk_size", "audio_windows")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
 
 
-def model_config(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """The model's fields of a run's config (without its run sections)."""
-    return ml_collections.ConfigDict({k: v for k, v in cfg.to_dict().items() if k not in RUN_SECTIONS})
+def nested_run_config(config: dict[str, Any]) -> dict[str, Any]:
+    """A run config as dicts in today's shape, also one recorded before the model's fields
+    moved under `model` (2026-12: they stood at the root beside the run's sections)."""
+    if "model" in config:
+        return config
+    return {"model": {k: v for k, v in config.items() if k not in LEGACY_RUN_SECTIONS},
+            **{k: v for k, v in config.items() if k in LEGACY_RUN_SECTIONS}}
 
 
 def resolve_checkpoint(checkpoint: str | os.PathLike | None) -> Path | None:
@@ -34,27 +44,49 @@ def resolve_checkpoint(checkpoint: str | os.PathLike | None) -> Path | None:
     if (path / RUN_FILE).exists() and not (path / CONFIG_FILE).exists():
         path = path / "final"
         if not path.exists():
-            raise FileNotFoundError(f"{checkpoint}: a training workdir without final/ (the phase has not finished)")
+            raise CheckpointRefused(f"{checkpoint}: a training workdir without final/ (the phase has not finished)")
     read_converted_config(path)  # an omni_jax checkpoint, or a clear error
     return path
 
 
-def run_config(cfg: ml_collections.ConfigDict, checkpoint: Path | None) -> ml_collections.ConfigDict:
-    """The config as run: the model's fields from `checkpoint` (it defines the architecture),
-    the run's sections from `cfg`; the pipeline's frame and pixel sizes follow the model."""
+def run_config(cfg: ml_collections.ConfigDict, checkpoint: Path | None,
+               model_overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
+    """The config as run. From a checkpoint, the model is the checkpoint's (it defines the
+    architecture; `cfg.model`, the config file's, is what a run without one builds); of the
+    fields the command line set (`model_overrides`: "text.rope_theta", ...), the FINE_TUNABLE
+    ones are applied and any other that differs from the checkpoint's is refused, naming it.
+    The pipeline's frame and pixel sizes follow the model."""
+    run = ml_collections.ConfigDict(cfg.to_dict())
     if checkpoint is None:
-        return ml_collections.ConfigDict(cfg.to_dict())
+        return run
     meta = read_converted_config(checkpoint)
     if meta["model_type"] != "omni_emotion":
-        raise ValueError(f"{checkpoint}: a {meta['model_type']} checkpoint; this takes an Omni-Emotion one "
-                         "(omni-jax assemble builds it from converted parts)")
-    fields = {k: v for k, v in meta["config"].items() if k not in RUN_SECTIONS}
-    changed = sorted(k for k, v in fields.items() if k in cfg and cfg[k] != v and not isinstance(v, dict))
-    if changed:
-        log.info("the model's fields come from %s; it differs from the config file in %s", checkpoint, changed)
-    run = ml_collections.ConfigDict({**fields, **{k: cfg[k].to_dict() for k in RUN_SECTIONS}})
-    run.data.update(num_frames=run.num_frames, image_size=run.vision.image_size, face_size=run.face.swin.image_size)
+        raise CheckpointRefused(f"{checkpoint}: a {meta['model_type']} checkpoint; this takes an Omni-Emotion one "
+                                "(omni-jax assemble builds it from converted parts)")
+    model = ml_collections.ConfigDict(meta["config"])
+    refused = []
+    for field in model_overrides:
+        value, stored = _field(cfg.model, field), _field(model, field)
+        if value == stored:
+            continue
+        if field not in FINE_TUNABLE:
+            refused.append(f"model.{field}={value!r} (the checkpoint's: {stored!r})")
+            continue
+        *parents, name = field.split(".")
+        functools.reduce(lambda section, part: section[part], parents, model)[name] = value
+        log.info("model.%s: %r (the checkpoint's %r)", field, value, stored)
+    if refused:
+        raise CheckpointRefused(f"{checkpoint} defines the model; a run from it may change only "
+                                f"{', '.join(f'model.{f}' for f in FINE_TUNABLE)}, not {'; '.join(refused)}")
+    run.model = model
+    run.data.update(num_frames=model.num_frames, image_size=model.vision.image_size,
+                    face_size=model.face.swin.image_size)
     return run
+
+
+def _field(section: ml_collections.ConfigDict, dotted: str) -> Any:
+    return functools.reduce(lambda s, part: s[part] if isinstance(s, ml_collections.ConfigDict) and part in s
+                            else None, dotted.split("."), section)
 
 
 def load_tokenizer(cfg: ml_collections.ConfigDict, checkpoint: Path | None) -> Any:
@@ -63,10 +95,15 @@ def load_tokenizer(cfg: ml_collections.ConfigDict, checkpoint: Path | None) -> A
 
     source = cfg.data.tokenizer or checkpoint
     if not source:
-        raise ValueError("no tokenizer: start from a checkpoint that carries one or set --config.data.tokenizer=DIR")
+        raise InputError("no tokenizer: start from a checkpoint that carries one or set --config.data.tokenizer=DIR")
+    path = Path(source)
+    if not path.is_dir():
+        raise InputError(f"{source}: the tokenizer is a folder (--config.data.tokenizer), and there is none here")
+    if not any((path / name).exists() for name in TOKENIZER_FILES):
+        raise InputError(f"{source}: no tokenizer in this folder (expected one of {', '.join(TOKENIZER_FILES)})")
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(source))
     except (OSError, ValueError) as error:
-        raise FileNotFoundError(f"{source}: no tokenizer could be read there ({error})") from None
-    add_special_tokens(tokenizer, cfg)
+        raise InputError(f"{source}: the tokenizer could not be read ({error})") from None
+    add_special_tokens(tokenizer, cfg.model)
     return tokenizer

@@ -13,6 +13,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from omni_jax.errors import InputError
+
 MESH_AXES = ("data", "fsdp", "tensor")
 
 LOGICAL_AXIS_RULES: tuple[tuple[str, Any], ...] = (
@@ -43,11 +45,11 @@ def make_mesh(data: int = 1, fsdp: int = -1, tensor: int = 1, devices: Sequence[
     devices = list(devices or jax.devices())
     sizes = [data, fsdp, tensor]
     if sizes.count(-1) > 1:
-        raise ValueError("at most one mesh axis may be -1")
+        raise InputError("at most one mesh axis may be -1")
     known = int(np.prod([s for s in sizes if s != -1]))
     sizes = [len(devices) // known if s == -1 else s for s in sizes]
     if int(np.prod(sizes)) != len(devices):
-        raise ValueError(f"mesh data={sizes[0]} fsdp={sizes[1]} tensor={sizes[2]} needs {np.prod(sizes)} devices, "
+        raise InputError(f"mesh data={sizes[0]} fsdp={sizes[1]} tensor={sizes[2]} needs {np.prod(sizes)} devices, "
                          f"{len(devices)} available")
     return Mesh(np.asarray(devices).reshape(sizes), MESH_AXES)
 

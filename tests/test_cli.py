@@ -1,4 +1,5 @@
-"""The command line itself: --json anywhere, every input path checked before anything runs."""
+"""The command line itself: --json anywhere, every input path checked before anything runs, user
+errors as one line and bugs with their traceback."""
 import json
 
 import pytest
@@ -31,3 +32,47 @@ def test_a_missing_input_path_is_one_line_naming_it(tmp_path, capsys, argv):
     assert exit_.value.code == 2
     assert capsys.readouterr().err.splitlines()[-1].endswith(f"{missing}: no such file or directory")
     assert not (tmp_path / "out").exists() and not (tmp_path / "w").exists()
+
+
+def _predictions(tmp_path):
+    path = tmp_path / "p.jsonl"
+    path.write_text(json.dumps({"id": "a", "answer": "Happy.", "label": "happy"}) + "\n")
+    return ["score", "--task", "emotion_classification", "--predictions", str(path)]
+
+
+def test_a_bug_inside_a_subcommand_keeps_its_traceback(tmp_path, capsys, monkeypatch):
+    from omni_jax.eval import run
+
+    def broken_score(*args, **kwargs):
+        return {"uar": {}["uar"]}  # a KeyError inside the package, as a bug would raise it
+
+    monkeypatch.setattr(run, "score", broken_score)
+    assert cli.main(["--json", *_predictions(tmp_path)]) == 2
+    captured = capsys.readouterr()
+    assert "Traceback (most recent call last)" in captured.err and "in broken_score" in captured.err
+    assert "KeyError: 'uar'" in captured.err and "this is a bug in omni_jax" in captured.err.splitlines()[-1]
+    assert json.loads(captured.out.splitlines()[-1]) == {"ok": False, "error": "KeyError: 'uar'", "bug": True}
+
+
+def test_a_user_error_is_one_line_and_debug_shows_its_traceback(tmp_path, capsys):
+    (tmp_path / "p.jsonl").write_text(json.dumps({"id": "a", "label": "happy"}) + "\n")  # no answer
+    argv = ["score", "--task", "emotion_classification", "--predictions", str(tmp_path / "p.jsonl")]
+    assert cli.main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "lines without 'answer'" in err and "Traceback" not in err
+    assert cli.main([*argv, "--debug"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback (most recent call last)" in err and err.splitlines()[-1].startswith("error: ")
+
+
+def test_model_overrides_reach_the_run(tmp_path, monkeypatch):
+    """The `--config.model.*` fields typed are what runs.run_config checks against the checkpoint."""
+    from omni_jax.eval import run
+
+    seen = {}
+    monkeypatch.setattr(run, "infer", lambda *args, **kwargs: seen.update(kwargs) or [])
+    clip = tmp_path / "c.mp4"
+    clip.write_bytes(b"")
+    assert cli.main(["infer", "--checkpoint", str(tmp_path), "--video", str(clip), "--config.model.text.rope_theta=5.0",
+                     "--config.eval.max_new_tokens=3", "--config.model.loss_chunk_size=8"]) == 0
+    assert seen["model_overrides"] == ["text.rope_theta", "loss_chunk_size"]

@@ -9,10 +9,10 @@ def test_overrides_parse_as_the_fields_type():
     assert cfg.train.phase == "face_alignment" and cfg.train.modalities == "v,f" and cfg.data.epochs == 1
     apply_overrides(cfg, ["--config.train.learning_rate=2e-4", "--config.train.steps=12",
                           "--config.train.allow_config_change=true", "--config.data.buckets=64,256",
-                          "--config.train.profile_steps=(3,5)", "--config.num_frames=4", "--config.mesh.fsdp=2"])
+                          "--config.train.profile_steps=(3,5)", "--config.model.num_frames=4", "--config.mesh.fsdp=2"])
     assert cfg.train.learning_rate == 2e-4 and cfg.train.steps == 12 and cfg.train.allow_config_change is True
     assert cfg.data.buckets == (64, 256) and cfg.train.profile_steps == (3, 5) and cfg.mesh.fsdp == 2
-    assert cfg.num_frames == 4 and cfg.data.num_frames == 4  # the pipeline's field follows the model's
+    assert cfg.model.num_frames == 4 and cfg.data.num_frames == 4  # the pipeline's field follows the model's
 
 
 @pytest.mark.parametrize("override,message", [

@@ -11,7 +11,7 @@ from omni_jax.modality_tokens import placeholder_counts
 
 
 def _cross_attention_7b():
-    cfg = omni_emotion.get_config("7b")
+    cfg = omni_emotion.get_config("7b").model
     cfg.fusion = "frame_cross_attention"
     return cfg
 
@@ -35,7 +35,7 @@ def _count(family, config):
     # LLaVA-OV-7B exactly (Qwen2-7B 7,615,616,512 + so400m 397,747,744 + projector 1152·3584 + 3584 + 3584² + 3584
     # = 16,980,992 + newline 3,584 = 8,030,348,832) + Whisper-large-v3 encoder 636,968,960 + audio projector
     # (1280·3584 + 3584 + 3584² + 3584 = 17,439,744) + face encoder 101,267,640 + frame embeddings 8 × 3584
-    ("omni_emotion", omni_emotion.get_config("7b"), 8_030_348_832 + 636_968_960 + 17_439_744 + 101_267_640 + 28_672),
+    ("omni_emotion", omni_emotion.get_config("7b").model, 8_030_348_832 + 636_968_960 + 17_439_744 + 101_267_640 + 28_672),
     # the default (8,786,053,848) + the cross-attention block: q, k, v, o (3584² + 3584 each) and two
     # LayerNorms (2 × 2 × 3584)
     ("omni_emotion", _cross_attention_7b(), 8_786_053_848 + 4 * (3584 ** 2 + 3584) + 4 * 3584),
@@ -56,7 +56,7 @@ def test_llava_7b_video_token_count():
 
 def test_omni_emotion_7b_placeholder_counts():
     # 8 frames × (196 visual + 196 face tokens) + the newline; one 30-s window of 1500 / 3 audio tokens
-    assert placeholder_counts(omni_emotion.get_config("7b")) == {"video": 8 * (196 + 196) + 1, "audio": 500}
+    assert placeholder_counts(omni_emotion.get_config("7b").model) == {"video": 8 * (196 + 196) + 1, "audio": 500}
 
 
 def test_the_mesh_comes_from_the_config():

@@ -30,6 +30,7 @@ from tqdm import tqdm
 from omni_jax import registry
 from omni_jax.conversion.formats import Format, Rule
 from omni_jax.conversion.io import CheckpointReader, SafetensorsWriter, weight_files
+from omni_jax.errors import CheckpointRefused, InputError, MissingInputError, OutputExistsError
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +42,7 @@ _WEIGHT_FILE = re.compile(r"(.*\.safetensors|pytorch_model.*\.bin|model\.safeten
                           r"pytorch_model\.bin\.index\.json|config\.json)$")
 
 
-class ConversionError(ValueError):
+class ConversionError(CheckpointRefused):
     """A checkpoint that does not fit the model: every offending key with its shapes."""
 
     def __init__(self, src: Path | str, problems: list[str]):
@@ -146,7 +147,7 @@ def _nested(path: str, value: Any) -> dict:
 
 def _temp_dir(dst: Path) -> Path:
     if dst.exists():
-        raise FileExistsError(f"{dst} already exists; choose a new output directory")
+        raise OutputExistsError(f"{dst} already exists; choose a new output directory")
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = dst.parent / f".{dst.name}.partial-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -171,7 +172,7 @@ def convert_hf_to_orbax(src: str | os.PathLike, dst: str | os.PathLike, dtype: s
     src = Path(src)
     config_file = src / "config.json"
     if not config_file.exists():
-        raise FileNotFoundError(f"{src}: no config.json (a Hugging Face checkpoint directory is expected)")
+        raise MissingInputError(f"{src}: no config.json (a Hugging Face checkpoint directory is expected)")
     hf_config = json.loads(config_file.read_text())
     family, config = registry.family_for_hf_config(hf_config)
     return write_checkpoint(CheckpointReader(src), family, config, dst, dtype, hf_config, progress, side_files=src)
@@ -268,12 +269,20 @@ def save_params(dst: str | os.PathLike, family: registry.ModelFamily, config, pa
     return Path(dst)
 
 
+# Until configs held the model under `model` (2026-12), `omni-jax assemble` stored the whole
+# run config, the run's sections beside the model's fields: they are dropped when read.
+LEGACY_RUN_SECTIONS = ("data", "train", "eval", "evals", "mesh")
+
+
 def read_converted_config(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
     config_file = path / CONFIG_FILE
     if not config_file.exists():
-        raise FileNotFoundError(f"{path}: not an omni_jax checkpoint (no {CONFIG_FILE})")
-    return json.loads(config_file.read_text())
+        raise MissingInputError(f"{path}: not an omni_jax checkpoint (no {CONFIG_FILE})")
+    meta = json.loads(config_file.read_text())
+    if meta.get("model_type") == "omni_emotion":  # the model's fields only, also in checkpoints written before
+        meta["config"] = {k: v for k, v in meta["config"].items() if k not in LEGACY_RUN_SECTIONS}
+    return meta
 
 
 def stored_leaves(params_dir: Path) -> dict[str, Any]:
@@ -311,12 +320,12 @@ def export_orbax_to_hf(src: str | os.PathLike, dst: str | os.PathLike, dtype: st
     meta = read_converted_config(src)
     family = registry.FAMILIES[meta["model_type"]]
     if not family.export_formats:
-        raise ValueError(f"{src}: {family.model_type} checkpoints have no format to export to")
+        raise CheckpointRefused(f"{src}: {family.model_type} checkpoints have no format to export to")
     formats = {f.name: f for f in family.formats}
     naming = naming or (meta["source_format"] if meta["source_format"] in family.export_formats
                         else family.export_formats[0])
     if naming not in formats:
-        raise ValueError(f"unknown naming {naming!r} for {family.model_type}; choose from {sorted(formats)}")
+        raise InputError(f"unknown naming {naming!r} for {family.model_type}; choose from {sorted(formats)}")
     rules = {rule.target: rule for rule in formats[naming].rules}
     stored = stored_leaves(src / PARAMS_DIR)
     entries, plan_by_leaf = [], []

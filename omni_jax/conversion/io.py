@@ -16,6 +16,8 @@ from pathlib import Path
 import ml_dtypes
 import numpy as np
 
+from omni_jax.errors import CheckpointRefused, MissingInputError
+
 SAFETENSORS_DTYPES = {
     "F64": np.dtype(np.float64), "F32": np.dtype(np.float32), "F16": np.dtype(np.float16),
     "BF16": np.dtype(ml_dtypes.bfloat16), "I64": np.dtype(np.int64), "I32": np.dtype(np.int32),
@@ -46,7 +48,7 @@ def _safetensors_header(path: Path) -> dict[str, TensorInfo]:
         if key == "__metadata__":
             continue
         if meta["dtype"] not in SAFETENSORS_DTYPES:
-            raise ValueError(f"{path}: tensor {key!r} has unsupported dtype {meta['dtype']}")
+            raise CheckpointRefused(f"{path}: tensor {key!r} has unsupported dtype {meta['dtype']}")
         infos[key] = TensorInfo(path, tuple(meta["shape"]), SAFETENSORS_DTYPES[meta["dtype"]],
                                 base + meta["data_offsets"][0])
     return infos
@@ -58,7 +60,7 @@ def weight_files(src: Path) -> list[Path]:
         files = sorted(p for p in src.glob(pattern) if p.is_file())
         if files:
             return files
-    raise FileNotFoundError(f"{src}: no *.safetensors or pytorch_model*.bin weight files")
+    raise MissingInputError(f"{src}: no *.safetensors or pytorch_model*.bin weight files")
 
 
 class CheckpointReader:
@@ -78,7 +80,7 @@ class CheckpointReader:
             infos = _safetensors_header(file) if file.suffix == ".safetensors" else self._torch_header(file)
             for key, info in infos.items():
                 if key in self.tensors:
-                    raise ValueError(f"tensor {key!r} appears in both {self.tensors[key].file} and {file}")
+                    raise CheckpointRefused(f"tensor {key!r} appears in both {self.tensors[key].file} and {file}")
                 self.tensors[key] = info
 
     def _torch_header(self, file: Path) -> dict[str, TensorInfo]:
@@ -94,10 +96,10 @@ class CheckpointReader:
                 "a copy you trust, write a safe file: torch.load(..., weights_only=False) there, then "
                 "safetensors.torch.save_file(state_dict, 'model.safetensors')") from None
         except RuntimeError as error:  # not a zip archive, a truncated one, ...
-            raise ValueError(f"{file}: not a readable PyTorch checkpoint ({str(error).splitlines()[0][:200]})") from None
+            raise CheckpointRefused(f"{file}: not a readable PyTorch checkpoint ({str(error).splitlines()[0][:200]})") from None
         if self.state_dict_key is not None:
             if self.state_dict_key not in state:
-                raise ValueError(f"{file}: no {self.state_dict_key!r} entry (found {sorted(state)[:10]})")
+                raise CheckpointRefused(f"{file}: no {self.state_dict_key!r} entry (found {sorted(state)[:10]})")
             state = state[self.state_dict_key]
         self._torch_state[file] = state
         return {k: TensorInfo(file, tuple(v.shape), _torch_np_dtype(v.dtype), None) for k, v in state.items()}
@@ -114,7 +116,7 @@ class CheckpointReader:
             f.seek(info.offset)
             view = memoryview(out.reshape(-1).view(np.uint8))
             if f.readinto(view) != info.nbytes:
-                raise ValueError(f"{info.file}: tensor {key!r} is truncated")
+                raise CheckpointRefused(f"{info.file}: tensor {key!r} is truncated")
         return out
 
 

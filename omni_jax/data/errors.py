@@ -7,6 +7,8 @@ raised.
 """
 from __future__ import annotations
 
+from omni_jax.errors import InputError, RunStopped
+
 REASONS = (
     "malformed_json",        # a manifest line that is not a JSON object with the required keys
     "missing_file",          # the video (or the manifest's audio file) does not exist
@@ -22,15 +24,11 @@ REASONS = (
 )
 
 
-class RunStopped(RuntimeError):
-    """A run cannot go on, for a reason the user can act on (the message says which)."""
-
-
 class TooManySkipsError(RunStopped):
     """More of the dataset is broken than `max_skip_fraction` allows."""
 
 
-class ExampleError(ValueError):
+class ExampleError(InputError):
     """An example the pipeline skips. `reason` is one of REASONS; the message names the file."""
 
     def __init__(self, reason: str, message: str):

@@ -74,7 +74,7 @@ class PromptTransform:
             turns, reference = split_reference(record.conversations)
             row = Row(line.number, record.id, question=_last_human(turns), reference=reference, extra=record.extra)
             blocks = prompt_blocks(record, self.modalities)
-            ids = text.tokenize_prompt(turns, self.tokenizer, self.cfg, max(self.cfg.data.buckets), blocks=blocks,
+            ids = text.tokenize_prompt(turns, self.tokenizer, self.cfg.model, max(self.cfg.data.buckets), blocks=blocks,
                                        name=f"{record.id} ({record.where})")
             return row, {"input_ids": ids, **media_inputs(record, self.cfg, self.modalities)}
         except ExampleError as error:

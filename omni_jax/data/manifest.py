@@ -38,6 +38,7 @@ import numpy as np
 from etils import epath
 
 from omni_jax.data.errors import ExampleError
+from omni_jax.errors import MissingInputError
 
 
 class ManifestLine(NamedTuple):
@@ -83,7 +84,7 @@ class ManifestSource:
     def __init__(self, path: str | os.PathLike, question: str | None = None):
         self.path, self.question = epath.Path(path), question
         if not self.path.exists():
-            raise FileNotFoundError(f"{self.path}: no such manifest")
+            raise MissingInputError(f"{self.path}: no such manifest")
         self._starts, self._numbers = _index_lines(self.path)
         self._file, self._lock = None, threading.Lock()
 

@@ -51,6 +51,7 @@ from jax.sharding import Mesh, PartitionSpec
 from omni_jax.data import audio, faces, text, video
 from omni_jax.data.errors import ExampleError, TooManySkipsError
 from omni_jax.data.manifest import ManifestLine, ManifestSource, Record
+from omni_jax.errors import InputError
 from omni_jax.modality_tokens import IGNORE, MODALITIES, audio_input_frames, parse_modalities
 from omni_jax.sharding import LOGICAL_AXIS_RULES
 
@@ -128,13 +129,13 @@ def vision_inputs(record: Record, data: ml_collections.ConfigDict, modalities: t
     return out
 
 
-def audio_inputs(record: Record, cfg: ml_collections.ConfigDict) -> dict[str, np.ndarray]:
+def audio_inputs(record: Record, model: ml_collections.ConfigDict) -> dict[str, np.ndarray]:
     """input_features [windows, n_mels, T]: the manifest's audio file, else the clip's own track.
 
-    T = the encoder's input frames (3000 at full size; tiny configs take the first T)."""
-    source, frames = record.audio or record.video, audio_input_frames(cfg.audio)
+    T = the encoder's input frames (3000 at full size; tiny configs take the first T). model: cfg.model."""
+    source, frames = record.audio or record.video, audio_input_frames(model.audio)
     with contextlib.nullcontext(None) if source is None else local_file(source) as path:
-        feats = audio.load_audio_features(path, cfg.audio.num_mel_bins, cfg.audio_windows, frames)
+        feats = audio.load_audio_features(path, model.audio.num_mel_bins, model.audio_windows, frames)
     return {"input_features": feats.features, "has_audio": np.bool_(feats.present),
             "audio_damaged": np.bool_(feats.damaged), "audio_empty": np.bool_(feats.empty)}
 
@@ -166,7 +167,7 @@ def media_inputs(record: Record, cfg: ml_collections.ConfigDict, modalities: tup
     if {"v", "f"} & set(modalities):
         example.update(vision_inputs(record, cfg.data, kept))
     if "a" in modalities:
-        example.update(audio_inputs(record if "a" in kept else NO_MEDIA, cfg))
+        example.update(audio_inputs(record if "a" in kept else NO_MEDIA, cfg.model))
     return example
 
 
@@ -190,7 +191,7 @@ def load_example(record: Record, tokenizer: Any, cfg: ml_collections.ConfigDict,
     its counted facts; `kept`: the modalities its prompt holds (default all of `modalities`)."""
     kept = modalities if kept is None else kept
     blocks = prompt_blocks(record, kept)
-    tokens = text.tokenize_conversation(record.conversations, tokenizer, cfg, max(cfg.data.buckets), blocks=blocks,
+    tokens = text.tokenize_conversation(record.conversations, tokenizer, cfg.model, max(cfg.data.buckets), blocks=blocks,
                                         name=f"{record.id} ({record.where})")
     return {"tokens": tokens, "truncated": np.bool_(tokens.truncated), **media_inputs(record, cfg, modalities, kept)}
 
@@ -386,7 +387,7 @@ def make_pipeline(manifest: str | os.PathLike, tokenizer: Any, cfg: ml_collectio
     """
     data = cfg.data
     if data.batch_size < 1:
-        raise ValueError(f"data.batch_size {data.batch_size}: set the clips per host per step (a training run "
+        raise InputError(f"data.batch_size {data.batch_size}: set the clips per host per step (a training run "
                          "derives it from train.global_batch_size)")
     source = ManifestSource(manifest)
     shard = shard or grain.sharding.ShardByJaxProcess(drop_remainder=True)

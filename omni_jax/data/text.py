@@ -43,6 +43,7 @@ import ml_collections
 import numpy as np
 
 from omni_jax.data.errors import ExampleError
+from omni_jax.errors import InputError
 from omni_jax.modality_tokens import IGNORE, SPECIAL_TOKENS, multimodal_prompt_ids
 
 ROLES = {"system": "system", "human": "user", "gpt": "assistant"}  # LLaVA "from" → chat-template role
@@ -73,11 +74,11 @@ def check_tokenizer(tokenizer: Any, cfg: ml_collections.ConfigDict) -> int:
     got = dict(zip(tokens, tokenizer.convert_tokens_to_ids(list(tokens))))
     want = {text: cfg[field] for text, field in tokens.items()}
     if got != want:
-        raise ValueError(f"the tokenizer maps {got}, the config expects {want}: add the tokens with "
+        raise InputError(f"the tokenizer maps {got}, the config expects {want}: add the tokens with "
                          "omni_emotion.add_special_tokens(tokenizer, cfg) or set the config's ids")
     im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
     if not tokenizer.chat_template or im_end in (None, tokenizer.unk_token_id):
-        raise ValueError("the tokenizer needs Qwen2's chat template and its <|im_end|> token")
+        raise InputError("the tokenizer needs Qwen2's chat template and its <|im_end|> token")
     return im_end
 
 
@@ -121,13 +122,13 @@ def _render(tokenizer: Any, messages: list[dict[str, str]]) -> tuple[str, list[t
     sentinels = [{"role": m["role"], "content": f"\x00{i}\x00"} for i, m in enumerate(messages)]
     parts = _SENTINEL.split(tokenizer.apply_chat_template(sentinels, tokenize=False))
     if parts[1::2] != [str(i) for i in range(len(messages))]:
-        raise ValueError("the chat template must write every message's content once, in order")
+        raise InputError("the chat template must write every message's content once, in order")
     text, spans = parts[0], []
     for message, between in zip(messages, parts[2::2]):
         spans.append((len(text), len(text) + len(message["content"])))
         text += message["content"] + between
     if text != tokenizer.apply_chat_template(messages, tokenize=False):
-        raise ValueError("the chat template changes message content; only templates that copy it verbatim "
+        raise InputError("the chat template changes message content; only templates that copy it verbatim "
                          "(as Qwen2's does) are supported")
     return text, spans
 

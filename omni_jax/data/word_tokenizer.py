@@ -13,6 +13,8 @@ from typing import Sequence
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
+from omni_jax.errors import InputError
+
 # Qwen2-7B-Instruct's tokenizer_config.json "chat_template", verbatim.
 QWEN2_CHAT_TEMPLATE = (
     "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
@@ -46,7 +48,7 @@ def word_tokenizer(words: Sequence[str], size: int) -> PreTrainedTokenizerFast:
     for word in words:
         vocab.setdefault(word, len(vocab))
     if len(vocab) > size:
-        raise ValueError(f"{len(vocab)} words do not fit a vocabulary of {size} entries before the special tokens")
+        raise InputError(f"{len(vocab)} words do not fit a vocabulary of {size} entries before the special tokens")
     vocab.update({f"w{i}": i for i in range(len(vocab), size)})
     backend = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
     backend.pre_tokenizer = pre_tokenizers.Sequence([

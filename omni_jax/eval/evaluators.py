@@ -25,6 +25,7 @@ import ml_collections
 import numpy as np
 from etils import epath
 
+from omni_jax.errors import InputError, MissingInputError, RunStopped
 from omni_jax.eval import judge, scoring
 from omni_jax.eval.predict import write_predictions
 
@@ -43,7 +44,7 @@ def _references(manifest: str, key: str, check: Callable[[Any, str], None]) -> N
             if isinstance(entry, dict):
                 where = f"{manifest}:{number}"
                 if key not in entry:
-                    raise ValueError(f"{where}: no {key!r}: an evaluation manifest line carries its reference")
+                    raise InputError(f"{where}: no {key!r}: an evaluation manifest line carries its reference")
                 check(entry[key], where)
 
 
@@ -66,7 +67,7 @@ class Evaluator(abc.ABC):
     def _scores(self, predictions: list[dict[str, Any]]) -> dict[str, Any]:
         answered = [p for p in predictions if "skip" not in p]
         if not answered:
-            raise ValueError(f"evaluator {self.name!r}: no clip of {self.manifest} could be read")
+            raise InputError(f"evaluator {self.name!r}: no clip of {self.manifest} could be read")
         return self.score(answered)
 
     def run(self, predict: Predict, out_dir: Path) -> Iterator[tuple[str, Any]]:
@@ -95,7 +96,7 @@ class EmotionClassification(Evaluator):
 
         def check(label: Any, where: str) -> None:
             if label not in self.classes:
-                raise ValueError(f"{where}: label {label!r} is not in the class list {list(self.classes)} of "
+                raise InputError(f"{where}: label {label!r} is not in the class list {list(self.classes)} of "
                                  f"evaluator {name!r}")
         _references(manifest, "label", check)
 
@@ -126,14 +127,14 @@ class OpenVocabulary(Evaluator):
     def __init__(self, name: str, manifest: str, question: str, grouping: str = "table",
                  endpoint: Mapping[str, Any] | None = None):
         if grouping not in self.GROUPINGS:
-            raise ValueError(f"evaluator {name!r}: grouping {grouping!r}; available: {self.GROUPINGS}")
+            raise InputError(f"evaluator {name!r}: grouping {grouping!r}; available: {self.GROUPINGS}")
         self.name, self.manifest, self.question = name, manifest, question
         self.table = scoring.word_groups()
         self.client = judge.JudgeClient(**endpoint) if grouping == "llm" else None
 
         def check(labels: Any, where: str) -> None:
             if not isinstance(labels, list) or not scoring.emotion_words(labels, self.table):
-                raise ValueError(f"{where}: 'labels' must be a list holding at least one emotion word, got "
+                raise InputError(f"{where}: 'labels' must be a list holding at least one emotion word, got "
                                  f"{labels!r:.80}")
         _references(manifest, "labels", check)
 
@@ -154,7 +155,7 @@ class OpenVocabulary(Evaluator):
             in_order = iter([p["groups"] for p in answered])
             group_of = lambda true, predicted: next(in_order)  # open_vocabulary_scores asks clip by clip
         if not answered:
-            raise ValueError(f"evaluator {self.name!r}: no clip could be grouped ({failures[0]['grouping_failure']})")
+            raise RunStopped(f"evaluator {self.name!r}: no clip could be grouped ({failures[0]['grouping_failure']})")
         scores = scoring.open_vocabulary_scores([p["answer"] for p in answered], [p["labels"] for p in answered],
                                                 group_of=group_of, table=self.table)
         for p, clip in zip(answered, scores["per_clip"]):
@@ -179,7 +180,7 @@ class ReasoningJudge(Evaluator):
 
         def check(description: Any, where: str) -> None:
             if not isinstance(description, str) or not description.strip():
-                raise ValueError(f"{where}: 'description' must be the reference text, got {description!r:.80}")
+                raise InputError(f"{where}: 'description' must be the reference text, got {description!r:.80}")
         _references(manifest, "description", check)
 
     def score(self, answered: list[dict[str, Any]]) -> dict[str, Any]:
@@ -208,10 +209,10 @@ def from_config(evals: ml_collections.ConfigDict) -> list[tuple[str, Any]]:
         spec = spec.to_dict() if isinstance(spec, ml_collections.ConfigDict) else dict(spec)
         kind = spec.pop("type", None)
         if kind not in EVALUATORS:
-            raise ValueError(f"evals.{name}: type {kind!r}; available: {sorted(EVALUATORS)}")
+            raise InputError(f"evals.{name}: type {kind!r}; available: {sorted(EVALUATORS)}")
         if spec.get("manifest"):
             if not epath.Path(spec["manifest"]).exists():
-                raise FileNotFoundError(f"evals.{name}.manifest: {spec['manifest']}: no such file")
+                raise MissingInputError(f"evals.{name}.manifest: {spec['manifest']}: no such file")
             built.append((name, EVALUATORS[kind](name=name, **spec)))
     return built
 

@@ -25,7 +25,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Callable, Sequence, TypeVar
 
-from omni_jax.data.errors import RunStopped
+from omni_jax.errors import EndpointError
 
 T = TypeVar("T")
 
@@ -48,7 +48,7 @@ Words: {words}
 Reply with only a JSON object mapping every word, exactly as written, to a short group name."""
 
 
-class JudgeError(RunStopped):
+class JudgeError(EndpointError):
     """The endpoint cannot be used (unreachable, refused, no API key)."""
 
 

@@ -30,6 +30,7 @@ from jax.sharding import Mesh, PartitionSpec
 
 from omni_jax.data.pipeline import global_batch, pad_id_of
 from omni_jax.data.generation_batches import Row, prompt_batches
+from omni_jax.errors import InputError
 from omni_jax.generate import generate
 from omni_jax.sharding import activate
 
@@ -57,7 +58,7 @@ class Predictor:
         self.pad_id, self.stop_ids = pad_id_of(tokenizer), stop_token_ids(tokenizer)
         devices = mesh.shape["data"] * mesh.shape["fsdp"] // jax.process_count()
         if cfg.eval.batch_size % max(devices, 1):
-            raise ValueError(f"eval.batch_size {cfg.eval.batch_size} must be a multiple of this process's "
+            raise InputError(f"eval.batch_size {cfg.eval.batch_size} must be a multiple of this process's "
                              f"{devices} devices on the data and fsdp axes")
 
     def generate(self, arrays: dict[str, np.ndarray], batch_index: int) -> np.ndarray:

@@ -20,6 +20,7 @@ from typing import Any, Sequence
 import jax
 import ml_collections
 
+from omni_jax.errors import InputError, MissingInputError
 from omni_jax.eval import scoring
 from omni_jax.eval.evaluators import from_config
 from omni_jax.eval.predict import Predictor
@@ -33,13 +34,14 @@ VIDEO_SUFFIXES = (".mp4", ".mkv", ".webm", ".mov", ".avi")
 DEFAULT_QUESTION = "How does the person in the video feel, and which cues in the face, voice and scene show it?"
 
 
-def load_predictor(cfg: ml_collections.ConfigDict,
-                   checkpoint: str | os.PathLike) -> tuple[ml_collections.ConfigDict, Predictor]:
-    """(the config as run, a Predictor) for an Omni-Emotion checkpoint or a finished workdir."""
+def load_predictor(cfg: ml_collections.ConfigDict, checkpoint: str | os.PathLike,
+                   model_overrides: Sequence[str] = ()) -> tuple[ml_collections.ConfigDict, Predictor]:
+    """(the config as run, a Predictor) for an Omni-Emotion checkpoint or a finished workdir;
+    `model_overrides`: the model fields the command line set (`runs.run_config`)."""
     path = resolve_checkpoint(checkpoint)
     if path is None:
-        raise ValueError("a checkpoint is required")
-    cfg = run_config(cfg, path)
+        raise InputError("a checkpoint is required")
+    cfg = run_config(cfg, path, model_overrides)
     tokenizer = load_tokenizer(cfg, path)
     mesh = make_mesh(**cfg.mesh)
     model, params = load_pretrained(path, dtype=cfg.eval.dtype, mesh=mesh, scan_layers=cfg.eval.scan_layers,
@@ -47,16 +49,16 @@ def load_predictor(cfg: ml_collections.ConfigDict,
     return cfg, Predictor(model, params, tokenizer, cfg, mesh)
 
 
-def evaluate(cfg: ml_collections.ConfigDict, checkpoint: str | os.PathLike,
-             workdir: str | os.PathLike) -> dict[str, dict[str, Any]]:
+def evaluate(cfg: ml_collections.ConfigDict, checkpoint: str | os.PathLike, workdir: str | os.PathLike,
+             model_overrides: Sequence[str] = ()) -> dict[str, dict[str, Any]]:
     """Runs every configured evaluator (cfg.evals) on `checkpoint`; returns {NAME: {metric: value}}
     and writes the files the module docstring lists."""
     workdir = Path(workdir)
     evaluators = from_config(cfg.evals)  # manifests and references checked before the model loads
     if not evaluators:
-        raise ValueError(f"no evaluator has a manifest: set --config.evals.NAME.manifest=FILE.jsonl for one of "
+        raise InputError(f"no evaluator has a manifest: set --config.evals.NAME.manifest=FILE.jsonl for one of "
                          f"{sorted(cfg.evals)}")
-    cfg, predict = load_predictor(cfg, checkpoint)
+    cfg, predict = load_predictor(cfg, checkpoint, model_overrides)
     results = {}
     for name, evaluator in evaluators:
         results[name] = dict(evaluator.run(predict, workdir))
@@ -74,25 +76,26 @@ def clip_lines(video: str | os.PathLike | None, audio: str | os.PathLike | None 
     video of a folder (sorted), or one audio file; paths absolute."""
     if video is None:
         if audio is None:
-            raise ValueError("give --video (a clip, a folder of clips or a manifest) or --audio")
+            raise InputError("give --video (a clip, a folder of clips or a manifest) or --audio")
         return [{"id": Path(audio).stem, "audio": str(Path(audio).absolute())}]
     path = Path(video)
     if not path.exists():
-        raise FileNotFoundError(f"{path}: no such clip, folder or manifest")
+        raise MissingInputError(f"{path}: no such clip, folder or manifest")
     videos = sorted(p for p in path.iterdir() if p.suffix.lower() in VIDEO_SUFFIXES) if path.is_dir() else [path]
     if not videos:
-        raise FileNotFoundError(f"{path}: no video files ({', '.join(VIDEO_SUFFIXES)})")
+        raise MissingInputError(f"{path}: no video files ({', '.join(VIDEO_SUFFIXES)})")
     voice = {"audio": str(Path(audio).absolute())} if audio else {}
     return [{"id": v.stem, "video": str(v.absolute()), **voice} for v in videos]
 
 
 def infer(cfg: ml_collections.ConfigDict, checkpoint: str | os.PathLike, video: str | os.PathLike | None = None,
-          audio: str | os.PathLike | None = None, question: str | None = None) -> list[dict[str, Any]]:
+          audio: str | os.PathLike | None = None, question: str | None = None,
+          model_overrides: Sequence[str] = ()) -> list[dict[str, Any]]:
     """Answers for a clip, a folder of clips, an audio file, or a manifest (`video` ending in
     .jsonl, read as the pipeline reads any manifest): each asked `question` (default: what the
     person feels and which cues show it) unless its line carries a conversation; decoded as in
     training (faces detected when no boxes are given)."""
-    cfg, predict = load_predictor(cfg, checkpoint)
+    cfg, predict = load_predictor(cfg, checkpoint, model_overrides)
     question = question or DEFAULT_QUESTION
     if video is not None and str(video).endswith(".jsonl"):
         answers = predict(video, question)
@@ -111,15 +114,15 @@ def score(task: str, predictions: str | os.PathLike, classes: Sequence[str] | No
     Lines with `skip` are counted, not scored."""
     path = Path(predictions)
     if not path.exists():
-        raise FileNotFoundError(f"{path}: no such predictions file")
+        raise MissingInputError(f"{path}: no such predictions file")
     lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     answered = [p for p in lines if "skip" not in p]
     key = {"emotion_classification": "label", "open_vocabulary": "labels"}.get(task)
     if key is None:
-        raise ValueError(f"task {task!r}: choose emotion_classification or open_vocabulary")
+        raise InputError(f"task {task!r}: choose emotion_classification or open_vocabulary")
     missing = [p.get("id", i) for i, p in enumerate(answered) if key not in p or "answer" not in p]
     if missing:
-        raise ValueError(f"{path}: lines without 'answer' or {key!r}: {missing[:5]}")
+        raise InputError(f"{path}: lines without 'answer' or {key!r}: {missing[:5]}")
     if task == "emotion_classification":
         classes = list(classes or sorted({p["label"] for p in answered}))
         out = scoring.classification_scores([p["answer"] for p in answered], [p["label"] for p in answered],

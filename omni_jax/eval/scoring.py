@@ -20,6 +20,7 @@ from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from omni_jax.errors import InputError
 from omni_jax.eval.emotion_words import GROUPS
 
 _WORD = re.compile(r"[a-z]+(?:'[a-z]+)?")
@@ -57,7 +58,7 @@ def map_answer(answer: str, classes: Sequence[str], synonyms: Mapping[str, Seque
 def check_labels(labels: Iterable[str], classes: Sequence[str]) -> None:
     unknown = sorted(set(labels) - set(classes))
     if unknown:
-        raise ValueError(f"references {unknown} are not in the class list {list(classes)}: set the evaluator's "
+        raise InputError(f"references {unknown} are not in the class list {list(classes)}: set the evaluator's "
                          "classes to the dataset's")
 
 
@@ -89,7 +90,7 @@ def classification_scores(answers: Sequence[str], labels: Sequence[str], classes
     """UAR, WAR, unmapped (a count), the strict figures, `recall` per class (None for a class
     without references) and the confusion matrix; the per-answer mapping as `predicted`."""
     if not labels:
-        raise ValueError("no references to score")
+        raise InputError("no references to score")
     check_labels(labels, classes)
     predicted = [map_answer(a, classes, synonyms) for a in answers]
     matrix = confusion_matrix(labels, predicted, classes)
@@ -149,7 +150,7 @@ def open_vocabulary_scores(answers: Sequence[str | Sequence[str]], references: S
     for answer, reference in zip(answers, references):
         predicted, true = emotion_words(answer, table), emotion_words(list(reference), table)
         if not true:
-            raise ValueError(f"a reference holds no emotion word: {reference!r}")
+            raise InputError(f"a reference holds no emotion word: {reference!r}")
         groups = group_of(true, predicted) if group_of else {w: table.get(w, w) for w in true + predicted}
         p, g = {groups[w] for w in predicted}, {groups[w] for w in true}
         precision.append(len(p & g) / len(p) if p else 0.0)

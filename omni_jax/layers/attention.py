@@ -24,6 +24,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
+from omni_jax.errors import InputError
 from omni_jax.layers.linears import DenseGeneral, default_kernel_init
 from omni_jax.layers.rotary import apply_rotary
 from omni_jax.sharding import split_ways
@@ -78,10 +79,10 @@ def select_implementation(requested: str, backend: str, dtype: Any, head_dim: in
     SPLASH_BLOCK.
     """
     if requested not in IMPLEMENTATIONS:
-        raise ValueError(f"attention_impl {requested!r}: choose one of {IMPLEMENTATIONS}")
+        raise InputError(f"attention_impl {requested!r}: choose one of {IMPLEMENTATIONS}")
     kernel = {"gpu": "cudnn", "tpu": "splash"}.get(backend, "xla") if requested == "auto" else requested
     if kernel == "cudnn" and backend != "gpu":
-        raise ValueError(f"attention_impl 'cudnn' needs an NVIDIA GPU; JAX's backend here is {backend!r}")
+        raise InputError(f"attention_impl 'cudnn' needs an NVIDIA GPU; JAX's backend here is {backend!r}")
     structured = mask is None or (isinstance(mask, CausalMask) and mask.from_start)
     if kernel == "xla" or bias is not None or not structured:
         return "xla"

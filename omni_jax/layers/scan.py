@@ -13,6 +13,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from omni_jax.errors import InputError
+
 REMAT_POLICIES: dict[str, Callable | None] = {
     "none": None,  # no rematerialisation: keep every activation
     "full": jax.checkpoint_policies.nothing_saveable,
@@ -23,7 +25,7 @@ REMAT_POLICIES: dict[str, Callable | None] = {
 
 def remat_policy(name: str) -> Callable | None:
     if name not in REMAT_POLICIES:
-        raise ValueError(f"unknown remat policy {name!r}; choose one of {sorted(REMAT_POLICIES)}")
+        raise InputError(f"unknown remat policy {name!r}; choose one of {sorted(REMAT_POLICIES)}")
     return REMAT_POLICIES[name]
 
 

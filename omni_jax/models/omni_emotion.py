@@ -41,6 +41,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from omni_jax.errors import InputError
 from omni_jax.layers import Attention, LayerNorm
 from omni_jax.models import facexformer, whisper
 from omni_jax.models.llava_onevision import LlavaOnevisionForConditionalGeneration, merge_at_placeholders
@@ -111,9 +112,9 @@ class OmniEmotion(LlavaOnevisionForConditionalGeneration):
         super().setup()
         cfg = self.config
         if cfg.fusion not in FUSIONS:
-            raise ValueError(f"unknown fusion {cfg.fusion!r}; choose one of {FUSIONS}")
+            raise InputError(f"unknown fusion {cfg.fusion!r}; choose one of {FUSIONS}")
         if cfg.face.llm_width != cfg.text.hidden_size:
-            raise ValueError(f"face.llm_width {cfg.face.llm_width} != text.hidden_size {cfg.text.hidden_size}")
+            raise InputError(f"face.llm_width {cfg.face.llm_width} != text.hidden_size {cfg.text.hidden_size}")
         dtypes = dict(dtype=jnp.dtype(cfg.text.dtype), param_dtype=jnp.dtype(cfg.text.param_dtype))
         self.face_encoder = facexformer.FaceXFormerEncoder(cfg.face)
         self.audio_encoder = whisper.WhisperEncoder(cfg.audio)

@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from omni_jax.errors import InputError
 from omni_jax.layers import (Attention, CausalMask, DenseGeneral, Embed, GatedMlp, RMSNorm, apply_layers,
                              rotary_cos_sin)
 
@@ -27,11 +28,11 @@ ACT = ("activation_batch", "activation_length", "activation_embed")
 def config_from_hf(hf: dict[str, Any]) -> ml_collections.ConfigDict:
     """transformers `Qwen2Config` dict → our config schema (see configs/qwen2.py)."""
     if hf.get("use_sliding_window"):
-        raise NotImplementedError("Qwen2 sliding-window attention is not supported (use_sliding_window=true)")
+        raise InputError("Qwen2 sliding-window attention is not supported (use_sliding_window=true)")
     rope_theta = hf.get("rope_theta") or (hf.get("rope_parameters") or {}).get("rope_theta", 10000.0)
     rope_type = (hf.get("rope_parameters") or hf.get("rope_scaling") or {}).get("rope_type", "default")
     if rope_type != "default":
-        raise NotImplementedError(f"Qwen2 rope_type {rope_type!r} is not supported")
+        raise InputError(f"Qwen2 rope_type {rope_type!r} is not supported")
     heads = hf["num_attention_heads"]
     return ml_collections.ConfigDict(dict(
         vocab_size=hf["vocab_size"],

@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from omni_jax.errors import InputError
 from omni_jax.layers import Attention, Conv, DenseGeneral, LayerNorm, Mlp, apply_layers
 
 ACT = ("activation_batch", None, None, "activation_embed")
@@ -37,7 +38,7 @@ SWIN_B = dict(embed_dim=128, depths=[2, 2, 18, 2], num_heads=[4, 8, 16, 32], win
 def config_from_hf(hf: dict[str, Any]) -> ml_collections.ConfigDict:
     """`SwinConfig` → our schema (defaults are SwinConfig's: Swin-T)."""
     if hf.get("use_absolute_embeddings", False):
-        raise ValueError("Swin with absolute position embeddings is not supported (Swin-B uses relative ones only)")
+        raise InputError("Swin with absolute position embeddings is not supported (Swin-B uses relative ones only)")
     return ml_collections.ConfigDict(dict(
         embed_dim=hf.get("embed_dim", 96),
         depths=list(hf.get("depths", [2, 2, 6, 2])),

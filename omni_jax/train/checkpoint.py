@@ -21,7 +21,7 @@ from typing import Any, Iterator
 import grain
 import orbax.checkpoint as ocp
 
-from omni_jax.data.errors import RunStopped
+from omni_jax.errors import RunStopped
 
 
 class CheckpointError(RunStopped):

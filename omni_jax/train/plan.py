@@ -2,10 +2,9 @@
 
 Parameters, optimizer state and the batch are `jax.ShapeDtypeStruct`s carrying their target
 shardings; the step is lowered and compiled for that mesh (simulated CPU devices will do), and
-XLA's memory analysis gives the per-device bytes. FLOPs are counted on the step's jaxpr, not
-taken from XLA's cost analysis, which counts a loop body once: the scanned layers, the loss
-chunks and the microbatches would be undercounted by their trip counts. Collective bytes are
-read from the compiled HLO with the same care for loops; compiled for the CPU they are upper
+XLA's memory analysis gives the per-device bytes. FLOPs are counted on the step's jaxpr
+(`omni_jax.flops`: XLA's cost analysis counts a loop body once). Collective bytes are read from
+the compiled HLO, each loop body times its trip count; compiled for the CPU they are upper
 bounds for GPUs/TPUs (XLA:CPU widens bf16 collectives to f32 and reduces gradients with
 all-reduce rather than reduce-scatter).
 """
@@ -15,11 +14,12 @@ import re
 from typing import Any
 
 import jax
-import jax.extend as jex
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from omni_jax.errors import InputError
+from omni_jax.flops import matmul_flops
 from omni_jax.modality_tokens import audio_input_frames, parse_modalities, placeholder_counts
 from omni_jax.train.step import make_trainer, training_model_config
 
@@ -29,20 +29,21 @@ def abstract_batch(cfg: ml_collections.ConfigDict, batch: int, seq: int) -> dict
     of `cfg.train.modalities` (as the input pipeline gives them)."""
     modalities = parse_modalities(cfg.train.modalities)
     video, audio = bool({"v", "f"} & set(modalities)), "a" in modalities
-    counts = placeholder_counts(cfg)
+    model = cfg.model
+    counts = placeholder_counts(model)
     needed = video * (counts["video"] + 2) + audio * (counts["audio"] + 2)
     if seq < needed:
-        raise ValueError(f"--seq {seq} is shorter than the {needed} multimodal positions of one clip")
-    f, size, face = cfg.num_frames, cfg.vision.image_size, cfg.face.swin.image_size
+        raise InputError(f"--seq {seq} is shorter than the {needed} multimodal positions of one clip")
+    f, size, face = model.num_frames, model.vision.image_size, model.face.swin.image_size
     spec = jax.ShapeDtypeStruct
     tokens = {key: spec((batch, seq), jnp.int32) for key in ("input_ids", "attention_mask", "labels")}
     if video:
-        tokens.update(pixel_values_videos=spec((batch, f, size, size, cfg.vision.num_channels), jnp.float32),
-                      face_pixels=spec((batch, f, face, face, cfg.face.swin.num_channels), jnp.float32),
+        tokens.update(pixel_values_videos=spec((batch, f, size, size, model.vision.num_channels), jnp.float32),
+                      face_pixels=spec((batch, f, face, face, model.face.swin.num_channels), jnp.float32),
                       has_video=spec((batch,), jnp.bool_), has_face=spec((batch,), jnp.bool_))
     if audio:
-        tokens.update(input_features=spec((batch, cfg.audio_windows, cfg.audio.num_mel_bins,
-                                           audio_input_frames(cfg.audio)), jnp.float32),
+        tokens.update(input_features=spec((batch, model.audio_windows, model.audio.num_mel_bins,
+                                           audio_input_frames(model.audio)), jnp.float32),
                       has_audio=spec((batch,), jnp.bool_))
     return tokens
 
@@ -146,30 +147,6 @@ def _array_bytes(shape: str) -> int:
     """Bytes of the arrays in an HLO shape ("f32[4,64]{1,0}", "(bf16[8], pred[])")."""
     return sum(int(np.prod([int(d) for d in dims.split(",") if d], dtype=np.int64)) * max(1, int(bits or 8) // 8)
                for _, bits, dims in _ARRAY.findall(shape))
-
-
-def matmul_flops(jaxpr: jex.core.Jaxpr) -> float:
-    """FLOPs of the matrix products and convolutions of `jaxpr` (all devices together):
-    sub-jaxprs included, a scan body times its length, the forward passes the backward
-    recomputes (remat) where they occur, a cond's costliest branch. Elementwise work is left
-    out (a few % of a transformer's)."""
-    total = 0.0
-    for eqn in jaxpr.eqns:
-        name = eqn.primitive.name
-        if name == "dot_general":
-            (contracting, _), _ = eqn.params["dimension_numbers"]
-            lhs = eqn.invars[0].aval.shape
-            total += 2.0 * np.prod(eqn.outvars[0].aval.shape) * np.prod([lhs[d] for d in contracting])
-        elif name == "conv_general_dilated":
-            kernel = eqn.invars[1].aval.shape  # out features × in features per group × window
-            out_features = kernel[eqn.params["dimension_numbers"].rhs_spec[0]]
-            total += 2.0 * np.prod(eqn.outvars[0].aval.shape) * np.prod(kernel) / out_features
-        elif name == "cond":
-            total += max(matmul_flops(branch.jaxpr) for branch in eqn.params["branches"])
-            continue
-        repeats = eqn.params["length"] if name == "scan" else 1
-        total += repeats * sum(matmul_flops(sub) for sub in jex.core.jaxprs_in_params(eqn.params))
-    return total
 
 
 def _shard_bytes(spec: jax.ShapeDtypeStruct) -> int:

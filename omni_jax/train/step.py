@@ -28,9 +28,9 @@ from flax import traverse_util
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from omni_jax import registry, sharding
+from omni_jax.errors import CheckpointRefused, InputError
 from omni_jax.models.omni_emotion import OmniEmotion
 from omni_jax.pretrained import override_fields, with_attention
-from omni_jax.runs import model_config
 from omni_jax.train.loss import next_token_loss
 
 # phase → the parameter subtrees it trains (paper §4.4; "new token rows" are rows of the LM's
@@ -46,7 +46,7 @@ PHASES: dict[str, tuple[str, ...]] = {
 def training_model_config(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """The model's fields with the run's dtypes (parameters in param_dtype, compute in
     compute_dtype), attention kernels and the LM's remat policy."""
-    fields = with_attention(override_fields(model_config(cfg).to_dict(), dtype=cfg.train.compute_dtype,
+    fields = with_attention(override_fields(cfg.model.to_dict(), dtype=cfg.train.compute_dtype,
                                            param_dtype=cfg.train.param_dtype), cfg.train.attention_impl)
     fields["text"]["remat_policy"] = cfg.train.remat
     return ml_collections.ConfigDict(fields)
@@ -55,7 +55,7 @@ def training_model_config(cfg: ml_collections.ConfigDict) -> ml_collections.Conf
 def trainable_mask(params: Any, phase: str) -> Any:
     """The params tree with True at every leaf `phase` trains, False elsewhere."""
     if phase not in PHASES:
-        raise ValueError(f"unknown phase {phase!r}; choose one of {sorted(PHASES)}")
+        raise InputError(f"unknown phase {phase!r}; choose one of {sorted(PHASES)}")
     prefixes = PHASES[phase]
     flat = traverse_util.flatten_dict(params, sep="/")
     return traverse_util.unflatten_dict(
@@ -127,7 +127,7 @@ def train_step(model: OmniEmotion, optimizer: optax.GradientTransformation, sche
     else:
         size = jax.tree.leaves(batch)[0].shape[0]
         if size % microbatches:
-            raise ValueError(f"a batch of {size} does not split into {microbatches} microbatches")
+            raise InputError(f"a batch of {size} does not split into {microbatches} microbatches")
         # Microbatch i takes rows i, i + k, i + 2k, …: each device splits the rows it already
         # holds (no resharding), and the constraint keeps every part spread over all of them.
         parts = jax.tree.map(lambda x: nn.with_logical_constraint(
@@ -237,7 +237,7 @@ def make_trainer(model_config: ml_collections.ConfigDict, mesh: Mesh, train: ml_
     trainable, frozen_shapes = split_params(params, mask)
     frozen = split_params(sharding.stored_params(boxed, mesh), mask)[1]
     if not jax.tree.leaves(trainable):
-        raise ValueError(f"phase {train.phase!r} trains {PHASES[train.phase]}, which this model does not have")
+        raise CheckpointRefused(f"phase {train.phase!r} trains {PHASES[train.phase]}, which this model does not have")
     schedule = learning_rate_schedule(train, total_steps)
     optimizer = optimizer or make_optimizer(train, schedule)
     replicated = NamedSharding(mesh, PartitionSpec())

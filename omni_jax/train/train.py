@@ -24,7 +24,7 @@ import signal
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import jax
 import ml_collections
@@ -33,17 +33,17 @@ import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
 from omni_jax import registry
-from omni_jax.data.errors import RunStopped
 from omni_jax.data.manifest import ManifestSource
 from omni_jax.data.pipeline import global_batch, make_pipeline, pad_id_of
+from omni_jax.errors import CheckpointRefused, InputError, RunStopped
 from omni_jax.eval.evaluators import from_config
 from omni_jax.eval.predict import Predictor
+from omni_jax.flops import matmul_flops
 from omni_jax.pretrained import load_pretrained, save_pretrained
-from omni_jax.runs import RUN_FILE, load_tokenizer, resolve_checkpoint, run_config
+from omni_jax.runs import RUN_FILE, load_tokenizer, nested_run_config, resolve_checkpoint, run_config
 from omni_jax.sharding import make_mesh
 from omni_jax.train.checkpoint import Checkpoints
 from omni_jax.train.metric_logger import MetricLogger, peak_flops
-from omni_jax.train.plan import matmul_flops
 from omni_jax.train.step import Trainer, make_trainer, training_model_config
 
 log = logging.getLogger(__name__)
@@ -60,7 +60,7 @@ class NonFiniteError(RunStopped):
     """Too many steps in a row had a non-finite loss or gradient norm."""
 
 
-class ConfigChangedError(ValueError):
+class ConfigChangedError(CheckpointRefused):
     """The workdir holds a run with another config."""
 
 
@@ -71,6 +71,7 @@ def check_workdir(workdir: Path, cfg: ml_collections.ConfigDict, init: Path | No
     path = workdir / RUN_FILE
     if path.exists():
         before = json.loads(path.read_text())
+        before["config"] = nested_run_config(before["config"])  # a workdir recorded before `model` was a section
         differences = _differences(before, json.loads(json.dumps(record)))
         differences = [d for d in differences if not any(d.startswith(f"config.{field}") for field in RESUMABLE)]
         if differences and not cfg.train.allow_config_change:
@@ -98,7 +99,7 @@ def batch_per_host(cfg: ml_collections.ConfigDict) -> int:
     if cfg.data.batch_size:
         return cfg.data.batch_size
     if cfg.train.global_batch_size % hosts:
-        raise ValueError(f"train.global_batch_size {cfg.train.global_batch_size} does not split over {hosts} hosts")
+        raise InputError(f"train.global_batch_size {cfg.train.global_batch_size} does not split over {hosts} hosts")
     return cfg.train.global_batch_size // hosts
 
 
@@ -108,10 +109,10 @@ def total_steps(cfg: ml_collections.ConfigDict, source_size: int) -> int:
     if cfg.train.steps:
         return cfg.train.steps
     if not cfg.data.epochs:
-        raise ValueError("data.epochs is None (repeat forever): set train.steps")
+        raise InputError("data.epochs is None (repeat forever): set train.steps")
     steps = cfg.data.epochs * (source_size // jax.process_count()) // cfg.data.batch_size
     if steps < 1:
-        raise ValueError(f"{source_size} examples over {jax.process_count()} hosts make no batch of "
+        raise InputError(f"{source_size} examples over {jax.process_count()} hosts make no batch of "
                          f"{cfg.data.batch_size}")
     return steps
 
@@ -153,13 +154,15 @@ def align_hosts(name: str, minutes: float = 10) -> None:
 
 
 def train(cfg: ml_collections.ConfigDict, workdir: str | os.PathLike, init: str | os.PathLike | None = None,
-          progress: bool = True) -> dict[str, Any]:
-    """Runs (or resumes) one training phase in `workdir`; returns a summary."""
+          progress: bool = True, model_overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """Runs (or resumes) one training phase in `workdir`; returns a summary. With `init`, the
+    model is the checkpoint's; `model_overrides` are the model fields the command line set
+    (`runs.run_config` applies those a fine-tune may change and refuses the rest)."""
     workdir = Path(workdir)
     init = resolve_checkpoint(init)
-    cfg = run_config(cfg, init)
+    cfg = run_config(cfg, init, model_overrides)
     if not cfg.data.manifest:
-        raise ValueError("no training data: set --config.data.manifest=FILE.jsonl")
+        raise InputError("no training data: set --config.data.manifest=FILE.jsonl")
     source_size = len(ManifestSource(cfg.data.manifest))
     evaluators = from_config(cfg.evals) if cfg.train.eval_every else []  # manifests and references checked now
     tokenizer = load_tokenizer(cfg, init)

@@ -35,7 +35,7 @@ def _random_part(dst, family_name, config, seed):
 @pytest.fixture(scope="module")
 def parts(tmp_path_factory):
     root = tmp_path_factory.mktemp("parts")
-    cfg = omni_configs.get_config("tiny")
+    cfg = omni_configs.get_config("tiny").model
     llava_cfg = ml_collections.ConfigDict({k: cfg[k] for k in LLAVA_FIELDS})
     return root, cfg, {"llava": _random_part(root / "llava", "llava_onevision", llava_cfg, 0),
                        "whisper": _random_part(root / "whisper", "whisper", cfg.audio, 1),

@@ -26,7 +26,7 @@ def setup(tmp_path_factory):
     lines += [{"id": f"t{i}", "conversations": [{"from": "human", "value": f"w1{i} ?"}]} for i in range(5)]
     manifest = root / "m.jsonl"
     manifest.write_text("".join((x if isinstance(x, str) else json.dumps(x)) + "\n" for x in lines))
-    return cfg, qwen2_test_tokenizer(cfg), manifest, len(lines)
+    return cfg, qwen2_test_tokenizer(cfg.model), manifest, len(lines)
 
 
 @pytest.mark.parametrize("processes,batch", [(1, 4), (2, 2), (3, 2)])
@@ -61,8 +61,8 @@ def test_rows_are_left_padded_prompts_with_their_references(setup):
     assert {row.skip for _, row in by_id.values()} == {None, "malformed_json", "missing_file"}
     clip_row, clip = by_id["clip"]
     assert clip.question == "w15 ?" and clip.extra == {"label": "w20"} and clip.reference is None
-    assert (ids[clip_row] == cfg.video_token_id).sum() == placeholder_counts(cfg)["video"]
-    assert (ids[clip_row] == cfg.audio_token_id).sum() == 0  # v,f: no audio block
+    assert (ids[clip_row] == cfg.model.video_token_id).sum() == placeholder_counts(cfg.model)["video"]
+    assert (ids[clip_row] == cfg.model.audio_token_id).sum() == 0  # v,f: no audio block
     assert arrays["has_video"][clip_row] and arrays["has_face"][clip_row] and "input_features" not in arrays
     _, asked = by_id["asked"]
     assert asked.question == "w12 w13 ?" and asked.reference == "w30 ."
@@ -72,11 +72,11 @@ def test_rows_are_left_padded_prompts_with_their_references(setup):
 def test_the_prompt_is_the_training_text_up_to_the_answer(setup):
     cfg, tokenizer, _, _ = setup
     conversation = [{"from": "human", "value": "<video>\nw12 ?"}, {"from": "gpt", "value": "w30 ."}]
-    trained = text.tokenize_conversation(conversation, tokenizer, cfg, 192)
-    prompt = text.tokenize_prompt(conversation[:1], tokenizer, cfg, 192)
+    trained = text.tokenize_conversation(conversation, tokenizer, cfg.model, 192)
+    prompt = text.tokenize_prompt(conversation[:1], tokenizer, cfg.model, 192)
     answer_start = int(np.flatnonzero(trained.labels != -100)[0])
     np.testing.assert_array_equal(prompt, trained.input_ids[:answer_start])
     with pytest.raises(text.ExampleError, match="ends with a human turn"):
-        text.tokenize_prompt(conversation, tokenizer, cfg, 192)
+        text.tokenize_prompt(conversation, tokenizer, cfg.model, 192)
     with pytest.raises(text.ExampleError, match="too_long|beyond"):
-        text.tokenize_prompt(conversation[:1], tokenizer, cfg, 20)
+        text.tokenize_prompt(conversation[:1], tokenizer, cfg.model, 20)

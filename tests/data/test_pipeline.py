@@ -76,7 +76,7 @@ def bad_manifest(clips):
 
 def test_batches_have_the_tiny_model_shapes_and_contents(clips):
     cfg = tiny()
-    tokenizer = qwen2_test_tokenizer(cfg)
+    tokenizer = qwen2_test_tokenizer(cfg.model)
     boxes = [[10, 4, 40, 30], None]
     manifest = write_manifest(clips["root"] / "e2e.jsonl", [
         {"id": "a", "video": "good.mp4", "faces": boxes, "conversations": turns(21)},
@@ -93,13 +93,13 @@ def test_batches_have_the_tiny_model_shapes_and_contents(clips):
                       "face_pixels": ((4, 2, 96, 96, 3), "float32"),
                       "input_features": ((4, 2, 80, 60), "float32"),
                       "has_video": ((4,), "bool"), "has_face": ((4,), "bool"), "has_audio": ((4,), "bool")}
-    counts = placeholder_counts(cfg)
+    counts = placeholder_counts(cfg.model)
     ids, labels, mask = batch["input_ids"], batch["labels"], batch["attention_mask"]
     for row in range(4):  # each clip's row holds the whole block; the text-only row (3) none
-        assert (ids[row] == cfg.video_token_id).sum() == (counts["video"] if row < 3 else 0) == (27 if row < 3 else 0)
-        assert (ids[row] == cfg.audio_token_id).sum() == (counts["audio"] if row < 3 else 0) == (20 if row < 3 else 0)
+        assert (ids[row] == cfg.model.video_token_id).sum() == (counts["video"] if row < 3 else 0) == (27 if row < 3 else 0)
+        assert (ids[row] == cfg.model.audio_token_id).sum() == (counts["audio"] if row < 3 else 0) == (20 if row < 3 else 0)
         for field in ("vi_start_token_id", "vi_end_token_id", "au_start_token_id", "au_end_token_id"):
-            assert (ids[row] == cfg[field]).sum() == int(row < 3)
+            assert (ids[row] == cfg.model[field]).sum() == int(row < 3)
     im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
     labelled = [labels[row][labels[row] != IGNORE].tolist() for row in range(4)]
     assert labelled == [[21, im_end], [22, im_end], [23, im_end], [24, im_end]]  # the answer and its <|im_end|>
@@ -134,7 +134,7 @@ def test_batches_have_the_tiny_model_shapes_and_contents(clips):
 def test_every_bad_input_is_skipped_counted_and_logged_once(bad_manifest, caplog):
     cfg = tiny(batch_size=1, epochs=2)
     caplog.set_level(logging.WARNING, logger=pipeline.__name__)
-    batches = iter(pipeline.make_pipeline(bad_manifest, qwen2_test_tokenizer(cfg), cfg, shuffle=False,
+    batches = iter(pipeline.make_pipeline(bad_manifest, qwen2_test_tokenizer(cfg.model), cfg, shuffle=False,
                                           drop_remainder=False))
     got = [int(b["labels"][b["labels"] != IGNORE][0]) for b in batches]
     assert len(got) == 2 * 4
@@ -154,7 +154,7 @@ def test_every_bad_input_is_skipped_counted_and_logged_once(bad_manifest, caplog
 
 def test_too_many_skips_stop_the_run(bad_manifest):
     cfg = tiny(batch_size=1, min_examples=6, max_skip_fraction=0.5)
-    batches = iter(pipeline.make_pipeline(bad_manifest, qwen2_test_tokenizer(cfg), cfg, shuffle=False))
+    batches = iter(pipeline.make_pipeline(bad_manifest, qwen2_test_tokenizer(cfg.model), cfg, shuffle=False))
     with pytest.raises(pipeline.TooManySkipsError, match=r"5 of 6 examples skipped \(83% > max_skip_fraction 50%\)"):
         list(batches)
 
@@ -170,7 +170,7 @@ def _answers(batch):
 
 def test_shards_are_disjoint_and_cover_the_manifest(tmp_path):
     cfg = tiny(batch_size=1)
-    manifest, tokenizer = _text_manifest(tmp_path / "m.jsonl", 10), qwen2_test_tokenizer(cfg)
+    manifest, tokenizer = _text_manifest(tmp_path / "m.jsonl", 10), qwen2_test_tokenizer(cfg.model)
 
     def shard(index, drop):
         options = grain.sharding.ShardOptions(shard_index=index, shard_count=3, drop_remainder=drop)
@@ -187,7 +187,7 @@ def test_shards_are_disjoint_and_cover_the_manifest(tmp_path):
 def test_hosts_batches_together_are_the_single_process_batch(tmp_path):
     """3 hosts × batch 2 take, step by step, the examples one process takes in batches of 6
     (over 2 epochs), so a run's data does not depend on its host count."""
-    manifest, tokenizer = _text_manifest(tmp_path / "m.jsonl", 10), qwen2_test_tokenizer(tiny())
+    manifest, tokenizer = _text_manifest(tmp_path / "m.jsonl", 10), qwen2_test_tokenizer(tiny().model)
 
     def steps(batch_size, index, count):
         cfg = tiny(batch_size=batch_size, epochs=2)
@@ -205,7 +205,7 @@ def test_shuffle_is_seeded_and_new_each_epoch(tmp_path):
 
     def order(seed):
         cfg = tiny(batch_size=1, epochs=2, seed=seed)
-        return [a for batch in pipeline.make_pipeline(manifest, qwen2_test_tokenizer(cfg), cfg) for a in
+        return [a for batch in pipeline.make_pipeline(manifest, qwen2_test_tokenizer(cfg.model), cfg) for a in
                 _answers(batch)]
 
     first = order(0)
@@ -216,7 +216,7 @@ def test_shuffle_is_seeded_and_new_each_epoch(tmp_path):
 def test_resumed_iterator_sees_exactly_the_same_batches_through_workers(tmp_path):
     cfg = tiny(batch_size=2, epochs=2, workers=1, prefetch=2)
     manifest = _text_manifest(tmp_path / "m.jsonl", 9, extra=['{"id": "x", "conversations": ['])
-    tokenizer = qwen2_test_tokenizer(cfg)
+    tokenizer = qwen2_test_tokenizer(cfg.model)
     first = iter(pipeline.make_pipeline(manifest, tokenizer, cfg))
     before = [next(first) for _ in range(2)]
     state = json.loads(json.dumps(first.get_state()))  # plain JSON: it checkpoints with the train state
@@ -247,7 +247,7 @@ def test_bucket_and_repad():
 
 def test_data_check_cli_counts_every_reason(bad_manifest, tmp_path, capsys):
     cfg = tiny()
-    qwen2_test_tokenizer(cfg).save_pretrained(tmp_path / "tok")
+    qwen2_test_tokenizer(cfg.model).save_pretrained(tmp_path / "tok")
     code = cli.main(["--json", "data-check", "--manifest", str(bad_manifest), "--config",
                      "configs/omni_emotion.py:tiny", "--tokenizer", str(tmp_path / "tok"), "--workers", "1"])
     assert code == 0
@@ -265,7 +265,7 @@ def test_text_only_examples_pack_into_shared_rows(clips):
     """Clips keep a row each; short text-only examples share rows of the smallest bucket: segment
     ids 1, 2, … in attention_mask, positions from 0 per example, each example's labels intact."""
     cfg = tiny(batch_size=3, pack_text_only=True)
-    tokenizer = qwen2_test_tokenizer(cfg)
+    tokenizer = qwen2_test_tokenizer(cfg.model)
     entries = [{"id": f"t{i}", "conversations": turns(30 + i, video=False)} for i in range(5)]
     entries[2:2] = [{"id": "clip", "video": "good.mp4", "conversations": turns(21)}]
     manifest = write_manifest(clips["root"] / "packed.jsonl", entries)
@@ -279,7 +279,7 @@ def test_text_only_examples_pack_into_shared_rows(clips):
             rows += 1
             segments = [s for s in np.unique(mask) if s > 0]
             assert segments == list(range(1, len(segments) + 1))
-            assert has_video == (ids == cfg.video_token_id).any()
+            assert has_video == (ids == cfg.model.video_token_id).any()
             assert len(segments) == 1 or not has_video  # clips are never packed
             for segment in segments:
                 where = np.flatnonzero(mask == segment)
@@ -296,12 +296,12 @@ def test_phase_modalities_decide_the_blocks_and_the_media(clips):
     """An audio-only line holds the audio block alone; phase 1 (a) batches carry log-mels and
     no pixels, phase 2 (v, f) pixels and no log-mel, and skip audio-only lines (counted)."""
     cfg = tiny(batch_size=2)
-    tokenizer = qwen2_test_tokenizer(cfg)
+    tokenizer = qwen2_test_tokenizer(cfg.model)
     manifest = write_manifest(clips["root"] / "phases.jsonl", [
         {"id": "speech", "audio": "tone.m4a", "conversations": turns(21, "<audio>\nw12", video=False)},
         {"id": "clip", "video": "good.mp4", "conversations": turns(22)}])
-    counts = placeholder_counts(cfg)
-    ids = lambda batch, token: (batch["input_ids"] == cfg[token]).sum(axis=1).tolist()
+    counts = placeholder_counts(cfg.model)
+    ids = lambda batch, token: (batch["input_ids"] == cfg.model[token]).sum(axis=1).tolist()
 
     audio_phase = iter(pipeline.make_pipeline(manifest, tokenizer, cfg, shuffle=False, modalities="a"))
     batch = next(audio_phase)
@@ -331,13 +331,13 @@ def test_modality_dropout_leaves_audio_and_faces_out_of_some_prompts(clips):
     eval's v,a prompts); the scene is never dropped; the draws follow the seed and the
     element's place (each epoch anew), not the host count."""
     cfg = tiny(batch_size=8, modality_dropout=0.5, epochs=2)
-    tokenizer = qwen2_test_tokenizer(cfg)
+    tokenizer = qwen2_test_tokenizer(cfg.model)
     manifest = write_manifest(clips["root"] / "dropout.jsonl", [
         {"id": f"clip{i}", "video": "good.mp4", "conversations": turns(22)} for i in range(8)])
-    counts = placeholder_counts(cfg)
+    counts = placeholder_counts(cfg.model)
     batches = list(pipeline.make_pipeline(manifest, tokenizer, cfg, shuffle=False))
     assert len(batches) == 2
-    blocks = lambda batch, token: (batch["input_ids"] == cfg[token]).sum(axis=1)
+    blocks = lambda batch, token: (batch["input_ids"] == cfg.model[token]).sum(axis=1)
     for batch in batches:
         audio = blocks(batch, "audio_token_id")
         assert set(audio.tolist()) <= {0, counts["audio"]}
@@ -381,7 +381,7 @@ def test_faces_by_time_survive_a_change_of_frame_count(clips):
     late = [f for f, t in enumerate(clip.timestamps) if t > 7 / 25 + 0.05]
     assert late and [boxes[f] for f in late] == video.detect_faces(clip.frames[late])
     cfg = tiny()
-    tokenizer = qwen2_test_tokenizer(cfg)
+    tokenizer = qwen2_test_tokenizer(cfg.model)
     line = {"id": "f", "video": str(clips["face"]), "conversations": turns(),
             "faces": [{"t": t, "box": list(b)} for t, b in tracked]}
     for frames in (2, 4):  # one manifest, any frame count
@@ -412,7 +412,7 @@ def test_damaged_and_empty_audio_are_counted_apart(clips, tmp_path):
         {**line, "conversations": [{"from": "human", "value": "<audio>\nw12"}, {"from": "gpt", "value": "w40"}]}
         for line in lines])
     cfg = tiny(batch_size=1)
-    batches = iter(pipeline.make_pipeline(manifest, qwen2_test_tokenizer(cfg), cfg, shuffle=False, modalities="a"))
+    batches = iter(pipeline.make_pipeline(manifest, qwen2_test_tokenizer(cfg.model), cfg, shuffle=False, modalities="a"))
     flags = [bool(next(batches)["has_audio"][0]) for _ in range(2)]
     with pytest.raises(StopIteration):
         next(batches)
@@ -452,7 +452,7 @@ def test_data_check_on_real_world_damage(tmp_path, capsys):
         {"from": "human", "value": ("<video>" if "video" in paths else "<audio>") + "\nw12"},
         {"from": "gpt", "value": "w40"}]} for name, paths in files.items()]
     manifest = write_manifest(root / "damaged.jsonl", lines)
-    qwen2_test_tokenizer(tiny()).save_pretrained(root / "tok")
+    qwen2_test_tokenizer(tiny().model).save_pretrained(root / "tok")
     assert cli.main(["--json", "data-check", "--manifest", str(manifest), "--config", "configs/omni_emotion.py:tiny",
                      "--tokenizer", str(root / "tok"), "--workers", "0"]) == 0
     report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])

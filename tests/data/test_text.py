@@ -14,7 +14,7 @@ from omni_jax.models.qwen2 import positions_from_mask
 from omni_jax.modality_tokens import add_special_tokens
 from tests.tokenizer import byte_bpe_tokenizer, qwen2_test_tokenizer, word_tokenizer
 
-CFG = omni_configs.get_config("tiny")
+CFG = omni_configs.get_config("tiny").model
 TOKENIZER = qwen2_test_tokenizer(CFG)
 ROLE = {"system": "system", "human": "user", "gpt": "assistant"}
 PAD = TOKENIZER.pad_token_id
@@ -66,7 +66,7 @@ def test_test_tokenizer_has_qwen2_and_config_ids():
     specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<image>", "<video>", "<audio>", "<vi_start>",
                 "<vi_end>", "<au_start>", "<au_end>"]
     assert ids(TOKENIZER, specials) == list(range(147, 157)) and len(TOKENIZER) == 157 <= CFG.text.vocab_size
-    full = qwen2_test_tokenizer(omni_configs.get_config("7b"))
+    full = qwen2_test_tokenizer(omni_configs.get_config("7b").model)
     assert ids(full, specials) == list(range(151643, 151653))  # Qwen2's and llava-hf's real ids
     assert check_tokenizer(TOKENIZER, CFG) == 149
     with pytest.raises(ValueError, match="add_special_tokens"):
@@ -101,7 +101,7 @@ def test_byte_level_bpe_with_non_ascii_text():
     conversations = conversation("Regarde <video>\nÇa va? 😀", " très bien 😀\n\nmerci.", "Pourquoi?",
                                  "Il sourit — 😀😀, voilà.")
     tokenizer = byte_bpe_tokenizer([t["value"] for t in conversations] + ["You are a helpful assistant."] * 3)
-    cfg = omni_configs.get_config("tiny")
+    cfg = omni_configs.get_config("tiny").model
     first = tokenizer.convert_tokens_to_ids("<image>")
     cfg.update(dict(zip(("image_token_id", "video_token_id", "audio_token_id", "vi_start_token_id",
                          "vi_end_token_id", "au_start_token_id", "au_end_token_id"), range(first, first + 7))))
@@ -251,7 +251,7 @@ def test_full_size_example_tokenizes_exactly():
     """7B config: 8 frames × (196 visual + 196 face) + 1 = 3137 video and 500 audio placeholders,
     a 100-word question and answer, Qwen2's real special-token ids. (Its speed is a benchmark's
     to measure: experiments/bench_data.py's "tokens" stage, not a timed test.)"""
-    cfg = omni_configs.get_config("7b")
+    cfg = omni_configs.get_config("7b").model
     tokenizer = qwen2_test_tokenizer(cfg)
     conversations = conversation(f"<video>\n{words(1000, 50)} .", words(2000, 50))
     example = tokenize_conversation(conversations, tokenizer, cfg, max_length=4096)

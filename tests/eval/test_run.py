@@ -16,7 +16,7 @@ from omni_jax.eval import scoring
 from omni_jax.eval.predict import Predictor
 from omni_jax.eval.run import load_predictor
 from omni_jax.pretrained import load_pretrained, save_pretrained
-from omni_jax.runs import load_tokenizer, model_config
+from omni_jax.runs import load_tokenizer
 from omni_jax.sharding import make_mesh
 from tests import media
 from tests.tokenizer import qwen2_test_tokenizer
@@ -31,8 +31,8 @@ def setup(tmp_path_factory):
     with a voice) and a missing one; classification and open-vocabulary manifests."""
     root = tmp_path_factory.mktemp("eval")
     cfg = omni_emotion.get_config("tiny")
-    qwen2_test_tokenizer(cfg).save_pretrained(root / "tokenizer")
-    config = registry.to_config(model_config(cfg))
+    qwen2_test_tokenizer(cfg.model).save_pretrained(root / "tokenizer")
+    config = registry.to_config(cfg.model)
     params = registry.init_params(registry.FAMILIES["omni_emotion"], config, make_mesh(), seed=1)
     save_pretrained(root / "ckpt", config, params, root / "tokenizer", {"trained": "no: random weights"})
     for i in range(5):

@@ -26,7 +26,7 @@ FRAMES, WINDOWS = 2, 2
 
 
 def tiny_config(fusion: str = "video_concat"):
-    cfg = omni_configs.get_config("tiny")
+    cfg = omni_configs.get_config("tiny").model
     cfg.fusion = fusion
     return registry.to_config(override_fields(cfg.to_dict(), dtype="float32", param_dtype="float32"))
 

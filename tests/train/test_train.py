@@ -35,7 +35,7 @@ STEPS = 8
 def data(tmp_path_factory):
     """8 clips (faces drawn, every other one with audio) and 2 audio-only lines; a tokenizer."""
     root = tmp_path_factory.mktemp("train_data")
-    qwen2_test_tokenizer(omni_emotion.get_config("tiny")).save_pretrained(root / "tokenizer")
+    qwen2_test_tokenizer(omni_emotion.get_config("tiny").model).save_pretrained(root / "tokenizer")
     lines = []
     for i in range(8):
         media.write_clip(root / f"c{i}.mp4", seconds=0.8, fps=10, size=(64, 48), face=True, audio=i % 2 == 0)
@@ -244,7 +244,10 @@ def test_user_errors_are_clear_and_leave_nothing_half_done(data, uninterrupted, 
     assert "expected true or false" in error(*base, "--config.train.allow_config_change=maybe")
     assert "no such manifest" in error(*[a for a in base if "manifest" not in a],
                                        f"--config.data.manifest={tmp_path / 'absent.jsonl'}")
-    assert "no tokenizer could be read" in error(*base, f"--config.data.tokenizer={tmp_path / 'nothing'}")
+    assert "the tokenizer is a folder" in error(*base, f"--config.data.tokenizer={tmp_path / 'nothing'}")
+    (tmp_path / "empty").mkdir()
+    assert "empty: no tokenizer in this folder (expected one of tokenizer.json" in error(
+        *base, f"--config.data.tokenizer={tmp_path / 'empty'}")
     assert "'w20' is not in the class list" in error(*base, "--config.train.eval_every=2", "--config.evals.dfew."
                                                      f"manifest={data / 'eval.jsonl'}")
     assert not (tmp_path / "new").exists()

@@ -1,0 +1,112 @@
+"""What a run starts from (omni_jax.runs): the model under `cfg.model`, a checkpoint's model
+over the config file's, the one rule for `--config.model.*` overrides, and checkpoints and
+workdirs recorded before the model was a section of the config."""
+import json
+import shutil
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+import omni_jax
+from configs import omni_emotion
+from omni_jax import registry
+from omni_jax.conversion.engine import CONFIG_FILE, save_params
+from omni_jax.errors import CheckpointRefused
+from omni_jax.runs import FINE_TUNABLE, RUN_FILE, run_config
+from omni_jax.train.train import ConfigChangedError, check_workdir
+
+# Written by the code before the change (commit 27d7c7e): `omni-jax assemble`'s config file of
+# a tiny Omni-Emotion checkpoint (the whole flat run config: model fields beside data, train, ...)
+# and a training workdir's record of the tiny config.
+BEFORE = Path(__file__).parent / "fixtures" / "before_model_section"
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    """A tiny Omni-Emotion checkpoint with random parameters (drawn into the abstract shapes:
+    no init compile)."""
+    family, config = registry.FAMILIES["omni_emotion"], omni_emotion.get_config("tiny").model
+    leaves, treedef = jax.tree.flatten(registry.abstract_params(family, config))
+    rng = np.random.RandomState(0)
+    params = jax.tree.unflatten(treedef, [rng.randn(*s.shape).astype(np.float32) for s in leaves])
+    return save_params(tmp_path_factory.mktemp("runs") / "ckpt", family, config, params)
+
+
+def test_the_model_is_a_section_beside_the_runs():
+    cfg = omni_emotion.get_config("tiny,face_alignment")
+    assert sorted(cfg) == ["data", "eval", "evals", "mesh", "model", "train"]
+    assert cfg.model.num_frames == 2 and cfg.model.text.hidden_size == 64 and cfg.train.phase == "face_alignment"
+    cfg.model.num_frames = 3
+    assert cfg.data.num_frames == 3  # the pipeline's frames follow the model's
+
+
+def test_variants_name_their_fields():
+    variant = omni_emotion.VARIANTS["7b"]
+    cfg = omni_emotion.get_config("7b").model
+    assert (cfg.num_frames, cfg.audio_windows, cfg.face.face_grid, cfg.loss_chunk_size) == (
+        variant.num_frames, variant.audio_windows, [variant.face_grid] * 2, variant.loss_chunk_size) == (8, 1, [14, 14], 1024)
+    assert [cfg[f] for f in ("audio_token_id", "vi_start_token_id", "vi_end_token_id", "au_start_token_id",
+                             "au_end_token_id")] == list(range(151648, 151653))
+
+
+def test_a_checkpoint_written_before_the_change_loads(checkpoint, tmp_path):
+    old = tmp_path / "assembled"
+    shutil.copytree(checkpoint, old)
+    shutil.copy(BEFORE / "assembled_omni_jax.json", old / CONFIG_FILE)
+    assert "train" in json.loads((old / CONFIG_FILE).read_text())["config"]  # the old shape, run sections inside
+    model, params = omni_jax.load_pretrained(old)
+    _, expected = omni_jax.load_pretrained(checkpoint)
+    assert model.config.num_frames == 2 and "train" not in model.config
+    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(expected)):
+        np.testing.assert_array_equal(a, b)
+    run = run_config(omni_emotion.get_config("tiny"), old)
+    assert run.model.to_dict() == omni_emotion.get_config("tiny").model.to_dict()
+
+
+def test_a_workdir_recorded_before_the_change_resumes(tmp_path):
+    shutil.copy(BEFORE / "workdir_config.json", tmp_path / RUN_FILE)
+    assert "model" not in json.loads((tmp_path / RUN_FILE).read_text())["config"]
+    cfg = omni_emotion.get_config("tiny")
+    check_workdir(tmp_path, cfg, None)  # the same run: resumes
+    assert json.loads((tmp_path / RUN_FILE).read_text())["config"]["model"]["num_frames"] == 2  # rewritten in today's shape
+    shutil.copy(BEFORE / "workdir_config.json", tmp_path / RUN_FILE)
+    cfg.train.learning_rate = 0.5
+    with pytest.raises(ConfigChangedError, match="train.learning_rate"):  # and a changed run is still told apart
+        check_workdir(tmp_path, cfg, None)
+
+
+def test_from_a_checkpoint_the_model_is_the_checkpoints(checkpoint, caplog):
+    """The 7B config file with a tiny checkpoint: the checkpoint's model, nothing to warn about."""
+    caplog.set_level("INFO")
+    run = run_config(omni_emotion.get_config("7b"), checkpoint)
+    assert run.model.text.hidden_size == 64 and run.data.num_frames == 2 and run.data.image_size == 56
+    assert run.train.learning_rate == 1e-5 and not caplog.records  # the run's sections are the file's
+
+
+def test_overrides_a_fine_tune_may_change_are_applied(checkpoint):
+    cfg = omni_emotion.get_config("tiny")
+    cfg.model.update(loss_chunk_size=8, audio_windows=1)
+    run = run_config(cfg, checkpoint, model_overrides=["loss_chunk_size", "audio_windows"])
+    assert (run.model.loss_chunk_size, run.model.audio_windows) == (8, 1) and set(FINE_TUNABLE) == {
+        "loss_chunk_size", "audio_windows"}
+    assert run_config(cfg, checkpoint).model.loss_chunk_size == 16  # not set on the command line: the checkpoint's
+
+
+@pytest.mark.parametrize("field,value", [("text.rope_theta", 1e6), ("num_frames", 4), ("fusion", "frame_concat")])
+def test_overrides_of_the_architecture_are_refused_naming_them(checkpoint, field, value):
+    cfg = omni_emotion.get_config("tiny")
+    *parents, name = field.split(".")
+    section = cfg.model
+    for part in parents:
+        section = section[part]
+    section[name] = value
+    with pytest.raises(CheckpointRefused, match=rf"not model\.{field}={value!r} \(the checkpoint's: "):
+        run_config(cfg, checkpoint, model_overrides=[field])
+
+
+def test_an_override_equal_to_the_checkpoints_value_is_no_change(checkpoint):
+    cfg = omni_emotion.get_config("7b")
+    cfg.model.text.hidden_size = 64  # the tiny checkpoint's width, typed out
+    assert run_config(cfg, checkpoint, model_overrides=["text.hidden_size"]).model.text.hidden_size == 64
