@@ -17,7 +17,7 @@ import torch
 from jax._src.interpreters import partial_eval as pe
 
 from omni_jax import xla_cpu
-from omni_jax.train.plan import matmul_flops
+from omni_jax.flops import matmul_flops
 
 xla_cpu.configure()
 HOST = xla_cpu.host()

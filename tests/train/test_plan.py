@@ -53,7 +53,6 @@ def test_full_size_fsdp_holds_one_eighth_of_the_parameters_per_device():
 FSDP_256 = """
 import json, jax, numpy as np
 from configs import omni_emotion
-from omni_jax.flops import matmul_flops
 from omni_jax.sharding import make_mesh
 from omni_jax.train.plan import bytes_per_device, replicated_bytes_per_device
 from omni_jax.train.step import make_trainer, training_model_config
