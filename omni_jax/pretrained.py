@@ -78,7 +78,7 @@ def load_pretrained(path: str | os.PathLike, dtype: str | Any = "float32", mesh:
         shardings = sharding.param_shardings(registry.abstract_params(family, stored_config, boxed=True), mesh)
     target = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, jnp.dtype(dtype), sharding=sh),
                           abstract, shardings)
-    params = ocp.load(Path(path) / PARAMS_DIR, target)
+    params = ocp.load(Path(path).absolute() / PARAMS_DIR, target)  # orbax takes absolute paths only
     if scan_layers:
         return registry.build(family, stored_config), params
     config = registry.to_config(override_fields(stored_config.to_dict(), scan_layers=False))
@@ -94,7 +94,7 @@ def save_pretrained(path: str | os.PathLike, config: Any, params: Any, tokenizer
     import orbax.checkpoint.experimental.v1 as ocp
     from jax.experimental import multihost_utils
 
-    path = Path(path)
+    path = Path(path).absolute()  # orbax takes absolute paths only
     tmp = path.with_name(f".{path.name}.partial")
     if jax.process_index() == 0:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -197,7 +197,7 @@ def checkpoint_writer(dst: str | os.PathLike, meta: dict[str, Any],
     context = ocp.Context()
     context.memory.deepcopy_host_arrays = False
     context.array.saving.use_compression = False
-    dst = Path(dst)
+    dst = Path(dst).absolute()  # orbax takes absolute paths only
     tmp = _temp_dir(dst)
 
     group: dict[str, Any] = {}
@@ -289,7 +289,7 @@ def stored_leaves(params_dir: Path) -> dict[str, Any]:
     """Flat {"a/b/c": metadata with .shape and .dtype} of an orbax params checkpoint."""
     import orbax.checkpoint.experimental.v1 as ocp
 
-    return flat_leaves(ocp.metadata(params_dir).metadata)
+    return flat_leaves(ocp.metadata(Path(params_dir).absolute()).metadata)
 
 
 def load_leaf(params_dir: Path, path: str, meta: Any) -> np.ndarray:
@@ -301,7 +301,7 @@ def load_leaf(params_dir: Path, path: str, meta: Any) -> np.ndarray:
     context = ocp.Context()
     context.pytree.loading.partial_load = True
     with context:
-        tree = ocp.load(params_dir, target)
+        tree = ocp.load(Path(params_dir).absolute(), target)
     for part in path.split("/"):
         tree = tree[part]
     return np.asarray(tree)

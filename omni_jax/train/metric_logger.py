@@ -15,6 +15,7 @@ eval/metrics.jsonl and TensorBoard's eval/NAME/metric.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -48,12 +49,20 @@ def peak_flops(device_kind: str, configured: float = 0.0) -> float | None:
 
 
 class TensorBoardWriter:
-    """Scalars into TensorBoard event files (tensorboard's own writer and protos; no TensorFlow)."""
+    """Scalars into TensorBoard event files (tensorboard's own writer and protos; no TensorFlow).
 
-    def __init__(self, logdir: Path):
+    purge_step: a resumed run's first step. A session-start event at that step makes TensorBoard
+    drop what earlier files hold from that step on (as tf.summary's purge_step does), so the
+    steps a killed run wrote after its last checkpoint are shown once, as the rerun wrote them."""
+
+    def __init__(self, logdir: Path, purge_step: int | None = None):
+        from tensorboard.compat.proto import event_pb2
         from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
         self._writer = EventFileWriter(str(logdir))
+        if purge_step is not None:
+            self._writer.add_event(event_pb2.Event(wall_time=time.time(), step=purge_step, session_log=event_pb2.SessionLog(
+                status=event_pb2.SessionLog.START)))
 
     def write(self, step: int, scalars: dict[str, float]) -> None:
         from tensorboard.compat.proto import event_pb2, summary_pb2
@@ -64,6 +73,24 @@ class TensorBoardWriter:
 
     def close(self) -> None:
         self._writer.close()
+
+
+def keep_lines_until(path: Path, step: int) -> None:
+    """Drops the lines of a metrics file (JSONL) after `step`, the step a resumed run restored:
+    it writes them again. A line cut short by a kill is dropped too. Replaced whole (written
+    beside, renamed)."""
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line)["step"] <= step:
+                kept.append(line + "\n")
+        except (json.JSONDecodeError, KeyError, TypeError):
+            continue
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("".join(kept))
+    os.replace(tmp, path)
 
 
 class MetricLogger:
@@ -80,8 +107,10 @@ class MetricLogger:
         self.nonfinite_streak = 0
         self.last_line: dict[str, Any] | None = None  # the latest written, for the caller's summary
         if self.writing:
+            for lines in (workdir / "metrics.jsonl", workdir / "eval" / "metrics.jsonl"):
+                keep_lines_until(lines, start_step)
             self.jsonl = (workdir / "metrics.jsonl").open("a")
-            self.tensorboard = TensorBoardWriter(workdir / "tensorboard")
+            self.tensorboard = TensorBoardWriter(workdir / "tensorboard", purge_step=start_step + 1 if start_step else None)
         self.bar = tqdm(total=total_steps, initial=start_step, unit="step", file=sys.stderr, dynamic_ncols=True,
                         disable=not (progress and self.writing))
 

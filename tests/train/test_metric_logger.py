@@ -1,4 +1,5 @@
-"""The metric logger: one step late, MFU from the device's peak, non-finite streaks."""
+"""The metric logger: one step late, MFU from the device's peak, non-finite streaks, each step once
+after a resume."""
 import json
 
 import jax
@@ -42,3 +43,32 @@ def test_metrics_are_written_one_step_late_with_mfu_and_streaks(tmp_path):
     written = lines()
     assert [line["step"] for line in written] == [1, 2, 3, 4]
     assert not written[1]["finite"] and written[2]["nonfinite"] == 2 and written[3]["skipped_corrupt_video"] == 1
+
+
+def _run(workdir, steps, start_step: int, loss: float) -> None:
+    logger = MetricLogger(workdir, total_steps=steps[-1], start_step=start_step, flops_per_step=1.0, peak=None,
+                          log_every=1, progress=False)
+    for step in steps:
+        logger.record(step, device_metrics(loss + step), {"clips": 1, "tokens": 1})
+    logger.write_eval(steps[-1], {"dfew": {"uar": loss}})
+    logger.close()
+
+
+def test_a_resumed_run_holds_each_step_once(tmp_path):
+    """Killed after step 5 with its last checkpoint at step 3, resumed from 3: metrics.jsonl,
+    eval/metrics.jsonl and TensorBoard hold steps 1–7 once each, 4 and 5 as the rerun wrote them."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    (tmp_path / "eval").mkdir()
+    _run(tmp_path, [1, 2, 3, 4, 5], start_step=0, loss=0.0)
+    with (tmp_path / "metrics.jsonl").open("a") as torn:
+        torn.write('{"step": 6, "lo')  # a line cut short by the kill
+    _run(tmp_path, [4, 5, 6, 7], start_step=3, loss=100.0)
+    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [line["step"] for line in lines] == [1, 2, 3, 4, 5, 6, 7]
+    assert [line["loss"] for line in lines] == [1, 2, 3, 104, 105, 106, 107]
+    assert [json.loads(line)["step"] for line in (tmp_path / "eval" / "metrics.jsonl").read_text().splitlines()] == [7]
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    assert [(e.step, e.value) for e in events.Scalars("loss")] == [(s, float(v)) for s, v in
+                                                                   zip(range(1, 8), [1, 2, 3, 104, 105, 106, 107])]

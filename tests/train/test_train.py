@@ -154,6 +154,8 @@ def test_sigkill_then_sigterm_then_resume_equals_the_uninterrupted_run(data, uni
     assert cli.main(["--json", *args(data, workdir)]) == 0
     expected, got = metrics(uninterrupted), metrics(workdir)
     assert sorted(got) == sorted(expected)
+    steps = [json.loads(line)["step"] for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    assert steps == sorted(expected)  # each step once: the lines written after a restored step are dropped
     for step in expected:
         assert (got[step]["loss"], got[step]["grad_norm"]) == (expected[step]["loss"], expected[step]["grad_norm"]), step
     _, final = omni_jax.load_pretrained(workdir / "final")
@@ -198,6 +200,8 @@ def test_two_processes_killed_and_resumed_equal_one_process(data, uninterrupted,
     assert summary["resumed_from"] >= 4 and summary["stopped"] == "finished"
     expected, got = metrics(uninterrupted), metrics(workdir)
     assert sorted(got) == sorted(expected)
+    steps = [json.loads(line)["step"] for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    assert steps == sorted(expected)  # each step once: the lines written after a restored step are dropped
     # loss and gradient norms (the whole and each trained subtree's) per step: a gradient scaled
     # or reduced wrongly across processes (local token counts, a sum counted twice, one subtree
     # left unreduced), which Adam's update would hide, changes them
