@@ -211,6 +211,7 @@ def eval_config(variant: str) -> ml_collections.ConfigDict:
         top_p=1.0,  # sampling only: keep the most likely tokens holding this probability
         seed=0,
         stop=("\n\n",),  # strings that end an answer (besides EOS and <|im_end|>)
+        max_skip_fraction=0.1,  # an evaluator fails when more of its manifest's lines cannot be used
     ))
 
 

@@ -30,18 +30,25 @@ from pathlib import Path
 from typing import Any, Callable
 
 from omni_jax import xla_cpu
-from omni_jax.config_flags import MODEL_PREFIX, apply_overrides, load_config
+from omni_jax.config_flags import MODEL_PREFIX, apply_overrides, load_config, resolve_paths
 from omni_jax.errors import OutputExistsError, UserError
 
 DTYPE_CHOICES = ["float32", "bfloat16", "float16"]
 
 
+def _path(text: str) -> str:
+    """A path argument, made absolute against the working directory here, once: nothing below
+    the command line sees a relative path (orbax refuses them; worker processes may start
+    elsewhere). Remote paths (gs://…) stay as they are."""
+    return text if "://" in text else os.path.abspath(os.path.expanduser(text))
+
+
 def _existing(text: str) -> str:
-    """An input path argument: checked when the command line is read (one line naming it), not
-    deep inside a library's traceback; remote paths (gs://…) are left to the reader."""
+    """An input path argument: absolute (`_path`) and checked when the command line is read (one
+    line naming it), not deep inside a library's traceback; remote paths are left to the reader."""
     if "://" not in text and not Path(text).exists():
         raise argparse.ArgumentTypeError(f"{text}: no such file or directory")
-    return text
+    return _path(text)
 
 
 def _dir_bytes(path: Path) -> int:
@@ -111,7 +118,7 @@ def _add_assemble(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", default="configs/omni_emotion.py:7b", help="config file[:variant]")
     p.add_argument("--fusion", choices=FUSIONS, default=None,
                    help="override the config's fusion mode")
-    p.add_argument("--dst", required=True, help="new output directory (must not exist)")
+    p.add_argument("--dst", type=_path, required=True, help="new output directory (must not exist)")
     p.add_argument("--seed", type=int, default=0, help="seed of the new parameters' initialisation")
     p.add_argument("--dtype", choices=DTYPE_CHOICES, default=None, help="stored dtype (default: the parts')")
     p.set_defaults(run=_assemble)
@@ -211,7 +218,7 @@ def _add_data_check(sub: argparse._SubParsersAction) -> None:
                        description="Runs the input pipeline once over every line (no shuffling, batches of one) "
                                    "and reports what it would skip and why, the token-length histogram over the "
                                    "config's buckets, how many examples carry video, faces and audio, and clips/s.")
-    p.add_argument("--manifest", type=_existing, required=True, help="JSONL manifest (SPEC §2)")
+    p.add_argument("--manifest", type=_existing, required=True, help="JSONL manifest (docs/data.md)")
     p.add_argument("--config", default="configs/omni_emotion.py:7b", help="config file[:variant]")
     p.add_argument("--tokenizer", type=_existing, required=True, help="tokenizer directory (e.g. the LLaVA-OneVision checkpoint's)")
     p.add_argument("--workers", type=int, default=None, help="decoding worker processes (default: the config's)")
@@ -225,7 +232,7 @@ def _add_convert(sub: argparse._SubParsersAction) -> None:
                                    "omni_emotion). On any "
                                    "mismatch every offending key is listed and no output directory is left.")
     p.add_argument("--src", type=_existing, required=True, help="directory with config.json and *.safetensors / pytorch_model*.bin")
-    p.add_argument("--dst", required=True, help="new output directory (must not exist)")
+    p.add_argument("--dst", type=_path, required=True, help="new output directory (must not exist)")
     p.add_argument("--dtype", choices=DTYPE_CHOICES, default=None, help="stored dtype (default: the source's)")
     p.set_defaults(run=_convert)
 
@@ -233,7 +240,7 @@ def _add_convert(sub: argparse._SubParsersAction) -> None:
 def _add_export(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="omni_jax checkpoint → directory transformers' from_pretrained loads")
     p.add_argument("--src", type=_existing, required=True, help="directory written by `omni-jax convert`")
-    p.add_argument("--dst", required=True, help="new output directory (must not exist)")
+    p.add_argument("--dst", type=_path, required=True, help="new output directory (must not exist)")
     p.add_argument("--dtype", choices=DTYPE_CHOICES, default=None, help="written dtype (default: as stored)")
     p.add_argument("--naming", default=None, help="key naming to write (default: the source's, if transformers "
                                                   "reads it, else transformers' own)")
@@ -255,7 +262,7 @@ def _add_convert_facexformer(sub: argparse._SubParsersAction) -> None:
                                    "face projector unless the file has one. Missing, unexpected or mis-shaped "
                                    "tensors are all listed and no output directory is left.")
     p.add_argument("--src", type=_existing, required=True, help="the release's .pt file")
-    p.add_argument("--dst", required=True, help="new output directory (must not exist)")
+    p.add_argument("--dst", type=_path, required=True, help="new output directory (must not exist)")
     p.add_argument("--face-grid", type=_grid, default=(14, 14), help="face tokens grid, N or HxW (default 14)")
     p.add_argument("--llm-width", type=int, default=3584, help="projector output width (default 3584, Qwen2-7B)")
     p.add_argument("--seed", type=int, default=0, help="seed of the projector's initialisation (default 0)")
@@ -279,7 +286,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                                    "Rerunning the same command resumes; SIGTERM saves and exits 0.")
     p.add_argument("--config", required=True, help="config file[:variant[,phase]], e.g. "
                                                     "configs/omni_emotion.py:7b,audio_alignment")
-    p.add_argument("--workdir", required=True, help="the run's folder (created; reused to resume)")
+    p.add_argument("--workdir", type=_path, required=True, help="the run's folder (created; reused to resume)")
     p.add_argument("--init", type=_existing, default=None, help="starting checkpoint: omni-jax assemble's output, or the previous "
                                                 "phase's workdir (its final/); default: the config's initialisers")
     p.set_defaults(run=_train)
@@ -301,7 +308,7 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
                                    "matrices. --config.eval.modalities=v,a is the paper's modality ablation.")
     p.add_argument("--config", required=True, help="config file[:variant], e.g. configs/omni_emotion.py:7b")
     p.add_argument("--checkpoint", type=_existing, required=True, help="an Omni-Emotion checkpoint or a finished training workdir")
-    p.add_argument("--workdir", required=True, help="folder for predictions and metrics (created)")
+    p.add_argument("--workdir", type=_path, required=True, help="folder for predictions and metrics (created)")
     p.set_defaults(run=_evaluate)
 
 
@@ -373,7 +380,7 @@ def _add_synth(sub: argparse._SubParsersAction) -> None:
                                    "voice (some classes differ only in one of them), phase-1 voices with captions, "
                                    "and the manifests of the three phases and of held-out evaluation "
                                    "(omni_jax.data.synth). The same seed writes the same data.")
-    p.add_argument("--out", required=True, help="a new (or empty) folder")
+    p.add_argument("--out", type=_path, required=True, help="a new (or empty) folder")
     p.add_argument("--clips", type=int, default=336, help="training clips (the classes in turn)")
     p.add_argument("--eval-clips", type=int, default=None, help="held-out clips (default: a quarter of --clips)")
     p.add_argument("--seed", type=int, default=0)
@@ -432,7 +439,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command in ("train", "eval"):  # the jobs that span processes
             _initialize_distributed(args)
         if hasattr(args, "config"):
-            args.config = apply_overrides(load_config(args.config), overrides)
+            args.config = resolve_paths(apply_overrides(load_config(args.config), overrides))
         result = args.run(args)
     except (UserError, OSError) as e:  # the input, or the machine (a full disk, a lost mount): one line
         if args.debug:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ast
 import importlib.util
+import os
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -21,6 +22,10 @@ from omni_jax.errors import InputError, MissingInputError, UserError
 
 PREFIX = "--config."
 MODEL_PREFIX = PREFIX + "model."
+# Fields that hold paths ("*": any evaluator): made absolute against the working directory when
+# the command line is read, as path flags are; the inputs among them must exist.
+INPUT_PATH_FIELDS = ("data.manifest", "data.tokenizer", "evals.*.manifest")
+OUTPUT_PATH_FIELDS = ("evals.*.endpoint.cache",)
 
 
 def load_config(spec: str) -> ml_collections.ConfigDict:
@@ -111,3 +116,29 @@ def apply_overrides(cfg: ml_collections.ConfigDict, overrides: Sequence[str]) ->
         except TypeError as error:
             raise InputError(f"{PREFIX}{path}={text}: {error}") from None
     return cfg
+
+
+def resolve_paths(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """Makes the set path fields of `cfg` absolute (in place; returned); an input that does not
+    exist is an error naming its field. Remote paths (gs://…) are left as they are."""
+    for pattern in INPUT_PATH_FIELDS + OUTPUT_PATH_FIELDS:
+        for section, name, dotted in _fields(cfg, pattern.split(".")):
+            value = section[name]
+            if not isinstance(value, str) or not value or "://" in value:
+                continue
+            path = os.path.abspath(os.path.expanduser(value))
+            if pattern in INPUT_PATH_FIELDS and not os.path.exists(path):
+                raise MissingInputError(f"{PREFIX}{dotted}={value}: no such file or directory")
+            section[name] = path
+    return cfg
+
+
+def _fields(section: Any, parts: list[str], where: str = "") -> list[tuple[ml_collections.ConfigDict, str, str]]:
+    """(section, name, dotted path) of every field matching `parts` ("*" matches any name)."""
+    if not isinstance(section, ml_collections.ConfigDict):
+        return []
+    head, *rest = parts
+    names = sorted(section.keys()) if head == "*" else [head] if head in section else []
+    if not rest:
+        return [(section, name, where + name) for name in names]
+    return [match for name in names for match in _fields(section[name], rest, f"{where}{name}.")]

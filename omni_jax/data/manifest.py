@@ -1,4 +1,4 @@
-"""The JSONL manifest (SPEC §2) as a grain random-access data source.
+"""The JSONL manifest (docs/data.md) as a grain random-access data source.
 
 One clip a line, LLaVA-style:
 
@@ -179,3 +179,34 @@ def _time(face: dict[str, Any], where: str) -> float:
         raise ExampleError("malformed_json", f"{where}: a timed face is {{\"t\": seconds, \"box\": [x0, y0, x1, y1] "
                                              f"or null}}, got {face!r}")
     return float(t)
+
+
+def unusable_lines(source: ManifestSource) -> list[tuple[str, str]]:
+    """(reason, message naming the file) for each line of `source` that no decoding can make
+    an example of: malformed, or naming a video or audio file that is missing or empty. Reads
+    no media (a look before a model is loaded; decoding finds the rest)."""
+    problems = []
+    for index in range(len(source)):
+        try:
+            record = source.parse(source[index])
+            for path in (record.video, record.audio):
+                if path is None:
+                    continue
+                if not path.exists():
+                    raise ExampleError("missing_file", f"{record.where}: {path}: no such file")
+                if path.stat().length == 0:
+                    raise ExampleError("empty_file", f"{record.where}: {path}: an empty file (0 bytes)")
+        except ExampleError as error:
+            problems.append((error.reason, str(error)))
+    return problems
+
+
+def skip_summary(skips: list[tuple[str, str]], total: int, count: int | None = None, shown: int = 3) -> str:
+    """"2 of 3 lines cannot be used (missing_file 1, corrupt_video 1): first MESSAGE; MESSAGE".
+    skips: (reason, message) of the lines known here; count: of all (default: len(skips))."""
+    counts: dict[str, int] = {}
+    for reason, _ in skips:
+        counts[reason] = counts.get(reason, 0) + 1
+    reasons = ", ".join(f"{reason} {n}" for reason, n in sorted(counts.items()))
+    return (f"{len(skips) if count is None else count} of {total} lines cannot be used ({reasons}): first "
+            + "; ".join(message for _, message in skips[:shown]))

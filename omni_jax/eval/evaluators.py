@@ -11,7 +11,12 @@ figures. The same evaluators run in `omni-jax eval` and inside `omni-jax train`
 (`train.eval_every`). An evaluator whose manifest is unset is not built.
 
 References are read and checked before anything is generated (a label outside the class
-list, a line without references: a clear error naming the line, and nothing written).
+list, a line without references: a clear error naming the line, and nothing written), and so
+are the media the lines name (`check_media`: missing or empty files, malformed lines). Lines
+that cannot be used are skipped and counted (`skipped`, `skipped/REASON`) up to
+`eval.max_skip_fraction` of the manifest; above it, or when no line can be used, the
+evaluation fails with the reasons counted and the first files named, before the model loads
+when the files alone tell, else before any predictions file is written.
 """
 from __future__ import annotations
 
@@ -24,7 +29,9 @@ import jax
 import ml_collections
 import numpy as np
 from etils import epath
+from jax.experimental import multihost_utils
 
+from omni_jax.data.manifest import ManifestSource, skip_summary, unusable_lines
 from omni_jax.errors import InputError, MissingInputError, RunStopped
 from omni_jax.eval import judge, scoring
 from omni_jax.eval.predict import write_predictions
@@ -55,6 +62,7 @@ class Evaluator(abc.ABC):
     name: str
     manifest: str
     question: str | None
+    max_skip_fraction: float = 0.1  # eval.max_skip_fraction
 
     @abc.abstractmethod
     def score(self, answered: list[dict[str, Any]]) -> dict[str, Any]:
@@ -65,10 +73,22 @@ class Evaluator(abc.ABC):
         """(metric, value) pairs of `scores`; figures (PNGs) into `out_dir`."""
 
     def _scores(self, predictions: list[dict[str, Any]]) -> dict[str, Any]:
-        answered = [p for p in predictions if "skip" not in p]
-        if not answered:
-            raise InputError(f"evaluator {self.name!r}: no clip of {self.manifest} could be read")
-        return self.score(answered)
+        return self.score([p for p in predictions if "skip" not in p])
+
+    def _check_skips(self, skips: list[tuple[str, str]], skipped: int, total: int) -> None:
+        """Fails when `skipped` of `total` lines is more than max_skip_fraction (or all);
+        `skips`: (reason, message) of those this process knows."""
+        if skipped and (skipped == total or skipped > self.max_skip_fraction * total):
+            raise RunStopped(f"evaluator {self.name!r} on {self.manifest}: {skip_summary(skips, total, skipped)} "
+                             f"(eval.max_skip_fraction "
+                             f"{self.max_skip_fraction}; set it higher to score what can be read)")
+
+    def check_media(self) -> None:
+        """Before the model loads: the lines no decoding can use (missing or empty files,
+        malformed lines) within max_skip_fraction."""
+        source = ManifestSource(self.manifest, self.question)
+        problems = unusable_lines(source)
+        self._check_skips(problems, len(problems), len(source))
 
     def run(self, predict: Predict, out_dir: Path) -> Iterator[tuple[str, Any]]:
         scores: dict[str, Any] = {}
@@ -77,13 +97,19 @@ class Evaluator(abc.ABC):
             scores.update(self._scores(merged))  # process 0: the per-clip figures go into the file
             return merged
 
-        predictions = write_predictions(predict(self.manifest, self.question),
-                                        out_dir / "predictions" / f"{self.name}.jsonl", annotate)
+        predictions = predict(self.manifest, self.question)
+        skips = [(p["skip"], p["message"]) for p in predictions if "skip" in p]
+        # every process decides on the same global counts (each holds its share of the lines)
+        skipped, total = np.sum(multihost_utils.process_allgather(np.array([len(skips), len(predictions)])).reshape(
+            -1, 2), axis=0).tolist()
+        self._check_skips(skips, skipped, total)
+        predictions = write_predictions(predictions, out_dir / "predictions" / f"{self.name}.jsonl", annotate)
         scores = scores or self._scores(predictions)
         yield from self.report(scores, out_dir)
-        skipped = sum("skip" in p for p in predictions)
         yield "clips", len(predictions) - skipped
         yield "skipped", skipped
+        for reason in sorted({p["skip"] for p in predictions if "skip" in p}):
+            yield f"skipped/{reason}", sum(p.get("skip") == reason for p in predictions)
 
 
 class EmotionClassification(Evaluator):
@@ -202,8 +228,9 @@ EVALUATORS = {"emotion_classification": EmotionClassification, "open_vocabulary"
               "reasoning_judge": ReasoningJudge}
 
 
-def from_config(evals: ml_collections.ConfigDict) -> list[tuple[str, Any]]:
-    """(name, evaluator) for every configured evaluator whose manifest is set."""
+def from_config(evals: ml_collections.ConfigDict, max_skip_fraction: float = 0.1) -> list[tuple[str, Any]]:
+    """(name, evaluator) for every configured evaluator whose manifest is set, its references
+    and media checked (`max_skip_fraction`: eval.max_skip_fraction)."""
     built = []
     for name, spec in evals.items():
         spec = spec.to_dict() if isinstance(spec, ml_collections.ConfigDict) else dict(spec)
@@ -213,7 +240,10 @@ def from_config(evals: ml_collections.ConfigDict) -> list[tuple[str, Any]]:
         if spec.get("manifest"):
             if not epath.Path(spec["manifest"]).exists():
                 raise MissingInputError(f"evals.{name}.manifest: {spec['manifest']}: no such file")
-            built.append((name, EVALUATORS[kind](name=name, **spec)))
+            evaluator = EVALUATORS[kind](name=name, **spec)
+            evaluator.max_skip_fraction = max_skip_fraction
+            evaluator.check_media()
+            built.append((name, evaluator))
     return built
 
 

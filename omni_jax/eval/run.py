@@ -54,7 +54,7 @@ def evaluate(cfg: ml_collections.ConfigDict, checkpoint: str | os.PathLike, work
     """Runs every configured evaluator (cfg.evals) on `checkpoint`; returns {NAME: {metric: value}}
     and writes the files the module docstring lists."""
     workdir = Path(workdir)
-    evaluators = from_config(cfg.evals)  # manifests and references checked before the model loads
+    evaluators = from_config(cfg.evals, cfg.eval.max_skip_fraction)  # references and media checked before the model loads
     if not evaluators:
         raise InputError(f"no evaluator has a manifest: set --config.evals.NAME.manifest=FILE.jsonl for one of "
                          f"{sorted(cfg.evals)}")

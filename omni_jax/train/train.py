@@ -164,7 +164,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str | os.PathLike, init: str 
     if not cfg.data.manifest:
         raise InputError("no training data: set --config.data.manifest=FILE.jsonl")
     source_size = len(ManifestSource(cfg.data.manifest))
-    evaluators = from_config(cfg.evals) if cfg.train.eval_every else []  # manifests and references checked now
+    evaluators = from_config(cfg.evals, cfg.eval.max_skip_fraction) if cfg.train.eval_every else []  # checked now
     tokenizer = load_tokenizer(cfg, init)
     cfg.data.batch_size = batch_per_host(cfg)
     steps = total_steps(cfg, source_size)

@@ -2,6 +2,7 @@
 checkpoint: files written, sharded = one device = two processes, ablation, errors."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -49,7 +50,8 @@ def setup(tmp_path_factory):
 def eval_args(root: Path, workdir: Path, *extra: str) -> list[str]:
     return ["eval", "--config", str(REPO / "configs/omni_emotion.py:tiny"), "--checkpoint", str(root / "ckpt"),
             "--workdir", str(workdir), f"--config.evals.dfew.manifest={root / 'dfew.jsonl'}",
-            f"--config.evals.dfew.classes={CLASSES}", "--config.data.workers=0", *extra]
+            f"--config.evals.dfew.classes={CLASSES}", "--config.data.workers=0",
+            "--config.eval.max_skip_fraction=0.2", *extra]  # 1 of the 6 lines is missing
 
 
 def predictions(path: Path) -> list[dict]:
@@ -75,7 +77,7 @@ def test_eval_writes_predictions_metrics_and_a_confusion_matrix(setup, evaluated
                                              CLASSES.split(","))
     for key in ("uar", "war", "unmapped", "strict_uar", "strict_war"):
         assert result["dfew"][key] == pytest.approx(expected[key])
-    assert (result["dfew"]["clips"], result["dfew"]["skipped"]) == (5, 1)
+    assert (result["dfew"]["clips"], result["dfew"]["skipped"], result["dfew"]["skipped/missing_file"]) == (5, 1, 1)
     assert (evaluated / "dfew_confusion.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     ov = predictions(evaluated / "predictions" / "emer_ov.jsonl")
     assert result["emer_ov"]["precision"] == pytest.approx(np.mean([p["precision"] for p in ov]))
@@ -182,3 +184,39 @@ def test_bad_input_is_a_clear_error_and_writes_nothing(setup, tmp_path, qwen2_ti
     args[args.index("--checkpoint") + 1] = str(other / "ox")
     assert "a qwen2 checkpoint" in error(*args)
     assert not (tmp_path / "a").exists()
+
+
+def test_an_evaluation_that_cannot_read_enough_fails_naming_why(setup, tmp_path, capsys, monkeypatch):
+    """Above eval.max_skip_fraction (default 0.1; here 1 of 6 lines): an error with the reasons
+    counted and the files named. When the files alone tell (missing, empty), before the model
+    loads; when decoding tells (corrupt clips), before any predictions file is written."""
+    from omni_jax.eval import run
+
+    def error(*args):
+        capsys.readouterr()
+        assert cli.main(list(args)) == 1
+        return capsys.readouterr().err.splitlines()[-1]
+
+    loaded = []
+    real_load = run.load_predictor
+    monkeypatch.setattr(run, "load_predictor", lambda *a, **k: loaded.append(1) or real_load(*a, **k))
+    default = [a for a in eval_args(setup, tmp_path / "a") if "max_skip_fraction" not in a]
+    message = error(*default)
+    assert "1 of 6 lines cannot be used (missing_file 1): first" in message and "missing.mp4: no such file" in message
+    assert "eval.max_skip_fraction 0.1" in message
+    (tmp_path / "empty.mp4").write_bytes(b"")
+    nothing = tmp_path / "nothing.jsonl"
+    nothing.write_text("".join(json.dumps({"id": n, "video": f"{n}.mp4", "label": "w20"}) + "\n" for n in ("gone", "empty")))
+    message = error(*eval_args(setup, tmp_path / "a", f"--config.evals.dfew.manifest={nothing}"))
+    assert "2 of 2 lines cannot be used (empty_file 1, missing_file 1)" in message and "empty.mp4" in message
+    assert not loaded and not (tmp_path / "a").exists()  # before the model loaded; nothing written
+
+    for name in ("bad1", "bad2"):
+        (tmp_path / f"{name}.mp4").write_bytes(b"not a video at all" * 64)
+    shutil.copy(setup / "c0.mp4", tmp_path / "good.mp4")
+    corrupt = tmp_path / "corrupt.jsonl"
+    corrupt.write_text("".join(json.dumps({"id": n, "video": f"{n}.mp4", "label": "w20"}) + "\n"
+                               for n in ("good", "bad1", "bad2")))
+    message = error(*eval_args(setup, tmp_path / "b", f"--config.evals.dfew.manifest={corrupt}"))
+    assert "2 of 3 lines cannot be used (corrupt_video 2)" in message and "bad1.mp4" in message
+    assert loaded and not (tmp_path / "b" / "predictions" / "dfew.jsonl").exists()
