@@ -6,6 +6,7 @@ from typing import Any, Callable, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 
 Initializer = Callable[..., jax.Array]
 default_kernel_init = nn.initializers.normal(stddev=0.02)
@@ -21,6 +22,11 @@ def dot_result_type(dtype: Any) -> Any:
     accelerators' own fusions expect.
     """
     return jnp.float32 if jnp.dtype(dtype).itemsize < 4 and jax.default_backend() == "cpu" else None
+
+
+def layer_dtypes(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
+    """The `dtype` (computation) and `param_dtype` arguments of a tower's layers, from its config."""
+    return dict(dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype))
 
 
 def _as_tuple(x: int | Sequence[int]) -> tuple[int, ...]:

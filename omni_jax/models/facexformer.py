@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from omni_jax.layers import Conv, DenseGeneral, Mlp, bilinear_resize, resize_then_pool
+from omni_jax.layers import Conv, DenseGeneral, Mlp, bilinear_resize, layer_dtypes, resize_then_pool
 from omni_jax.models import swin
 
 
@@ -72,7 +72,7 @@ class FaceXFormerEncoder(nn.Module):
 
     def setup(self):
         cfg = self.config
-        dtypes = dict(dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype))
+        dtypes = layer_dtypes(cfg)
         width = cfg.decoder_hidden_size
         self.backbone = swin.SwinModel(cfg.swin)
         self.linear_c = [DenseGeneral(width, ("embed", "mlp"), use_bias=True, **dtypes)

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from omni_jax.layers import Mlp, bilinear_resize
+from omni_jax.layers import Mlp, bilinear_resize, layer_dtypes
 from omni_jax.layers.resize import half_size
 from omni_jax.models import qwen2, siglip
 
@@ -99,7 +99,7 @@ class LlavaOnevisionForConditionalGeneration(nn.Module):
 
     def setup(self):
         cfg = self.config
-        dtypes = dict(dtype=jnp.dtype(cfg.text.dtype), param_dtype=jnp.dtype(cfg.text.param_dtype))
+        dtypes = layer_dtypes(cfg.text)
         self.vision_tower = siglip.SiglipVisionModel(cfg.vision)
         self.multi_modal_projector = Mlp(cfg.text.hidden_size, cfg.text.hidden_size, cfg.projector_hidden_act,
                                          use_bias=cfg.projector_bias, names=("linear_1", "linear_2"),

@@ -42,7 +42,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from omni_jax.errors import InputError
-from omni_jax.layers import Attention, LayerNorm
+from omni_jax.layers import Attention, LayerNorm, layer_dtypes
 from omni_jax.models import facexformer, whisper
 from omni_jax.models.llava_onevision import LlavaOnevisionForConditionalGeneration, merge_at_placeholders
 from omni_jax.modality_tokens import audio_input_frames
@@ -115,7 +115,7 @@ class OmniEmotion(LlavaOnevisionForConditionalGeneration):
             raise InputError(f"unknown fusion {cfg.fusion!r}; choose one of {FUSIONS}")
         if cfg.face.llm_width != cfg.text.hidden_size:
             raise InputError(f"face.llm_width {cfg.face.llm_width} != text.hidden_size {cfg.text.hidden_size}")
-        dtypes = dict(dtype=jnp.dtype(cfg.text.dtype), param_dtype=jnp.dtype(cfg.text.param_dtype))
+        dtypes = layer_dtypes(cfg.text)
         self.face_encoder = facexformer.FaceXFormerEncoder(cfg.face)
         self.audio_encoder = whisper.WhisperEncoder(cfg.audio)
         self.audio_projector = whisper.AudioProjector(cfg.text.hidden_size, cfg.audio_pool, **dtypes)

@@ -20,7 +20,7 @@ import ml_collections
 
 from omni_jax.errors import InputError
 from omni_jax.layers import (Attention, CausalMask, DenseGeneral, Embed, GatedMlp, RMSNorm, apply_layers,
-                             rotary_cos_sin)
+                             layer_dtypes, rotary_cos_sin)
 
 ACT = ("activation_batch", "activation_length", "activation_embed")
 
@@ -84,16 +84,14 @@ class DecoderLayer(nn.Module):
     @nn.compact
     def __call__(self, x, mask, rotary, cache_slot):
         cfg = self.config
-        dtype, param_dtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
-        norm = lambda name: RMSNorm(cfg.rms_norm_eps, dtype=dtype, param_dtype=param_dtype, scale_axes=("norm",),
-                                    name=name)
+        dtypes = layer_dtypes(cfg)
+        norm = lambda name: RMSNorm(cfg.rms_norm_eps, scale_axes=("norm",), name=name, **dtypes)
         x = nn.with_logical_constraint(x, ACT)
         h = Attention(cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, qkv_bias=True, decode=self.decode,
-                      implementation=cfg.get("attention_impl", "auto"), dtype=dtype, param_dtype=param_dtype,
-                      name="self_attn")(norm("input_layernorm")(x), mask, rotary, cache_slot)
+                      implementation=cfg.get("attention_impl", "auto"), name="self_attn",
+                      **dtypes)(norm("input_layernorm")(x), mask, rotary, cache_slot)
         x = x + h
-        h = GatedMlp(cfg.intermediate_size, cfg.hidden_act, dtype=dtype, param_dtype=param_dtype,
-                     name="mlp")(norm("post_attention_layernorm")(x))
+        h = GatedMlp(cfg.intermediate_size, cfg.hidden_act, name="mlp", **dtypes)(norm("post_attention_layernorm")(x))
         x = nn.with_logical_constraint(x + h, ACT)
         return x, (x if self.return_hidden else None)
 
@@ -105,9 +103,8 @@ class Qwen2Model(nn.Module):
 
     def setup(self):
         cfg = self.config
-        self.embed_tokens = Embed(cfg.vocab_size, cfg.hidden_size, dtype=jnp.dtype(cfg.dtype),
-                                  param_dtype=jnp.dtype(cfg.param_dtype))
-        self.norm = RMSNorm(cfg.rms_norm_eps, dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype))
+        self.embed_tokens = Embed(cfg.vocab_size, cfg.hidden_size, **layer_dtypes(cfg))
+        self.norm = RMSNorm(cfg.rms_norm_eps, **layer_dtypes(cfg))
 
     @nn.compact
     def __call__(self, input_ids=None, attention_mask=None, position_ids=None, inputs_embeds=None,
@@ -168,8 +165,7 @@ class Qwen2ForCausalLM(nn.Module):
         cfg = self.config
         self.model = Qwen2Model(cfg)
         if not cfg.tie_word_embeddings:
-            self.lm_head = DenseGeneral(cfg.vocab_size, ("embed", "vocab"), dtype=jnp.dtype(cfg.dtype),
-                                        param_dtype=jnp.dtype(cfg.param_dtype))
+            self.lm_head = DenseGeneral(cfg.vocab_size, ("embed", "vocab"), **layer_dtypes(cfg))
 
     def embed(self, input_ids: jax.Array) -> jax.Array:
         return self.model.embed_tokens(input_ids)

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from omni_jax.layers import Attention, DenseGeneral, Embed, LayerNorm, Mlp, scan_layers
+from omni_jax.layers import Attention, DenseGeneral, Embed, LayerNorm, Mlp, layer_dtypes, scan_layers
 from omni_jax.layers.attention import dot_product_attention
 
 ACT = ("activation_batch", "activation_length", "activation_embed")
@@ -57,10 +57,6 @@ def dummy_inputs(cfg: ml_collections.ConfigDict) -> dict[str, jax.Array]:
     return {"pixel_values": jnp.zeros((1, cfg.image_size, cfg.image_size, cfg.num_channels), jnp.float32)}
 
 
-def _dtypes(cfg) -> dict[str, Any]:
-    return dict(dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype))
-
-
 class SiglipEmbeddings(nn.Module):
     """Non-overlapping patch projection (a stride-`patch` convolution) + learned positions."""
 
@@ -75,10 +71,10 @@ class SiglipEmbeddings(nn.Module):
         # A VALID convolution drops the edge that does not fill a patch (384 = 27 × 14 + 6).
         patches = pixel_values[:, :gh * p, :gw * p].reshape(b, gh, p, gw, p, c).transpose(0, 1, 3, 2, 4, 5)
         x = DenseGeneral(cfg.hidden_size, (None, None, None, "embed"), axis=(3, 4, 5), use_bias=True,
-                         name="patch_embedding", **_dtypes(cfg))(patches)
+                         name="patch_embedding", **layer_dtypes(cfg))(patches)
         x = x.reshape(b, -1, cfg.hidden_size)
         positions = Embed(x.shape[1], cfg.hidden_size, axes=(None, "embed"), name="position_embedding",
-                          **_dtypes(cfg))(jnp.arange(x.shape[1])[None])
+                          **layer_dtypes(cfg))(jnp.arange(x.shape[1])[None])
         return x + positions
 
 
@@ -88,14 +84,14 @@ class SiglipEncoderLayer(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, mask: jax.Array | None):
-        cfg = self.config
-        ln = lambda name: LayerNorm(cfg.layer_norm_eps, name=name, **_dtypes(cfg))
+        cfg, dtypes = self.config, layer_dtypes(self.config)
+        ln = lambda name: LayerNorm(cfg.layer_norm_eps, name=name, **dtypes)
         x = nn.with_logical_constraint(x, ACT)
         heads = cfg.num_heads
         x = x + Attention(heads, heads, cfg.hidden_size // heads, qkv_bias=True, out_bias=True, out_name="out_proj",
                           implementation=cfg.get("attention_impl", "auto"), name="self_attn",
-                          **_dtypes(cfg))(ln("layer_norm1")(x), mask)
-        x = x + Mlp(cfg.intermediate_size, activation=cfg.hidden_act, name="mlp", **_dtypes(cfg))(ln("layer_norm2")(x))
+                          **dtypes)(ln("layer_norm1")(x), mask)
+        x = x + Mlp(cfg.intermediate_size, activation=cfg.hidden_act, name="mlp", **dtypes)(ln("layer_norm2")(x))
         x = nn.with_logical_constraint(x, ACT)
         return x, (x if self.return_hidden else None)
 
@@ -124,8 +120,8 @@ class SiglipAttentionPoolingHead(nn.Module):
         query_in = jnp.broadcast_to(probe.astype(x.dtype), (x.shape[0], 1, cfg.hidden_size))
         h = _PoolingAttention(cfg, name="attention")(query_in, x)
         residual = h
-        h = LayerNorm(cfg.layer_norm_eps, name="layernorm", **_dtypes(cfg))(h)
-        h = residual + Mlp(cfg.intermediate_size, activation=cfg.hidden_act, name="mlp", **_dtypes(cfg))(h)
+        h = LayerNorm(cfg.layer_norm_eps, name="layernorm", **layer_dtypes(cfg))(h)
+        h = residual + Mlp(cfg.intermediate_size, activation=cfg.hidden_act, name="mlp", **layer_dtypes(cfg))(h)
         return h[:, 0]
 
 
@@ -140,12 +136,12 @@ class _PoolingAttention(nn.Module):
         cfg = self.config
         heads, head_dim = cfg.num_heads, cfg.hidden_size // cfg.num_heads
         in_proj = DenseGeneral((3, heads, head_dim), ("embed", None, "heads", "head_dim"), use_bias=True,
-                               name="in_proj", **_dtypes(cfg))
+                               name="in_proj", **layer_dtypes(cfg))
         q = in_proj(query_in)[:, :, 0]
         kv = in_proj(kv_in)
         out = dot_product_attention(q, kv[:, :, 1], kv[:, :, 2], None)
         return DenseGeneral(cfg.hidden_size, ("heads", "head_dim", "embed"), axis=(-2, -1), use_bias=True,
-                            name="out_proj", **_dtypes(cfg))(out)
+                            name="out_proj", **layer_dtypes(cfg))(out)
 
 
 class SiglipVisionModel(nn.Module):
@@ -163,7 +159,7 @@ class SiglipVisionModel(nn.Module):
         cfg = self.config
         x = SiglipEmbeddings(cfg, name="embeddings")(pixel_values.astype(jnp.dtype(cfg.dtype)))
         encoded, per_layer = SiglipEncoder(cfg, name="encoder")(x, output_hidden_states)
-        out = {"last_hidden_state": LayerNorm(cfg.layer_norm_eps, name="post_layernorm", **_dtypes(cfg))(encoded),
+        out = {"last_hidden_state": LayerNorm(cfg.layer_norm_eps, name="post_layernorm", **layer_dtypes(cfg))(encoded),
                "encoder_output": encoded}
         if cfg.use_head:
             out["pooler_output"] = SiglipAttentionPoolingHead(cfg, name="head")(out["last_hidden_state"])

@@ -27,7 +27,7 @@ import ml_collections
 import numpy as np
 
 from omni_jax.errors import InputError
-from omni_jax.layers import Attention, Conv, DenseGeneral, LayerNorm, Mlp, apply_layers
+from omni_jax.layers import Attention, Conv, DenseGeneral, LayerNorm, Mlp, apply_layers, layer_dtypes
 
 ACT = ("activation_batch", None, None, "activation_embed")
 MASKED = -100.0  # what torchvision and transformers add across shifted-window regions (not -inf)
@@ -69,10 +69,6 @@ def config_to_hf(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
 
 def dummy_inputs(cfg: ml_collections.ConfigDict) -> dict[str, jax.Array]:
     return {"pixel_values": jnp.zeros((1, cfg.image_size, cfg.image_size, cfg.num_channels), jnp.float32)}
-
-
-def _dtypes(cfg) -> dict[str, Any]:
-    return dict(dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype))
 
 
 def window_geometry(height: int, width: int, window: int) -> tuple[tuple[int, int], tuple[int, int]]:
@@ -134,11 +130,11 @@ class SwinBlock(nn.Module):
         """carry: (x [batch, height, width, channels], block index) → (carry, None)."""
         x, index = carry
         cfg = self.config
-        ln = lambda name: LayerNorm(cfg.layer_norm_eps, name=name, **_dtypes(cfg))
+        ln = lambda name: LayerNorm(cfg.layer_norm_eps, name=name, **layer_dtypes(cfg))
         x = nn.with_logical_constraint(x, ACT)
         x = x + self._window_attention(ln("layernorm_before")(x), index % 2)
         x = x + Mlp(int(cfg.mlp_ratio * x.shape[-1]), activation=cfg.hidden_act, name="mlp",
-                    **_dtypes(cfg))(ln("layernorm_after")(x))
+                    **layer_dtypes(cfg))(ln("layernorm_after")(x))
         return (nn.with_logical_constraint(x, ACT), index + 1), None
 
     def _window_attention(self, x: jax.Array, odd: jax.Array) -> jax.Array:
@@ -157,7 +153,7 @@ class SwinBlock(nn.Module):
             mask = jnp.asarray(shifted_window_mask((pad_h, pad_w), window, shift)) * odd
             bias = jnp.tile(bias + mask[:, None], (batch, 1, 1, 1))  # windows are batch-major
         out = Attention(self.num_heads, self.num_heads, channels // self.num_heads, qkv_bias=cfg.qkv_bias,
-                        out_bias=True, name="attention", **_dtypes(cfg))(partition_windows(x, window), bias=bias)
+                        out_bias=True, name="attention", **layer_dtypes(cfg))(partition_windows(x, window), bias=bias)
         out = merge_windows(out, batch, pad_h, pad_w)
         if any(shift):
             out = jnp.roll(out, (amount[0], amount[1]), axis=(1, 2))
@@ -180,8 +176,8 @@ class SwinPatchMerging(nn.Module):
         x = jnp.pad(x, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)))
         h2, w2 = (h + 1) // 2, (w + 1) // 2
         x = x.reshape(b, h2, 2, w2, 2, c).transpose(0, 1, 3, 4, 2, 5).reshape(b, h2, w2, 4 * c)
-        x = LayerNorm(cfg.layer_norm_eps, name="norm", **_dtypes(cfg))(x)
-        return DenseGeneral(2 * c, ("mlp", "embed"), name="reduction", **_dtypes(cfg))(x)
+        x = LayerNorm(cfg.layer_norm_eps, name="norm", **layer_dtypes(cfg))(x)
+        return DenseGeneral(2 * c, ("mlp", "embed"), name="reduction", **layer_dtypes(cfg))(x)
 
 
 class SwinStage(nn.Module):
@@ -211,8 +207,8 @@ class SwinEmbeddings(nn.Module):
         """[batch, height, width, channels] → [batch, height / patch, width / patch, embed]."""
         cfg, p = self.config, self.config.patch_size
         x = Conv(cfg.embed_dim, (p, p), (None, None, None, "embed"), strides=(p, p), name="patch_embeddings",
-                 **_dtypes(cfg))(pixel_values)
-        return LayerNorm(cfg.layer_norm_eps, name="norm", **_dtypes(cfg))(x)
+                 **layer_dtypes(cfg))(pixel_values)
+        return LayerNorm(cfg.layer_norm_eps, name="norm", **layer_dtypes(cfg))(x)
 
 
 class SwinEncoder(nn.Module):
@@ -244,6 +240,6 @@ class SwinModel(nn.Module):
         cfg = self.config
         x = SwinEmbeddings(cfg, name="embeddings")(pixel_values.astype(jnp.dtype(cfg.dtype)))
         stage_outputs = SwinEncoder(cfg, name="encoder")(x)
-        last = LayerNorm(cfg.layer_norm_eps, name="layernorm", **_dtypes(cfg))(stage_outputs[-1])
+        last = LayerNorm(cfg.layer_norm_eps, name="layernorm", **layer_dtypes(cfg))(stage_outputs[-1])
         last = last.reshape(last.shape[0], -1, last.shape[-1])
         return {"stage_outputs": stage_outputs, "last_hidden_state": last, "pooler_output": last.mean(axis=1)}

@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from omni_jax.layers import Attention, Conv, Embed, LayerNorm, Mlp, scan_layers
+from omni_jax.layers import Attention, Conv, Embed, LayerNorm, Mlp, layer_dtypes, scan_layers
 from omni_jax.layers.mlp import ACTIVATIONS
 from omni_jax.modality_tokens import audio_input_frames
 
@@ -60,10 +60,6 @@ def dummy_inputs(cfg: ml_collections.ConfigDict) -> dict[str, jax.Array]:
     return {"input_features": jnp.zeros((1, cfg.num_mel_bins, audio_input_frames(cfg)), jnp.float32)}
 
 
-def _dtypes(cfg) -> dict[str, Any]:
-    return dict(dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype))
-
-
 class WhisperEncoderLayer(nn.Module):
     config: ml_collections.FrozenConfigDict
     return_hidden: bool = False
@@ -71,14 +67,14 @@ class WhisperEncoderLayer(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array):
         cfg = self.config
-        ln = lambda name: LayerNorm(cfg.layer_norm_eps, name=name, **_dtypes(cfg))
+        ln = lambda name: LayerNorm(cfg.layer_norm_eps, name=name, **layer_dtypes(cfg))
         x = nn.with_logical_constraint(x, ACT)
         heads = cfg.num_heads
         x = x + Attention(heads, heads, cfg.hidden_size // heads, qkv_bias=(True, False, True), out_bias=True,
                           out_name="out_proj", implementation=cfg.get("attention_impl", "auto"), name="self_attn",
-                          **_dtypes(cfg))(ln("self_attn_layer_norm")(x))
+                          **layer_dtypes(cfg))(ln("self_attn_layer_norm")(x))
         h = Mlp(cfg.intermediate_size, activation=cfg.activation_function, name="mlp",
-                **_dtypes(cfg))(ln("final_layer_norm")(x))
+                **layer_dtypes(cfg))(ln("final_layer_norm")(x))
         x = nn.with_logical_constraint(x + h, ACT)
         return x, (x if self.return_hidden else None)
 
@@ -100,15 +96,15 @@ class WhisperEncoder(nn.Module):
                              "pad or cut the audio to the window first")
         gelu = ACTIVATIONS[cfg.activation_function]
         x = jnp.swapaxes(input_features, 1, 2).astype(jnp.dtype(cfg.dtype))  # [batch, frames, n_mels]
-        x = gelu(Conv(cfg.hidden_size, (3,), (None, None, "embed"), padding=(1,), name="conv1", **_dtypes(cfg))(x))
+        x = gelu(Conv(cfg.hidden_size, (3,), (None, None, "embed"), padding=(1,), name="conv1", **layer_dtypes(cfg))(x))
         x = gelu(Conv(cfg.hidden_size, (3,), (None, None, "embed"), strides=(2,), padding=(1,), name="conv2",
-                      **_dtypes(cfg))(x))
+                      **layer_dtypes(cfg))(x))
         positions = Embed(cfg.max_source_positions, cfg.hidden_size, axes=(None, "embed"), name="embed_positions",
-                          **_dtypes(cfg))(jnp.arange(x.shape[1])[None])
+                          **layer_dtypes(cfg))(jnp.arange(x.shape[1])[None])
         x = x + positions
         layers = scan_layers(WhisperEncoderLayer, cfg.num_layers, cfg.remat_policy, num_broadcast_args=0)
         encoded, per_layer = layers(cfg, return_hidden=output_hidden_states, name="layers")(x)
-        out = {"last_hidden_state": LayerNorm(cfg.layer_norm_eps, name="layer_norm", **_dtypes(cfg))(encoded)}
+        out = {"last_hidden_state": LayerNorm(cfg.layer_norm_eps, name="layer_norm", **layer_dtypes(cfg))(encoded)}
         if output_hidden_states:
             out["hidden_states"] = ((x,) + tuple(per_layer[i] for i in range(cfg.num_layers - 1))
                                     + (out["last_hidden_state"],))
