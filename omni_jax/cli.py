@@ -173,54 +173,46 @@ def _add_plan(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=_plan)
 
 
-def _length_histogram(lengths: list[int], buckets: tuple[int, ...]) -> dict[str, int]:
-    """Token lengths counted per bucket they pad to ("<=4096": n)."""
-    edges = sorted(buckets)
-    return {f"<={edge}": sum(1 for n in lengths if lo < n <= edge) for lo, edge in zip([0, *edges], edges)}
-
-
 def _data_check(args: argparse.Namespace) -> dict[str, Any]:
     from tqdm import tqdm
-    from transformers import AutoTokenizer
 
     from omni_jax.data.manifest import ManifestSource
-    from omni_jax.data.pipeline import FLAGS, STATS, make_pipeline
-    from omni_jax.modality_tokens import add_special_tokens
+    from omni_jax.data_check import check_manifest
+    from omni_jax.runs import load_tokenizer
 
     config = args.config
-    tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
-    add_special_tokens(tokenizer, config.model)
-    data = config.data
-    # One pass, one example a row, that reports rather than stops.
-    data.update(batch_size=1, epochs=1, max_skip_fraction=1.0, pack_text_only=False)
+    if args.tokenizer:
+        config.data.tokenizer = args.tokenizer
     if args.workers is not None:
-        data.workers = args.workers
-    batches = iter(make_pipeline(args.manifest, tokenizer, config, shuffle=False, drop_remainder=False))
-    lengths, start = [], time.perf_counter()
+        config.data.workers = args.workers
+    tokenizer = load_tokenizer(config, None)
     with tqdm(total=len(ManifestSource(args.manifest)), unit="clip", file=sys.stderr, disable=args.json) as bar:
-        for batch in batches:
-            lengths.append(int(batch["attention_mask"].sum()))
-            bar.update(batches.counts["seen"] - bar.n)
-        bar.update(batches.counts["seen"] - bar.n)
-    seconds = time.perf_counter() - start
-    batches.close()  # the workers' shared memory, now rather than at exit
-    counts = batches.counts
-    return {"manifest": str(args.manifest), "examples": counts["seen"], "usable": counts["ok"],
-            "skipped": sum(counts["skipped"].values()), "skipped_by_reason": dict(sorted(counts["skipped"].items())),
-            **{key: counts[key] for key in STATS + FLAGS},
-            "token_length_histogram": _length_histogram(lengths, tuple(data.buckets)),
-            "token_length_max": max(lengths, default=0), "clips_per_second": round(counts["seen"] / seconds, 2),
-            "seconds": round(seconds, 2)}
+        return check_manifest(args.manifest, tokenizer, config, args.task, args.max_skip_fraction,
+                              progress=lambda done: bar.update(done - bar.n))
 
 
 def _add_data_check(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("data-check", help="one pass over a manifest: ok/skipped by reason, token lengths, modalities",
-                       description="Runs the input pipeline once over every line (no shuffling, batches of one) "
-                                   "and reports what it would skip and why, the token-length histogram over the "
-                                   "config's buckets, how many examples carry video, faces and audio, and clips/s.")
+    from omni_jax.data_check import TASKS
+
+    p = sub.add_parser("data-check", help="one pass over a manifest: usable/skipped by reason, what needs detection, "
+                                          "audio cut, unknown words, token lengths",
+                       description="Reads every line as the job that will read it does (training lines through "
+                                   "the input pipeline; evaluation lines with their references checked and their "
+                                   "prompts built), decoding the media, and reports what it would skip and why, the "
+                                   "lines whose faces need the detector, the clips whose audio is longer than the "
+                                   "windows heard, the target words the tokenizer cannot spell, the token-length "
+                                   "histogram over the config's buckets and clips/s. Exits 1 when more than "
+                                   "--max-skip-fraction of the lines would be skipped.")
     p.add_argument("--manifest", type=_existing, required=True, help="JSONL manifest (docs/data.md)")
-    p.add_argument("--config", default="configs/omni_emotion.py:7b", help="config file[:variant]")
-    p.add_argument("--tokenizer", type=_existing, required=True, help="tokenizer directory (e.g. the LLaVA-OneVision checkpoint's)")
+    p.add_argument("--config", default="configs/omni_emotion.py:7b", help="config file[:variant[,phase]]")
+    p.add_argument("--tokenizer", type=_existing, default=None,
+                   help="tokenizer directory (default: the config's data.tokenizer)")
+    p.add_argument("--task", choices=TASKS, default=None,
+                   help="what reads the manifest (default: the config's evaluator of this manifest, else the "
+                        "lines' own fields: label, labels, description, or conversations for training)")
+    p.add_argument("--max-skip-fraction", type=float, default=None,
+                   help="exit 1 above this share of skipped lines (default: the config's data. or "
+                        "eval.max_skip_fraction)")
     p.add_argument("--workers", type=int, default=None, help="decoding worker processes (default: the config's)")
     p.set_defaults(run=_data_check)
 
@@ -313,19 +305,26 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
 
 
 def _infer(args: argparse.Namespace) -> dict[str, Any]:
+    from omni_jax.eval.predict import media_counts
     from omni_jax.eval.run import infer
 
     if args.max_new_tokens:
         args.config.eval.max_new_tokens = args.max_new_tokens
     answers = infer(args.config, args.checkpoint, args.video, args.audio, args.question,
                     model_overrides=args.model_overrides)
-    if args.json:  # one object per clip, then the summary line
-        for answer in answers:
-            print(json.dumps(answer, ensure_ascii=False))
-    else:
-        for answer in answers:
-            print(f"{answer['id']}: {answer.get('answer', 'skipped: ' + answer.get('message', ''))}")
-    return {"clips": len(answers), "skipped": sum("skip" in a for a in answers)}
+    for answer in answers:  # --json: one object per clip (then the summary line)
+        print(json.dumps(answer, ensure_ascii=False) if args.json else _readable_answer(answer))
+    return {"clips": len(answers), "skipped": sum("skip" in a for a in answers), **media_counts(answers)}
+
+
+def _readable_answer(answer: dict[str, Any]) -> str:
+    """"clip: the answer  [faces: detector; audio: 30.0 of 125.0 s heard]"."""
+    if "skip" in answer:
+        return f"{answer['id']}: skipped: {answer['message']}"
+    used = [f"faces: {answer['faces']}"] if "faces" in answer else []
+    if "audio_seconds" in answer:
+        used.append(f"audio: {answer['audio_heard_seconds']} of {answer['audio_seconds']} s heard")
+    return f"{answer['id']}: {answer['answer']}" + (f"  [{'; '.join(used)}]" if used else "")
 
 
 def _add_infer(sub: argparse._SubParsersAction) -> None:
@@ -455,11 +454,15 @@ def main(argv: list[str] | None = None) -> int:
         if args.json:
             print(json.dumps({"ok": False, "error": f"{type(e).__name__}: {e}", "bug": True}))
         return 2
-    for key, value in result.items():
-        print(f"{key:>14}: {value}")
-    if args.json:
-        print(json.dumps({"ok": True, **result}))
-    return 0
+    ok = result.pop("ok", True)  # a report that fails its own check (data-check) is printed, then exit 1
+    if args.json:  # JSON only: the last line the result
+        print(json.dumps({"ok": ok, **result}))
+    else:
+        for key, value in result.items():
+            print(f"{key:>14}: {value}")
+        if not ok:
+            print(f"error: {result['error']}", file=sys.stderr)
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

@@ -1,11 +1,14 @@
 """`make demo`'s pipeline end to end on a handful of clips, two steps a phase: synth → convert →
 assemble → the three phases, each from the previous one's workdir → eval (all modalities, and
 with the voices silenced) → infer → export → the summary and its images (~2.5 min on 2 cores:
-eleven `omni-jax` processes, each importing JAX and compiling)."""
+eleven `omni-jax` processes, each importing JAX and compiling); then `--seeds 0,1`, a run per seed
+and the table over them."""
 import json
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -34,3 +37,63 @@ def test_the_demo_runs_every_stage_through_the_commands(tmp_path):
     assert (out / "exported" / "config.json").exists() and list((out / "exported").glob("*.safetensors"))
     for image in ("loss.png", "confusion.png", "ablation.png"):
         assert (out / image).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_the_demo_over_seeds_tabulates_each_seeds_own_run(tmp_path):
+    """`--seeds 0,1`: a whole run per seed in OUT/seed_S/ (its own data, initialisations and phases),
+    then the table over the seeds, printed and in seeds.md / seeds.json: each figure's first seed,
+    mean and min–max, equal to those of the figures in each seed's summary.json."""
+    out = tmp_path / "demo"
+    done = subprocess.run([sys.executable, str(REPO / "experiments" / "demo.py"), "--out", str(out), "--clips", "7",
+                           "--steps", "2", "--tower-steps", "3", "--subsets", "v+a+f", "--devices", "1",
+                           "--seeds", "0,1"], capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    seeds = {seed: json.loads((out / f"seed_{seed}" / "summary.json").read_text()) for seed in (0, 1)}
+    for seed, summary in seeds.items():  # each a genuine run with its seed
+        assert summary["seed"] == seed and (out / f"seed_{seed}" / "ablation.png").exists()
+        run = json.loads((out / f"seed_{seed}" / "runs" / "instruction_tuning" / "config.json").read_text())
+        assert run["config"]["train"]["seed"] == run["config"]["data"]["seed"] == seed
+    assert ((out / "seed_0" / "data" / "instructions.jsonl").read_text()
+            != (out / "seed_1" / "data" / "instructions.jsonl").read_text())
+    assert (out / "cache").is_dir() and not (out / "seed_0" / "cache").exists()  # only compiled programs shared
+
+    table = json.loads((out / "seeds.json").read_text())
+    assert table["seeds"] == [0, 1] and set(table["rows"]) == {"v+a+f", "v+a+f, voice silenced"}
+    markdown = (out / "seeds.md").read_text()
+    assert markdown.strip() in done.stdout
+    figures = (("uar", 3), ("war", 3), ("emer_ov", 3), ("voice_pairs", 2), ("face_pairs", 2))
+    for name, row in table["rows"].items():
+        cells = []
+        for key, digits in figures:
+            values = [seeds[seed]["rows"][name][key] for seed in (0, 1)]
+            if None in values:  # EMER-OV of the silenced run
+                assert row[key] is None
+                cells.append("—")
+                continue
+            expected = dict(first=values[0], mean=(values[0] + values[1]) / 2, min=min(values), max=max(values))
+            assert {k: row[key][k] for k in expected} == pytest.approx(expected, abs=1e-12), (name, key)
+            cells.append(" · ".join((f"{values[0]:.{digits}f}", f"{expected['mean']:.{digits}f} "
+                                     f"({expected['min']:.{digits}f}–{expected['max']:.{digits}f})")))
+        assert f"| {name} | " + " | ".join(cells) + " |" in markdown.splitlines(), (name, markdown)
+
+
+def test_the_table_over_seeds_is_each_figures_first_mean_and_range():
+    """The smoke runs' figures all come out alike (one held-out clip): distinct ones here."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("demo", REPO / "experiments" / "demo.py")
+    demo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(demo)
+    figures = lambda uar, emer, pairs: dict(uar=uar, war=uar + 0.1, emer_ov=emer, voice_pairs=pairs, face_pairs=1 - pairs)
+    summaries = {2: {"rows": {"v": figures(0.131, 0.179, 0.54), "silenced": figures(0.369, None, 0.51)}},
+                 0: {"rows": {"v": figures(0.310, 0.2, 0.6), "silenced": figures(0.143, None, 0.55)}},
+                 1: {"rows": {"v": figures(0.298, 0.1, 0.5), "silenced": figures(0.274, None, 0.49)}}}
+    rows = demo.over_seeds(summaries)
+    assert rows["v"]["uar"].pop("seeds") == {2: 0.131, 0: 0.310, 1: 0.298}
+    assert rows["v"]["uar"] == pytest.approx(dict(first=0.131, mean=0.739 / 3, min=0.131, max=0.310))
+    assert rows["silenced"]["face_pairs"]["mean"] == pytest.approx(1 - 1.55 / 3) and rows["silenced"]["emer_ov"] is None
+    assert demo.table(rows, demo.over_seeds_cell).splitlines()[2:] == [
+        "| v | 0.131 · 0.246 (0.131–0.310) | 0.231 · 0.346 (0.231–0.410) | 0.179 · 0.160 (0.100–0.200) "
+        "| 0.54 · 0.55 (0.50–0.60) | 0.46 · 0.45 (0.40–0.50) |",
+        "| silenced | 0.369 · 0.262 (0.143–0.369) | 0.469 · 0.362 (0.243–0.469) | — "
+        "| 0.51 · 0.52 (0.49–0.55) | 0.49 · 0.48 (0.45–0.51) |"]

@@ -50,8 +50,8 @@ class AudioFeatures:
     """Whisper inputs for one clip.
 
     features: [windows, n_mels, 3000]; zeros where absent. present: the clip has an audio
-    track (False → the model uses its zero tensor, SPEC §1). windows: how many windows hold
-    real audio (≤ features.shape[0]).
+    track (False → the model uses its zero tensor, as the paper does). windows: how many windows
+    hold real audio (≤ features.shape[0]).
     """
 
     features: np.ndarray
@@ -59,6 +59,7 @@ class AudioFeatures:
     windows: int
     damaged: bool = False  # packets were skipped (kept: the rest of the track)
     empty: bool = False  # an audio stream without samples (absent)
+    seconds: float = 0.0  # the track's length; the windows hold min(seconds, windows × 30 s) of it
 
 
 @dataclasses.dataclass(frozen=True)
@@ -222,4 +223,5 @@ def load_audio_features(path: str | os.PathLike | None, n_mels: int = 128, max_w
     features = log_mel_spectrogram(windows[:used], n_mels, frames=frames)
     padded = np.zeros((max_windows, n_mels, frames), np.float32)
     padded[:used] = features
-    return AudioFeatures(padded, True, used, damaged=decoded.damaged_packets > 0)
+    return AudioFeatures(padded, True, used, damaged=decoded.damaged_packets > 0,
+                         seconds=decoded.samples.size / SAMPLE_RATE)

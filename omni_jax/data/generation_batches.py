@@ -27,8 +27,8 @@ import numpy as np
 from omni_jax.data import text
 from omni_jax.data.errors import ExampleError
 from omni_jax.data.manifest import ManifestLine, ManifestSource
-from omni_jax.data.pipeline import (FLAGS, MEDIA, NO_MEDIA, bucket_length, media_inputs, ordered_examples, pad_id_of,
-                                    prompt_blocks)
+from omni_jax.data.pipeline import (FLAGS, MEDIA, NO_MEDIA, bucket_length, media_inputs, media_used, ordered_examples,
+                                    pad_id_of, prompt_blocks)
 from omni_jax.modality_tokens import MODALITIES, parse_modalities
 
 
@@ -44,6 +44,7 @@ class Row:
     extra: dict[str, Any] = dataclasses.field(default_factory=dict)
     skip: str | None = None
     message: str = ""
+    used: dict[str, Any] = dataclasses.field(default_factory=dict)  # pipeline.media_used
 
     @property
     def padding(self) -> bool:
@@ -76,7 +77,8 @@ class PromptTransform:
             blocks = prompt_blocks(record, self.modalities)
             ids = text.tokenize_prompt(turns, self.tokenizer, self.cfg.model, max(self.cfg.data.buckets), blocks=blocks,
                                        name=f"{record.id} ({record.where})")
-            return row, {"input_ids": ids, **media_inputs(record, self.cfg, self.modalities)}
+            example = {"input_ids": ids, **media_inputs(record, self.cfg, self.modalities)}
+            return dataclasses.replace(row, used=media_used(example, self.cfg.data.num_frames)), example
         except ExampleError as error:
             return Row(line.number, record_id, skip=error.reason, message=str(error)), None
 

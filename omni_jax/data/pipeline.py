@@ -58,8 +58,11 @@ from omni_jax.sharding import LOGICAL_AXIS_RULES
 log = logging.getLogger(__name__)
 
 # per-example facts counted, not skipped: text cut to the longest bucket, centre crops for want of
-# a face, audio with damaged packets skipped, an audio track without samples (absent)
-STATS = ("truncated", "face_fallback", "audio_damaged", "audio_empty")
+# a face, faces the detector looked for (no manifest box for some frame), audio with damaged
+# packets skipped, an audio track without samples (absent), audio longer than the windows hear
+STATS = ("truncated", "face_fallback", "face_detected", "audio_damaged", "audio_empty", "audio_cut")
+# what a clip's prediction reports of its media (`media_used`)
+FACE_SOURCES = ("manifest", "detector", "manifest+detector", "fallback")
 MEDIA = ("pixel_values_videos", "face_pixels", "input_features")  # the model's media inputs
 FLAGS = ("has_video", "has_face", "has_audio")
 
@@ -90,24 +93,24 @@ def local_file(path: epath.Path) -> Iterator[str]:
         yield local.name
 
 
-def frame_boxes(record: Record, clip: video.VideoFrames, tolerance: float) -> list:
-    """A box (or None) per sampled frame: detected when the manifest gives none; by time, the
-    manifest's box nearest to the frame's timestamp when within `tolerance` seconds (a null
-    there: no face), detected for frames with none that near; positional, as given (their
-    count must be the number of sampled frames)."""
+def frame_boxes(record: Record, clip: video.VideoFrames, tolerance: float) -> tuple[list, int]:
+    """(a box or None per sampled frame, how many of them the detector looked for): detected
+    when the manifest gives none; by time, the manifest's box nearest to the frame's timestamp
+    when within `tolerance` seconds (a null there: no face), detected for frames with none that
+    near; positional, as given (their count must be the number of sampled frames)."""
     if record.faces is None:
-        return video.detect_faces(clip.frames)
+        return video.detect_faces(clip.frames), len(clip.frames)
     if record.face_times is None:
         if len(record.faces) != len(clip.frames):
             raise ExampleError("malformed_json", f"{record.where}: 'faces' has {len(record.faces)} boxes, expected "
                                                  f"one per sampled frame ({len(clip.frames)}), or give them by time")
-        return list(record.faces)
+        return list(record.faces), 0
     times = np.asarray(record.face_times)
     nearest = [int(np.argmin(np.abs(times - t))) for t in clip.timestamps]
     covered = [abs(times[i] - t) <= tolerance for i, t in zip(nearest, clip.timestamps)]
     uncovered = [f for f, ok in enumerate(covered) if not ok]
     detected = iter(video.detect_faces(clip.frames[uncovered]) if uncovered else [])
-    return [record.faces[i] if ok else next(detected) for i, ok in zip(nearest, covered)]
+    return [record.faces[i] if ok else next(detected) for i, ok in zip(nearest, covered)], len(uncovered)
 
 
 def vision_inputs(record: Record, data: ml_collections.ConfigDict, modalities: tuple[str, ...]) -> dict[str, np.ndarray]:
@@ -116,7 +119,8 @@ def vision_inputs(record: Record, data: ml_collections.ConfigDict, modalities: t
     shape = (data.num_frames,)
     out = {"pixel_values_videos": np.zeros(shape + (data.image_size, data.image_size, 3), np.float32),
            "face_pixels": np.zeros(shape + (data.face_size, data.face_size, 3), np.float32),
-           "has_video": np.bool_(False), "has_face": np.bool_(False), "face_fallback": np.bool_(False)}
+           "has_video": np.bool_(False), "has_face": np.bool_(False), "face_fallback": np.bool_(False),
+           "face_detected": np.int32(0)}
     if record.video is None:
         return out
     with local_file(record.video) as path:
@@ -124,8 +128,10 @@ def vision_inputs(record: Record, data: ml_collections.ConfigDict, modalities: t
     if "v" in modalities:
         out.update(pixel_values_videos=video.preprocess_frames(clip.frames, data.image_size), has_video=np.bool_(True))
     if "f" in modalities:
-        crops = faces.face_crops(clip.frames, frame_boxes(record, clip, data.face_time_tolerance), data.face_size)
-        out.update(face_pixels=crops.pixel_values, has_face=np.bool_(True), face_fallback=np.bool_(crops.fallback))
+        boxes, detected = frame_boxes(record, clip, data.face_time_tolerance)
+        crops = faces.face_crops(clip.frames, boxes, data.face_size)
+        out.update(face_pixels=crops.pixel_values, has_face=np.bool_(True), face_fallback=np.bool_(crops.fallback),
+                   face_detected=np.int32(detected))
     return out
 
 
@@ -136,8 +142,25 @@ def audio_inputs(record: Record, model: ml_collections.ConfigDict) -> dict[str, 
     source, frames = record.audio or record.video, audio_input_frames(model.audio)
     with contextlib.nullcontext(None) if source is None else local_file(source) as path:
         feats = audio.load_audio_features(path, model.audio.num_mel_bins, model.audio_windows, frames)
+    heard = min(feats.seconds, model.audio_windows * audio.WINDOW_SECONDS)
     return {"input_features": feats.features, "has_audio": np.bool_(feats.present),
-            "audio_damaged": np.bool_(feats.damaged), "audio_empty": np.bool_(feats.empty)}
+            "audio_damaged": np.bool_(feats.damaged), "audio_empty": np.bool_(feats.empty),
+            "audio_seconds": np.float32(feats.seconds), "audio_heard_seconds": np.float32(heard),
+            "audio_cut": np.bool_(feats.seconds > heard)}
+
+
+def media_used(example: dict[str, Any], frames: int) -> dict[str, Any]:
+    """What an example's prediction says of its media: where its faces came from (FACE_SOURCES;
+    absent without faces) and the seconds of audio heard out of the track's length."""
+    used = {}
+    if example.get("has_face"):
+        detected = int(example["face_detected"])
+        used["faces"] = ("fallback" if example["face_fallback"] else "manifest" if not detected
+                         else "detector" if detected == frames else "manifest+detector")
+    if example.get("has_audio"):
+        used.update(audio_seconds=round(float(example["audio_seconds"]), 2),
+                    audio_heard_seconds=round(float(example["audio_heard_seconds"]), 2))
+    return used
 
 
 def prompt_blocks(record: Record, modalities: tuple[str, ...]) -> tuple[str, ...]:
@@ -302,7 +325,7 @@ class BatchIterator(grain.DatasetIterator):
             return False
         counts["ok"] += 1
         for key in STATS + FLAGS:
-            counts[key] += int(item.get(key, False))
+            counts[key] += int(bool(item.get(key, False)))
         return True
 
     def _check_skips(self) -> None:

@@ -34,7 +34,7 @@ from jax.experimental import multihost_utils
 from omni_jax.data.manifest import ManifestSource, skip_summary, unusable_lines
 from omni_jax.errors import InputError, MissingInputError, RunStopped
 from omni_jax.eval import judge, scoring
-from omni_jax.eval.predict import write_predictions
+from omni_jax.eval.predict import media_counts, write_predictions
 
 Predict = Callable[[str, "str | None"], list[dict[str, Any]]]
 
@@ -63,6 +63,18 @@ class Evaluator(abc.ABC):
     manifest: str
     question: str | None
     max_skip_fraction: float = 0.1  # eval.max_skip_fraction
+    reference: str  # the manifest field that holds a line's reference
+
+    @staticmethod
+    @abc.abstractmethod
+    def reference_check(name: str, **spec: Any) -> Callable[[Any, str], None]:
+        """check(reference, "manifest:line") for the evaluator configured by `spec`: raises
+        InputError naming the line for a reference it cannot score."""
+
+    @classmethod
+    def check_references(cls, name: str, manifest: str, **spec: Any) -> None:
+        """Every line's reference, before anything is generated (or, in data-check, decoded)."""
+        _references(manifest, cls.reference, cls.reference_check(name, **spec))
 
     @abc.abstractmethod
     def score(self, answered: list[dict[str, Any]]) -> dict[str, Any]:
@@ -110,21 +122,27 @@ class Evaluator(abc.ABC):
         yield "skipped", skipped
         for reason in sorted({p["skip"] for p in predictions if "skip" in p}):
             yield f"skipped/{reason}", sum(p.get("skip") == reason for p in predictions)
+        yield from media_counts(predictions).items()
 
 
 class EmotionClassification(Evaluator):
     """UAR, WAR, unmapped, HumanOmni's strict figures, recall per class, confusion-matrix PNG."""
 
+    reference = "label"
+
     def __init__(self, name: str, manifest: str, classes: Sequence[str], question: str,
                  synonyms: Mapping[str, Sequence[str]] | None = None):
         self.name, self.manifest, self.question = name, manifest, question
         self.classes, self.synonyms = tuple(classes), {k: tuple(v) for k, v in (synonyms or {}).items()}
+        self.check_references(name, manifest, classes=classes)
 
+    @staticmethod
+    def reference_check(name: str, classes: Sequence[str] = (), **_: Any) -> Callable[[Any, str], None]:
         def check(label: Any, where: str) -> None:
-            if label not in self.classes:
-                raise InputError(f"{where}: label {label!r} is not in the class list {list(self.classes)} of "
+            if label not in classes:
+                raise InputError(f"{where}: label {label!r} is not in the class list {list(classes)} of "
                                  f"evaluator {name!r}")
-        _references(manifest, "label", check)
+        return check
 
     def score(self, answered: list[dict[str, Any]]) -> dict[str, Any]:
         scores = scoring.classification_scores([p["answer"] for p in answered], [p["label"] for p in answered],
@@ -149,6 +167,7 @@ class OpenVocabulary(Evaluator):
     words; a clip whose grouping fails is counted in `grouping_failures`, not scored)."""
 
     GROUPINGS = ("table", "llm")
+    reference = "labels"
 
     def __init__(self, name: str, manifest: str, question: str, grouping: str = "table",
                  endpoint: Mapping[str, Any] | None = None):
@@ -157,12 +176,17 @@ class OpenVocabulary(Evaluator):
         self.name, self.manifest, self.question = name, manifest, question
         self.table = scoring.word_groups()
         self.client = judge.JudgeClient(**endpoint) if grouping == "llm" else None
+        self.check_references(name, manifest)
+
+    @staticmethod
+    def reference_check(name: str, **_: Any) -> Callable[[Any, str], None]:
+        table = scoring.word_groups()
 
         def check(labels: Any, where: str) -> None:
-            if not isinstance(labels, list) or not scoring.emotion_words(labels, self.table):
+            if not isinstance(labels, list) or not scoring.emotion_words(labels, table):
                 raise InputError(f"{where}: 'labels' must be a list holding at least one emotion word, got "
                                  f"{labels!r:.80}")
-        _references(manifest, "labels", check)
+        return check
 
     def score(self, answered: list[dict[str, Any]]) -> dict[str, Any]:
         for p in answered:
@@ -200,14 +224,19 @@ class ReasoningJudge(Evaluator):
     `description` for clue overlap and label overlap (0-10), averaged over the judged clips;
     a clip whose replies never parse is a `judge_failure`, counted and not scored."""
 
+    reference = "description"
+
     def __init__(self, name: str, manifest: str, question: str, endpoint: Mapping[str, Any]):
         self.name, self.manifest, self.question = name, manifest, question
         self.client = judge.JudgeClient(**endpoint)  # a missing API key fails here, before any generation
+        self.check_references(name, manifest)
 
+    @staticmethod
+    def reference_check(name: str, **_: Any) -> Callable[[Any, str], None]:
         def check(description: Any, where: str) -> None:
             if not isinstance(description, str) or not description.strip():
                 raise InputError(f"{where}: 'description' must be the reference text, got {description!r:.80}")
-        _references(manifest, "description", check)
+        return check
 
     def score(self, answered: list[dict[str, Any]]) -> dict[str, Any]:
         todo = [p for p in answered if "clue_overlap" not in p and "judge_failure" not in p]

@@ -28,8 +28,8 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, PartitionSpec
 
-from omni_jax.data.pipeline import global_batch, pad_id_of
 from omni_jax.data.generation_batches import Row, prompt_batches
+from omni_jax.data.pipeline import FACE_SOURCES, global_batch, pad_id_of
 from omni_jax.errors import InputError
 from omni_jax.generate import generate
 from omni_jax.sharding import activate
@@ -95,7 +95,16 @@ def prediction(row: Row, answer: str) -> dict[str, Any]:
     out = {"line": row.line, "id": row.id, "question": row.question}
     if row.skip:
         return {**out, "skip": row.skip, "message": row.message, **row.extra}
-    return {**out, "answer": answer, "reference": row.reference, **row.extra}
+    return {**out, "answer": answer, "reference": row.reference, **row.used, **row.extra}
+
+
+def media_counts(predictions: list[dict[str, Any]]) -> dict[str, int]:
+    """How the answered clips' media were used (`pipeline.media_used`): faces by source, and the
+    clips whose audio ran past the windows the model hears (the rest is not heard)."""
+    counts = {f"faces/{source}": sum(p.get("faces") == source for p in predictions) for source in FACE_SOURCES}
+    counts = {key: n for key, n in counts.items() if n}
+    counts["audio_cut"] = sum(p.get("audio_heard_seconds", 0) < p.get("audio_seconds", 0) for p in predictions)
+    return counts
 
 
 def write_predictions(predictions: list[dict[str, Any]], path: Path,

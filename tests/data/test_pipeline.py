@@ -121,7 +121,9 @@ def test_batches_have_the_tiny_model_shapes_and_contents(clips):
     assert not batch["input_features"][1:].any() and not batch["pixel_values_videos"][3].any()
     assert not batch["face_pixels"][3].any()
     assert batches.counts == {"seen": 4, "ok": 4, "skipped": {}, "truncated": 0, "face_fallback": 1,  # c: no face
-                              "audio_damaged": 0, "audio_empty": 0, "has_video": 3, "has_face": 3, "has_audio": 1}
+                              "face_detected": 2,  # b and c: no boxes in the manifest
+                              "audio_damaged": 0, "audio_empty": 0, "audio_cut": 0, "has_video": 3, "has_face": 3,
+                              "has_audio": 1}
 
     arrays = pipeline.global_batch(batch, make_mesh(2, 2, 2), tokenizer.pad_token_id)
     for key, value in arrays.items():
@@ -248,17 +250,22 @@ def test_bucket_and_repad():
 def test_data_check_cli_counts_every_reason(bad_manifest, tmp_path, capsys):
     cfg = tiny()
     qwen2_test_tokenizer(cfg.model).save_pretrained(tmp_path / "tok")
-    code = cli.main(["--json", "data-check", "--manifest", str(bad_manifest), "--config",
-                     "configs/omni_emotion.py:tiny", "--tokenizer", str(tmp_path / "tok"), "--workers", "1"])
-    assert code == 0
-    out = capsys.readouterr().out.strip().splitlines()
-    report = json.loads(out[-1])
+    argv = ["--json", "data-check", "--manifest", str(bad_manifest), "--config", "configs/omni_emotion.py:tiny",
+            "--tokenizer", str(tmp_path / "tok"), "--workers", "1"]
+    assert cli.main(argv) == 1  # 10 of 14 skipped: more than data.max_skip_fraction (0.1)
+    captured = capsys.readouterr()
+    report = json.loads(captured.out)  # --json: JSON only
+    assert report["ok"] is False and "10 of 14 lines would be skipped, more than --max-skip-fraction 0.1" in report[
+        "error"] and report["task"] == "train"
+    assert cli.main([*argv, "--max-skip-fraction", "0.75"]) == 0
+    report = json.loads(capsys.readouterr().out)
     assert report["ok"] is True and report["examples"] == 14 and report["usable"] == 4 and report["skipped"] == 10
     assert report["skipped_by_reason"] == {reason: 1 for reason in sorted(REASONS_WRITTEN)}
     assert (report["truncated"], report["has_video"], report["has_face"], report["has_audio"]) == (1, 3, 3, 2)
     assert report["token_length_histogram"] == {"<=96": 3, "<=128": 0, "<=192": 1}
     assert report["token_length_max"] == 192 and report["clips_per_second"] > 0
-    assert any("skipped_by_reason" in line for line in out[:-1])  # the readable form too
+    assert cli.main(argv[1:] + ["--max-skip-fraction", "0.75"]) == 0
+    assert "skipped_by_reason" in capsys.readouterr().out  # the readable form without --json
 
 
 def test_text_only_examples_pack_into_shared_rows(clips):
@@ -374,12 +381,12 @@ def test_faces_by_time_survive_a_change_of_frame_count(clips):
     tracked = [(i / 25, (i, i, 40 + i, 40 + i)) for i in range(8)]  # the first 0.28 s only
     record = Record("x", clips["face"], None, tuple(b for _, b in tracked), [], "m:1",
                     face_times=tuple(t for t, _ in tracked))
-    boxes = pipeline.frame_boxes(record, clip, tolerance=0.05)
+    boxes, detected = pipeline.frame_boxes(record, clip, tolerance=0.05)
     for t, box in zip(clip.timestamps, boxes):
         if t <= 7 / 25 + 0.05:
             assert box == min(tracked, key=lambda tb: abs(tb[0] - t))[1]
     late = [f for f, t in enumerate(clip.timestamps) if t > 7 / 25 + 0.05]
-    assert late and [boxes[f] for f in late] == video.detect_faces(clip.frames[late])
+    assert late and [boxes[f] for f in late] == video.detect_faces(clip.frames[late]) and detected == len(late)
     cfg = tiny()
     tokenizer = qwen2_test_tokenizer(cfg.model)
     line = {"id": "f", "video": str(clips["face"]), "conversations": turns(),
@@ -388,6 +395,7 @@ def test_faces_by_time_survive_a_change_of_frame_count(clips):
         cfg.data.num_frames = frames
         example = pipeline.load_example(_record(line), tokenizer, cfg, ("v", "f"))
         assert example["face_pixels"].shape[0] == frames and example["has_face"]
+        assert pipeline.media_used(example, frames) == {"faces": "manifest"}  # every frame within 0.5 s of a box
     positional = {**line, "faces": [[0, 0, 40, 40], [1, 1, 41, 41]]}
     cfg.data.num_frames = 3
     with pytest.raises(pipeline.ExampleError, match="or give them by time"):
@@ -459,3 +467,26 @@ def test_data_check_on_real_world_damage(tmp_path, capsys):
     assert report["skipped_by_reason"] == {"empty_file": 1}
     assert report["usable"] == len(files) - 1
     assert (report["audio_damaged"], report["audio_empty"]) == (1, 1)
+
+
+def test_what_a_clip_used_is_reported(clips, tmp_path):
+    """Faces from the manifest, the detector or the centre-crop fallback; the seconds of audio
+    heard out of the track's, counted when the windows hear less than the clip holds."""
+    cfg = tiny()
+    cfg.model.audio_windows = 1  # 30 s heard
+    tokenizer = qwen2_test_tokenizer(cfg.model)
+    long_voice = media.write_audio(tmp_path / "long.wav", media.tone(220.0, 31.0, 16000), 16000, codec="pcm_s16le")
+    used = lambda line, modalities=("v", "a", "f"): pipeline.media_used(
+        pipeline.load_example(_record(line), tokenizer, cfg, modalities), cfg.data.num_frames)
+    assert used({"video": str(clips["good"]), "faces": [[10, 4, 40, 30], [10, 4, 40, 30]], "conversations": turns()}) \
+        == {"faces": "manifest", "audio_seconds": 1.02, "audio_heard_seconds": 1.02}  # AAC's priming: 1.02 s decoded
+    assert used({"video": str(clips["face"]), "conversations": turns()}) == {"faces": "detector"}
+    assert used({"video": str(clips["silent"]), "conversations": turns()}) == {"faces": "fallback"}
+    assert used({"video": str(clips["good"]), "audio": str(long_voice), "conversations": turns()}, ("v", "a")) == {
+        "audio_seconds": 31.0, "audio_heard_seconds": 30.0}
+    manifest = write_manifest(tmp_path / "long.jsonl", [
+        {"id": "long", "video": str(clips["good"]), "audio": str(long_voice), "conversations": turns()}])
+    cfg.data.update(batch_size=1)
+    batches = iter(pipeline.make_pipeline(manifest, tokenizer, cfg, shuffle=False, drop_remainder=False))
+    next(batches)
+    assert batches.counts["audio_cut"] == 1
