@@ -69,7 +69,7 @@ def test_eval_writes_predictions_metrics_and_a_confusion_matrix(setup, evaluated
     lines = predictions(evaluated / "predictions" / "dfew.jsonl")
     assert [p["id"] for p in lines] == ["c0", "c1", "gone", "c2", "c3", "c4"]  # manifest order, every line
     assert lines[2]["skip"] == "missing_file" and "answer" not in lines[2]
-    assert lines[0]["faces"] == "detector" and 0.5 < lines[0]["audio_heard_seconds"] == lines[0]["audio_seconds"] < 1
+    assert lines[0]["faces"] == "fallback" and 0.5 < lines[0]["audio_heard_seconds"] == lines[0]["audio_seconds"] < 1
     assert "audio_seconds" not in lines[1]  # c1 has no audio track
     answered = [p for p in lines if "skip" not in p]
     assert all(isinstance(p["answer"], str) and p["correct"] == (p["predicted"] == p["label"]) for p in answered)
@@ -80,7 +80,7 @@ def test_eval_writes_predictions_metrics_and_a_confusion_matrix(setup, evaluated
     for key in ("uar", "war", "unmapped", "strict_uar", "strict_war"):
         assert result["dfew"][key] == pytest.approx(expected[key])
     assert (result["dfew"]["clips"], result["dfew"]["skipped"], result["dfew"]["skipped/missing_file"]) == (5, 1, 1)
-    assert (result["dfew"]["faces/detector"], result["dfew"]["audio_cut"]) == (5, 0)
+    assert (result["dfew"]["faces/fallback"], result["dfew"]["audio_cut"]) == (5, 0)  # 64×48: no face found
     assert (evaluated / "dfew_confusion.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     ov = predictions(evaluated / "predictions" / "emer_ov.jsonl")
     assert result["emer_ov"]["precision"] == pytest.approx(np.mean([p["precision"] for p in ov]))
@@ -159,8 +159,8 @@ def test_infer_answers_a_clip_a_folder_and_a_manifest(setup, evaluated, capsys):
     assert cli.main([*base, "--video", str(setup / "c1.mp4")]) == 0
     out = [json.loads(line) for line in capsys.readouterr().out.splitlines()]  # --json: JSON only
     evaluated_c1 = next(p for p in predictions(evaluated / "predictions" / "dfew.jsonl") if p["id"] == "c1")
-    assert out[0]["id"] == "c1" and out[0]["answer"] == evaluated_c1["answer"] and out[0]["faces"] == "detector"
-    assert out[-1]["clips"] == 1 and out[-1]["faces/detector"] == 1 and out[-1]["audio_cut"] == 0
+    assert out[0]["id"] == "c1" and out[0]["answer"] == evaluated_c1["answer"] and out[0]["faces"] == "fallback"
+    assert out[-1]["clips"] == 1 and out[-1]["faces/fallback"] == 1 and out[-1]["audio_cut"] == 0
     assert cli.main([*base, "--video", str(setup), "--max-new-tokens", "2"]) == 0
     assert json.loads(capsys.readouterr().out.splitlines()[-1])["clips"] == 5
     assert cli.main([*base, "--video", str(setup / "dfew.jsonl")]) == 0
