@@ -20,6 +20,14 @@ the modality ablation → an answer — through the commands a user runs at scal
 Everything lives under outputs/demo/ (replaced by each run; `cache/` keeps XLA's compiled
 programs for the next). Each command's output goes to outputs/demo/logs/; a failing step
 names its command and log. `--seed S` changes the data and every initialisation.
+
+`--seeds 0,1,2` runs all of it once per seed, each a whole run with that seed (its own data,
+parts, towers, phases and evaluations: nothing but XLA's compiled programs is shared) in
+outputs/demo/seed_S/ (laid out as a single run's outputs/demo/), then prints the table over the
+seeds: per subset and figure the first seed's value, the mean and the min–max range, from each
+seed's seed_S/summary.json; written to outputs/demo/seeds.md and seeds.json. The seeds share
+outputs/demo/cache/ (JAX keys a compiled program by its whole HLO and flags, so the cache only
+skips compiling a program again; it changes no figure).
 """
 from __future__ import annotations
 
@@ -57,6 +65,10 @@ BATCH = 16
 DEVICES = 8  # simulated CPU devices of every command (--devices)
 # `prepare_towers`: each tower's pretraining steps and Adam learning rate
 PRETRAIN = {"facexformer": dict(steps=200, learning_rate=3e-3), "whisper": dict(steps=100, learning_rate=1e-2)}
+# The summary table's figures: summary()'s key, the column's name, decimals
+FIGURES = (("uar", "UAR", 3), ("war", "WAR", 3), ("emer_ov", "EMER-OV avg", 3), ("voice_pairs", "voice-only pairs", 2),
+           ("face_pairs", "face-only pairs", 2))
+CACHE: Path | None = None  # XLA's compilation cache of every command (`run`); default: out/cache
 
 
 def log_line(message: str) -> None:
@@ -84,7 +96,7 @@ def run(name: str, args: list[str], out: Path, progress: Path | None = None, tot
     command = [sys.executable, "-m", "omni_jax.cli", *args]
     flags = (f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={DEVICES} "  # yours, then ours
              "--xla_cpu_collective_call_terminate_timeout_seconds=900 --xla_cpu_collective_timeout_seconds=900")
-    env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=str(out / "cache"), TRANSFORMERS_VERBOSITY="error",
+    env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=str(CACHE or out / "cache"), TRANSFORMERS_VERBOSITY="error",
                JAX_PLATFORMS="cpu", XLA_FLAGS=flags)
     start = time.perf_counter()
     with open(log, "w") as sink, tqdm(total=total or None, desc=f"  {name}", unit="step", leave=False, disable=None,
@@ -124,7 +136,7 @@ def transformers_parts(out: Path, seed: int) -> Path:
     from omni_jax.models import llava_onevision, whisper
 
     transformers.utils.logging.disable_progress_bar()  # "Writing model shards", per tiny file
-    cfg = omni_emotion.get_config("demo")
+    cfg = omni_emotion.get_config("demo").model
     parts = out / "parts"
     tokenizer = word_tokenizer(synth.vocabulary(), cfg.image_token_id - 3)  # <image>, <video> at the config's ids
     llava_cfg = ml_collections.ConfigDict({k: cfg[k] for k in ("text", "vision", "vision_feature_layers",
@@ -165,16 +177,16 @@ def prepare_towers(parts: Path, data: Path, seed: int, steps: int = 0) -> dict[s
     from omni_jax.models import facexformer
 
     cfg = omni_emotion.get_config("demo")
-    cfg.face.dtype = "float32"  # as the demo's runs compute
+    cfg.model.face.dtype = "float32"  # as the demo's runs compute
     source = ManifestSource(data / "face_classification.jsonl")
     cues = [json.loads(line)["cues"] for line in (data / "face_classification.jsonl").open()]
     examples = [pipeline.media_inputs(source.parse(source[i]), cfg, ("f", "a")) for i in range(len(source))]
-    expressions = np.repeat([c["face"] for c in cues], cfg.num_frames)
+    expressions = np.repeat([c["face"] for c in cues], cfg.model.num_frames)
     voices = np.array([c["voice"] for c in cues])
 
-    face_model = facexformer.FaceXFormerEncoder(cfg.face)
+    face_model = facexformer.FaceXFormerEncoder(cfg.model.face)
     family = registry.FAMILIES["facexformer"]
-    face_params = nn.unbox(face_model.init(jax.random.key(seed), **family.dummy_inputs(cfg.face))["params"])
+    face_params = nn.unbox(face_model.init(jax.random.key(seed), **family.dummy_inputs(cfg.model.face))["params"])
     crops = np.concatenate([e["face_pixels"] for e in examples])
     stages = jax.jit(lambda p, x: face_model.apply({"params": p}, x, method=lambda m, x: m.backbone(x)["stage_outputs"]))
     features = jax.tree.map(lambda *b: np.concatenate(b), *[stages(face_params, crops[i:i + 32])
@@ -211,7 +223,7 @@ def prepare_towers(parts: Path, data: Path, seed: int, steps: int = 0) -> dict[s
         between = sum((per_clip[labels == c].mean(0) ** 2).sum() * (labels == c).sum() for c in set(labels))
         explained[name] = float(between / (per_clip ** 2).sum())
         if name == "facexformer":
-            save_params(parts / name, registry.FAMILIES[name], cfg.face, {**params, **jax.device_get(backbone)})
+            save_params(parts / name, registry.FAMILIES[name], cfg.model.face, {**params, **jax.device_get(backbone)})
         else:
             save_params(parts / name, registry.FAMILIES["whisper"], whisper_model.config, params)
     return explained
@@ -300,11 +312,121 @@ def _pair_separation(predictions: list[dict[str, Any]], pair: tuple[str, str]) -
     return 0.5 + (rate(a, a) - rate(a, b) + rate(b, b) - rate(b, a)) / 4
 
 
+def table(rows: dict[str, dict[str, Any]], cell=lambda value, digits: f"{value:.{digits}f}") -> str:
+    """The Markdown table of `rows` (subset: FIGURES' key: value), each cell `cell(value, decimals)`; "—" where None."""
+    lines = ["| modalities | " + " | ".join(title for _, title, _ in FIGURES) + " |", "|---" * (len(FIGURES) + 1) + "|"]
+    for name, row in rows.items():
+        lines.append(f"| {name} | " + " | ".join("—" if row[key] is None else cell(row[key], digits)
+                                                 for key, _, digits in FIGURES) + " |")
+    return "\n".join(lines)
+
+
+def over_seeds(summaries: dict[int, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per subset and figure of the seeds' summaries ({seed: summary.json}, the first seed first): the
+    first seed's value, the mean, min and max over the seeds, and each seed's value; None where a
+    seed has none (EMER-OV of the silenced run)."""
+    first = next(iter(summaries.values()))["rows"]
+    rows = {}
+    for name in first:
+        rows[name] = {}
+        for key, _, _ in FIGURES:
+            values = [summary["rows"][name][key] for summary in summaries.values()]
+            rows[name][key] = None if None in values else dict(
+                first=values[0], mean=float(np.mean(values)), min=min(values), max=max(values),
+                seeds=dict(zip(summaries, values)))
+    return rows
+
+
+def over_seeds_cell(value: dict[str, Any], digits: int) -> str:
+    return f"{value['first']:.{digits}f} · {value['mean']:.{digits}f} ({value['min']:.{digits}f}–{value['max']:.{digits}f})"
+
+
+def demo(args: argparse.Namespace, seed: int, out: Path) -> dict[str, Any]:
+    """The whole demo with `seed` into `out` (fresh); prints its table, writes and returns summary.json's content."""
+    subsets = args.subsets.split(",")
+    (out / "logs").mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    data = out / "data"
+    log_line(f"1/5 data: {args.clips} training clips, {args.clips // 4} held out (omni-jax synth)")
+    run("synth", ["synth", "--out", str(data), "--clips", str(args.clips), "--seed", str(seed)], out)
+
+    log_line("2/5 starting checkpoint: transformers' tiny LLaVA-OneVision and Whisper converted, a "
+             "FaceXFormer-shaped face encoder, the towers prepared, assembled")
+    parts = transformers_parts(out, seed)
+    for name in ("llava", "whisper"):
+        run(f"convert_{name}", ["convert", "--src", str(parts / f"{name}-hf"), "--dst", str(parts / name)], out)
+    explained = prepare_towers(parts, data, seed, args.tower_steps)
+    log_line("towers pretrained on their cues, outputs calibrated; share of their per-clip variance the "
+             "clip's cue explains: "
+             + ", ".join(f"{name} {value:.2f}" for name, value in explained.items()))
+    run("assemble", ["assemble", "--llava", str(parts / "llava"), "--whisper", str(parts / "whisper-tuned"),
+                     "--face", str(parts / "facexformer"), "--config", CONFIG, "--dst", str(out / "start"),
+                     "--seed", str(seed)], out)
+
+    log_line(f"3/5 training, three phases on {DEVICES} simulated devices (omni-jax train)")
+    init = out / "start"
+    for phase, settings in PHASES.items():
+        manifest = data / f"{settings['manifest']}.jsonl"
+        steps = args.steps or train_steps(manifest, settings["epochs"])
+        workdir = out / "runs" / phase
+        run(phase, ["train", "--config", f"{CONFIG},{phase}", "--workdir", str(workdir), "--init", str(init),
+                    f"--config.data.manifest={manifest}", f"--config.train.steps={steps}",
+                    f"--config.train.global_batch_size={BATCH}",
+                    f"--config.train.learning_rate={settings['learning_rate']}",
+                    f"--config.data.modality_dropout={settings['modality_dropout']}",
+                    f"--config.train.seed={seed}", f"--config.data.seed={seed}",
+                    "--config.train.checkpoint_every=0", "--config.train.log_every=1",
+                    "--config.data.workers=1", "--config.data.min_examples=1"],
+            out, workdir / "metrics.jsonl", steps)
+        init = workdir
+
+    log_line("4/5 evaluation of the final checkpoint by modalities (omni-jax eval), one answer (omni-jax infer)")
+    evals = [(name.replace("+", ""), SUBSETS[name], "eval_classification") for name in subsets]
+    commands = {f"eval_{name}": ["eval", "--config", CONFIG, "--checkpoint", str(init), *eval_mesh(DEVICES),
+                                 "--workdir", str(out / "eval" / name), f"--config.eval.modalities={modalities}",
+                                 f"--config.evals.dfew.manifest={data / manifest}.jsonl",
+                                 *([f"--config.evals.emer_ov.manifest={data / 'eval_open_vocabulary.jsonl'}"]
+                                   if manifest == "eval_classification" else [])]
+                for name, modalities, manifest in [*evals, ("vaf_silenced", "v,a,f",
+                                                            "eval_classification_silenced")]}
+    commands["infer"] = ["infer", "--config", CONFIG, "--checkpoint", str(init), "--video",
+                         str(data / "infer.jsonl"), *eval_mesh(DEVICES)]
+    commands["export"] = ["export", "--src", str(init / "final"), "--dst", str(out / "exported")]
+    run_side_by_side(commands, out)
+    answer = next(line for line in (out / "logs" / "infer.log").read_text().splitlines()
+                  if line.startswith("eval_"))
+
+    log_line("5/5 summary")
+    rows = summary(out, subsets)
+    print(f"\nHeld-out clips ({args.clips // 4}, 7 classes, chance UAR 0.14); seed {seed}\n")
+    print(table(rows))
+    print("\n(pairs: how differently the clips of surprise/fear and angry/disgust (only the voice tells them "
+          "apart) and of happy/surprise and sad/disgust (only the face) are answered; 1 = each its own class, "
+          "0.5 = chance)")
+    print(f"\ninfer: {answer}")
+    print(f"\nImages: {out / 'loss.png'}, {out / 'confusion.png'}, {out / 'ablation.png'}")
+    print(f"Workdirs: {out / 'runs'} (final checkpoint: {init / 'final'}), {out / 'eval'}; logs: {out / 'logs'}")
+    result = {"seed": seed, "rows": rows, "infer": answer, "seconds": round(time.perf_counter() - start)}
+    (out / "summary.json").write_text(json.dumps(result, indent=2))
+    log_line(f"seed {seed} done in {time.perf_counter() - start:.0f} s")
+    return result
+
+
+def seeds_list(text: str) -> list[int]:
+    seeds = [int(seed) for seed in text.split(",")]
+    if len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"a seed twice in {text}")
+    return seeds
+
+
 def main(argv: list[str] | None = None) -> int:
-    global DEVICES  # every command's (`run`)
+    global DEVICES, CACHE  # every command's (`run`)
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default=str(ROOT / "outputs" / "demo"))
-    parser.add_argument("--seed", type=int, default=0)
+    seed = parser.add_mutually_exclusive_group()
+    seed.add_argument("--seed", type=int, default=0)
+    seed.add_argument("--seeds", type=seeds_list, default=None,
+                      help="S1,S2,...: a whole run per seed in OUT/seed_S/, then the table over the seeds")
     parser.add_argument("--clips", type=int, default=336, help="training clips (held out: a quarter as many)")
     parser.add_argument("--steps", type=int, default=0, help="steps of every phase (default: the phases' epochs)")
     parser.add_argument("--tower-steps", type=int, default=0, help="each tower's pretraining steps (default: PRETRAIN)")
@@ -315,85 +437,37 @@ def main(argv: list[str] | None = None) -> int:
     from omni_jax import xla_cpu
 
     xla_cpu.configure()  # for the towers' preparation here (the commands configure themselves)
-    subsets = args.subsets.split(",")
-    if not set(subsets) <= set(SUBSETS) or "v+a+f" not in subsets:
+    if not set(args.subsets.split(",")) <= set(SUBSETS) or "v+a+f" not in args.subsets.split(","):
         parser.error(f"--subsets: some of {', '.join(SUBSETS)}, v+a+f among them")
     out = Path(args.out)
     for child in out.iterdir() if out.exists() else ():  # the previous run's outputs; the compile cache stays
         if child.name != "cache":
             shutil.rmtree(child) if child.is_dir() else child.unlink()
-    (out / "logs").mkdir(parents=True, exist_ok=True)
+    CACHE = out / "cache"
     start = time.perf_counter()
-    data = out / "data"
     try:
-        log_line(f"1/5 data: {args.clips} training clips, {args.clips // 4} held out (omni-jax synth)")
-        run("synth", ["synth", "--out", str(data), "--clips", str(args.clips), "--seed", str(args.seed)], out)
-
-        log_line("2/5 starting checkpoint: transformers' tiny LLaVA-OneVision and Whisper converted, a "
-                 "FaceXFormer-shaped face encoder, the towers prepared, assembled")
-        parts = transformers_parts(out, args.seed)
-        for name in ("llava", "whisper"):
-            run(f"convert_{name}", ["convert", "--src", str(parts / f"{name}-hf"), "--dst", str(parts / name)], out)
-        explained = prepare_towers(parts, data, args.seed, args.tower_steps)
-        log_line("towers pretrained on their cues, outputs calibrated; share of their per-clip variance the "
-                 "clip's cue explains: "
-                 + ", ".join(f"{name} {value:.2f}" for name, value in explained.items()))
-        run("assemble", ["assemble", "--llava", str(parts / "llava"), "--whisper", str(parts / "whisper-tuned"),
-                         "--face", str(parts / "facexformer"), "--config", CONFIG, "--dst", str(out / "start")], out)
-
-        log_line(f"3/5 training, three phases on {DEVICES} simulated devices (omni-jax train)")
-        init = out / "start"
-        for phase, settings in PHASES.items():
-            manifest = data / f"{settings['manifest']}.jsonl"
-            steps = args.steps or train_steps(manifest, settings["epochs"])
-            workdir = out / "runs" / phase
-            run(phase, ["train", "--config", f"{CONFIG},{phase}", "--workdir", str(workdir), "--init", str(init),
-                        f"--config.data.manifest={manifest}", f"--config.train.steps={steps}",
-                        f"--config.train.global_batch_size={BATCH}",
-                        f"--config.train.learning_rate={settings['learning_rate']}",
-                        f"--config.data.modality_dropout={settings['modality_dropout']}",
-                        f"--config.train.seed={args.seed}", f"--config.data.seed={args.seed}",
-                        "--config.train.checkpoint_every=0", "--config.train.log_every=1",
-                        "--config.data.workers=1", "--config.data.min_examples=1"],
-                out, workdir / "metrics.jsonl", steps)
-            init = workdir
-
-        log_line("4/5 evaluation of the final checkpoint by modalities (omni-jax eval), one answer (omni-jax infer)")
-        evals = [(name.replace("+", ""), SUBSETS[name], "eval_classification") for name in subsets]
-        commands = {f"eval_{name}": ["eval", "--config", CONFIG, "--checkpoint", str(init), *eval_mesh(DEVICES),
-                                     "--workdir", str(out / "eval" / name), f"--config.eval.modalities={modalities}",
-                                     f"--config.evals.dfew.manifest={data / manifest}.jsonl",
-                                     *([f"--config.evals.emer_ov.manifest={data / 'eval_open_vocabulary.jsonl'}"]
-                                       if manifest == "eval_classification" else [])]
-                    for name, modalities, manifest in [*evals, ("vaf_silenced", "v,a,f",
-                                                                "eval_classification_silenced")]}
-        commands["infer"] = ["infer", "--config", CONFIG, "--checkpoint", str(init), "--video",
-                             str(data / "infer.jsonl"), *eval_mesh(DEVICES)]
-        commands["export"] = ["export", "--src", str(init / "final"), "--dst", str(out / "exported")]
-        run_side_by_side(commands, out)
-        answer = next(line for line in (out / "logs" / "infer.log").read_text().splitlines()
-                      if line.startswith("eval_"))
-
-        log_line("5/5 summary")
-        rows = summary(out, subsets)
+        if args.seeds is None:
+            demo(args, args.seed, out)
+        else:
+            for i, seed in enumerate(args.seeds):
+                log_line(f"seed {seed} ({i + 1} of {len(args.seeds)}): {out / f'seed_{seed}'}")
+                demo(args, seed, out / f"seed_{seed}")
     except StepFailed as failure:
         print(f"\nFAILED: {failure}", file=sys.stderr)
         return 1
-    print(f"\nHeld-out clips ({args.clips // 4}, 7 classes, chance UAR 0.14); seed {args.seed}\n")
-    print("| modalities | UAR | WAR | EMER-OV avg | voice-only pairs | face-only pairs |")
-    print("|---|---|---|---|---|---|")
-    for name, row in rows.items():
-        emer = "—" if row["emer_ov"] is None else f"{row['emer_ov']:.3f}"
-        print(f"| {name} | {row['uar']:.3f} | {row['war']:.3f} | {emer} | {row['voice_pairs']:.2f} | "
-              f"{row['face_pairs']:.2f} |")
-    print("\n(pairs: how differently the clips of surprise/fear and angry/disgust (only the voice tells them "
-          "apart) and of happy/surprise and sad/disgust (only the face) are answered; 1 = each its own class, "
-          "0.5 = chance)")
-    print(f"\ninfer: {answer}")
-    print(f"\nImages: {out / 'loss.png'}, {out / 'confusion.png'}, {out / 'ablation.png'}")
-    print(f"Workdirs: {out / 'runs'} (final checkpoint: {init / 'final'}), {out / 'eval'}; logs: {out / 'logs'}")
-    (out / "summary.json").write_text(json.dumps({"seed": args.seed, "rows": rows, "infer": answer,
-                                                  "seconds": round(time.perf_counter() - start)}, indent=2))
+    if args.seeds is not None:
+        summaries = {seed: json.loads((out / f"seed_{seed}" / "summary.json").read_text()) for seed in args.seeds}
+        rows = over_seeds(summaries)
+        names = ", ".join(map(str, args.seeds))
+        text = (f"Held-out clips ({args.clips // 4}, 7 classes, chance UAR 0.14); each cell: seed {args.seeds[0]}'s "
+                f"figure · the mean (min–max) over seeds {names}\n\n{table(rows, over_seeds_cell)}\n")
+        print(f"\n{text}")
+        (out / "seeds.md").write_text(text)
+        (out / "seeds.json").write_text(json.dumps(
+            {"seeds": args.seeds, "rows": rows, "summaries": {seed: str(out / f"seed_{seed}" / "summary.json")
+                                                              for seed in args.seeds}}, indent=2))
+        print(f"Table: {out / 'seeds.md'}, {out / 'seeds.json'}; each seed's run: "
+              + ", ".join(str(out / f"seed_{seed}") for seed in args.seeds))
     log_line(f"done in {time.perf_counter() - start:.0f} s")
     return 0
 
