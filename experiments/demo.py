@@ -47,7 +47,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # configs/
-CONFIG = str(ROOT / "configs" / "omni_emotion.py") + ":demo"
+CONFIG_FILE = ROOT / "configs" / "omni_emotion.py"  # its "demo" variant
 SUBSETS = {"v": "v", "v+a": "v,a", "v+f": "v,f", "v+a+f": "v,a,f"}
 # Pairs of classes that only the voice tells apart, and pairs that only the face does (synth.CUES).
 VOICE_PAIRS = (("surprise", "fear"), ("angry", "disgust"))
@@ -101,7 +101,7 @@ def run(name: str, args: list[str], out: Path, progress: Path | None = None, tot
     start = time.perf_counter()
     with open(log, "w") as sink, tqdm(total=total or None, desc=f"  {name}", unit="step", leave=False, disable=None,
                                       bar_format=None if total else "{desc}: {elapsed}") as bar:
-        process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+        process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, env=env, cwd=out)
         while process.poll() is None:
             time.sleep(0.5)
             if progress is not None and progress.exists():
@@ -347,20 +347,23 @@ def demo(args: argparse.Namespace, seed: int, out: Path) -> dict[str, Any]:
     (out / "logs").mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     data = out / "data"
+    # The commands run in `out` with paths relative to it, as a user types them.
+    here = lambda path: os.path.relpath(path, out)
+    config = here(CONFIG_FILE) + ":demo"
     log_line(f"1/5 data: {args.clips} training clips, {args.clips // 4} held out (omni-jax synth)")
-    run("synth", ["synth", "--out", str(data), "--clips", str(args.clips), "--seed", str(seed)], out)
+    run("synth", ["synth", "--out", here(data), "--clips", str(args.clips), "--seed", str(seed)], out)
 
     log_line("2/5 starting checkpoint: transformers' tiny LLaVA-OneVision and Whisper converted, a "
              "FaceXFormer-shaped face encoder, the towers prepared, assembled")
     parts = transformers_parts(out, seed)
     for name in ("llava", "whisper"):
-        run(f"convert_{name}", ["convert", "--src", str(parts / f"{name}-hf"), "--dst", str(parts / name)], out)
+        run(f"convert_{name}", ["convert", "--src", here(parts / f"{name}-hf"), "--dst", here(parts / name)], out)
     explained = prepare_towers(parts, data, seed, args.tower_steps)
     log_line("towers pretrained on their cues, outputs calibrated; share of their per-clip variance the "
              "clip's cue explains: "
              + ", ".join(f"{name} {value:.2f}" for name, value in explained.items()))
-    run("assemble", ["assemble", "--llava", str(parts / "llava"), "--whisper", str(parts / "whisper-tuned"),
-                     "--face", str(parts / "facexformer"), "--config", CONFIG, "--dst", str(out / "start"),
+    run("assemble", ["assemble", "--llava", here(parts / "llava"), "--whisper", here(parts / "whisper-tuned"),
+                     "--face", here(parts / "facexformer"), "--config", config, "--dst", here(out / "start"),
                      "--seed", str(seed)], out)
 
     log_line(f"3/5 training, three phases on {DEVICES} simulated devices (omni-jax train)")
@@ -369,8 +372,8 @@ def demo(args: argparse.Namespace, seed: int, out: Path) -> dict[str, Any]:
         manifest = data / f"{settings['manifest']}.jsonl"
         steps = args.steps or train_steps(manifest, settings["epochs"])
         workdir = out / "runs" / phase
-        run(phase, ["train", "--config", f"{CONFIG},{phase}", "--workdir", str(workdir), "--init", str(init),
-                    f"--config.data.manifest={manifest}", f"--config.train.steps={steps}",
+        run(phase, ["train", "--config", f"{config},{phase}", "--workdir", here(workdir), "--init", here(init),
+                    f"--config.data.manifest={here(manifest)}", f"--config.train.steps={steps}",
                     f"--config.train.global_batch_size={BATCH}",
                     f"--config.train.learning_rate={settings['learning_rate']}",
                     f"--config.data.modality_dropout={settings['modality_dropout']}",
@@ -382,16 +385,16 @@ def demo(args: argparse.Namespace, seed: int, out: Path) -> dict[str, Any]:
 
     log_line("4/5 evaluation of the final checkpoint by modalities (omni-jax eval), one answer (omni-jax infer)")
     evals = [(name.replace("+", ""), SUBSETS[name], "eval_classification") for name in subsets]
-    commands = {f"eval_{name}": ["eval", "--config", CONFIG, "--checkpoint", str(init), *eval_mesh(DEVICES),
-                                 "--workdir", str(out / "eval" / name), f"--config.eval.modalities={modalities}",
-                                 f"--config.evals.dfew.manifest={data / manifest}.jsonl",
-                                 *([f"--config.evals.emer_ov.manifest={data / 'eval_open_vocabulary.jsonl'}"]
+    commands = {f"eval_{name}": ["eval", "--config", config, "--checkpoint", here(init), *eval_mesh(DEVICES),
+                                 "--workdir", here(out / "eval" / name), f"--config.eval.modalities={modalities}",
+                                 f"--config.evals.dfew.manifest={here(data / manifest)}.jsonl",
+                                 *([f"--config.evals.emer_ov.manifest={here(data / 'eval_open_vocabulary.jsonl')}"]
                                    if manifest == "eval_classification" else [])]
                 for name, modalities, manifest in [*evals, ("vaf_silenced", "v,a,f",
                                                             "eval_classification_silenced")]}
-    commands["infer"] = ["infer", "--config", CONFIG, "--checkpoint", str(init), "--video",
-                         str(data / "infer.jsonl"), *eval_mesh(DEVICES)]
-    commands["export"] = ["export", "--src", str(init / "final"), "--dst", str(out / "exported")]
+    commands["infer"] = ["infer", "--config", config, "--checkpoint", here(init), "--video",
+                         here(data / "infer.jsonl"), *eval_mesh(DEVICES)]
+    commands["export"] = ["export", "--src", here(init / "final"), "--dst", here(out / "exported")]
     run_side_by_side(commands, out)
     answer = next(line for line in (out / "logs" / "infer.log").read_text().splitlines()
                   if line.startswith("eval_"))

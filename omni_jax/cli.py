@@ -31,7 +31,7 @@ from typing import Any, Callable
 
 from omni_jax import xla_cpu
 from omni_jax.config_flags import MODEL_PREFIX, apply_overrides, load_config, resolve_paths
-from omni_jax.errors import OutputExistsError, UserError
+from omni_jax.errors import InputError, OutputExistsError, UserError
 
 DTYPE_CHOICES = ["float32", "bfloat16", "float16"]
 
@@ -344,16 +344,31 @@ def _add_infer(sub: argparse._SubParsersAction) -> None:
 def _score(args: argparse.Namespace) -> dict[str, Any]:
     from omni_jax.eval.run import score
 
-    return score(args.task, args.predictions, args.classes.split(",") if args.classes else None)
+    evals = args.config.evals
+    name = args.evaluator or next((n for n, spec in evals.items() if spec.type == args.task), None)
+    if name not in evals or evals[name].type != args.task:
+        raise InputError(f"--evaluator {name}: the config has no {args.task} evaluator of that name; it has "
+                         f"{', '.join(f'{n} ({spec.type})' for n, spec in evals.items())}")
+    spec = evals[name]
+    classes = args.classes.split(",") if args.classes else spec.get("classes")
+    synonyms = spec.get("synonyms")
+    return {"evaluator": name, **score(args.task, args.predictions, classes,
+                                       synonyms.to_dict() if synonyms is not None else None)}
 
 
 def _add_score(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("score", help="metrics of a predictions file, without a model")
+    p = sub.add_parser("score", help="metrics of a predictions file, without a model",
+                       description="Scores as `omni-jax eval` does: with the classes and synonyms of the config's "
+                                   "evaluator of the task (--evaluator; default the first, e.g. dfew), so both "
+                                   "give the same figures on the same predictions file.")
     p.add_argument("--task", required=True, choices=["emotion_classification", "open_vocabulary"])
     p.add_argument("--predictions", type=_existing, required=True, help='JSONL: {"id", "answer", "label"} or {"id", "answer", '
                                                         '"labels": [...]} per line')
+    p.add_argument("--config", default=str(Path(__file__).resolve().parents[1] / "configs/omni_emotion.py:7b"),
+                   help="config file[:variant] whose evaluator scores (default: the 7b config)")
+    p.add_argument("--evaluator", default=None, help="which of the config's evaluators (default: the first of the task)")
     p.add_argument("--classes", default=None, help="comma-separated class list (classification; default: the "
-                                                   "labels seen)")
+                                                   "evaluator's)")
     p.set_defaults(run=_score)
 
 
@@ -432,14 +447,20 @@ def main(argv: list[str] | None = None) -> int:
         devices = args.mesh["data"] * args.mesh["fsdp"] * args.mesh["tensor"]
         os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices}"
         os.environ.setdefault("JAX_PLATFORMS", "cpu")
-    logging.basicConfig(level=logging.WARNING if args.json else logging.INFO, format="%(message)s")
+    # force: an import may have configured the root logger already (absl does, the first time orbax logs)
+    logging.basicConfig(level=logging.WARNING if args.json else logging.INFO, format="%(message)s", force=True)
     logging.getLogger("absl").setLevel(logging.WARNING)  # orbax's per-save INFO lines
+    # JAX probing for a TPU on every machine without one ("Unable to initialize backend 'tpu'")
+    logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
     try:
         if args.command in ("train", "eval"):  # the jobs that span processes
             _initialize_distributed(args)
         if hasattr(args, "config"):
             args.config = resolve_paths(apply_overrides(load_config(args.config), overrides))
         result = args.run(args)
+    except KeyboardInterrupt:  # a second Ctrl-C during training, or one during any other command
+        print(f"omni-jax {args.command}: stopped (Ctrl-C)", file=sys.stderr)
+        return 130
     except (UserError, OSError) as e:  # the input, or the machine (a full disk, a lost mount): one line
         if args.debug:
             traceback.print_exc()
@@ -454,6 +475,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.json:
             print(json.dumps({"ok": False, "error": f"{type(e).__name__}: {e}", "bug": True}))
         return 2
+    if result.get("stopped") == "interrupted":  # a Ctrl-C that training answered by saving
+        print(f"omni-jax {args.command}: interrupted (Ctrl-C) and saved at step {result['step']}; the same command "
+              "resumes", file=sys.stderr)
     ok = result.pop("ok", True)  # a report that fails its own check (data-check) is printed, then exit 1
     if args.json:  # JSON only: the last line the result
         print(json.dumps({"ok": ok, **result}))
@@ -462,7 +486,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{key:>14}: {value}")
         if not ok:
             print(f"error: {result['error']}", file=sys.stderr)
-    return 0 if ok else 1
+    return 130 if result.get("stopped") == "interrupted" else 0 if ok else 1
 
 
 if __name__ == "__main__":

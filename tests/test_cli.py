@@ -76,3 +76,39 @@ def test_model_overrides_reach_the_run(tmp_path, monkeypatch):
     assert cli.main(["infer", "--checkpoint", str(tmp_path), "--video", str(clip), "--config.model.text.rope_theta=5.0",
                      "--config.eval.max_new_tokens=3", "--config.model.loss_chunk_size=8"]) == 0
     assert seen["model_overrides"] == ["text.rope_theta", "loss_chunk_size"]
+
+
+def test_score_reads_as_eval_does(tmp_path, capsys):
+    """The config's evaluator's classes and synonyms (joyful is happy, as eval maps it); reference
+    labels normalised as answers are ("Angry " is angry); an unknown one refused with the nearest."""
+    path = tmp_path / "p.jsonl"
+    lines = [{"id": "a", "answer": "Joyful.", "label": "happy"}, {"id": "b", "answer": "angry", "label": "Angry "},
+             {"id": "c", "answer": "sad", "label": "fear"}]
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    assert cli.main(["--json", "score", "--task", "emotion_classification", "--predictions", str(path)]) == 0
+    scored = json.loads(capsys.readouterr().out)
+    assert (scored["evaluator"], scored["war"], scored["unmapped"]) == ("dfew", 2 / 3, 0)
+    assert scored["recall"] == {"happy": 1.0, "surprise": None, "neutral": None, "angry": 1.0, "disgust": None,
+                                "sad": None, "fear": 0.0}
+    path.write_text(json.dumps({"id": "d", "answer": "angry", "label": "angy"}) + "\n")
+    assert cli.main(["score", "--task", "emotion_classification", "--predictions", str(path)]) == 1
+    assert "references ['angy'] are not in the class list: label 'angy' is not in the class list ['happy', " \
+           "'surprise', 'neutral', 'angry', 'disgust', 'sad', 'fear'] (did you mean 'angry'?)" in capsys.readouterr().err
+    assert cli.main(["score", "--task", "emotion_classification", "--predictions", str(path),
+                     "--evaluator", "emer_ov"]) == 1
+    assert "no emotion_classification evaluator of that name" in capsys.readouterr().err
+
+
+def test_jaxs_tpu_probe_is_not_shown(tmp_path):
+    """On a machine without a TPU (no JAX_PLATFORMS set, as users run it), starting JAX's backend
+    after the command line has set up logging logs no "Unable to initialize backend 'tpu'"."""
+    import os
+    import subprocess
+    import sys
+
+    argv = _predictions(tmp_path)
+    script = f"from omni_jax import cli; cli.main({argv!r}); import jax; print(jax.devices())"
+    env = {k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS"}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env=env)
+    assert "CpuDevice" in done.stdout, done.stderr[-2000:]
+    assert "Unable to initialize backend" not in done.stderr, done.stderr

@@ -75,3 +75,21 @@ def test_training_lines_count_unknown_target_words_and_detection(root, capsys):
     assert report["unknown_token_share"] == 0.25  # 1 of the targets' 4 tokens
     assert cli.main([*argv, "--task", "open_vocabulary"]) == 1  # what an open-vocabulary evaluator would need
     assert "no 'labels'" in capsys.readouterr().err
+
+
+def test_a_run_with_workers_prints_no_noise(root):
+    """As a user runs it (no JAX_PLATFORMS, data workers): neither JAX's TPU probe nor the
+    resource tracker's leaked shared memory at exit reaches the terminal."""
+    import os
+    import subprocess
+    import sys
+
+    manifest = write_lines(root / "quiet.jsonl", [{"id": "a", "video": "face.mp4", "conversations": [
+        {"from": "human", "value": "<video>\nw12"}, {"from": "gpt", "value": "w40"}]}])
+    env = {k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS"}
+    done = subprocess.run([sys.executable, "-m", "omni_jax.cli", "data-check", "--manifest", str(manifest),
+                           "--config", "configs/omni_emotion.py:tiny", f"--config.data.tokenizer={root / 'tok'}",
+                           "--workers", "1"], capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "train" in done.stdout
+    assert "Unable to initialize backend" not in done.stderr and "leaked shared_memory" not in done.stderr, done.stderr

@@ -133,13 +133,16 @@ def prompt_batches(manifest: Any, tokenizer: Any, cfg: ml_collections.ConfigDict
     elements = iter(ordered_examples(source, PromptTransform(source, tokenizer, cfg, modalities), data, shard,
                                      shuffle=False))
     blank, pad_id = _padding_example(cfg, modalities), pad_id_of(tokenizer)
-    for _ in range(batch_count(len(source), count, batch_size)):
-        rows, examples = [], []
-        for row, example in elements:
-            rows.append(row)
-            examples.append(example)
-            if len(rows) == batch_size:
-                break
-        rows += [Row(0)] * (batch_size - len(rows))
-        examples += [None] * (batch_size - len(examples))
-        yield left_pad(examples, tuple(cfg.data.buckets), pad_id, blank), rows
+    try:
+        for _ in range(batch_count(len(source), count, batch_size)):
+            rows, examples = [], []
+            for row, example in elements:
+                rows.append(row)
+                examples.append(example)
+                if len(rows) == batch_size:
+                    break
+            rows += [Row(0)] * (batch_size - len(rows))
+            examples += [None] * (batch_size - len(examples))
+            yield left_pad(examples, tuple(cfg.data.buckets), pad_id, blank), rows
+    finally:
+        elements.close()  # the workers and their shared memory now, not "leaked" at exit

@@ -32,11 +32,15 @@ placeholder block (the model merges features row by row) and zero media flagged 
 """
 from __future__ import annotations
 
+import atexit
 import contextlib
 import dataclasses
+import functools
+import gc
 import logging
 import os
 import shutil
+import signal
 import tempfile
 from typing import Any, Callable, Iterator
 
@@ -263,9 +267,39 @@ def ordered_examples(source: ManifestSource, transform: Callable[[ManifestLine, 
     # at the 7B config (~20 MB an example) that is ~10 GB per worker. Bounded by the config.
     ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=data.threads, prefetch_buffer_size=data.prefetch))
     if data.workers > 0:
-        ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=data.workers,
-                                                         per_worker_buffer_size=data.prefetch))
+        ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=data.workers, per_worker_buffer_size=data.prefetch),
+                            worker_init_fn=leave_signals_to_the_main_process)
+        unlink_shared_memory_at_exit()
     return ds
+
+
+@functools.cache
+def unlink_shared_memory_at_exit() -> None:
+    """grain unlinks a worker's shared-memory array when the main process drops it, on a thread
+    pool the interpreter does not wait for: the last arrays of every command were left to the
+    resource tracker, which warned at exit of "leaked shared_memory objects" it then removed.
+    At exit (the arrays dropped by then) this waits for that pool. grain has no public hook for
+    it; where its private pool is gone, nothing is done."""
+    def drain() -> None:
+        from grain._src.python.ipc import shared_memory_array
+
+        gc.collect()
+        arrays = shared_memory_array.SharedMemoryArray
+        pool = getattr(arrays, "_del_thread_pool", None)
+        if pool is not None and hasattr(arrays, "_disable_async_del"):
+            arrays._disable_async_del()  # what is dropped from now on is unlinked at once
+            pool.close()
+            pool.join()
+
+    atexit.register(drain)
+
+
+def leave_signals_to_the_main_process(worker: int, workers: int) -> None:
+    """In each data worker: SIGINT and SIGTERM are ignored. A scheduler's SIGTERM and a
+    terminal's Ctrl-C reach the whole process group; a worker that died of them would fail the
+    run mid-batch, while the main process saves at the next step and stops the workers itself."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 # --------------------------------------------------------------------------- batches

@@ -139,9 +139,8 @@ class EmotionClassification(Evaluator):
     @staticmethod
     def reference_check(name: str, classes: Sequence[str] = (), **_: Any) -> Callable[[Any, str], None]:
         def check(label: Any, where: str) -> None:
-            if label not in classes:
-                raise InputError(f"{where}: label {label!r} is not in the class list {list(classes)} of "
-                                 f"evaluator {name!r}")
+            if scoring.reference_class(label, classes) is None:  # "Angry" names angry, as an answer would
+                raise InputError(f"{where}: {scoring.unknown_label(label, classes)} of evaluator {name!r}")
         return check
 
     def score(self, answered: list[dict[str, Any]]) -> dict[str, Any]:

@@ -110,8 +110,8 @@ def infer(cfg: ml_collections.ConfigDict, checkpoint: str | os.PathLike, video: 
 def score(task: str, predictions: str | os.PathLike, classes: Sequence[str] | None = None,
           synonyms: dict[str, Sequence[str]] | None = None) -> dict[str, Any]:
     """Metrics of a predictions file: `{"id", "answer", "label"}` lines (emotion_classification;
-    classes default to the labels seen) or `{"id", "answer", "labels"}` (open_vocabulary).
-    Lines with `skip` are counted, not scored."""
+    classes default to the labels seen; `synonyms` as the evaluator's) or `{"id", "answer",
+    "labels"}` (open_vocabulary). Lines with `skip` are counted, not scored."""
     path = Path(predictions)
     if not path.exists():
         raise MissingInputError(f"{path}: no such predictions file")

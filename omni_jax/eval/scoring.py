@@ -15,8 +15,9 @@ avg = their mean.
 """
 from __future__ import annotations
 
+import difflib
 import re
-from typing import Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -55,11 +56,29 @@ def map_answer(answer: str, classes: Sequence[str], synonyms: Mapping[str, Seque
     return named[0] if len(named) == 1 else None
 
 
-def check_labels(labels: Iterable[str], classes: Sequence[str]) -> None:
-    unknown = sorted(set(labels) - set(classes))
+def reference_class(label: Any, classes: Sequence[str]) -> str | None:
+    """The class a reference label names, normalised as answers are ("Angry " → angry); None if none."""
+    if label in classes:
+        return label
+    forms = {normalise(c): c for c in classes}
+    return forms.get(normalise(label)) if isinstance(label, str) else None
+
+
+def unknown_label(label: Any, classes: Sequence[str]) -> str:
+    """Why `label` is refused, with the nearest class when one is close."""
+    near = difflib.get_close_matches(normalise(label), list(classes), n=1) if isinstance(label, str) else []
+    hint = f" (did you mean {near[0]!r}?)" if near else ""
+    return f"label {label!r} is not in the class list {list(classes)}{hint}"
+
+
+def check_labels(labels: Sequence[str], classes: Sequence[str]) -> list[str]:
+    """The classes `labels` name (reference_class); an unknown one is an error naming it."""
+    named = [reference_class(label, classes) for label in labels]
+    unknown = sorted({str(label) for label, c in zip(labels, named) if c is None})
     if unknown:
-        raise InputError(f"references {unknown} are not in the class list {list(classes)}: set the evaluator's "
-                         "classes to the dataset's")
+        raise InputError(f"references {unknown} are not in the class list: {unknown_label(unknown[0], classes)}; "
+                         "set the evaluator's classes to the dataset's")
+    return named
 
 
 def confusion_matrix(labels: Sequence[str], predicted: Sequence[str | None], classes: Sequence[str]) -> np.ndarray:
@@ -91,9 +110,9 @@ def classification_scores(answers: Sequence[str], labels: Sequence[str], classes
     without references) and the confusion matrix; the per-answer mapping as `predicted`."""
     if not labels:
         raise InputError("no references to score")
-    check_labels(labels, classes)
+    named = check_labels(labels, classes)
     predicted = [map_answer(a, classes, synonyms) for a in answers]
-    matrix = confusion_matrix(labels, predicted, classes)
+    matrix = confusion_matrix(named, predicted, classes)
     totals = matrix.sum(axis=1)
     recall = {c: (float(matrix[i, i] / totals[i]) if totals[i] else None) for i, c in enumerate(classes)}
     present = [r for r in recall.values() if r is not None]

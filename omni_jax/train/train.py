@@ -127,13 +127,30 @@ def initial_params(trainer: Trainer, cfg: ml_collections.ConfigDict, init: Path 
 
 
 class Preemption:
-    """SIGTERM asks the run to save at the next step boundary and exit. With several
-    processes, jax's preemption service (which handles the signal) makes them agree on the step."""
+    """SIGTERM (a scheduler's, to the process or to its whole group) or a Ctrl-C (SIGINT) asks
+    the run to save at the next step boundary and stop; a second Ctrl-C stops at once
+    (KeyboardInterrupt, which `omni-jax` reports in one line). With several processes, jax's
+    preemption service (which handles SIGTERM) makes them agree on the step: a Ctrl-C is
+    handed to it as a SIGTERM. The data workers leave both signals to this process
+    (`pipeline.leave_signals_to_the_main_process`)."""
 
     def __init__(self):
-        self.requested, self.previous = threading.Event(), None
-        if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
-            self.previous = signal.signal(signal.SIGTERM, lambda *_: self.requested.set())
+        self.requested, self.interrupted, self.previous = threading.Event(), False, {}
+        if threading.current_thread() is threading.main_thread():
+            if jax.process_count() == 1:
+                self.previous[signal.SIGTERM] = signal.signal(signal.SIGTERM, lambda *_: self.requested.set())
+            self.previous[signal.SIGINT] = signal.signal(signal.SIGINT, self._interrupt)
+
+    def _interrupt(self, *_: Any) -> None:
+        if self.interrupted:
+            raise KeyboardInterrupt  # the second Ctrl-C
+        self.interrupted = True
+        log.warning("interrupted: saving at the next step (Ctrl-C again stops at once, losing the steps since the "
+                    "last checkpoint)")
+        if jax.process_count() > 1:
+            os.kill(os.getpid(), signal.SIGTERM)  # to jax's preemption service, which tells the other processes
+        else:
+            self.requested.set()
 
     def reached(self, step: int) -> bool:
         if jax.process_count() > 1:
@@ -141,8 +158,8 @@ class Preemption:
         return self.requested.is_set()
 
     def close(self) -> None:
-        if self.previous is not None:
-            signal.signal(signal.SIGTERM, self.previous)
+        for number, handler in self.previous.items():
+            signal.signal(number, handler)
 
 
 def align_hosts(name: str, minutes: float = 10) -> None:
@@ -236,7 +253,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str | os.PathLike, init: str 
                 logger.write_eval(step, {name: dict(evaluator.run(predict, workdir / "eval" / f"step_{step}"))
                                          for name, evaluator in evaluators})
             if preempted:
-                stopped = "preempted"
+                stopped = "interrupted" if preemption.interrupted else "preempted"
                 break
         checkpoints.wait()
     finally:

@@ -112,12 +112,17 @@ def test_the_configured_evaluators_run_during_training(uninterrupted):
     assert [e.step for e in events.Scalars("eval/dfew/war")] == [4, 8]
 
 
+WORKER = "--config.data.workers=1"  # a data worker process: signals to the process group reach it too
+
+
 def _launch(data: Path, workdir: Path) -> subprocess.Popen:
+    """A run with a data worker, in a process group of its own (as a scheduler starts it)."""
     # XLA_FLAGS and the session's compilation cache as conftest set them (8 devices, long
     # timeouts; the step the in-process run of reference compiled is loaded, not compiled again).
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    return subprocess.Popen([sys.executable, "-m", "omni_jax.cli", "--json", *args(data, workdir)], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen([sys.executable, "-m", "omni_jax.cli", "--json", *args(data, workdir, WORKER)], cwd=REPO,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
 
 
 def _wait_for(condition, process: subprocess.Popen, what: str, timeout: float = 300) -> None:
@@ -132,9 +137,10 @@ def _wait_for(condition, process: subprocess.Popen, what: str, timeout: float = 
 
 
 def test_sigkill_then_sigterm_then_resume_equals_the_uninterrupted_run(data, uninterrupted, tmp_path):
-    """Killed (SIGKILL) once its first checkpoint is committed, rerun and preempted (SIGTERM:
-    saves at the next step and exits 0), rerun to the end: every step after a restore has the
-    uninterrupted run's loss exactly, and the final parameters are the same."""
+    """Killed (SIGKILL) once its first checkpoint is committed, rerun and preempted (SIGTERM to
+    its whole process group, data worker included: saves at the next step and exits 0), rerun to
+    the end: every step after a restore has the uninterrupted run's loss exactly, metrics.jsonl
+    holds each step once, and the final parameters are the same."""
     workdir = tmp_path / "run"
     killed = _launch(data, workdir)
     _wait_for(lambda: (workdir / "checkpoints" / "2" / "commit_success.txt").exists(), killed, "checkpoint 2")
@@ -144,14 +150,15 @@ def test_sigkill_then_sigterm_then_resume_equals_the_uninterrupted_run(data, uni
     written = lines()
     preempted = _launch(data, workdir)
     _wait_for(lambda: lines() >= written + 2, preempted, "two steps of the rerun")
-    preempted.send_signal(signal.SIGTERM)
+    os.killpg(preempted.pid, signal.SIGTERM)
     output = preempted.communicate(timeout=300)[0]
     assert preempted.returncode == 0, output[-3000:]
+    assert "Traceback" not in output and "terminated unexpectedly" not in output, output[-3000:]
     summary = json.loads(output.splitlines()[-1])
     assert summary["stopped"] == "preempted" and summary["resumed_from"] == 2 and summary["step"] in summary[
         "checkpoints"]
     assert "final" not in summary and not (workdir / "final").exists()
-    assert cli.main(["--json", *args(data, workdir)]) == 0
+    assert cli.main(["--json", *args(data, workdir, WORKER)]) == 0
     expected, got = metrics(uninterrupted), metrics(workdir)
     assert sorted(got) == sorted(expected)
     steps = [json.loads(line)["step"] for line in (workdir / "metrics.jsonl").read_text().splitlines()]
@@ -162,6 +169,32 @@ def test_sigkill_then_sigterm_then_resume_equals_the_uninterrupted_run(data, uni
     _, reference = omni_jax.load_pretrained(uninterrupted / "final")
     for a, b in zip(jax.tree.leaves(final), jax.tree.leaves(reference)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_ctrl_c_saves_and_a_second_one_stops_at_once(data, tmp_path):
+    """Ctrl-C (SIGINT to the process group, data worker included): the run saves at the next
+    step and exits 130 with one line; rerun, two Ctrl-Cs stop it at once, 130 again, and neither
+    prints a traceback."""
+    workdir = tmp_path / "run"
+    lines = lambda: len((workdir / "metrics.jsonl").read_text().splitlines()) if (workdir / "metrics.jsonl").exists() else 0
+    interrupted = _launch(data, workdir)
+    _wait_for(lambda: lines() >= 1, interrupted, "a step")
+    os.killpg(interrupted.pid, signal.SIGINT)
+    output = interrupted.communicate(timeout=300)[0]
+    assert interrupted.returncode == 130, output[-3000:]
+    summary = json.loads(output.splitlines()[-1])
+    assert summary["stopped"] == "interrupted" and summary["step"] in summary["checkpoints"]
+    assert (workdir / "checkpoints" / str(summary["step"]) / "commit_success.txt").exists()
+    assert f"interrupted (Ctrl-C) and saved at step {summary['step']}" in output and "Traceback" not in output
+    assert "KeyboardInterrupt" not in output and "terminated unexpectedly" not in output
+    again = _launch(data, workdir)
+    _wait_for(lambda: lines() >= summary["step"] + 1, again, "a step of the rerun")
+    os.killpg(again.pid, signal.SIGINT)
+    time.sleep(0.2)
+    os.killpg(again.pid, signal.SIGINT)
+    output = again.communicate(timeout=300)[0]
+    assert again.returncode == 130, output[-3000:]
+    assert "omni-jax train: stopped (Ctrl-C)" in output and "Traceback" not in output, output[-3000:]
 
 
 def _free_port() -> int:
