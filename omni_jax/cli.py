@@ -15,7 +15,7 @@
 Each prints a readable result; with --json its last line is one JSON object. Every subcommand
 that takes --config also takes overrides of its fields: --config.train.learning_rate=2e-4.
 A mistake in the input is one line (`error: ...`, exit 1; --debug adds its traceback); anything
-else is a bug in omni_jax and shows its traceback (exit 2).
+else is a bug in omni_jax and shows its traceback (exit 70); a usage mistake exits 2, Ctrl-C 130.
 """
 from __future__ import annotations
 
@@ -31,9 +31,13 @@ from typing import Any, Callable
 
 from omni_jax import xla_cpu
 from omni_jax.config_flags import MODEL_PREFIX, apply_overrides, load_config, resolve_paths
-from omni_jax.errors import InputError, OutputExistsError, UserError
+from omni_jax.errors import InputError, OutputExistsError, Stopped, UserError
 
 DTYPE_CHOICES = ["float32", "bfloat16", "float16"]
+# the repository's 7B config, wherever the command runs from
+DEFAULT_CONFIG = str(Path(__file__).resolve().parents[1] / "configs" / "omni_emotion.py") + ":7b"
+# exit status of a bug (sysexits' EX_SOFTWARE), apart from input mistakes (1) and usage errors (2)
+BUG_EXIT = 70
 
 
 def _path(text: str) -> str:
@@ -115,7 +119,7 @@ def _add_assemble(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--llava", type=_existing, required=True, help="`omni-jax convert` output of a LLaVA-OneVision checkpoint")
     p.add_argument("--whisper", type=_existing, required=True, help="`omni-jax convert` output of a Whisper checkpoint")
     p.add_argument("--face", type=_existing, required=True, help="`omni-jax convert-facexformer` output")
-    p.add_argument("--config", default="configs/omni_emotion.py:7b", help="config file[:variant]")
+    p.add_argument("--config", default=DEFAULT_CONFIG, help="config file[:variant]")
     p.add_argument("--fusion", choices=FUSIONS, default=None,
                    help="override the config's fusion mode")
     p.add_argument("--dst", type=_path, required=True, help="new output directory (must not exist)")
@@ -159,7 +163,7 @@ def _add_plan(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("plan", help="compile a sharded train step ahead of time; per-device bytes and FLOPs",
                        description="Lowers and compiles the train step for a mesh of simulated CPU devices without "
                                    "materialising any weight, and prints XLA's memory and cost analyses.")
-    p.add_argument("--config", default="configs/omni_emotion.py:7b",
+    p.add_argument("--config", default=DEFAULT_CONFIG,
                    help="config file[:variant[,phase]] (the phase: what is trained, the batch's modalities)")
     p.add_argument("--mesh", type=_mesh_sizes, default={"data": 1, "fsdp": 8, "tensor": 1},
                    help="data=N,fsdp=N,tensor=N (their product is the device count)")
@@ -185,6 +189,9 @@ def _data_check(args: argparse.Namespace) -> dict[str, Any]:
         config.data.tokenizer = args.tokenizer
     if args.workers is not None:
         config.data.workers = args.workers
+    if not config.data.tokenizer:
+        raise InputError("data-check needs the tokenizer the run will use: --tokenizer DIR (or "
+                         "--config.data.tokenizer=DIR)")
     tokenizer = load_tokenizer(config, None)
     with tqdm(total=len(ManifestSource(args.manifest)), unit="clip", file=sys.stderr, disable=args.json) as bar:
         return check_manifest(args.manifest, tokenizer, config, args.task, args.max_skip_fraction,
@@ -204,7 +211,7 @@ def _add_data_check(sub: argparse._SubParsersAction) -> None:
                                    "histogram over the config's buckets and clips/s. Exits 1 when more than "
                                    "--max-skip-fraction of the lines would be skipped.")
     p.add_argument("--manifest", type=_existing, required=True, help="JSONL manifest (docs/data.md)")
-    p.add_argument("--config", default="configs/omni_emotion.py:7b", help="config file[:variant[,phase]]")
+    p.add_argument("--config", default=DEFAULT_CONFIG, help="config file[:variant[,phase]]")
     p.add_argument("--tokenizer", type=_existing, default=None,
                    help="tokenizer directory (default: the config's data.tokenizer)")
     p.add_argument("--task", choices=TASKS, default=None,
@@ -336,7 +343,7 @@ def _add_infer(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--audio", type=_existing, default=None, help="an audio file to use instead of the clip's own track")
     p.add_argument("--question", default=None, help="default: what the person feels and which cues show it")
     p.add_argument("--max-new-tokens", type=int, default=0, help="default: the config's eval.max_new_tokens")
-    p.add_argument("--config", default=str(Path(__file__).resolve().parents[1] / "configs/omni_emotion.py:7b"),
+    p.add_argument("--config", default=DEFAULT_CONFIG,
                    help="config file[:variant] for the run's sections (buckets, eval; default: the 7b config)")
     p.set_defaults(run=_infer)
 
@@ -364,7 +371,7 @@ def _add_score(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--task", required=True, choices=["emotion_classification", "open_vocabulary"])
     p.add_argument("--predictions", type=_existing, required=True, help='JSONL: {"id", "answer", "label"} or {"id", "answer", '
                                                         '"labels": [...]} per line')
-    p.add_argument("--config", default=str(Path(__file__).resolve().parents[1] / "configs/omni_emotion.py:7b"),
+    p.add_argument("--config", default=DEFAULT_CONFIG,
                    help="config file[:variant] whose evaluator scores (default: the 7b config)")
     p.add_argument("--evaluator", default=None, help="which of the config's evaluators (default: the first of the task)")
     p.add_argument("--classes", default=None, help="comma-separated class list (classification; default: the "
@@ -458,6 +465,12 @@ def main(argv: list[str] | None = None) -> int:
         if hasattr(args, "config"):
             args.config = resolve_paths(apply_overrides(load_config(args.config), overrides))
         result = args.run(args)
+    except Stopped as stopped:  # SIGTERM or Ctrl-C between items: the work done is kept
+        print(f"omni-jax {args.command}: {stopped}", file=sys.stderr)
+        if args.json:
+            print(json.dumps({"ok": False, "stopped": "interrupted" if stopped.interrupted else "preempted",
+                              "message": str(stopped)}))
+        return 130 if stopped.interrupted else 0
     except KeyboardInterrupt:  # a second Ctrl-C during training, or one during any other command
         print(f"omni-jax {args.command}: stopped (Ctrl-C)", file=sys.stderr)
         return 130
@@ -474,7 +487,7 @@ def main(argv: list[str] | None = None) -> int:
               "with the traceback above", file=sys.stderr)
         if args.json:
             print(json.dumps({"ok": False, "error": f"{type(e).__name__}: {e}", "bug": True}))
-        return 2
+        return BUG_EXIT
     if result.get("stopped") == "interrupted":  # a Ctrl-C that training answered by saving
         print(f"omni-jax {args.command}: interrupted (Ctrl-C) and saved at step {result['step']}; the same command "
               "resumes", file=sys.stderr)

@@ -49,8 +49,8 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
 
 def _parse(text: str, current: Any, name: str) -> Any:
     """`text` as a value of `current`'s type."""
-    def wrong(expected: str) -> ValueError:
-        return ValueError(f"{PREFIX}{name}={text}: expected {expected} (the field holds {current!r})")
+    def wrong(expected: str) -> InputError:
+        return InputError(f"{PREFIX}{name}={text}: expected {expected} (the field holds {current!r})")
 
     if isinstance(current, bool):
         if text.lower() not in ("true", "false", "1", "0", "yes", "no"):

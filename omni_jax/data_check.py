@@ -85,7 +85,7 @@ def training_pass(manifest: str, tokenizer: Any, cfg: ml_collections.ConfigDict,
 def evaluation_pass(manifest: str, tokenizer: Any, cfg: ml_collections.ConfigDict, question: str | None,
                     progress: Callable[[int], None]) -> Pass:
     """The prompts generation would build, with their media decoded, once over every line."""
-    seen = Pass(facts={"face_detected": 0, "face_fallback": 0, "audio_cut": 0})
+    seen = Pass(facts={key: 0 for key in STATS + FLAGS})
     for arrays, rows in prompt_batches(manifest, tokenizer, cfg, 1, modalities=cfg.eval.modalities, question=question,
                                        process=(0, 1)):
         row = rows[0]
@@ -97,10 +97,8 @@ def evaluation_pass(manifest: str, tokenizer: Any, cfg: ml_collections.ConfigDic
         else:
             seen.usable += 1
             seen.lengths.append(int(arrays["attention_mask"].sum()))
-            faces = row.used.get("faces", "manifest")
-            seen.facts["face_detected"] += faces in ("detector", "manifest+detector")
-            seen.facts["face_fallback"] += faces == "fallback"
-            seen.facts["audio_cut"] += row.used.get("audio_heard_seconds", 0) < row.used.get("audio_seconds", 0)
+            for key in seen.facts:
+                seen.facts[key] += row.facts.get(key, False)
         progress(seen.examples)
     return seen
 

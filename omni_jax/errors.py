@@ -13,6 +13,8 @@ would catch (ValueError, FileNotFoundError, ...), so library users keep their `e
     ├── CheckpointRefused   a checkpoint or workdir this run cannot start from or resume
     ├── RunStopped          a run that cannot go on (too many skipped examples, non-finite steps, ...)
     └── EndpointError       an HTTP endpoint (the judge, ...) that cannot be used
+
+`Stopped` is no error: a long job that SIGTERM or Ctrl-C stopped between items, its work kept.
 """
 from __future__ import annotations
 
@@ -43,3 +45,12 @@ class RunStopped(UserError, RuntimeError):
 
 class EndpointError(UserError, ConnectionError):
     """An endpoint (OpenAI-compatible server) that cannot be reached or keeps refusing requests."""
+
+
+class Stopped(Exception):
+    """A long job stopped between items by SIGTERM or Ctrl-C; what it finished is kept and the
+    same command resumes. `omni-jax` exits 0 (SIGTERM) or 130 (`interrupted`: Ctrl-C)."""
+
+    def __init__(self, message: str, interrupted: bool = False):
+        super().__init__(message)
+        self.interrupted = interrupted

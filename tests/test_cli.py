@@ -47,7 +47,7 @@ def test_a_bug_inside_a_subcommand_keeps_its_traceback(tmp_path, capsys, monkeyp
         return {"uar": {}["uar"]}  # a KeyError inside the package, as a bug would raise it
 
     monkeypatch.setattr(run, "score", broken_score)
-    assert cli.main(["--json", *_predictions(tmp_path)]) == 2
+    assert cli.main(["--json", *_predictions(tmp_path)]) == cli.BUG_EXIT == 70
     captured = capsys.readouterr()
     assert "Traceback (most recent call last)" in captured.err and "in broken_score" in captured.err
     assert "KeyError: 'uar'" in captured.err and "this is a bug in omni_jax" in captured.err.splitlines()[-1]

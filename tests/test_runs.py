@@ -13,8 +13,8 @@ import omni_jax
 from configs import omni_emotion
 from omni_jax import registry
 from omni_jax.conversion.engine import CONFIG_FILE, save_params
-from omni_jax.errors import CheckpointRefused
-from omni_jax.runs import FINE_TUNABLE, RUN_FILE, run_config
+from omni_jax.errors import CheckpointRefused, InputError
+from omni_jax.runs import FINE_TUNABLE, RUN_FILE, load_tokenizer, run_config
 from omni_jax.train.train import ConfigChangedError, check_workdir
 
 # Written by the code before the change (commit 27d7c7e): `omni-jax assemble`'s config file of
@@ -110,3 +110,17 @@ def test_an_override_equal_to_the_checkpoints_value_is_no_change(checkpoint):
     cfg = omni_emotion.get_config("7b")
     cfg.model.text.hidden_size = 64  # the tiny checkpoint's width, typed out
     assert run_config(cfg, checkpoint, model_overrides=["text.hidden_size"]).model.text.hidden_size == 64
+
+
+def test_a_tokenizer_that_is_not_there_is_named(tmp_path):
+    cfg = omni_emotion.get_config("tiny")
+    cfg.data.tokenizer = str(tmp_path / "nothing")
+    with pytest.raises(InputError, match="nothing: the tokenizer is a folder"):
+        load_tokenizer(cfg, None)
+    (tmp_path / "empty").mkdir()
+    cfg.data.tokenizer = str(tmp_path / "empty")
+    with pytest.raises(InputError, match="empty: no tokenizer in this folder"):
+        load_tokenizer(cfg, None)
+    cfg.data.tokenizer = ""
+    with pytest.raises(InputError, match="no tokenizer: start from a checkpoint"):
+        load_tokenizer(cfg, None)

@@ -91,7 +91,7 @@ class CheckpointReader:
         except pickle.UnpicklingError as error:  # torch's advice here is to load it unsafely: not ours
             named = re.search(r"(?i)unsupported global:? (\S+)", str(error))  # torch names the global it met
             found = named.group(1) if named else "a non-tensor object"
-            raise ValueError(
+            raise CheckpointRefused(
                 f"{file}: holds {found}, not only tensors, so it was not loaded (unpickling it could run code). From "
                 "a copy you trust, write a safe file: torch.load(..., weights_only=False) there, then "
                 "safetensors.torch.save_file(state_dict, 'model.safetensors')") from None

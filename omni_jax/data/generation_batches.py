@@ -27,8 +27,8 @@ import numpy as np
 from omni_jax.data import text
 from omni_jax.data.errors import ExampleError
 from omni_jax.data.manifest import ManifestLine, ManifestSource
-from omni_jax.data.pipeline import (FLAGS, MEDIA, NO_MEDIA, bucket_length, media_inputs, media_used, ordered_examples,
-                                    pad_id_of, prompt_blocks)
+from omni_jax.data.pipeline import (FLAGS, MEDIA, NO_MEDIA, STATS, bucket_length, media_inputs, media_used,
+                                    ordered_examples, pad_id_of, prompt_blocks)
 from omni_jax.modality_tokens import MODALITIES, parse_modalities
 
 
@@ -45,6 +45,7 @@ class Row:
     skip: str | None = None
     message: str = ""
     used: dict[str, Any] = dataclasses.field(default_factory=dict)  # pipeline.media_used
+    facts: dict[str, bool] = dataclasses.field(default_factory=dict)  # pipeline.STATS + FLAGS, as training counts them
 
     @property
     def padding(self) -> bool:
@@ -78,7 +79,8 @@ class PromptTransform:
             ids = text.tokenize_prompt(turns, self.tokenizer, self.cfg.model, max(self.cfg.data.buckets), blocks=blocks,
                                        name=f"{record.id} ({record.where})")
             example = {"input_ids": ids, **media_inputs(record, self.cfg, self.modalities)}
-            return dataclasses.replace(row, used=media_used(example, self.cfg.data.num_frames)), example
+            facts = {key: bool(example[key]) for key in STATS + FLAGS if key in example}
+            return dataclasses.replace(row, used=media_used(example, self.cfg.data.num_frames), facts=facts), example
         except ExampleError as error:
             return Row(line.number, record_id, skip=error.reason, message=str(error)), None
 
@@ -119,11 +121,13 @@ def batch_count(lines: int, processes: int, batch_size: int) -> int:
 
 def prompt_batches(manifest: Any, tokenizer: Any, cfg: ml_collections.ConfigDict, batch_size: int, *,
                    modalities: str | tuple[str, ...] = MODALITIES, question: str | None = None,
-                   process: tuple[int, int] | None = None) -> Iterator[tuple[dict[str, np.ndarray], list[Row]]]:
+                   process: tuple[int, int] | None = None,
+                   start_batch: int = 0) -> Iterator[tuple[dict[str, np.ndarray], list[Row]]]:
     """This process's prompt batches: (arrays, rows) with arrays input_ids, attention_mask
     [batch_size, bucket] int32 (left-padded) and the media of `modalities` (as `make_pipeline`
     gives them); rows: a Row per batch row. question: the human turn of lines without
-    `conversations`. process: (index, count), default JAX's."""
+    `conversations`. process: (index, count), default JAX's. start_batch: the batches before
+    it are left out (a resumed run), their lines never read."""
     modalities = parse_modalities(modalities)
     index, count = process or (jax.process_index(), jax.process_count())
     source = ManifestSource(manifest, question)
@@ -131,10 +135,10 @@ def prompt_batches(manifest: Any, tokenizer: Any, cfg: ml_collections.ConfigDict
     data.epochs = 1
     shard = grain.sharding.ShardOptions(shard_index=index, shard_count=count, drop_remainder=False)
     elements = iter(ordered_examples(source, PromptTransform(source, tokenizer, cfg, modalities), data, shard,
-                                     shuffle=False))
+                                     shuffle=False, skip=start_batch * batch_size))
     blank, pad_id = _padding_example(cfg, modalities), pad_id_of(tokenizer)
     try:
-        for _ in range(batch_count(len(source), count, batch_size)):
+        for _ in range(start_batch, batch_count(len(source), count, batch_size)):
             rows, examples = [], []
             for row, example in elements:
                 rows.append(row)

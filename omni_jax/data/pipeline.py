@@ -247,13 +247,14 @@ class ExampleTransform:
 
 def ordered_examples(source: ManifestSource, transform: Callable[[ManifestLine, np.random.Generator], Any],
                      data: ml_collections.ConfigDict,
-                     shard: grain.sharding.ShardOptions, shuffle: bool = True) -> grain.IterDataset:
+                     shard: grain.sharding.ShardOptions, shuffle: bool = True, skip: int = 0) -> grain.IterDataset:
     """This process's examples (or Skipped markers) in training order, decoded by workers.
 
     One global order (every epoch shuffled anew), dealt out element by element: process h of H
     takes h, h + H, h + 2H, …, so a step's batches of b on the H hosts together hold exactly
     the H·b examples one process would batch at that step: the run does not depend on the host
-    count. With drop_remainder the order is cut to a multiple of H (every host, equal steps)."""
+    count. With drop_remainder the order is cut to a multiple of H (every host, equal steps).
+    skip: this process's first elements left out, never decoded (a resumed evaluation)."""
     _absl_flags_parsed()
     ds = grain.MapDataset.source(source)
     if shuffle:
@@ -262,7 +263,7 @@ def ordered_examples(source: ManifestSource, transform: Callable[[ManifestLine, 
     if shard.drop_remainder and data.epochs is not None:
         ds = ds[:len(ds) - len(ds) % shard.shard_count]
     # lazily mapped: each host decodes only its share, with the draws of the element's global place
-    ds = ds.random_map(transform, seed=data.seed)[shard.shard_index::shard.shard_count]
+    ds = ds.random_map(transform, seed=data.seed)[shard.shard_index::shard.shard_count][skip:]
     # grain's default read options run 16 threads with a 500-example buffer in every process:
     # at the 7B config (~20 MB an example) that is ~10 GB per worker. Bounded by the config.
     ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=data.threads, prefetch_buffer_size=data.prefetch))

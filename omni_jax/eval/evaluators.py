@@ -36,7 +36,7 @@ from omni_jax.errors import InputError, MissingInputError, RunStopped
 from omni_jax.eval import judge, scoring
 from omni_jax.eval.predict import media_counts, write_predictions
 
-Predict = Callable[[str, "str | None"], list[dict[str, Any]]]
+Predict = Callable[..., list[dict[str, Any]]]  # predict(manifest, question, progress=None): eval.predict.Predictor
 
 
 def _references(manifest: str, key: str, check: Callable[[Any, str], None]) -> None:
@@ -95,6 +95,10 @@ class Evaluator(abc.ABC):
                              f"(eval.max_skip_fraction "
                              f"{self.max_skip_fraction}; set it higher to score what can be read)")
 
+    def progress_file(self, out_dir: Path) -> Path:
+        """Where a resumable run keeps its answers (one file per process beside this name)."""
+        return out_dir / "predictions" / f".{self.name}.progress"
+
     def check_media(self) -> None:
         """Before the model loads: the lines no decoding can use (missing or empty files,
         malformed lines) within max_skip_fraction."""
@@ -102,14 +106,16 @@ class Evaluator(abc.ABC):
         problems = unusable_lines(source)
         self._check_skips(problems, len(problems), len(source))
 
-    def run(self, predict: Predict, out_dir: Path) -> Iterator[tuple[str, Any]]:
+    def run(self, predict: Predict, out_dir: Path, resumable: bool = False) -> Iterator[tuple[str, Any]]:
+        """resumable: the answers are kept batch by batch (`progress_file`), so a stopped run
+        resumes; whoever runs it removes those files once every evaluator is done."""
         scores: dict[str, Any] = {}
 
         def annotate(merged: list[dict[str, Any]]) -> list[dict[str, Any]]:
             scores.update(self._scores(merged))  # process 0: the per-clip figures go into the file
             return merged
 
-        predictions = predict(self.manifest, self.question)
+        predictions = predict(self.manifest, self.question, self.progress_file(out_dir) if resumable else None)
         skips = [(p["skip"], p["message"]) for p in predictions if "skip" in p]
         # every process decides on the same global counts (each holds its share of the lines)
         skipped, total = np.sum(multihost_utils.process_allgather(np.array([len(skips), len(predictions)])).reshape(

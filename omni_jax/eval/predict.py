@@ -17,10 +17,12 @@ looking complete), then removes the parts.
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator, TextIO
 
 import jax
 import ml_collections
@@ -28,11 +30,15 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, PartitionSpec
 
-from omni_jax.data.generation_batches import Row, prompt_batches
+from omni_jax.data.generation_batches import Row, batch_count, prompt_batches
+from omni_jax.data.manifest import ManifestSource
 from omni_jax.data.pipeline import FACE_SOURCES, global_batch, pad_id_of
-from omni_jax.errors import InputError
+from omni_jax.errors import InputError, Stopped
 from omni_jax.generate import generate
 from omni_jax.sharding import activate
+from omni_jax.stopping import StopRequest
+
+log = logging.getLogger(__name__)
 
 
 def stop_token_ids(tokenizer: Any) -> tuple[int, ...]:
@@ -53,8 +59,11 @@ class Predictor:
     cfg.eval: modalities (the prompt's blocks and the media decoded), batch_size (per process),
     max_new_tokens, temperature (0: greedy), top_k, top_p, seed, stop (strings)."""
 
-    def __init__(self, model: Any, params: Any, tokenizer: Any, cfg: ml_collections.ConfigDict, mesh: Mesh):
+    def __init__(self, model: Any, params: Any, tokenizer: Any, cfg: ml_collections.ConfigDict, mesh: Mesh,
+                 stop: StopRequest | None = None, resume_key: dict[str, Any] | None = None):
         self.model, self.params, self.tokenizer, self.cfg, self.mesh = model, params, tokenizer, cfg, mesh
+        # asked after each batch; what else must match for a progress file to be resumed (the checkpoint)
+        self.stop, self.resume_key = stop, resume_key or {}
         self.pad_id, self.stop_ids = pad_id_of(tokenizer), stop_token_ids(tokenizer)
         devices = mesh.shape["data"] * mesh.shape["fsdp"] // jax.process_count()
         if cfg.eval.batch_size % max(devices, 1):
@@ -80,14 +89,78 @@ class Predictor:
         tokens = tokens[:ends[0]] if len(ends) else tokens
         return cut_at_stop(self.tokenizer.decode(tokens.tolist(), skip_special_tokens=True), tuple(self.cfg.eval.stop))
 
-    def __call__(self, manifest: str | os.PathLike, question: str | None = None) -> list[dict[str, Any]]:
-        ev, predictions = self.cfg.eval, []
+    def __call__(self, manifest: str | os.PathLike, question: str | None = None,
+                 progress: Path | None = None) -> list[dict[str, Any]]:
+        """This process's predictions. progress: this process keeps its answers batch by batch in
+        PROGRESS-i-of-n, so a stopped or killed run resumes after the last batch every process
+        finished (a file made for other settings, `resume_key`, is started over); `stop` is
+        asked after each batch (raises Stopped)."""
+        ev = self.cfg.eval
+        key = {"manifest": str(manifest), "question": question, "eval": self.cfg.eval.to_dict(),
+               "buckets": list(self.cfg.data.buckets), "processes": jax.process_count(), **self.resume_key}
+        record = None if progress is None else progress.with_name(
+            f"{progress.name}-{jax.process_index()}-of-{jax.process_count()}")
+        kept = read_progress(record, key) if record is not None else []
+        # every process resumes at the same batch: the fewest any of them finished
+        start = int(np.min(multihost_utils.process_allgather(np.array(len(kept)))))
+        predictions = [p for batch in kept[:start] for p in batch]
+        total = batch_count_of(manifest, jax.process_count(), ev.batch_size)
+        if start:
+            log.info("%s: resuming after batch %d of %d (%s)", manifest, start, total, record)
         batches = prompt_batches(manifest, self.tokenizer, self.cfg, ev.batch_size, modalities=ev.modalities,
-                                 question=question)
-        for index, (arrays, rows) in enumerate(batches):
-            tokens = self.generate(arrays, index)
-            predictions += [prediction(row, self.answer(t)) for row, t in zip(rows, tokens) if not row.padding]
+                                 question=question, start_batch=start)
+        with contextlib.ExitStack() as files:
+            out = None if record is None else files.enter_context(_rewritten(record, key, kept[:start]))
+            for index, (arrays, rows) in enumerate(batches, start=start):
+                tokens = self.generate(arrays, index)
+                batch = [prediction(row, self.answer(t)) for row, t in zip(rows, tokens) if not row.padding]
+                predictions += batch
+                if out is not None:
+                    out.write(json.dumps({"batch": index, "predictions": batch}, ensure_ascii=False) + "\n")
+                    out.flush()
+                if self.stop is not None and index + 1 < total and self.stop.reached(index):
+                    raise Stopped(f"stopped after batch {index + 1} of {total} of {manifest}; the same command "
+                                  "resumes from there", interrupted=self.stop.interrupted)
         return predictions
+
+
+def read_progress(path: Path, key: dict[str, Any]) -> list[list[dict[str, Any]]]:
+    """The batches of predictions a progress file holds, in order, if it was made with `key`
+    (else none); a line a kill cut short ends it."""
+    if not path.exists():
+        return []
+    batches = []
+    with path.open() as lines:
+        try:
+            if json.loads(next(lines)).get("key") != json.loads(json.dumps(key)):
+                log.info("%s was made with other settings: starting over", path)
+                return []
+            for number, line in enumerate(lines):
+                entry = json.loads(line)
+                if entry.get("batch") != number:
+                    break
+                batches.append(entry["predictions"])
+        except (StopIteration, json.JSONDecodeError, KeyError):
+            pass
+    return batches
+
+
+@contextlib.contextmanager
+def _rewritten(path: Path, key: dict[str, Any], batches: list[list[dict[str, Any]]]) -> Iterator[TextIO]:
+    """The progress file anew (renamed into place) with `key` and the batches kept, open to append."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("w") as out:
+        out.write(json.dumps({"key": key}) + "\n")
+        out.writelines(json.dumps({"batch": i, "predictions": b}, ensure_ascii=False) + "\n"
+                       for i, b in enumerate(batches))
+    os.replace(tmp, path)
+    with path.open("a") as out:
+        yield out
+
+
+def batch_count_of(manifest: str | os.PathLike, processes: int, batch_size: int) -> int:
+    return batch_count(len(ManifestSource(manifest)), processes, batch_size)
 
 
 def prediction(row: Row, answer: str) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from typing import Any, Sequence
 
 import jax
 import ml_collections
+from jax.experimental import multihost_utils
 
 from omni_jax.errors import InputError, MissingInputError
 from omni_jax.eval import scoring
@@ -27,6 +28,7 @@ from omni_jax.eval.predict import Predictor
 from omni_jax.pretrained import load_pretrained
 from omni_jax.runs import load_tokenizer, resolve_checkpoint, run_config
 from omni_jax.sharding import make_mesh
+from omni_jax.stopping import StopRequest
 
 log = logging.getLogger(__name__)
 
@@ -59,15 +61,22 @@ def evaluate(cfg: ml_collections.ConfigDict, checkpoint: str | os.PathLike, work
         raise InputError(f"no evaluator has a manifest: set --config.evals.NAME.manifest=FILE.jsonl for one of "
                          f"{sorted(cfg.evals)}")
     cfg, predict = load_predictor(cfg, checkpoint, model_overrides)
+    # SIGTERM or Ctrl-C stops after the current batch (Stopped); the rerun resumes there
+    predict.resume_key = {"checkpoint": str(resolve_checkpoint(checkpoint))}
     results = {}
-    for name, evaluator in evaluators:
-        results[name] = dict(evaluator.run(predict, workdir))
-        log.info("%s: %s", name, ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
-                                          for k, v in results[name].items()))
+    with StopRequest("stopping after the current batch") as predict.stop:
+        for name, evaluator in evaluators:
+            results[name] = dict(evaluator.run(predict, workdir, resumable=True))
+            log.info("%s: %s", name, ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+                                              for k, v in results[name].items()))
     if jax.process_index() == 0:
         tmp = workdir / ".metrics.json.tmp"
         tmp.write_text(json.dumps({"modalities": cfg.eval.modalities, **results}, indent=2))
         os.replace(tmp, workdir / "metrics.json")
+    multihost_utils.sync_global_devices("evaluated: progress files no longer needed")
+    for _, evaluator in evaluators:
+        for record in evaluator.progress_file(workdir).parent.glob(f"{evaluator.progress_file(workdir).name}-*"):
+            record.unlink(missing_ok=True)
     return results
 
 
@@ -111,7 +120,8 @@ def score(task: str, predictions: str | os.PathLike, classes: Sequence[str] | No
           synonyms: dict[str, Sequence[str]] | None = None) -> dict[str, Any]:
     """Metrics of a predictions file: `{"id", "answer", "label"}` lines (emotion_classification;
     classes default to the labels seen; `synonyms` as the evaluator's) or `{"id", "answer",
-    "labels"}` (open_vocabulary). Lines with `skip` are counted, not scored."""
+    "labels"}` (open_vocabulary: grouped by the table, or by the `groups` eval's judge gave every
+    line). Lines with `skip` are counted, not scored."""
     path = Path(predictions)
     if not path.exists():
         raise MissingInputError(f"{path}: no such predictions file")
@@ -129,6 +139,9 @@ def score(task: str, predictions: str | os.PathLike, classes: Sequence[str] | No
                                             classes, synonyms)
         out = {k: out[k] for k in ("uar", "war", "unmapped", "strict_uar", "strict_war", "recall")}
     else:
-        out = scoring.open_vocabulary_scores([p["answer"] for p in answered], [p["labels"] for p in answered])
+        # eval's own file with the judge's grouping (grouping="llm") carries each clip's groups: the same figures
+        groups = iter([p["groups"] for p in answered]) if all("groups" in p for p in answered) else None
+        out = scoring.open_vocabulary_scores([p["answer"] for p in answered], [p["labels"] for p in answered],
+                                             group_of=(lambda true, predicted: next(groups)) if groups else None)
         out = {k: out[k] for k in ("precision", "recall", "avg")}
     return {**out, "clips": len(answered), "skipped": len(lines) - len(answered)}

@@ -57,11 +57,12 @@ def map_answer(answer: str, classes: Sequence[str], synonyms: Mapping[str, Seque
 
 
 def reference_class(label: Any, classes: Sequence[str]) -> str | None:
-    """The class a reference label names, normalised as answers are ("Angry " → angry); None if none."""
+    """The class a reference label names, case and surrounding space aside ("Angry " → angry);
+    None if none."""
     if label in classes:
         return label
-    forms = {normalise(c): c for c in classes}
-    return forms.get(normalise(label)) if isinstance(label, str) else None
+    forms = {c.strip().casefold(): c for c in classes}
+    return forms.get(label.strip().casefold()) if isinstance(label, str) else None
 
 
 def unknown_label(label: Any, classes: Sequence[str]) -> str:
@@ -163,7 +164,7 @@ def open_vocabulary_scores(answers: Sequence[str | Sequence[str]], references: S
     group_of(true_words, predicted_words) → {word: group} decides the groups of one clip (the
     LLM grouping); by default the table's group, an unknown word its own group."""
     if not references:
-        raise ValueError("no references to score")
+        raise InputError("no references to score")
     table = word_groups() if table is None else table
     precision, recall = [], []
     for answer, reference in zip(answers, references):

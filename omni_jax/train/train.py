@@ -20,8 +20,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import signal
-import threading
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -42,6 +40,7 @@ from omni_jax.flops import matmul_flops
 from omni_jax.pretrained import load_pretrained, save_pretrained
 from omni_jax.runs import RUN_FILE, load_tokenizer, nested_run_config, resolve_checkpoint, run_config
 from omni_jax.sharding import make_mesh
+from omni_jax.stopping import StopRequest
 from omni_jax.train.checkpoint import Checkpoints
 from omni_jax.train.metric_logger import MetricLogger, peak_flops
 from omni_jax.train.step import Trainer, make_trainer, training_model_config
@@ -126,42 +125,6 @@ def initial_params(trainer: Trainer, cfg: ml_collections.ConfigDict, init: Path 
     return params
 
 
-class Preemption:
-    """SIGTERM (a scheduler's, to the process or to its whole group) or a Ctrl-C (SIGINT) asks
-    the run to save at the next step boundary and stop; a second Ctrl-C stops at once
-    (KeyboardInterrupt, which `omni-jax` reports in one line). With several processes, jax's
-    preemption service (which handles SIGTERM) makes them agree on the step: a Ctrl-C is
-    handed to it as a SIGTERM. The data workers leave both signals to this process
-    (`pipeline.leave_signals_to_the_main_process`)."""
-
-    def __init__(self):
-        self.requested, self.interrupted, self.previous = threading.Event(), False, {}
-        if threading.current_thread() is threading.main_thread():
-            if jax.process_count() == 1:
-                self.previous[signal.SIGTERM] = signal.signal(signal.SIGTERM, lambda *_: self.requested.set())
-            self.previous[signal.SIGINT] = signal.signal(signal.SIGINT, self._interrupt)
-
-    def _interrupt(self, *_: Any) -> None:
-        if self.interrupted:
-            raise KeyboardInterrupt  # the second Ctrl-C
-        self.interrupted = True
-        log.warning("interrupted: saving at the next step (Ctrl-C again stops at once, losing the steps since the "
-                    "last checkpoint)")
-        if jax.process_count() > 1:
-            os.kill(os.getpid(), signal.SIGTERM)  # to jax's preemption service, which tells the other processes
-        else:
-            self.requested.set()
-
-    def reached(self, step: int) -> bool:
-        if jax.process_count() > 1:
-            return multihost_utils.reached_preemption_sync_point(step)
-        return self.requested.is_set()
-
-    def close(self) -> None:
-        for number, handler in self.previous.items():
-            signal.signal(number, handler)
-
-
 def align_hosts(name: str, minutes: float = 10) -> None:
     """Every process waits here for the others, at the coordinator's barrier (not a collective).
     XLA:CPU's collectives (gloo) give a process 30 s to join another's first collective over a
@@ -203,7 +166,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str | os.PathLike, init: str 
         log.info("resumed from step %d (%s)", start, workdir / "checkpoints")
     step = int(state["step"])
     pad_id, flops = pad_id_of(tokenizer), {}
-    preemption, stopped = Preemption(), "finished"
+    preemption, stopped = StopRequest(), "finished"
     logger = None
     last_save, profiling = time.monotonic(), False
     try:

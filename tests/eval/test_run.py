@@ -223,3 +223,41 @@ def test_an_evaluation_that_cannot_read_enough_fails_naming_why(setup, tmp_path,
     message = error(*eval_args(setup, tmp_path / "b", f"--config.evals.dfew.manifest={corrupt}"))
     assert "2 of 3 lines cannot be used (corrupt_video 2)" in message and "bad1.mp4" in message
     assert loaded and not (tmp_path / "b" / "predictions" / "dfew.jsonl").exists()
+
+
+def test_a_stopped_evaluation_resumes_after_its_last_batch(setup, evaluated, tmp_path):
+    """SIGTERM to an evaluation's process group stops it after the current batch (exit 0, one
+    line, its answers kept); the same command resumes after that batch, and the predictions are
+    those of a run never stopped."""
+    import signal
+    import time
+
+    lines = [{**line, "video": str(setup / line["video"])} for line in predictions(setup / "dfew.jsonl")
+             if line["id"] != "gone"] * 4  # 20 batches of one
+    manifest = tmp_path / "long.jsonl"
+    manifest.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    flags = " ".join(f for f in os.environ.get("XLA_FLAGS", "").split() if f.startswith("--xla_cpu_collective"))
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": f"--xla_force_host_platform_device_count=1 {flags}"}
+    command = [sys.executable, "-m", "omni_jax.cli", *eval_args(setup, tmp_path / "w", "--config.eval.batch_size=1",
+                                                                 f"--config.evals.dfew.manifest={manifest}")]
+    stopped = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               start_new_session=True)
+    progress = tmp_path / "w" / "predictions" / ".dfew.progress-0-of-1"
+    deadline = time.monotonic() + 300
+    while not (progress.exists() and len(progress.read_text().splitlines()) >= 3):  # the key and two batches
+        assert stopped.poll() is None and time.monotonic() < deadline, stopped.communicate()[0][-3000:]
+        time.sleep(0.05)
+    os.killpg(stopped.pid, signal.SIGTERM)
+    output = stopped.communicate(timeout=300)[0]
+    assert stopped.returncode == 0 and "Traceback" not in output, output[-3000:]
+    done = len(progress.read_text().splitlines()) - 1
+    assert f"omni-jax eval: stopped after batch {done} of 20" in output and 2 <= done < 20
+    assert not (tmp_path / "w" / "predictions" / "dfew.jsonl").exists()
+
+    resumed = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resuming after batch {done} of 20" in resumed.stderr
+    answers = {p["id"]: p["answer"] for p in predictions(evaluated / "predictions" / "dfew.jsonl") if "answer" in p}
+    got = predictions(tmp_path / "w" / "predictions" / "dfew.jsonl")
+    assert [p["answer"] for p in got] == [answers[p["id"]] for p in got] and len(got) == 20
+    assert not list((tmp_path / "w" / "predictions").glob(".dfew.progress*"))  # removed once the evaluation ended

@@ -279,9 +279,11 @@ def test_user_errors_are_clear_and_leave_nothing_half_done(data, uninterrupted, 
     assert "train has no field 'learning_rat'" in error(*base, "--config.train.learning_rat=1")
     assert "expected an integer" in error(*base, "--config.train.steps=many")
     assert "expected true or false" in error(*base, "--config.train.allow_config_change=maybe")
-    assert "no such manifest" in error(*[a for a in base if "manifest" not in a],
-                                       f"--config.data.manifest={tmp_path / 'absent.jsonl'}")
-    assert "the tokenizer is a folder" in error(*base, f"--config.data.tokenizer={tmp_path / 'nothing'}")
+    # --config paths are checked when the command line is read, as path flags are
+    assert f"--config.data.manifest={tmp_path / 'absent.jsonl'}: no such file or directory" in error(
+        *[a for a in base if "manifest" not in a], f"--config.data.manifest={tmp_path / 'absent.jsonl'}")
+    assert f"--config.data.tokenizer={tmp_path / 'nothing'}: no such file or directory" in error(
+        *base, f"--config.data.tokenizer={tmp_path / 'nothing'}")
     (tmp_path / "empty").mkdir()
     assert "empty: no tokenizer in this folder (expected one of tokenizer.json" in error(
         *base, f"--config.data.tokenizer={tmp_path / 'empty'}")
