@@ -2,6 +2,7 @@
 and Swin-B shapes (from the table below, random values) converts through the command line with
 no missing or unexpected key and loads; truncated or mis-shaped files fail with the named error."""
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -111,9 +112,10 @@ def _shapes_only(path: Path, table: dict[str, tuple[int, ...]]) -> Path:
 def test_full_size_release_converts_and_loads(release, tmp_path):
     state, path = release
     dst = tmp_path / "face"
-    run = subprocess.run([sys.executable, "convert/facexformer_to_orbax.py", "--src", str(path), "--dst", str(dst),
-                          "--seed", "3", "--face-grid", "12x16", "--llm-width", "896"],
-                         capture_output=True, text=True, cwd=REPO)
+    # from another folder, with relative paths, as a user types it
+    run = subprocess.run([sys.executable, str(REPO / "convert/facexformer_to_orbax.py"), "--src",
+                          os.path.relpath(path, tmp_path), "--dst", "face", "--seed", "3", "--face-grid", "12x16",
+                          "--llm-width", "896"], capture_output=True, text=True, cwd=tmp_path)
     assert run.returncode == 0, run.stderr
     assert "dropping FaceXFormer's task decoder" in run.stderr and "positional matrix: 1 tensor(s)" in run.stderr
     assert "face_tokens: 192" in run.stdout and "initialised, seed 3" in run.stdout
