@@ -82,7 +82,7 @@ class StepFailed(RuntimeError):
 def eval_mesh(devices: int) -> list[str]:
     """Generation data-parallel over the devices (the tiny parameters fit each): XLA:CPU runs
     independent collectives of one program concurrently and, with 8 simulated devices on 2
-    cores, its shared thread pool can starve (README: generation sharded over fsdp hung here)."""
+    cores, its shared thread pool can starve (docs/evaluation.md: generation sharded over fsdp hung here)."""
     return [f"--config.mesh.data={devices}", "--config.mesh.fsdp=1"]
 
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every GPU figure and check the README marks unmeasured, in one run on one NVIDIA GPU (about
+# Every GPU figure and check docs/performance.md and docs/scaling.md mark unmeasured, in one run on one NVIDIA GPU (about
 # 8 minutes on an H100; nothing is downloaded): the attention kernels against XLA (numbers and
 # speed), the train step's MFU, the Whisper-large-v3 encoder and Qwen2-0.5B against
 # transformers. Each step's output goes to $OUT/NAME.txt (default ./gpu-results).

@@ -12,7 +12,6 @@ tokenizer turns into its unknown token. Nothing is loaded but the tokenizer.
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -20,7 +19,7 @@ from typing import Any, Callable
 import ml_collections
 
 from omni_jax.data.generation_batches import prompt_batches
-from omni_jax.data.manifest import ManifestSource
+from omni_jax.data.manifest import json_lines
 from omni_jax.data.pipeline import FLAGS, STATS, make_pipeline
 from omni_jax.eval.evaluators import EVALUATORS
 
@@ -39,18 +38,12 @@ def task_of(manifest: str, cfg: ml_collections.ConfigDict, requested: str | None
     for name, spec in evaluators.items():
         if spec.manifest and Path(spec.manifest).resolve() == Path(manifest).resolve():
             return spec.type, f"the config's evaluator {name!r} reads this manifest", name
-    source = ManifestSource(manifest)
-    for index in range(len(source)):
-        try:
-            entry = json.loads(source[index].text)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(entry, dict):
-            for key, task in REFERENCE_FIELDS.items():
-                if key in entry:
-                    name = next((n for n, spec in evaluators.items() if spec.type == task), None)
-                    return task, f"the lines' {key!r} field", name
-            return "train", "the lines' conversations (no reference field)", None
+    for _, entry in json_lines(manifest):
+        for key, task in REFERENCE_FIELDS.items():
+            if key in entry:
+                name = next((n for n, spec in evaluators.items() if spec.type == task), None)
+                return task, f"the lines' {key!r} field", name
+        return "train", "the lines' conversations (no reference field)", None
     return "train", "no line to tell otherwise", None
 
 
@@ -107,14 +100,7 @@ def target_texts(manifest: str, task: str) -> list[str]:
     """What the model is asked to produce: the gpt turns of training lines, the references of
     evaluation lines (a label, the words of `labels`, a description)."""
     texts = []
-    source = ManifestSource(manifest)
-    for index in range(len(source)):
-        try:
-            entry = json.loads(source[index].text)
-        except json.JSONDecodeError:
-            continue
-        if not isinstance(entry, dict):
-            continue
+    for _, entry in json_lines(manifest):
         if task == "train":
             turns = entry.get("conversations")
             texts += [t["value"] for t in turns if isinstance(t, dict) and t.get("from") == "gpt"

@@ -3,7 +3,7 @@
 XLA reads XLA_FLAGS once, when JAX creates its CPU client (at the first computation), so
 `configure()` runs before that: the CLI, the demo, the benchmarks and tests/conftest.py call it
 first thing. What it picks (`selected_flags`) was measured with experiments/bench_cpu_backends.py
-(README, "CPU back ends"). A flag the user already put in XLA_FLAGS is left as they set it;
+(docs/performance.md, "CPU back ends"). A flag the user already put in XLA_FLAGS is left as they set it;
 OMNI_JAX_XLA_CPU=off leaves XLA_FLAGS alone altogether. (Importing JAX does not start the
 backend; its first computation does.)
 """
@@ -63,7 +63,7 @@ def selected_flags(features: set[str]) -> list[str]:
 
     jaxlib 0.10.2 sends dots and convolutions to YNNPACK by default (`__ynn_fusion`;
     `--xla_cpu_use_xnnpack` and `--xla_cpu_use_onednn` change nothing in its compiled HLO).
-    Measured on AVX-512 (AMD EPYC Zen 4, avx512_bf16; README "CPU back ends"): YNNPACK for dots
+    Measured on AVX-512 (AMD EPYC Zen 4, avx512_bf16; docs/performance.md, "CPU back ends"): YNNPACK for dots
     only, convolutions left to XLA's own emitter, runs SigLIP's 14×14 patch embedding 1.8× faster
     (fp32 and bf16) with every dot as before; disabling YNNPACK altogether loses 10 % on fp32
     dots and 2-3× on bf16 ones. AVX2-only and AMX hosts were not reachable: XLA's defaults stay.

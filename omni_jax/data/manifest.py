@@ -32,7 +32,7 @@ import dataclasses
 import json
 import os
 import threading
-from typing import Any, NamedTuple
+from typing import Any, Iterator, NamedTuple
 
 import numpy as np
 from etils import epath
@@ -179,6 +179,19 @@ def _time(face: dict[str, Any], where: str) -> float:
         raise ExampleError("malformed_json", f"{where}: a timed face is {{\"t\": seconds, \"box\": [x0, y0, x1, y1] "
                                              f"or null}}, got {face!r}")
     return float(t)
+
+
+def json_lines(manifest: str | os.PathLike) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, object) for each line of `manifest` that is a JSON object; the others are
+    the pipeline's to skip and count."""
+    with epath.Path(manifest).open() as lines:
+        for number, line in enumerate(lines, 1):
+            try:
+                entry = json.loads(line) if line.strip() else None
+            except json.JSONDecodeError:
+                continue
+            if isinstance(entry, dict):
+                yield number, entry
 
 
 def unusable_lines(source: ManifestSource) -> list[tuple[str, str]]:

@@ -10,7 +10,7 @@ expression is a few pixels); its crop (manifest boxes) shows it in detail.
     synthesize(out, clips=336, seed=0)   # = omni-jax synth --out DIR --clips N --seed S
 
 writes `clips/` (MP4), `voices/` (M4A for phase 1) and one manifest per use (`MANIFESTS`), each
-line a SPEC §2 manifest line: faces by time (the boxes the generator drew), the human turn and
+line a manifest line (docs/data.md): faces by time (the boxes the generator drew), the human turn and
 the answer. Every file is a function of (seed, index): the same seed writes the same data.
 """
 from __future__ import annotations

@@ -10,7 +10,7 @@ trims it, is refused).
 
 Multimodal block: the single marker of a human turn, `<video>` (a clip) or `<audio>` (an
 audio-only example), is tokenized as its one token and replaced by
-`prompt.multimodal_prompt_ids(cfg, video=..., audio=...)` — [<vi_start>, video placeholders,
+`modality_tokens.multimodal_prompt_ids(cfg.model, video=..., audio=...)` — [<vi_start>, video placeholders,
 <vi_end>] [<au_start>, audio placeholders, <au_end>], the blocks the example's modalities call
 for — inserted as ids (3,645 at full size with both: the placeholders are never tokenized as
 text). Any other placeholder or modality token written in the text is refused (the model would

@@ -31,7 +31,7 @@ import numpy as np
 from etils import epath
 from jax.experimental import multihost_utils
 
-from omni_jax.data.manifest import ManifestSource, skip_summary, unusable_lines
+from omni_jax.data.manifest import ManifestSource, json_lines, skip_summary, unusable_lines
 from omni_jax.errors import InputError, MissingInputError, RunStopped
 from omni_jax.eval import judge, scoring
 from omni_jax.eval.predict import media_counts, write_predictions
@@ -42,17 +42,11 @@ Predict = Callable[..., list[dict[str, Any]]]  # predict(manifest, question, pro
 def _references(manifest: str, key: str, check: Callable[[Any, str], None]) -> None:
     """Checks every parseable line's reference `key` (lines that are not JSON objects are
     the pipeline's to skip and count)."""
-    with epath.Path(manifest).open() as lines:
-        for number, line in enumerate(lines, 1):
-            try:
-                entry = json.loads(line) if line.strip() else None
-            except json.JSONDecodeError:
-                continue
-            if isinstance(entry, dict):
-                where = f"{manifest}:{number}"
-                if key not in entry:
-                    raise InputError(f"{where}: no {key!r}: an evaluation manifest line carries its reference")
-                check(entry[key], where)
+    for number, entry in json_lines(manifest):
+        where = f"{manifest}:{number}"
+        if key not in entry:
+            raise InputError(f"{where}: no {key!r}: an evaluation manifest line carries its reference")
+        check(entry[key], where)
 
 
 class Evaluator(abc.ABC):
