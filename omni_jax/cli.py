@@ -20,10 +20,13 @@ else is a bug in omni_jax and shows its traceback (exit 70); a usage mistake exi
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import os
+import signal
 import sys
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -38,6 +41,9 @@ DTYPE_CHOICES = ["float32", "bfloat16", "float16"]
 DEFAULT_CONFIG = str(Path(__file__).resolve().parents[1] / "configs" / "omni_emotion.py") + ":7b"
 # exit status of a bug (sysexits' EX_SOFTWARE), apart from input mistakes (1) and usage errors (2)
 BUG_EXIT = 70
+# OSErrors that are the machine's, not a bug's: one line, as the user's mistakes are
+MACHINE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS, errno.EACCES, errno.EPERM, errno.ESTALE,
+                  errno.ENOTCONN}
 
 
 def _path(text: str) -> str:
@@ -50,7 +56,7 @@ def _path(text: str) -> str:
 def _existing(text: str) -> str:
     """An input path argument: absolute (`_path`) and checked when the command line is read (one
     line naming it), not deep inside a library's traceback; remote paths are left to the reader."""
-    if "://" not in text and not Path(text).exists():
+    if "://" not in text and not Path(_path(text)).exists():
         raise argparse.ArgumentTypeError(f"{text}: no such file or directory")
     return _path(text)
 
@@ -354,7 +360,9 @@ def _score(args: argparse.Namespace) -> dict[str, Any]:
     evals = args.config.evals
     name = args.evaluator or next((n for n, spec in evals.items() if spec.type == args.task), None)
     if name not in evals or evals[name].type != args.task:
-        raise InputError(f"--evaluator {name}: the config has no {args.task} evaluator of that name; it has "
+        asked = f"--evaluator {name}: the config has no {args.task} evaluator of that name" if args.evaluator else \
+            f"the config has no {args.task} evaluator"
+        raise InputError(f"{asked}; it has "
                          f"{', '.join(f'{n} ({spec.type})' for n, spec in evals.items())}")
     spec = evals[name]
     classes = args.classes.split(",") if args.classes else spec.get("classes")
@@ -421,10 +429,22 @@ def _initialize_distributed(args: argparse.Namespace) -> None:
 
     launched = any(int(os.environ.get(var, "1")) > 1 for var in ("SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE")) or (
         "JAX_COORDINATOR_ADDRESS" in os.environ or "," in os.environ.get("TPU_WORKER_HOSTNAMES", ""))
-    if args.coordinator or args.num_processes:
+    if args.coordinator or args.num_processes or args.process_id is not None:
+        if None in (args.coordinator, args.num_processes, args.process_id):
+            raise InputError("a multi-process run without a launcher JAX detects takes --coordinator HOST:PORT, "
+                             "--num-processes N and --process-id I together")
         jax.distributed.initialize(args.coordinator, args.num_processes, args.process_id)
     elif launched:
         jax.distributed.initialize()
+
+
+class Terminated(BaseException):
+    """SIGTERM reached a command that does not stop between items (BaseException: no `except
+    Exception` on the way swallows it)."""
+
+
+def _terminated(*_: Any) -> None:
+    raise Terminated
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -459,6 +479,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("absl").setLevel(logging.WARNING)  # orbax's per-save INFO lines
     # JAX probing for a TPU on every machine without one ("Unable to initialize backend 'tpu'")
     logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
+    # SIGTERM where no job handles it (train and eval do, to stop between items): unwind, so the
+    # data workers (which leave the signal to this process) are stopped, and say so
+    previous = signal.signal(signal.SIGTERM, _terminated) if threading.current_thread() is threading.main_thread() \
+        else None
     try:
         if args.command in ("train", "eval"):  # the jobs that span processes
             _initialize_distributed(args)
@@ -468,26 +492,34 @@ def main(argv: list[str] | None = None) -> int:
     except Stopped as stopped:  # SIGTERM or Ctrl-C between items: the work done is kept
         print(f"omni-jax {args.command}: {stopped}", file=sys.stderr)
         if args.json:
-            print(json.dumps({"ok": False, "stopped": "interrupted" if stopped.interrupted else "preempted",
+            print(json.dumps({"ok": True, "stopped": "interrupted" if stopped.interrupted else "preempted",
                               "message": str(stopped)}))
         return 130 if stopped.interrupted else 0
     except KeyboardInterrupt:  # a second Ctrl-C during training, or one during any other command
         print(f"omni-jax {args.command}: stopped (Ctrl-C)", file=sys.stderr)
         return 130
-    except (UserError, OSError) as e:  # the input, or the machine (a full disk, a lost mount): one line
-        if args.debug:
-            traceback.print_exc()
-        print(f"error: {e}", file=sys.stderr)
-        if args.json:
-            print(json.dumps({"ok": False, "error": str(e)}))
-        return 1
-    except Exception as e:  # a bug: its traceback is what a report needs
+    except Terminated:
+        print(f"omni-jax {args.command}: stopped (SIGTERM)", file=sys.stderr)
+        return 143
+    except Exception as e:
+        if isinstance(e, UserError) or (isinstance(e, OSError) and e.errno in MACHINE_ERRNOS):
+            # the input, or the machine (a full disk, a lost mount): one line
+            if args.debug:
+                traceback.print_exc()
+            print(f"error: {e}", file=sys.stderr)
+            if args.json:
+                print(json.dumps({"ok": False, "error": str(e)}))
+            return 1
+        # a bug: its traceback is what a report needs
         traceback.print_exc()
         print(f"omni-jax {args.command}: this is a bug in omni_jax, not a mistake in the input; please report it "
               "with the traceback above", file=sys.stderr)
         if args.json:
             print(json.dumps({"ok": False, "error": f"{type(e).__name__}: {e}", "bug": True}))
         return BUG_EXIT
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     if result.get("stopped") == "interrupted":  # a Ctrl-C that training answered by saving
         print(f"omni-jax {args.command}: interrupted (Ctrl-C) and saved at step {result['step']}; the same command "
               "resumes", file=sys.stderr)

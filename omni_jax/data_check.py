@@ -32,12 +32,12 @@ def task_of(manifest: str, cfg: ml_collections.ConfigDict, requested: str | None
     """(task, why, the config's evaluator of it): `requested` (--task); else the config's
     evaluator whose manifest this is; else the first line's own fields."""
     evaluators = {name: spec for name, spec in cfg.evals.items()}
+    for name, spec in evaluators.items():
+        if spec.manifest and Path(spec.manifest).resolve() == Path(manifest).resolve() and requested in (None, spec.type):
+            return spec.type, f"the config's evaluator {name!r} reads this manifest", name
     if requested:
         name = next((n for n, spec in evaluators.items() if spec.type == requested), None)
         return requested, "--task", name
-    for name, spec in evaluators.items():
-        if spec.manifest and Path(spec.manifest).resolve() == Path(manifest).resolve():
-            return spec.type, f"the config's evaluator {name!r} reads this manifest", name
     for _, entry in json_lines(manifest):
         for key, task in REFERENCE_FIELDS.items():
             if key in entry:
@@ -66,10 +66,12 @@ def training_pass(manifest: str, tokenizer: Any, cfg: ml_collections.ConfigDict,
     batches = iter(make_pipeline(manifest, tokenizer, run, shuffle=False, drop_remainder=False,
                                  modalities=cfg.train.modalities))
     seen = Pass()
-    for batch in batches:
-        seen.lengths.append(int(batch["attention_mask"].sum()))
-        progress(batches.counts["seen"])
-    batches.close()  # the workers' shared memory, now rather than at exit
+    try:
+        for batch in batches:
+            seen.lengths.append(int(batch["attention_mask"].sum()))
+            progress(batches.counts["seen"])
+    finally:
+        batches.close()  # the workers and their shared memory now, also on an error
     counts = batches.counts
     return dataclasses.replace(seen, examples=counts["seen"], usable=counts["ok"], skipped=dict(counts["skipped"]),
                                facts={key: counts[key] for key in STATS + FLAGS})
@@ -122,11 +124,11 @@ def unknown_words(texts: list[str], tokenizer: Any, shown: int = 10) -> dict[str
         return {"target_words": len(words), "unknown_words": 0, "unknown_token_share": 0.0, "unknown_examples": []}
     tokens = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in texts]
     total = sum(len(t) for t in tokens)
-    unknown = sorted({word for word in words if unk in tokenizer(word, add_special_tokens=False)["input_ids"]})
+    unknown = {word for word in set(words) if unk in tokenizer(word, add_special_tokens=False)["input_ids"]}
     return {"target_words": len(words),
-            "unknown_words": sum(word in set(unknown) for word in words),
+            "unknown_words": sum(word in unknown for word in words),
             "unknown_token_share": round(sum(t.count(unk) for t in tokens) / max(total, 1), 4),
-            "unknown_examples": unknown[:shown]}
+            "unknown_examples": sorted(unknown)[:shown]}
 
 
 def length_histogram(lengths: list[int], buckets: tuple[int, ...]) -> dict[str, int]:

@@ -23,12 +23,13 @@ log = logging.getLogger(__name__)
 
 
 class StopRequest:
-    """Installs the handlers (from the main thread; elsewhere nothing is asked); `reached(item)`
-    says, the same on every process, whether to stop after `item`; `close()` restores them."""
+    """Installs the handlers (from the main thread; elsewhere nothing is asked); `reached()`,
+    asked after each item, says, the same on every process, whether to stop; `close()`
+    restores them."""
 
     def __init__(self, saving: str = "saving at the next step"):
         self.saving = saving
-        self.requested, self.interrupted, self.previous = threading.Event(), False, {}
+        self.requested, self.interrupted, self.previous, self.calls = threading.Event(), False, {}, 0
         if threading.current_thread() is threading.main_thread():
             if jax.process_count() == 1:
                 self.previous[signal.SIGTERM] = signal.signal(signal.SIGTERM, lambda *_: self.requested.set())
@@ -44,9 +45,12 @@ class StopRequest:
         else:
             self.requested.set()
 
-    def reached(self, item: int) -> bool:
+    def reached(self) -> bool:
+        """Asked after every item, by every process (with several, a sync point: jax wants its
+        ids to keep increasing, so they count the calls)."""
+        self.calls += 1
         if jax.process_count() > 1:
-            return multihost_utils.reached_preemption_sync_point(item)
+            return multihost_utils.reached_preemption_sync_point(self.calls)
         return self.requested.is_set()
 
     def close(self) -> None:

@@ -112,3 +112,23 @@ def test_jaxs_tpu_probe_is_not_shown(tmp_path):
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env=env)
     assert "CpuDevice" in done.stdout, done.stderr[-2000:]
     assert "Unable to initialize backend" not in done.stderr, done.stderr
+
+
+@pytest.mark.parametrize("error,code", [(OSError(28, "No space left on device"), 1),  # the machine's: one line
+                                        (FileNotFoundError(2, "No such file", "/internal/path"), 70)])  # a bug's
+def test_only_the_machines_os_errors_are_one_line(tmp_path, capsys, monkeypatch, error, code):
+    from omni_jax.eval import run
+
+    def failing(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(run, "score", failing)
+    assert cli.main(_predictions(tmp_path)) == code
+    assert ("Traceback" in capsys.readouterr().err) == (code == 70)
+
+
+def test_multi_process_flags_go_together(tmp_path, capsys):
+    argv = ["--num-processes", "2", "eval", "--config", "configs/omni_emotion.py:tiny", "--checkpoint", str(tmp_path),
+            "--workdir", str(tmp_path / "w")]
+    assert cli.main(argv) == 1
+    assert "takes --coordinator HOST:PORT, --num-processes N and --process-id I together" in capsys.readouterr().err

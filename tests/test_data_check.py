@@ -93,3 +93,35 @@ def test_a_run_with_workers_prints_no_noise(root):
     assert done.returncode == 0, done.stderr[-3000:]
     assert "train" in done.stdout
     assert "Unable to initialize backend" not in done.stderr and "leaked shared_memory" not in done.stderr, done.stderr
+
+
+def test_sigterm_to_the_process_group_stops_at_once_and_leaves_no_worker(root):
+    """A command that does not stop between items (data-check), its process group sent SIGTERM
+    mid-pass: one line, exit 143, and no data worker left behind (they ignore SIGTERM)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    line = {"id": "a", "video": "face.mp4", "conversations": [{"from": "human", "value": "<video>\nw12"},
+                                                              {"from": "gpt", "value": "w40"}]}
+    manifest = write_lines(root / "many.jsonl", [line] * 400)
+    running = subprocess.Popen([sys.executable, "-m", "omni_jax.cli", "data-check", "--manifest", str(manifest),
+                                "--config", "configs/omni_emotion.py:tiny", f"--config.data.tokenizer={root / 'tok'}",
+                                "--workers", "1"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               start_new_session=True)
+    time.sleep(8)  # JAX imported, the worker decoding
+    assert running.poll() is None
+    os.killpg(running.pid, signal.SIGTERM)
+    output = running.communicate(timeout=60)[0]
+    assert running.returncode == 143 and "omni-jax data-check: stopped (SIGTERM)" in output, output[-2000:]
+    assert "Traceback" not in output
+    deadline = time.monotonic() + 10
+    while True:  # the whole group gone: the worker too
+        try:
+            os.killpg(running.pid, 0)
+        except ProcessLookupError:
+            break
+        assert time.monotonic() < deadline, "a process of the group outlived the run"
+        time.sleep(0.1)

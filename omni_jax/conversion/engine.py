@@ -279,7 +279,10 @@ def read_converted_config(path: str | os.PathLike) -> dict[str, Any]:
     config_file = path / CONFIG_FILE
     if not config_file.exists():
         raise MissingInputError(f"{path}: not an omni_jax checkpoint (no {CONFIG_FILE})")
-    meta = json.loads(config_file.read_text())
+    try:
+        meta = json.loads(config_file.read_text())
+    except json.JSONDecodeError as error:
+        raise CheckpointRefused(f"{config_file}: not JSON ({error}); the checkpoint's record of its model") from None
     if meta.get("model_type") == "omni_emotion":  # the model's fields only, also in checkpoints written before
         meta["config"] = {k: v for k, v in meta["config"].items() if k not in LEGACY_RUN_SECTIONS}
     return meta

@@ -270,20 +270,28 @@ def ordered_examples(source: ManifestSource, transform: Callable[[ManifestLine, 
     if data.workers > 0:
         ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=data.workers, per_worker_buffer_size=data.prefetch),
                             worker_init_fn=leave_signals_to_the_main_process)
-        unlink_shared_memory_at_exit()
+        release_workers_at_exit()
     return ds
 
 
 @functools.cache
-def unlink_shared_memory_at_exit() -> None:
-    """grain unlinks a worker's shared-memory array when the main process drops it, on a thread
-    pool the interpreter does not wait for: the last arrays of every command were left to the
-    resource tracker, which warned at exit of "leaked shared_memory objects" it then removed.
-    At exit (the arrays dropped by then) this waits for that pool. grain has no public hook for
-    it; where its private pool is gone, nothing is done."""
-    def drain() -> None:
+def release_workers_at_exit() -> None:
+    """At exit, before multiprocessing's own exit function: (1) data workers a run left open
+    (an error, a signal on the way) are killed: they ignore SIGTERM, which is how
+    multiprocessing would stop them before waiting for them forever; (2) grain unlinks a
+    worker's shared-memory array when the main process drops it, on a thread pool the
+    interpreter does not wait for: the last arrays of every command were left to the resource
+    tracker, which warned at exit of "leaked shared_memory objects" it then removed. This waits
+    for that pool (grain has no public hook for it; where its private pool is gone, nothing is
+    done)."""
+    import multiprocessing
+
+    def release() -> None:
         from grain._src.python.ipc import shared_memory_array
 
+        for worker in multiprocessing.active_children():
+            worker.kill()
+            worker.join(5)
         gc.collect()
         arrays = shared_memory_array.SharedMemoryArray
         pool = getattr(arrays, "_del_thread_pool", None)
@@ -292,7 +300,7 @@ def unlink_shared_memory_at_exit() -> None:
             pool.close()
             pool.join()
 
-    atexit.register(drain)
+    atexit.register(release)
 
 
 def leave_signals_to_the_main_process(worker: int, workers: int) -> None:

@@ -97,6 +97,8 @@ class Evaluator(abc.ABC):
         """Before the model loads: the lines no decoding can use (missing or empty files,
         malformed lines) within max_skip_fraction."""
         source = ManifestSource(self.manifest, self.question)
+        if not len(source):
+            raise InputError(f"evaluator {self.name!r}: {self.manifest} holds no line")
         problems = unusable_lines(source)
         self._check_skips(problems, len(problems), len(source))
 
@@ -147,7 +149,7 @@ class EmotionClassification(Evaluator):
         scores = scoring.classification_scores([p["answer"] for p in answered], [p["label"] for p in answered],
                                                self.classes, self.synonyms)
         for p, guess in zip(answered, scores["predicted"]):
-            p.update(predicted=guess, correct=guess == p["label"])
+            p.update(predicted=guess, correct=guess == scoring.reference_class(p["label"], self.classes))
         return scores
 
     def report(self, scores: dict[str, Any], out_dir: Path) -> Iterator[tuple[str, Any]]:

@@ -33,7 +33,7 @@ from jax.sharding import Mesh, PartitionSpec
 from omni_jax.data.generation_batches import Row, batch_count, prompt_batches
 from omni_jax.data.manifest import ManifestSource
 from omni_jax.data.pipeline import FACE_SOURCES, global_batch, pad_id_of
-from omni_jax.errors import InputError, Stopped
+from omni_jax.errors import InputError, RunStopped, Stopped
 from omni_jax.generate import generate
 from omni_jax.sharding import activate
 from omni_jax.stopping import StopRequest
@@ -96,8 +96,7 @@ class Predictor:
         finished (a file made for other settings, `resume_key`, is started over); `stop` is
         asked after each batch (raises Stopped)."""
         ev = self.cfg.eval
-        key = {"manifest": str(manifest), "question": question, "eval": self.cfg.eval.to_dict(),
-               "buckets": list(self.cfg.data.buckets), "processes": jax.process_count(), **self.resume_key}
+        key = resume_key(self.cfg, manifest, question, **self.resume_key)
         record = None if progress is None else progress.with_name(
             f"{progress.name}-{jax.process_index()}-of-{jax.process_count()}")
         kept = read_progress(record, key) if record is not None else []
@@ -110,6 +109,7 @@ class Predictor:
         batches = prompt_batches(manifest, self.tokenizer, self.cfg, ev.batch_size, modalities=ev.modalities,
                                  question=question, start_batch=start)
         with contextlib.ExitStack() as files:
+            files.enter_context(contextlib.closing(batches))  # the data workers, also when stopped
             out = None if record is None else files.enter_context(_rewritten(record, key, kept[:start]))
             for index, (arrays, rows) in enumerate(batches, start=start):
                 tokens = self.generate(arrays, index)
@@ -118,10 +118,24 @@ class Predictor:
                 if out is not None:
                     out.write(json.dumps({"batch": index, "predictions": batch}, ensure_ascii=False) + "\n")
                     out.flush()
-                if self.stop is not None and index + 1 < total and self.stop.reached(index):
+                # asked after every batch (a sync point with several processes), heeded before the last
+                if self.stop is not None and self.stop.reached() and index + 1 < total:
                     raise Stopped(f"stopped after batch {index + 1} of {total} of {manifest}; the same command "
                                   "resumes from there", interrupted=self.stop.interrupted)
         return predictions
+
+
+def resume_key(cfg: ml_collections.ConfigDict, manifest: str | os.PathLike, question: str | None,
+               **extra: Any) -> dict[str, Any]:
+    """What must match for a progress file to be resumed: the manifest (path, size, time of its
+    last change), the question, the model, the pipeline's and generation's settings (not the
+    ones that change no answer: workers, threads, prefetch, the skip limit), the process count."""
+    stat = os.stat(manifest) if "://" not in str(manifest) else None
+    unused = ("workers", "threads", "prefetch", "max_skip_fraction", "min_examples", "manifest")
+    return {"manifest": [str(manifest), stat and stat.st_size, stat and stat.st_mtime_ns], "question": question,
+            "model": cfg.model.to_dict(), "data": {k: v for k, v in cfg.data.to_dict().items() if k not in unused},
+            "eval": {k: v for k, v in cfg.eval.to_dict().items() if k not in unused},
+            "processes": jax.process_count(), **extra}
 
 
 def read_progress(path: Path, key: dict[str, Any]) -> list[list[dict[str, Any]]]:
@@ -192,6 +206,7 @@ def write_predictions(predictions: list[dict[str, Any]], path: Path,
     _write_jsonl(parts[index], predictions)
     if count > 1:
         multihost_utils.sync_global_devices(f"predictions written: {path}")
+    failure = None
     if index == 0:
         try:
             merged = sorted((json.loads(line) for part in parts for line in part.read_text().splitlines()),
@@ -205,11 +220,15 @@ def write_predictions(predictions: list[dict[str, Any]], path: Path,
             tmp = path.with_name(f".{path.name}.tmp")
             _write_jsonl(tmp, merged)
             os.replace(tmp, path)
+        except Exception as error:  # raised below, once the other processes know (they wait for the file)
+            failure = error
         finally:
             for part in parts:
                 part.unlink(missing_ok=True)
-    if count > 1:
-        multihost_utils.sync_global_devices(f"predictions merged: {path}")
+    if count > 1 and bool(multihost_utils.broadcast_one_to_all(np.bool_(failure is not None))) and index:
+        raise RunStopped(f"{path}: process 0 could not write the predictions (its output says why)")
+    if failure is not None:
+        raise failure
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 

@@ -125,7 +125,12 @@ def score(task: str, predictions: str | os.PathLike, classes: Sequence[str] | No
     path = Path(predictions)
     if not path.exists():
         raise MissingInputError(f"{path}: no such predictions file")
-    lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = []
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        try:
+            lines += [json.loads(line)] if line.strip() else []
+        except json.JSONDecodeError as error:
+            raise InputError(f"{path}:{number}: not JSON ({error})") from None
     answered = [p for p in lines if "skip" not in p]
     key = {"emotion_classification": "label", "open_vocabulary": "labels"}.get(task)
     if key is None:

@@ -110,7 +110,7 @@ class MetricLogger:
             for lines in (workdir / "metrics.jsonl", workdir / "eval" / "metrics.jsonl"):
                 keep_lines_until(lines, start_step)
             self.jsonl = (workdir / "metrics.jsonl").open("a")
-            self.tensorboard = TensorBoardWriter(workdir / "tensorboard", purge_step=start_step + 1 if start_step else None)
+            self.tensorboard = TensorBoardWriter(workdir / "tensorboard", purge_step=start_step + 1)
         self.bar = tqdm(total=total_steps, initial=start_step, unit="step", file=sys.stderr, dynamic_ncols=True,
                         disable=not (progress and self.writing))
 

@@ -206,12 +206,12 @@ def train(cfg: ml_collections.ConfigDict, workdir: str | os.PathLike, init: str 
                 late = time.monotonic() - last_save > 60 * cfg.train.checkpoint_every_minutes
                 # every process must save at the same step: process 0's clock decides
                 due = bool(multihost_utils.broadcast_one_to_all(np.bool_(late))) if jax.process_count() > 1 else late
-            preempted = preemption.reached(step)
+            preempted = preemption.reached()
             if due or preempted or step == steps:
                 logger.flush()  # a restored run's metrics.jsonl then runs up to its checkpoint
                 checkpoints.save(step, state, data)
                 last_save = time.monotonic()
-            if evaluators and (step % cfg.train.eval_every == 0 or step == steps):
+            if evaluators and not preempted and (step % cfg.train.eval_every == 0 or step == steps):
                 predict = Predictor(trainer.model, trainer.params(state, frozen), tokenizer, cfg, mesh)
                 logger.write_eval(step, {name: dict(evaluator.run(predict, workdir / "eval" / f"step_{step}"))
                                          for name, evaluator in evaluators})

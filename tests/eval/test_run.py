@@ -261,3 +261,32 @@ def test_a_stopped_evaluation_resumes_after_its_last_batch(setup, evaluated, tmp
     got = predictions(tmp_path / "w" / "predictions" / "dfew.jsonl")
     assert [p["answer"] for p in got] == [answers[p["id"]] for p in got] and len(got) == 20
     assert not list((tmp_path / "w" / "predictions").glob(".dfew.progress*"))  # removed once the evaluation ended
+
+
+def test_a_progress_file_is_resumed_only_for_the_same_run(tmp_path):
+    """What would change an answer (a model field a fine-tune may set, the manifest, the
+    question) makes another key; what would not (the workers, the skip limit) keeps it."""
+    from omni_jax.eval.predict import resume_key
+
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text('{"id": "a"}\n')
+    cfg = omni_emotion.get_config("tiny")
+    key = resume_key(cfg, manifest, "Q?", checkpoint="ckpt")
+    cfg.data.workers, cfg.eval.max_skip_fraction = 7, 0.9
+    assert resume_key(cfg, manifest, "Q?", checkpoint="ckpt") == key
+    cfg.model.audio_windows = 1
+    assert resume_key(cfg, manifest, "Q?", checkpoint="ckpt") != key
+    cfg.model.audio_windows = 2
+    assert resume_key(cfg, manifest, "Other?", checkpoint="ckpt") != key
+    manifest.write_text('{"id": "a"}\n{"id": "b"}\n')
+    assert resume_key(cfg, manifest, "Q?", checkpoint="ckpt") != key
+
+
+def test_a_label_named_in_another_case_is_correct(tmp_path):
+    from omni_jax.eval.evaluators import EmotionClassification
+
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text(json.dumps({"id": "a", "video": "a.mp4", "label": "Angry "}) + "\n")
+    evaluator = EmotionClassification("dfew", str(manifest), ["happy", "angry"], "Which?")
+    answered = [{"answer": "angry", "label": "Angry "}]
+    assert evaluator.score(answered)["war"] == 1.0 and answered[0]["correct"] is True
