@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from omni_jax import xla_cpu
-from omni_jax.config_flags import MODEL_PREFIX, apply_overrides, load_config, resolve_paths
+from omni_jax.config_flags import MODEL_PREFIX, absolute, apply_overrides, load_config, resolve_paths
 from omni_jax.errors import InputError, OutputExistsError, Stopped, UserError
 
 DTYPE_CHOICES = ["float32", "bfloat16", "float16"]
@@ -50,7 +50,7 @@ def _path(text: str) -> str:
     """A path argument, made absolute against the working directory here, once: nothing below
     the command line sees a relative path (orbax refuses them; worker processes may start
     elsewhere). Remote paths (gs://…) stay as they are."""
-    return text if "://" in text else os.path.abspath(os.path.expanduser(text))
+    return absolute(text)
 
 
 def _existing(text: str) -> str:

@@ -118,6 +118,12 @@ def apply_overrides(cfg: ml_collections.ConfigDict, overrides: Sequence[str]) ->
     return cfg
 
 
+def absolute(path: str) -> str:
+    """A path typed on the command line, absolute against the working directory (`~` expanded);
+    a remote one (gs://…) as it is."""
+    return path if "://" in path else os.path.abspath(os.path.expanduser(path))
+
+
 def resolve_paths(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """Makes the set path fields of `cfg` absolute (in place; returned); an input that does not
     exist is an error naming its field. Remote paths (gs://…) are left as they are."""
@@ -126,7 +132,7 @@ def resolve_paths(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
             value = section[name]
             if not isinstance(value, str) or not value or "://" in value:
                 continue
-            path = os.path.abspath(os.path.expanduser(value))
+            path = absolute(value)
             if pattern in INPUT_PATH_FIELDS and not os.path.exists(path):
                 raise MissingInputError(f"{PREFIX}{dotted}={value}: no such file or directory")
             section[name] = path

@@ -31,18 +31,17 @@ REFERENCE_FIELDS = {evaluator.reference: task for task, evaluator in EVALUATORS.
 def task_of(manifest: str, cfg: ml_collections.ConfigDict, requested: str | None = None) -> tuple[str, str, str | None]:
     """(task, why, the config's evaluator of it): `requested` (--task); else the config's
     evaluator whose manifest this is; else the first line's own fields."""
-    evaluators = {name: spec for name, spec in cfg.evals.items()}
-    for name, spec in evaluators.items():
+    evaluators = cfg.evals.items()
+    first_of = lambda task: next((name for name, spec in evaluators if spec.type == task), None)
+    for name, spec in evaluators:
         if spec.manifest and Path(spec.manifest).resolve() == Path(manifest).resolve() and requested in (None, spec.type):
             return spec.type, f"the config's evaluator {name!r} reads this manifest", name
     if requested:
-        name = next((n for n, spec in evaluators.items() if spec.type == requested), None)
-        return requested, "--task", name
+        return requested, "--task", first_of(requested)
     for _, entry in json_lines(manifest):
         for key, task in REFERENCE_FIELDS.items():
             if key in entry:
-                name = next((n for n, spec in evaluators.items() if spec.type == task), None)
-                return task, f"the lines' {key!r} field", name
+                return task, f"the lines' {key!r} field", first_of(task)
         return "train", "the lines' conversations (no reference field)", None
     return "train", "no line to tell otherwise", None
 
@@ -102,13 +101,13 @@ def target_texts(manifest: str, task: str) -> list[str]:
     """What the model is asked to produce: the gpt turns of training lines, the references of
     evaluation lines (a label, the words of `labels`, a description)."""
     texts = []
+    field = EVALUATORS[task].reference if task != "train" else None
     for _, entry in json_lines(manifest):
-        if task == "train":
+        if field is None:
             turns = entry.get("conversations")
             texts += [t["value"] for t in turns if isinstance(t, dict) and t.get("from") == "gpt"
                       and isinstance(t.get("value"), str)] if isinstance(turns, list) else []
         else:
-            field = next(key for key, kind in REFERENCE_FIELDS.items() if kind == task)
             value = entry.get(field)
             flat = value if isinstance(value, list) else [value]
             texts += [v for item in flat for v in (item if isinstance(item, list) else [item]) if isinstance(v, str)]

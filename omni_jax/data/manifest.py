@@ -28,6 +28,7 @@ of an exception in grain's sampler.
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
 import json
 import os
@@ -217,9 +218,7 @@ def unusable_lines(source: ManifestSource) -> list[tuple[str, str]]:
 def skip_summary(skips: list[tuple[str, str]], total: int, count: int | None = None, shown: int = 3) -> str:
     """"2 of 3 lines cannot be used (missing_file 1, corrupt_video 1): first MESSAGE; MESSAGE".
     skips: (reason, message) of the lines known here; count: of all (default: len(skips))."""
-    counts: dict[str, int] = {}
-    for reason, _ in skips:
-        counts[reason] = counts.get(reason, 0) + 1
+    counts = collections.Counter(reason for reason, _ in skips)
     reasons = ", ".join(f"{reason} {n}" for reason, n in sorted(counts.items()))
     return (f"{len(skips) if count is None else count} of {total} lines cannot be used ({reasons}): first "
             + "; ".join(message for _, message in skips[:shown]))
