@@ -117,6 +117,9 @@ def data_config(model: ml_collections.ConfigDict, buckets: tuple[int, ...]) -> m
         image_size=model.vision.get_ref("image_size"),  # 384: SigLIP
         face_size=model.face.swin.get_ref("image_size"),  # 224: FaceXFormer's Swin
         face_time_tolerance=0.5,  # seconds: a frame takes the manifest's nearest timed box this close, else detection
+        # lines without boxes: "retinaface" (the bundled weights) + the tracker, a converted
+        # RetinaFace checkpoint's directory, or "haar" (docs/faces.md)
+        face_detector="retinaface",
         buckets=buckets,
         tokenizer="",  # a tokenizer directory; default: the --init checkpoint's
         batch_size=0,  # clips per host per step; 0: train.global_batch_size / hosts

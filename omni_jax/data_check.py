@@ -22,6 +22,7 @@ from omni_jax.data.generation_batches import prompt_batches
 from omni_jax.data.manifest import json_lines
 from omni_jax.data.pipeline import FLAGS, STATS, make_pipeline
 from omni_jax.eval.evaluators import EVALUATORS
+from omni_jax.faces.finder import finder_for
 
 TASKS = ("train", *EVALUATORS)
 # a line's field that makes it an evaluation line, and of which task
@@ -63,7 +64,7 @@ def training_pass(manifest: str, tokenizer: Any, cfg: ml_collections.ConfigDict,
     run = ml_collections.ConfigDict(cfg.to_dict())
     run.data.update(batch_size=1, epochs=1, max_skip_fraction=1.0, pack_text_only=False)
     batches = iter(make_pipeline(manifest, tokenizer, run, shuffle=False, drop_remainder=False,
-                                 modalities=cfg.train.modalities))
+                                 modalities=cfg.train.modalities, find_faces=finder_for(cfg.data)))
     seen = Pass()
     try:
         for batch in batches:
@@ -81,7 +82,7 @@ def evaluation_pass(manifest: str, tokenizer: Any, cfg: ml_collections.ConfigDic
     """The prompts generation would build, with their media decoded, once over every line."""
     seen = Pass(facts={key: 0 for key in STATS + FLAGS})
     for arrays, rows in prompt_batches(manifest, tokenizer, cfg, 1, modalities=cfg.eval.modalities, question=question,
-                                       process=(0, 1)):
+                                       process=(0, 1), find_faces=finder_for(cfg.data)):
         row = rows[0]
         if row.padding:
             continue

@@ -11,7 +11,7 @@ import ml_collections
 
 from omni_jax.conversion import formats
 from omni_jax.errors import CheckpointRefused
-from omni_jax.models import facexformer, llava_onevision, omni_emotion, qwen2, siglip, swin, whisper
+from omni_jax.models import facexformer, llava_onevision, omni_emotion, qwen2, retinaface, siglip, swin, whisper
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,6 +46,10 @@ FAMILIES = {
     # tensor at a time: it is exported only inside an Omni-Emotion checkpoint.
     "facexformer": ModelFamily("facexformer", facexformer.FaceXFormerEncoder, facexformer.config_from_hf,
                                facexformer.config_to_hf, formats.FACEXFORMER_FORMATS, facexformer.dummy_inputs, ()),
+    # The face detector: the release's .pth files, an ONNX export or the bundled weights
+    # (conversion/retinaface.py), BatchNorm folded; nothing to export it to.
+    "retinaface": ModelFamily("retinaface", retinaface.RetinaFace, retinaface.config_from_hf, retinaface.config_to_hf,
+                              formats.RETINAFACE_FORMATS, retinaface.dummy_inputs, ()),
     # Assembled from converted parts (omni-jax assemble); exported to, and converted from, the
     # project's own safetensors layout (formats.OMNI_EMOTION).
     "omni_emotion": ModelFamily("omni_emotion", omni_emotion.OmniEmotion, omni_emotion.config_from_hf,

@@ -29,6 +29,7 @@ LOGICAL_AXIS_RULES: tuple[tuple[str, Any], ...] = (
     ("kv_heads", "tensor"),
     ("head_dim", None),
     ("norm", None),
+    ("conv_out", None),  # the face detector's convolutions: 1.7 MB (MobileNet) to 105 MB, replicated
     # activations
     ("activation_batch", ("data", "fsdp")),
     ("activation_replica_batch", "data"),  # the batch split over data only (the embedding lookup)

@@ -11,6 +11,7 @@ import re
 
 from omni_jax.conversion.transforms import (CONV, FLATTEN, IDENTITY, LINEAR, LINEAR_FROM_HEADS, Packed,
                                             Transform)
+from omni_jax.models.retinaface import MOBILENET_STAGES, RESNET50_LAYERS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -260,3 +261,48 @@ OMNI_EMOTION = Format("omni_emotion", (
     *norm("face_cross_attention.key_value_norm", "face_cross_attention/key_value_norm"),
     *_attention("face_cross_attention.attention", "face_cross_attention/attention", "o_proj", out_bias=True),
 ), ignore=QWEN2.ignore)
+
+
+# --- RetinaFace (biubug6/Pytorch_Retinaface's mobilenet0.25_Final.pth and Resnet50_Final.pth) --
+# Keys as the release's state dict names them, with each BatchNorm folded into the convolution
+# before it (conversion/retinaface.py presents a checkpoint that way: `X.weight` folded and a
+# `X.bias`, the BatchNorm's keys gone). Both backbones in one table: a checkpoint matches one.
+RETINAFACE_HEADS = {"ClassHead": "class_head", "BboxHead": "bbox_head", "LandmarkHead": "landmark_head"}
+
+
+def _conv(src: str, dst: str) -> tuple[Rule, ...]:
+    return linear(src, dst, transform=CONV)
+
+
+def _retinaface_mobilenet() -> tuple[Rule, ...]:
+    rules = list(_conv("body.stage1.0.0", "body/stage1_0"))
+    for stage, blocks in MOBILENET_STAGES.items():
+        for i in range(1 if stage == "stage1" else 0, len(blocks) + (stage == "stage1")):
+            rules += [*_conv(f"body.{stage}.{i}.0", f"body/{stage}_{i}/depthwise"),
+                      *_conv(f"body.{stage}.{i}.3", f"body/{stage}_{i}/pointwise")]
+    return tuple(rules)
+
+
+def _retinaface_resnet50() -> tuple[Rule, ...]:
+    rules = list(_conv("body.conv1", "body/conv1"))
+    for layer, (_, blocks, _) in enumerate(RESNET50_LAYERS, start=1):
+        for i in range(blocks):
+            src, dst = f"body.layer{layer}.{i}.", f"body/layer{layer}_{i}/"
+            rules += [r for c in ("conv1", "conv2", "conv3") for r in _conv(src + c, dst + c)]
+            if i == 0:
+                rules += _conv(src + "downsample.0", dst + "downsample")
+    return tuple(rules)
+
+
+RETINAFACE_BODY = (
+    *_retinaface_mobilenet(), *_retinaface_resnet50(),
+    *(r for name in ("output1", "output2", "output3", "merge1", "merge2") for r in _conv(f"fpn.{name}.0", f"fpn/{name}")),
+    *(r for level in (1, 2, 3) for name in ("conv3X3", "conv5X5_1", "conv5X5_2", "conv7X7_2", "conv7x7_3")
+      for r in _conv(f"ssh{level}.{name}.0", f"ssh{level}/{name}")),
+    *(r for head, dst in RETINAFACE_HEADS.items() for i in range(3) for r in _conv(f"{head}.{i}.conv1x1", f"{dst}_{i}")),
+)
+RETINAFACE_FORMATS = (
+    Format("retinaface", RETINAFACE_BODY),
+    # saved from torch.nn.DataParallel, as some of the release's files are
+    Format("retinaface_data_parallel", prefixed(RETINAFACE_BODY, "module.", "")),
+)

@@ -27,7 +27,8 @@ import numpy as np
 from omni_jax.data import text
 from omni_jax.data.errors import ExampleError
 from omni_jax.data.manifest import ManifestLine, ManifestSource
-from omni_jax.data.pipeline import (FLAGS, MEDIA, NO_MEDIA, STATS, bucket_length, media_inputs, media_used,
+from omni_jax.data.pipeline import (FLAGS, MEDIA, NO_MEDIA, STATS, FindFaces, bucket_length, haar_faces, media_inputs,
+                                    media_used,
                                     ordered_examples, pad_id_of, prompt_blocks)
 from omni_jax.modality_tokens import MODALITIES, parse_modalities
 
@@ -62,11 +63,13 @@ def split_reference(conversations: Any) -> tuple[Any, str | None]:
 
 class PromptTransform:
     """(ManifestLine, rng) → (Row, example dict or None) (picklable: it runs in grain's workers;
-    prompts hold every modality asked for: the rng is not drawn)."""
+    prompts hold every modality asked for: the rng is not drawn); `find_faces` serves lines
+    without boxes."""
 
     def __init__(self, source: ManifestSource, tokenizer: Any, cfg: ml_collections.ConfigDict,
-                 modalities: tuple[str, ...]):
+                 modalities: tuple[str, ...], find_faces: FindFaces = haar_faces):
         self.source, self.tokenizer, self.cfg, self.modalities = source, tokenizer, cfg, modalities
+        self.find_faces = find_faces
 
     def __call__(self, line: ManifestLine, rng: np.random.Generator) -> tuple[Row, dict[str, np.ndarray] | None]:
         record_id = f"{self.source.path.name}:{line.number}"
@@ -78,7 +81,7 @@ class PromptTransform:
             blocks = prompt_blocks(record, self.modalities)
             ids = text.tokenize_prompt(turns, self.tokenizer, self.cfg.model, max(self.cfg.data.buckets), blocks=blocks,
                                        name=f"{record.id} ({record.where})")
-            example = {"input_ids": ids, **media_inputs(record, self.cfg, self.modalities)}
+            example = {"input_ids": ids, **media_inputs(record, self.cfg, self.modalities, find_faces=self.find_faces)}
             facts = {key: bool(example[key]) for key in STATS + FLAGS if key in example}
             return dataclasses.replace(row, used=media_used(example, self.cfg.data.num_frames), facts=facts), example
         except ExampleError as error:
@@ -121,20 +124,20 @@ def batch_count(lines: int, processes: int, batch_size: int) -> int:
 
 def prompt_batches(manifest: Any, tokenizer: Any, cfg: ml_collections.ConfigDict, batch_size: int, *,
                    modalities: str | tuple[str, ...] = MODALITIES, question: str | None = None,
-                   process: tuple[int, int] | None = None,
-                   start_batch: int = 0) -> Iterator[tuple[dict[str, np.ndarray], list[Row]]]:
+                   process: tuple[int, int] | None = None, start_batch: int = 0,
+                   find_faces: FindFaces = haar_faces) -> Iterator[tuple[dict[str, np.ndarray], list[Row]]]:
     """This process's prompt batches: (arrays, rows) with arrays input_ids, attention_mask
     [batch_size, bucket] int32 (left-padded) and the media of `modalities` (as `make_pipeline`
     gives them); rows: a Row per batch row. question: the human turn of lines without
     `conversations`. process: (index, count), default JAX's. start_batch: the batches before
-    it are left out (a resumed run), their lines never read."""
+    it are left out (a resumed run), their lines never read. find_faces: as `make_pipeline`'s."""
     modalities = parse_modalities(modalities)
     index, count = process or (jax.process_index(), jax.process_count())
     source = ManifestSource(manifest, question)
     data = ml_collections.ConfigDict(cfg.data.to_dict())
     data.epochs = 1
     shard = grain.sharding.ShardOptions(shard_index=index, shard_count=count, drop_remainder=False)
-    elements = iter(ordered_examples(source, PromptTransform(source, tokenizer, cfg, modalities), data, shard,
+    elements = iter(ordered_examples(source, PromptTransform(source, tokenizer, cfg, modalities, find_faces), data, shard,
                                      shuffle=False, skip=start_batch * batch_size))
     blank, pad_id = _padding_example(cfg, modalities), pad_id_of(tokenizer)
     try:

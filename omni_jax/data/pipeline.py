@@ -69,6 +69,8 @@ STATS = ("truncated", "face_fallback", "face_detected", "audio_damaged", "audio_
 FACE_SOURCES = ("manifest", "detector", "manifest+detector", "fallback")
 MEDIA = ("pixel_values_videos", "face_pixels", "input_features")  # the model's media inputs
 FLAGS = ("has_video", "has_face", "has_audio")
+# frames [F, H, W, 3] uint8 RGB and their times [F] seconds → a box (x0, y0, x1, y1) or None per frame
+FindFaces = Callable[[np.ndarray, np.ndarray], list]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,13 +99,20 @@ def local_file(path: epath.Path) -> Iterator[str]:
         yield local.name
 
 
-def frame_boxes(record: Record, clip: video.VideoFrames, tolerance: float) -> tuple[list, int]:
-    """(a box or None per sampled frame, how many of them the detector looked for): detected
-    when the manifest gives none; by time, the manifest's box nearest to the frame's timestamp
-    when within `tolerance` seconds (a null there: no face), detected for frames with none that
-    near; positional, as given (their count must be the number of sampled frames)."""
+def haar_faces(frames: np.ndarray, times: np.ndarray) -> list:
+    """A face finder (FindFaces: frames [F, H, W, 3] uint8 and their times [F] → a box or None
+    per frame): OpenCV's Haar cascade on each frame. The default of the functions here; a run
+    passes `omni_jax.faces.finder.finder_for(cfg.data)` (RetinaFace and the tracker)."""
+    return video.detect_faces(frames)
+
+
+def frame_boxes(record: Record, clip: video.VideoFrames, tolerance: float, find_faces: FindFaces = haar_faces) -> tuple[list, int]:
+    """(a box or None per sampled frame, how many of them the detector looked for): found by
+    `find_faces` when the manifest gives none; by time, the manifest's box nearest to the
+    frame's timestamp when within `tolerance` seconds (a null there: no face), found for frames
+    with none that near; positional, as given (their count must be the number of sampled frames)."""
     if record.faces is None:
-        return video.detect_faces(clip.frames), len(clip.frames)
+        return find_faces(clip.frames, clip.timestamps), len(clip.frames)
     if record.face_times is None:
         if len(record.faces) != len(clip.frames):
             raise ExampleError("malformed_json", f"{record.where}: 'faces' has {len(record.faces)} boxes, expected "
@@ -113,11 +122,12 @@ def frame_boxes(record: Record, clip: video.VideoFrames, tolerance: float) -> tu
     nearest = [int(np.argmin(np.abs(times - t))) for t in clip.timestamps]
     covered = [abs(times[i] - t) <= tolerance for i, t in zip(nearest, clip.timestamps)]
     uncovered = [f for f, ok in enumerate(covered) if not ok]
-    detected = iter(video.detect_faces(clip.frames[uncovered]) if uncovered else [])
+    detected = iter(find_faces(clip.frames[uncovered], clip.timestamps[uncovered]) if uncovered else [])
     return [record.faces[i] if ok else next(detected) for i, ok in zip(nearest, covered)], len(uncovered)
 
 
-def vision_inputs(record: Record, data: ml_collections.ConfigDict, modalities: tuple[str, ...]) -> dict[str, np.ndarray]:
+def vision_inputs(record: Record, data: ml_collections.ConfigDict, modalities: tuple[str, ...],
+                  find_faces: FindFaces = haar_faces) -> dict[str, np.ndarray]:
     """pixel_values_videos [F, S, S, 3] and face_pixels [F, s, s, 3]: zeros (flagged absent)
     without a video or for a modality left out (faces are then neither detected nor cropped)."""
     shape = (data.num_frames,)
@@ -132,7 +142,7 @@ def vision_inputs(record: Record, data: ml_collections.ConfigDict, modalities: t
     if "v" in modalities:
         out.update(pixel_values_videos=video.preprocess_frames(clip.frames, data.image_size), has_video=np.bool_(True))
     if "f" in modalities:
-        boxes, detected = frame_boxes(record, clip, data.face_time_tolerance)
+        boxes, detected = frame_boxes(record, clip, data.face_time_tolerance, find_faces)
         crops = faces.face_crops(clip.frames, boxes, data.face_size)
         out.update(face_pixels=crops.pixel_values, has_face=np.bool_(True), face_fallback=np.bool_(crops.fallback),
                    face_detected=np.int32(detected))
@@ -185,14 +195,14 @@ NO_MEDIA = Record("", None, None, None, [], "")  # what a padding row or a left-
 
 
 def media_inputs(record: Record, cfg: ml_collections.ConfigDict, modalities: tuple[str, ...],
-                 kept: tuple[str, ...] | None = None) -> dict[str, Any]:
+                 kept: tuple[str, ...] | None = None, find_faces: FindFaces = haar_faces) -> dict[str, Any]:
     """The media of `modalities` (a batch of phase 2 carries no log-mel, one of phase 1 no
     pixels), each zeros and flagged absent where the record lacks it or `kept` (default: all
     of them) leaves it out, and the decoding's counted facts."""
     kept = modalities if kept is None else kept
     example = {}
     if {"v", "f"} & set(modalities):
-        example.update(vision_inputs(record, cfg.data, kept))
+        example.update(vision_inputs(record, cfg.data, kept, find_faces))
     if "a" in modalities:
         example.update(audio_inputs(record if "a" in kept else NO_MEDIA, cfg.model))
     return example
@@ -213,23 +223,25 @@ def kept_modalities(record: Record, modalities: tuple[str, ...], dropout: float,
 
 
 def load_example(record: Record, tokenizer: Any, cfg: ml_collections.ConfigDict,
-                 modalities: tuple[str, ...] = MODALITIES, kept: tuple[str, ...] | None = None) -> dict[str, Any]:
+                 modalities: tuple[str, ...] = MODALITIES, kept: tuple[str, ...] | None = None,
+                 find_faces: FindFaces = haar_faces) -> dict[str, Any]:
     """One example's model inputs (tokens: text.TokenizedExample, unpadded; `media_inputs`) and
     its counted facts; `kept`: the modalities its prompt holds (default all of `modalities`)."""
     kept = modalities if kept is None else kept
     blocks = prompt_blocks(record, kept)
     tokens = text.tokenize_conversation(record.conversations, tokenizer, cfg.model, max(cfg.data.buckets), blocks=blocks,
                                         name=f"{record.id} ({record.where})")
-    return {"tokens": tokens, "truncated": np.bool_(tokens.truncated), **media_inputs(record, cfg, modalities, kept)}
+    return {"tokens": tokens, "truncated": np.bool_(tokens.truncated), **media_inputs(record, cfg, modalities, kept, find_faces)}
 
 
 class ExampleTransform:
     """(ManifestLine, rng) → example dict or Skipped (picklable: it runs in grain's worker
-    processes); the rng draws `data.modality_dropout`."""
+    processes); the rng draws `data.modality_dropout`; `find_faces` serves lines without boxes."""
 
     def __init__(self, source: ManifestSource, tokenizer: Any, cfg: ml_collections.ConfigDict,
-                 modalities: tuple[str, ...] = MODALITIES):
+                 modalities: tuple[str, ...] = MODALITIES, find_faces: FindFaces = haar_faces):
         self.source, self.tokenizer, self.cfg, self.modalities = source, tokenizer, cfg, modalities
+        self.find_faces = find_faces
 
     def __call__(self, line: ManifestLine, rng: np.random.Generator) -> dict[str, np.ndarray] | Skipped:
         record_id = f"{self.source.path.name}:{line.number}"
@@ -237,7 +249,7 @@ class ExampleTransform:
             record = self.source.parse(line)
             record_id = record.id
             kept = kept_modalities(record, self.modalities, self.cfg.data.modality_dropout, rng)
-            return load_example(record, self.tokenizer, self.cfg, self.modalities, kept)
+            return load_example(record, self.tokenizer, self.cfg, self.modalities, kept, self.find_faces)
         except ExampleError as error:
             return Skipped(error.reason, record_id, str(error))
 
@@ -306,9 +318,12 @@ def release_workers_at_exit() -> None:
 def leave_signals_to_the_main_process(worker: int, workers: int) -> None:
     """In each data worker: SIGINT and SIGTERM are ignored. A scheduler's SIGTERM and a
     terminal's Ctrl-C reach the whole process group; a worker that died of them would fail the
-    run mid-batch, while the main process saves at the next step and stops the workers itself."""
+    run mid-batch, while the main process saves at the next step and stops the workers itself.
+    JAX there (the face detector) runs on the host's CPU: the accelerators are the main
+    process's, and a worker starting their backend would take their memory."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    jax.config.update("jax_platforms", "cpu")
 
 
 # --------------------------------------------------------------------------- batches
@@ -441,7 +456,8 @@ def pad_id_of(tokenizer: Any) -> int:
 
 def make_pipeline(manifest: str | os.PathLike, tokenizer: Any, cfg: ml_collections.ConfigDict, *,
                   shard: grain.sharding.ShardOptions | None = None, shuffle: bool = True,
-                  drop_remainder: bool = True, modalities: str | tuple[str, ...] = MODALITIES) -> Batches:
+                  drop_remainder: bool = True, modalities: str | tuple[str, ...] = MODALITIES,
+                  find_faces: FindFaces = haar_faces) -> Batches:
     """Numpy batches of this process's shard of `manifest`, as configured by `cfg.data`.
 
     Batch: input_ids, labels, attention_mask [B, bucket] int32; pixel_values_videos
@@ -449,7 +465,8 @@ def make_pipeline(manifest: str | os.PathLike, tokenizer: Any, cfg: ml_collectio
     `modalities` has v or f); input_features [B, windows, n_mels, T] float32 and has_audio [B]
     bool (when it has a). `iter(...)` has get_state/set_state and `.counts`.
     modalities: "v,a,f" or a subset (a training phase's, `prompt.parse_modalities`): the
-    prompt's blocks and the media decoded follow them.
+    prompt's blocks and the media decoded follow them. find_faces: for lines without boxes
+    (a run passes `omni_jax.faces.finder.finder_for(cfg.data)`).
     """
     data = cfg.data
     if data.batch_size < 1:
@@ -457,7 +474,7 @@ def make_pipeline(manifest: str | os.PathLike, tokenizer: Any, cfg: ml_collectio
                          "derives it from train.global_batch_size)")
     source = ManifestSource(manifest)
     shard = shard or grain.sharding.ShardByJaxProcess(drop_remainder=True)
-    transform = ExampleTransform(source, tokenizer, cfg, parse_modalities(modalities))
+    transform = ExampleTransform(source, tokenizer, cfg, parse_modalities(modalities), find_faces)
     examples = ordered_examples(source, transform, data, shard, shuffle)
     return Batches(examples, batch_size=data.batch_size, buckets=tuple(data.buckets), pad_id=pad_id_of(tokenizer),
                    max_skip_fraction=data.max_skip_fraction, min_examples=data.min_examples,

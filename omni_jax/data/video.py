@@ -144,10 +144,13 @@ def _decode_frames(path: Path, wanted: np.ndarray, keyframes: np.ndarray, seek: 
     return chosen
 
 
-def load_frames(path: str | os.PathLike, num_frames: int = NUM_FRAMES, seek: bool = True) -> VideoFrames:
+def load_frames(path: str | os.PathLike, num_frames: int = NUM_FRAMES, seek: bool = True,
+                rate: float | None = None) -> VideoFrames:
     """Decodes `num_frames` frames sampled uniformly in time (module docstring) from the first
     video stream of `path`. `seek=False` decodes sequentially (the reference the seeking path
-    is tested against). Raises ExampleError (module docstring) naming the file."""
+    is tested against). `rate` (frames per second): also the frames shown every 1/rate s from
+    the first, the distinct frames of both sets in time order (face tracks: `omni-jax faces`).
+    Raises ExampleError (module docstring) naming the file."""
     path = Path(path)
     if not path.is_file():
         raise ExampleError("missing_file", f"{path}: no such video file")
@@ -174,6 +177,10 @@ def load_frames(path: str | os.PathLike, num_frames: int = NUM_FRAMES, seek: boo
             raise ExampleError("truncated_video", f"{path}: video ends after {readable:.2f} s of the "
                                f"{promised:.2f} s its header promises")
         wanted = sample_pts(timeline.pts, num_frames)
+        if rate:
+            ticks = np.arange(timeline.pts[0], timeline.pts[-1] + 0.5, 1 / (rate * float(time_base)))
+            wanted = np.unique(np.concatenate([wanted, timeline.pts[np.searchsorted(timeline.pts, ticks + 0.5,
+                                                                                    side="right") - 1]]))
         unique = np.unique(wanted)
         chosen = _decode_frames(path, unique, timeline.keyframes, seek=True) if seek else None
         if chosen is None:

@@ -34,7 +34,8 @@ from jax.experimental import multihost_utils
 from omni_jax.data.manifest import ManifestSource, json_lines, skip_summary, unusable_lines
 from omni_jax.errors import InputError, MissingInputError, RunStopped
 from omni_jax.eval import judge, scoring
-from omni_jax.eval.predict import media_counts, write_predictions
+from omni_jax.eval.predict import media_counts
+from omni_jax.process_files import write_merged
 
 Predict = Callable[..., list[dict[str, Any]]]  # predict(manifest, question, progress=None): eval.predict.Predictor
 
@@ -117,7 +118,7 @@ class Evaluator(abc.ABC):
         skipped, total = np.sum(multihost_utils.process_allgather(np.array([len(skips), len(predictions)])).reshape(
             -1, 2), axis=0).tolist()
         self._check_skips(skips, skipped, total)
-        predictions = write_predictions(predictions, out_dir / "predictions" / f"{self.name}.jsonl", annotate)
+        predictions = write_merged(predictions, out_dir / "predictions" / f"{self.name}.jsonl", annotate)
         scores = scores or self._scores(predictions)
         yield from self.report(scores, out_dir)
         yield "clips", len(predictions) - skipped

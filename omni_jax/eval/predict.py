@@ -9,7 +9,7 @@ cut at the first stop string), `reference` (a final gpt turn) and the line's oth
 (`label`, `labels`, ...); a line that could not be read has `skip` (its reason) and `message`
 instead of an answer.
 
-`write_predictions` merges the processes' predictions into one JSONL file in manifest order:
+`process_files.write_merged` merges the processes' predictions into one JSONL file in manifest order:
 each process writes its part (in a folder every process sees, as checkpoints need), process 0
 checks that every line is there once, writes the
 merged file under a temporary name and renames it (a crash never leaves a partial file
@@ -22,7 +22,7 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Any, Callable, Iterator, TextIO
+from typing import Any
 
 import jax
 import ml_collections
@@ -33,8 +33,10 @@ from jax.sharding import Mesh, PartitionSpec
 from omni_jax.data.generation_batches import Row, batch_count, prompt_batches
 from omni_jax.data.manifest import ManifestSource
 from omni_jax.data.pipeline import FACE_SOURCES, global_batch, pad_id_of
-from omni_jax.errors import InputError, RunStopped, Stopped
+from omni_jax.errors import InputError, Stopped
+from omni_jax.faces.finder import finder_for
 from omni_jax.generate import generate
+from omni_jax.process_files import read_progress, rewritten
 from omni_jax.sharding import activate
 from omni_jax.stopping import StopRequest
 
@@ -107,10 +109,10 @@ class Predictor:
         if start:
             log.info("%s: resuming after batch %d of %d (%s)", manifest, start, total, record)
         batches = prompt_batches(manifest, self.tokenizer, self.cfg, ev.batch_size, modalities=ev.modalities,
-                                 question=question, start_batch=start)
+                                 question=question, start_batch=start, find_faces=finder_for(self.cfg.data))
         with contextlib.ExitStack() as files:
             files.enter_context(contextlib.closing(batches))  # the data workers, also when stopped
-            out = None if record is None else files.enter_context(_rewritten(record, key, kept[:start]))
+            out = None if record is None else files.enter_context(rewritten(record, key, kept[:start]))
             for index, (arrays, rows) in enumerate(batches, start=start):
                 tokens = self.generate(arrays, index)
                 batch = [prediction(row, self.answer(t)) for row, t in zip(rows, tokens) if not row.padding]
@@ -138,41 +140,6 @@ def resume_key(cfg: ml_collections.ConfigDict, manifest: str | os.PathLike, ques
             "processes": jax.process_count(), **extra}
 
 
-def read_progress(path: Path, key: dict[str, Any]) -> list[list[dict[str, Any]]]:
-    """The batches of predictions a progress file holds, in order, if it was made with `key`
-    (else none); a line a kill cut short ends it."""
-    if not path.exists():
-        return []
-    batches = []
-    with path.open() as lines:
-        try:
-            if json.loads(next(lines)).get("key") != json.loads(json.dumps(key)):
-                log.info("%s was made with other settings: starting over", path)
-                return []
-            for number, line in enumerate(lines):
-                entry = json.loads(line)
-                if entry.get("batch") != number:
-                    break
-                batches.append(entry["predictions"])
-        except (StopIteration, json.JSONDecodeError, KeyError):
-            pass
-    return batches
-
-
-@contextlib.contextmanager
-def _rewritten(path: Path, key: dict[str, Any], batches: list[list[dict[str, Any]]]) -> Iterator[TextIO]:
-    """The progress file anew (renamed into place) with `key` and the batches kept, open to append."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w") as out:
-        out.write(json.dumps({"key": key}) + "\n")
-        out.writelines(json.dumps({"batch": i, "predictions": b}, ensure_ascii=False) + "\n"
-                       for i, b in enumerate(batches))
-    os.replace(tmp, path)
-    with path.open("a") as out:
-        yield out
-
-
 def batch_count_of(manifest: str | os.PathLike, processes: int, batch_size: int) -> int:
     return batch_count(len(ManifestSource(manifest)), processes, batch_size)
 
@@ -194,43 +161,3 @@ def media_counts(predictions: list[dict[str, Any]]) -> dict[str, int]:
     return counts
 
 
-def write_predictions(predictions: list[dict[str, Any]], path: Path,
-                      annotate: Callable[[list[dict[str, Any]]], list[dict[str, Any]]] | None = None
-                      ) -> list[dict[str, Any]]:
-    """Merges every process's `predictions` into `path` (JSONL, manifest order); returns all.
-    annotate(merged) → merged: process 0 runs it before writing (per-clip scores); an error
-    there leaves no predictions file."""
-    index, count = jax.process_index(), jax.process_count()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    parts = [path.with_name(f"{path.name}.part-{i}-of-{count}") for i in range(count)]
-    _write_jsonl(parts[index], predictions)
-    if count > 1:
-        multihost_utils.sync_global_devices(f"predictions written: {path}")
-    failure = None
-    if index == 0:
-        try:
-            merged = sorted((json.loads(line) for part in parts for line in part.read_text().splitlines()),
-                            key=lambda p: p["line"])
-            lines = [p["line"] for p in merged]
-            if len(set(lines)) != len(lines):
-                twice = sorted({n for n in lines if lines.count(n) > 1})
-                raise RuntimeError(f"{path}: manifest lines predicted twice: {twice}")
-            if annotate is not None:
-                merged = annotate(merged)
-            tmp = path.with_name(f".{path.name}.tmp")
-            _write_jsonl(tmp, merged)
-            os.replace(tmp, path)
-        except Exception as error:  # raised below, once the other processes know (they wait for the file)
-            failure = error
-        finally:
-            for part in parts:
-                part.unlink(missing_ok=True)
-    if count > 1 and bool(multihost_utils.broadcast_one_to_all(np.bool_(failure is not None))) and index:
-        raise RunStopped(f"{path}: process 0 could not write the predictions (its output says why)")
-    if failure is not None:
-        raise failure
-    return [json.loads(line) for line in path.read_text().splitlines()]
-
-
-def _write_jsonl(path: Path, records: list[dict[str, Any]]) -> None:
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))

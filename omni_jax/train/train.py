@@ -36,6 +36,7 @@ from omni_jax.data.pipeline import global_batch, make_pipeline, pad_id_of
 from omni_jax.errors import CheckpointRefused, InputError, RunStopped
 from omni_jax.eval.evaluators import from_config
 from omni_jax.eval.predict import Predictor
+from omni_jax.faces.finder import finder_for
 from omni_jax.flops import matmul_flops
 from omni_jax.pretrained import load_pretrained, save_pretrained
 from omni_jax.runs import RUN_FILE, load_tokenizer, nested_run_config, resolve_checkpoint, run_config
@@ -156,7 +157,8 @@ def train(cfg: ml_collections.ConfigDict, workdir: str | os.PathLike, init: str 
     trainer = make_trainer(training_model_config(cfg), mesh, cfg.train, steps)
     pipeline_cfg = ml_collections.ConfigDict(cfg.to_dict())
     pipeline_cfg.data.epochs = None  # the run ends by its step count (see the module docstring)
-    data = iter(make_pipeline(cfg.data.manifest, tokenizer, pipeline_cfg, modalities=cfg.train.modalities))
+    data = iter(make_pipeline(cfg.data.manifest, tokenizer, pipeline_cfg, modalities=cfg.train.modalities,
+                              find_faces=finder_for(cfg.data)))
     align_hosts("omni_jax_train_start")  # before the first collective: the checkpoints' sync
     checkpoints = Checkpoints(workdir / "checkpoints", cfg.train.keep_checkpoints, cfg.train.keep_every)
     state, frozen = trainer.init_state(initial_params(trainer, cfg, init))

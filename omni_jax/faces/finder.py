@@ -1,0 +1,84 @@
+"""Faces by time for a clip's frames: the detector on every frame, shot cuts, tracks, and at each
+frame the principal face (`data.tracks`). One implementation for `omni-jax faces` (frames at a
+rate over the whole clip) and for the input pipeline (a line without boxes: its sampled frames).
+
+`finder_for(cfg.data)` is what the pipeline is given (`data/` does not import models): by
+`data.face_detector`, "retinaface" (the bundled MobileNet-0.25 weights), a converted RetinaFace
+checkpoint directory, or "haar" (OpenCV's cascade on each frame, the fallback where the bundled
+weights are not installed).
+"""
+from __future__ import annotations
+
+import functools
+import logging
+from typing import Any, Sequence
+
+import numpy as np
+
+from omni_jax.data import tracks
+from omni_jax.data.pipeline import FindFaces, haar_faces
+from omni_jax.data.faces import Box
+from omni_jax.errors import MissingInputError
+from omni_jax.faces.detector import FaceDetector, Faces, check_weights
+
+log = logging.getLogger(__name__)
+
+RETINAFACE = "retinaface"
+HAAR = "haar"
+
+
+def detections(frames: np.ndarray, times: Sequence[float], found: Sequence[Faces]) -> list[tracks.FrameDetections]:
+    """The tracker's input: each frame's faces at its time, flagged where a shot cut precedes it."""
+    cuts = tracks.shot_cuts(frames)
+    return [tracks.FrameDetections(float(t), f.boxes, f.scores, bool(cut)) for t, f, cut in zip(times, found, cuts)]
+
+
+class TrackedFaces:
+    """`finder(frames, times)` → per frame the principal face's box or None (FindFaces);
+    `finder.faces_by_time(frames, times)` → the manifest's timed entries. Picklable."""
+
+    def __init__(self, detector: FaceDetector, tracker: tracks.TrackerConfig = tracks.TrackerConfig()):
+        self.detector, self.tracker = detector, tracker
+
+    def faces_by_time(self, frames: np.ndarray, times: Sequence[float],
+                      found: Sequence[Faces] | None = None) -> list[dict[str, Any]]:
+        """frames [F, H, W, 3] uint8 RGB at `times` (increasing seconds) → one
+        {"t", "box", "score", "track"} (or {"t", "box": None}) per frame; `found`: the detector's
+        output for these frames, when already computed."""
+        found = self.detector(frames) if found is None else found
+        tracked = tracks.track(detections(frames, times, found), self.tracker)
+        return tracks.principal_faces(tracked, times)
+
+    def __call__(self, frames: np.ndarray, times: np.ndarray) -> list[Box | None]:
+        return [None if f["box"] is None else tuple(f["box"]) for f in self.faces_by_time(frames, list(times))]
+
+
+def tracked_faces(face_detector: str, batch_size: int = 8) -> TrackedFaces:
+    """RetinaFace + the tracker for `face_detector` ("retinaface" or "haar": the bundled weights;
+    else a converted checkpoint's directory), its weights loaded and checked now."""
+    weights = "bundled" if face_detector in (RETINAFACE, HAAR) else face_detector
+    finder = TrackedFaces(FaceDetector(weights, batch_size))
+    finder.detector.load()
+    return finder
+
+
+def finder_for(data: Any) -> FindFaces:
+    """The face finder `data.face_detector` names (module docstring)."""
+    return _finder(str(data.get("face_detector", RETINAFACE)))
+
+
+@functools.cache
+def _finder(name: str) -> FindFaces:
+    if name == HAAR:
+        return haar_faces
+    weights = "bundled" if name == RETINAFACE else name
+    if weights == "bundled":
+        from omni_jax.conversion.retinaface import bundled_weights
+
+        try:
+            bundled_weights()
+        except MissingInputError as error:
+            log.warning("data.face_detector=retinaface: %s; faces are found with OpenCV's Haar cascade instead", error)
+            return haar_faces
+    check_weights(weights)  # a wrong path or model is one line now, not an error in every worker
+    return TrackedFaces(FaceDetector(weights))

@@ -1,0 +1,103 @@
+"""Files the processes of a job write apart, resumably, and merge: per-process progress files
+(a key line, then one entry per finished batch, appended and flushed as they finish; a kill
+leaves at most a torn last line) and per-process parts merged in manifest order by process 0.
+`omni-jax eval`'s predictions and `omni-jax faces`' manifest are written this way."""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any, Callable, Iterator, TextIO
+
+import jax
+import numpy as np
+from jax.experimental import multihost_utils
+
+from omni_jax.errors import RunStopped
+
+log = logging.getLogger(__name__)
+
+
+def read_progress(path: Path, key: dict[str, Any]) -> list[list[dict[str, Any]]]:
+    """The batches of predictions a progress file holds, in order, if it was made with `key`
+    (else none); a line a kill cut short ends it."""
+    if not path.exists():
+        return []
+    batches = []
+    with path.open() as lines:
+        try:
+            if json.loads(next(lines)).get("key") != json.loads(json.dumps(key)):
+                log.info("%s was made with other settings: starting over", path)
+                return []
+            for number, line in enumerate(lines):
+                entry = json.loads(line)
+                if entry.get("batch") != number:
+                    break
+                batches.append(entry["predictions"])
+        except (StopIteration, json.JSONDecodeError, KeyError):
+            pass
+    return batches
+
+
+@contextlib.contextmanager
+def rewritten(path: Path, key: dict[str, Any], batches: list[list[dict[str, Any]]]) -> Iterator[TextIO]:
+    """The progress file anew (renamed into place) with `key` and the batches kept, open to append."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("w") as out:
+        out.write(json.dumps({"key": key}) + "\n")
+        out.writelines(json.dumps({"batch": i, "predictions": b}, ensure_ascii=False) + "\n"
+                       for i, b in enumerate(batches))
+    os.replace(tmp, path)
+    with path.open("a") as out:
+        yield out
+
+
+def write_merged(predictions: list[dict[str, Any]], path: Path,
+                 annotate: Callable[[list[dict[str, Any]]], list[dict[str, Any]]] | None = None,
+                 render: Callable[[dict[str, Any]], str] | None = None) -> list[dict[str, Any]]:
+    """Merges every process's `predictions` (dicts with their manifest "line") into `path` (JSONL,
+    manifest order); returns all. annotate(merged) → merged: process 0 runs it before writing
+    (per-clip scores); an error there leaves no file. render(record) → the line written for it
+    (default: the record as JSON); with `render` the merged records are returned on process 0
+    only (the file's lines may not be JSON)."""
+    index, count = jax.process_index(), jax.process_count()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    parts = [path.with_name(f"{path.name}.part-{i}-of-{count}") for i in range(count)]
+    _write_jsonl(parts[index], predictions)
+    if count > 1:
+        multihost_utils.sync_global_devices(f"predictions written: {path}")
+    failure = None
+    if index == 0:
+        try:
+            merged = sorted((json.loads(line) for part in parts for line in part.read_text().splitlines()),
+                            key=lambda p: p["line"])
+            lines = [p["line"] for p in merged]
+            if len(set(lines)) != len(lines):
+                twice = sorted({n for n in lines if lines.count(n) > 1})
+                raise RuntimeError(f"{path}: manifest lines predicted twice: {twice}")
+            if annotate is not None:
+                merged = annotate(merged)
+            tmp = path.with_name(f".{path.name}.tmp")
+            _write_jsonl(tmp, merged, render)
+            os.replace(tmp, path)
+        except Exception as error:  # raised below, once the other processes know (they wait for the file)
+            failure = error
+        finally:
+            for part in parts:
+                part.unlink(missing_ok=True)
+    if count > 1 and bool(multihost_utils.broadcast_one_to_all(np.bool_(failure is not None))) and index:
+        raise RunStopped(f"{path}: process 0 could not write the predictions (its output says why)")
+    if failure is not None:
+        raise failure
+    if render is not None:
+        return merged if index == 0 else []
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def _write_jsonl(path: Path, records: list[dict[str, Any]],
+                 render: Callable[[dict[str, Any]], str] | None = None) -> None:
+    render = render or (lambda record: json.dumps(record, ensure_ascii=False))
+    path.write_text("".join(render(r) + "\n" for r in records))
