@@ -24,7 +24,9 @@ PREFIX = "--config."
 MODEL_PREFIX = PREFIX + "model."
 # Fields that hold paths ("*": any evaluator): made absolute against the working directory when
 # the command line is read, as path flags are; the inputs among them must exist.
-INPUT_PATH_FIELDS = ("data.manifest", "data.tokenizer", "evals.*.manifest")
+INPUT_PATH_FIELDS = ("data.manifest", "data.tokenizer", "evals.*.manifest", "data.face_detector")
+# values of path fields that name something instead ("retinaface": the bundled weights)
+NAMED_VALUES = {"data.face_detector": ("retinaface", "haar")}
 OUTPUT_PATH_FIELDS = ("evals.*.endpoint.cache",)
 
 
@@ -130,7 +132,7 @@ def resolve_paths(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     for pattern in INPUT_PATH_FIELDS + OUTPUT_PATH_FIELDS:
         for section, name, dotted in _fields(cfg, pattern.split(".")):
             value = section[name]
-            if not isinstance(value, str) or not value or "://" in value:
+            if not isinstance(value, str) or not value or "://" in value or value in NAMED_VALUES.get(pattern, ()):
                 continue
             path = absolute(value)
             if pattern in INPUT_PATH_FIELDS and not os.path.exists(path):

@@ -276,3 +276,41 @@ def iou(a: Sequence[float], b: Sequence[float]) -> float:
     h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
     union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - w * h
     return w * h / union if union > 0 else 0.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Hits:
+    """How a scene's boxes by time compare with its ground truth (IoU ≥ HIT_IOU counts)."""
+
+    visible: int      # times the main face is visible
+    hits: int         # ... and the box is the main face's
+    bystander: int    # ... and the box is the bystander's instead
+    no_face: int      # times no face is visible
+    false_boxes: int  # ... and a box was given anyway
+
+    def __add__(self, other: "Hits") -> "Hits":
+        return Hits(*(a + b for a, b in zip(dataclasses.astuple(self), dataclasses.astuple(other))))
+
+    @property
+    def hit_rate(self) -> float:
+        return self.hits / self.visible if self.visible else 1.0
+
+
+HIT_IOU = 0.5
+
+
+def score(scene: Scene, faces: Sequence[dict]) -> Hits:
+    """faces: boxes by time ({"t": seconds, "box": [x0, y0, x1, y1] or None}, e.g. `omni-jax
+    faces`' output for the scene's clip) against the frame shown at each time."""
+    counts = dict(visible=0, hits=0, bystander=0, no_face=0, false_boxes=0)
+    for face in faces:
+        main, bystander = ground_truth_at(scene, face["t"])
+        box = face["box"]
+        if main is not None:
+            counts["visible"] += 1
+            counts["hits"] += box is not None and iou(box, main) >= HIT_IOU
+            counts["bystander"] += box is not None and bystander is not None and iou(box, bystander) >= HIT_IOU
+        elif bystander is None:
+            counts["no_face"] += 1
+            counts["false_boxes"] += box is not None
+    return Hits(**counts)

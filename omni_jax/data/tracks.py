@@ -30,8 +30,9 @@ Principal face: tracks rank by
 so the person there most of the clip outranks a bystander seen briefly even when the
 bystander's box is larger. At each time the highest-ranked track covering it gives the box:
 the principal where it is, else the most likely other track. A track covers the times from its
-first to its last (its boxes run through its gaps) widened by `tolerance` at both ends; the box
-is the one at its nearest time. Output, one dict per requested time (docs/data.md's boxes by
+first to its last widened by `tolerance` at both ends, except where its nearest time is in a
+bridged gap: the gap keeps the person's identity across an occlusion or a missed detection,
+but no box is given where no face was seen; the box is the one at its nearest time. Output, one dict per requested time (docs/data.md's boxes by
 time): `{"t": t, "box": [x0, y0, x1, y1], "score": s, "track": id}` (box rounded to 0.1 px,
 score to 4 decimals) or `{"t": t, "box": None}`.
 
@@ -240,6 +241,8 @@ def face_at(ranked: Sequence[Track], t: float, tolerance: float) -> dict:
     for candidate in ranked:
         if candidate.times[0] - tolerance <= t <= candidate.times[-1] + tolerance:
             i = int(np.argmin(np.abs(candidate.times - t)))  # the earlier on a tie
+            if not candidate.observed[i]:  # a bridged gap: the face was not seen there (occluded, missed)
+                continue
             return {"t": t, "box": [round(float(v), 1) for v in candidate.boxes[i]],
                     "score": round(float(candidate.scores[i]), 4), "track": candidate.id}
     return {"t": t, "box": None}

@@ -79,7 +79,8 @@ def test_bystander_does_not_become_principal():
 
 def test_short_gap_is_interpolated():
     """Moving 10 px a frame, unseen at frames 5 and 6 (occluded): one track, the gap filled on
-    the line between frames 4 and 7, and the principal faces run through it."""
+    the line between frames 4 and 7; the principal faces keep its id on both sides and give no
+    box in the gap (no face was seen there)."""
     path = [square(50 + 10 * i, 80) for i in range(12)]
     tracks = track([frame(i, *([(path[i], 0.9)] if i not in (5, 6) else [])) for i in range(12)])
     assert len(tracks) == 1
@@ -88,8 +89,8 @@ def test_short_gap_is_interpolated():
     np.testing.assert_allclose(face.boxes, path)
     assert face.scores[5] == face.scores[6] == 0.0 and face.scores[4] == np.float32(0.9)
     faces = principal_faces(tracks, times(12))
-    assert ids(faces) == [0] * 12
-    assert faces[5]["box"] == [100.0, 80.0, 200.0, 180.0] and faces[5]["score"] == 0.0
+    assert ids(faces) == [0] * 5 + [None] * 2 + [0] * 5
+    assert faces[5] == {"t": 5 * DT, "box": None} and faces[4]["box"] == [90.0, 80.0, 190.0, 180.0]
 
 
 @pytest.mark.parametrize("missing,count", [(3, 1), (4, 2)])

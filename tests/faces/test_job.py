@@ -1,0 +1,189 @@
+"""`omni-jax faces` on clips the tests write from a real photograph: the main face at every time
+it is visible, no box where none is, never the bystander; every line kept; resume after a kill;
+two processes give the one-process manifest; previews; bad input counted, not fatal."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from omni_jax import cli
+from omni_jax.data import face_scenes
+from omni_jax.faces import job
+from omni_jax.faces.finder import tracked_faces
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def scenes(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("scenes")
+    return directory, face_scenes.write_scenes(directory)
+
+
+@pytest.fixture(scope="module")
+def tracked(scenes):
+    """The scenes' manifest and `omni-jax faces`' output for it (one process, in this one)."""
+    directory, written = scenes
+    manifest = directory / "scenes.jsonl"
+    manifest.write_text("".join(json.dumps({"id": s.name, "video": f"{s.name}.mp4"}) + "\n" for s in written))
+    out = directory / "scenes_faces.jsonl"
+    summary = job.run(manifest, out, tracked_faces("retinaface"), progress=False)
+    return manifest, out, summary
+
+
+def test_the_main_face_whenever_it_is_visible_and_no_box_where_none_is(scenes, tracked):
+    _, written = scenes
+    _, out, summary = tracked
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    total = face_scenes.Hits(0, 0, 0, 0, 0)
+    for scene, line in zip(written, lines):
+        hits = face_scenes.score(scene, line["faces"])
+        assert hits.hit_rate >= 0.98 and hits.false_boxes == 0 and hits.bystander == 0, (scene.name, hits)
+        total += hits
+    assert total.visible > 100 and total.no_face >= 17  # every scene counted, `empty` and the occlusion too
+    assert summary["clips"] == 8 and summary["clips_without_face"] == 1  # `empty`
+
+
+def test_faces_by_time_cover_the_rate_and_the_sampled_frames(scenes, tracked):
+    _, out, _ = tracked
+    moving = json.loads(out.read_text().splitlines()[0])
+    times = [f["t"] for f in moving["faces"]]
+    assert times == sorted(times) and len(times) == 17  # 4 a second over 2.9 s and the 8 sampled frames
+    assert {0.0, 0.4, 0.8, 2.9} <= {round(t, 3) for t in times}
+    face = moving["faces"][0]
+    assert set(face) == {"t", "box", "score", "track"} and face["score"] > 0.9 and face["track"] == 0
+
+
+def clip_manifest(directory: Path, scenes: list, copies: int) -> Path:
+    """Lines of every kind: clips without boxes (`copies` times), one with boxes, one without a
+    video, an unreadable clip, a missing one, a malformed line."""
+    (directory / "broken.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42 not really a video")
+    lines = [json.dumps({"id": f"{s.name}-{k}", "video": str(s.path)}) for k in range(copies) for s in scenes]
+    lines += [json.dumps({"id": "given", "video": str(scenes[0].path), "faces": [{"t": 0.0, "box": [1, 2, 30, 40]}]}),
+              json.dumps({"id": "text-only", "conversations": []}),
+              json.dumps({"id": "broken", "video": "broken.mp4"}),
+              json.dumps({"id": "gone", "video": "gone.mp4"}),
+              '{"id": "cut off", "video": ']
+    manifest = directory / "m.jsonl"
+    manifest.write_text("\n".join(lines) + "\n")
+    return manifest
+
+
+def test_every_line_is_kept_and_bad_ones_are_counted(scenes, tmp_path):
+    _, written = scenes
+    manifest = clip_manifest(tmp_path, written[:2], copies=1)
+    out = tmp_path / "out.jsonl"
+    assert cli.main(["faces", "--manifest", str(manifest), "--out", str(out), "--preview", str(tmp_path / "p")]) == 0
+    given, got = manifest.read_text().splitlines(), out.read_text().splitlines()
+    assert len(got) == len(given) == 7
+    assert got[2] == given[2] and got[3] == given[3] and got[6] == given[6]  # boxes kept, no video, malformed
+    assert json.loads(got[4]) == json.loads(given[4]) and "faces" not in json.loads(got[5])  # unreadable: as given
+    assert all(f["box"] for f in json.loads(got[0])["faces"])
+    sheets = sorted(p.name for p in (tmp_path / "p").iterdir())
+    assert sheets == ["000001-moving-0.png", "000002-turned-0.png"]
+    sheet = cv2.imread(str(tmp_path / "p" / sheets[0]))
+    assert sheet.shape[1] == 4 * 320 and (sheet[..., 1] > 200).sum() > 100  # four columns, green boxes drawn
+    with pytest.raises(SystemExit):
+        cli.main(["faces", "--manifest", str(tmp_path / "none.jsonl"), "--out", str(tmp_path / "o")])
+    assert cli.main(["faces", "--manifest", str(manifest), "--out", str(out)]) == 1  # exists: nothing overwritten
+
+
+def test_summary_and_redo(scenes, tmp_path, capsys):
+    _, written = scenes
+    manifest = clip_manifest(tmp_path, [written[0], written[7]], copies=1)  # moving, empty
+    out = tmp_path / "out.jsonl"
+    assert cli.main(["--json", "faces", "--manifest", str(manifest), "--out", str(out), "--redo"]) == 0
+    summary = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert summary["clips"] == 3 and summary["clips_without_face"] == 1 and summary["boxes_kept"] == 0
+    assert summary["times_with_face"] == 0.6667  # the mean share over the clips: 1, 1, 0
+    assert summary["unreadable"] == {"corrupt_video": 1, "missing_file": 1}
+    assert summary["malformed"] == 1 and summary["without_video"] == 1
+    redone = json.loads(out.read_text().splitlines()[2])
+    assert redone["id"] == "given" and len(redone["faces"]) == 17  # --redo: detected, the given box replaced
+
+
+def faces_command(manifest: Path, out: Path, *program_flags: str) -> list[str]:
+    return [sys.executable, "-m", "omni_jax.cli", *program_flags, "faces", "--manifest", str(manifest), "--out",
+            str(out)]
+
+
+def single_device_env() -> dict:
+    flags = " ".join(f for f in os.environ.get("XLA_FLAGS", "").split() if f.startswith("--xla_cpu_collective"))
+    return {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": f"--xla_force_host_platform_device_count=1 {flags}"}
+
+
+def test_a_killed_run_resumes_with_no_line_lost_or_doubled(scenes, tmp_path):
+    _, written = scenes
+    manifest = clip_manifest(tmp_path, written[:4], copies=3)
+    reference = tmp_path / "whole.jsonl"
+    job.run(manifest, reference, tracked_faces("retinaface"), progress=False)
+    out = tmp_path / "out.jsonl"
+    killed = subprocess.Popen(faces_command(manifest, out), cwd=REPO, env=single_device_env(),
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    progress = tmp_path / ".out.jsonl.progress-0-of-1"
+    deadline = time.monotonic() + 300
+    while not (progress.exists() and len(progress.read_text().splitlines()) >= 4):  # the key and three lines
+        assert killed.poll() is None and time.monotonic() < deadline, killed.communicate()[0][-3000:]
+        time.sleep(0.05)
+    os.killpg(killed.pid, signal.SIGKILL)
+    killed.wait()
+    done = len(progress.read_text().splitlines()) - 1
+    assert not out.exists() and 3 <= done < 17
+    resumed = subprocess.run(faces_command(manifest, out), cwd=REPO, env=single_device_env(), capture_output=True,
+                             text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resuming after round {done} of 17" in resumed.stderr
+    assert out.read_text() == reference.read_text()
+    assert not progress.exists()
+
+
+def test_two_processes_give_the_one_process_manifest(scenes, tracked, tmp_path):
+    manifest, single, _ = tracked
+    port = _free_port()
+    out = tmp_path / "out.jsonl"
+    runs = [subprocess.Popen(faces_command(manifest, out, "--coordinator", f"localhost:{port}", "--num-processes", "2",
+                                           "--process-id", str(i)), cwd=manifest.parent, env=single_device_env(),
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
+    outputs = [run.communicate(timeout=600)[0] for run in runs]
+    assert [run.returncode for run in runs] == [0, 0], outputs
+    assert out.read_text() == single.read_text()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def test_a_checkpoint_of_another_model_is_one_line(tmp_path, capsys):
+    from omni_jax.conversion.engine import CONFIG_FILE
+
+    (tmp_path / "ckpt").mkdir()
+    (tmp_path / "ckpt" / CONFIG_FILE).write_text(json.dumps({"model_type": "whisper", "config": {}}))
+    (tmp_path / "m.jsonl").write_text('{"id": "a", "video": "a.mp4"}\n')
+    assert cli.main(["faces", "--manifest", str(tmp_path / "m.jsonl"), "--out", str(tmp_path / "o.jsonl"),
+                     "--checkpoint", str(tmp_path / "ckpt")]) == 1
+    err = capsys.readouterr().err
+    assert "'whisper' checkpoint, not a face detector" in err and "Traceback" not in err
+    assert not (tmp_path / "o.jsonl").exists()
+
+
+def test_convert_retinaface_writes_a_checkpoint_the_job_reads(scenes, tmp_path):
+    _, written = scenes
+    assert cli.main(["convert-retinaface", "--src", "bundled", "--dst", str(tmp_path / "det")]) == 0
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text(json.dumps({"id": "far", "video": str(written[3].path)}) + "\n")
+    assert cli.main(["faces", "--manifest", str(manifest), "--out", str(tmp_path / "o.jsonl"),
+                     "--checkpoint", str(tmp_path / "det")]) == 0
+    faces = json.loads((tmp_path / "o.jsonl").read_text())["faces"]
+    assert face_scenes.score(written[3], faces).hit_rate >= 0.98
+    assert np.isfinite([f["score"] for f in faces]).all()
