@@ -71,7 +71,11 @@ def test_a_workdir_recorded_before_the_change_resumes(tmp_path):
     cfg = omni_emotion.get_config("tiny")
     check_workdir(tmp_path, cfg, None)  # the same run: resumes
     assert json.loads((tmp_path / RUN_FILE).read_text())["config"]["model"]["num_frames"] == 2  # rewritten in today's shape
+    # recorded before data.face_detector: resumed with the Haar cascade its pipeline used
+    assert cfg.data.face_detector == "haar"
+    assert json.loads((tmp_path / RUN_FILE).read_text())["config"]["data"]["face_detector"] == "haar"
     shutil.copy(BEFORE / "workdir_config.json", tmp_path / RUN_FILE)
+    cfg = omni_emotion.get_config("tiny")
     cfg.train.learning_rate = 0.5
     with pytest.raises(ConfigChangedError, match="train.learning_rate"):  # and a changed run is still told apart
         check_workdir(tmp_path, cfg, None)

@@ -140,8 +140,16 @@ class Conv(nn.Module):
         padding = [(p, p) for p in (self.padding or (0,) * rank)]
         strides = tuple(self.strides or (1,) * rank)
         spatial = "".join("HWD"[:rank])
-        if self.groups == x.shape[-1] == self.features and jax.default_backend() == "cpu":
-            y = depthwise_conv(x.astype(self.dtype), kernel.astype(self.dtype), strides, padding)
+        taps = int(np.prod(self.kernel_size))
+        if jax.default_backend() == "cpu" and (self.groups == x.shape[-1] == self.features or
+                                               (self.groups == 1 and 1 < taps and taps * x.shape[-1] <= SHIFTED_MAX_TERMS)):
+            accumulate = jnp.promote_types(self.dtype, jnp.float32)  # elementwise sums: never in bf16
+            y = shifted_conv(x.astype(accumulate), kernel.astype(accumulate), strides, padding)
+        elif all(k == 1 for k in self.kernel_size) and self.groups == 1 and not any(self.padding or ()):
+            # a 1×1 convolution is a matrix product: XLA:CPU runs it 2–6× faster as one (bench_faces.py)
+            x = x[(slice(None), *(slice(None, None, s) for s in strides))]
+            y = jax.lax.dot_general(x.astype(self.dtype), kernel.reshape(kernel.shape[-2:]).astype(self.dtype),
+                                    (((x.ndim - 1,), (0,)), ((), ())), preferred_element_type=dot_result_type(self.dtype))
         else:
             y = jax.lax.conv_general_dilated(
                 x.astype(self.dtype), kernel.astype(self.dtype), window_strides=strides, padding=padding,
@@ -155,16 +163,25 @@ class Conv(nn.Module):
         return y.astype(self.dtype)
 
 
-def depthwise_conv(x: jax.Array, kernel: jax.Array, strides: Sequence[int], padding: Sequence[tuple[int, int]]) -> jax.Array:
-    """A depthwise convolution (groups = channels) as a sum of shifted, scaled copies of the input:
-    x [batch, *spatial, channels], kernel [*k, 1, channels]. XLA:CPU runs grouped convolutions
-    20–40× slower than these fused multiply-adds (MobileNet's 3×3s, experiments/bench_faces.py)."""
+# XLA:CPU runs grouped convolutions 20–40× slower, and a 3×3 convolution of an RGB image 2.5×
+# slower, than the same sums of shifted, scaled copies of the input, which it fuses (measured for
+# RetinaFace, bench_faces.py); beyond a 3×3 over 3 inputs (27 terms) the sums lose.
+SHIFTED_MAX_TERMS = 27
+
+
+def shifted_conv(x: jax.Array, kernel: jax.Array, strides: Sequence[int], padding: Sequence[tuple[int, int]]) -> jax.Array:
+    """A depthwise convolution (kernel [*k, 1, channels]) or one of few input channels (kernel
+    [*k, in, out]) as a sum over the kernel's offsets (and inputs) of shifted, scaled copies of
+    x [batch, *spatial, channels]."""
     x = jnp.pad(x, ((0, 0), *padding, (0, 0)))
-    window = kernel.shape[:-2]
+    window, inputs = kernel.shape[:-2], kernel.shape[-2]
     out_shape = [(n - k) // s + 1 for n, k, s in zip(x.shape[1:-1], window, strides)]
     out = None
     for offset in np.ndindex(*window):
         index = tuple(slice(o, o + s * (n - 1) + 1, s) for o, n, s in zip(offset, out_shape, strides))
-        term = x[(slice(None), *index)] * kernel[offset][0]
-        out = term if out is None else out + term
+        shifted = x[(slice(None), *index)]
+        terms = [shifted * kernel[offset][0]] if inputs == 1 else [shifted[..., c:c + 1] * kernel[offset][c]
+                                                                   for c in range(inputs)]
+        for term in terms:
+            out = term if out is None else out + term
     return out

@@ -56,6 +56,11 @@ RESUMABLE = ("mesh", "data.workers", "data.threads", "data.prefetch", "train.log
              "eval", "evals")
 
 
+# Fields added since a workdir may have been recorded, with the value its run had before they
+# existed: a resumed run keeps it (the pipeline found faces with OpenCV's Haar cascade).
+ADDED_FIELDS = {("data", "face_detector"): "haar"}
+
+
 class NonFiniteError(RunStopped):
     """Too many steps in a row had a non-finite loss or gradient norm."""
 
@@ -72,6 +77,15 @@ def check_workdir(workdir: Path, cfg: ml_collections.ConfigDict, init: Path | No
     if path.exists():
         before = json.loads(path.read_text())
         before["config"] = nested_run_config(before["config"])  # a workdir recorded before `model` was a section
+        for (section, name), old in ADDED_FIELDS.items():
+            recorded = before["config"].get(section, {})
+            if name not in recorded:
+                recorded[name] = old
+                if cfg[section][name] != old and not cfg.train.allow_config_change:
+                    log.info("%s was recorded before %s.%s: resuming with the %r its run had", workdir, section,
+                             name, old)
+                    cfg[section][name] = old
+                    record["config"][section][name] = old
         differences = _differences(before, json.loads(json.dumps(record)))
         differences = [d for d in differences if not any(d.startswith(f"config.{field}") for field in RESUMABLE)]
         if differences and not cfg.train.allow_config_change:

@@ -63,7 +63,7 @@ def _products(jaxpr):
 
 @pytest.mark.parametrize("layer,x", [
     (DenseGeneral((4, 8), ("embed", "heads", "head_dim"), use_bias=True), jnp.ones((2, 5, 16))),
-    (Conv(8, (3, 3), (None, None, "embed", "mlp"), padding=(1, 1)), jnp.ones((2, 6, 6, 3))),
+    (Conv(8, (3, 3), (None, None, "embed", "mlp"), padding=(1, 1)), jnp.ones((2, 6, 6, 5))),
     (Embed(VOCAB, WIDTH), jnp.ones((2, 5, WIDTH))),
 ])
 def test_bf16_layers_multiply_bf16_into_float32_once(layer, x):
@@ -82,3 +82,23 @@ def test_bf16_layers_multiply_bf16_into_float32_once(layer, x):
     rounded = jax.tree.map(lambda p: p.astype(jnp.bfloat16).astype(jnp.float32), params)
     ref = layer.clone(dtype=jnp.float32).apply(rounded, x.astype(jnp.bfloat16).astype(jnp.float32), method=method)
     assert rel_err(out, ref) < 2 ** -8
+
+
+@pytest.mark.parametrize("groups,inputs,features,stride", [(1, 3, 8, 2), (16, 16, 16, 1), (16, 16, 16, 2), (1, 1, 4, 1)])
+def test_shifted_sums_equal_the_convolution(groups, inputs, features, stride):
+    """The CPU's paths for depthwise and few-input 3×3 convolutions (sums of shifted copies) and
+    for 1×1 ones (a matrix product) equal XLA's convolution; in bf16 they sum in float32."""
+    x = jax.random.normal(jax.random.key(0), (2, 9, 11, inputs))
+    for kernel_size, padding in (((3, 3), (1, 1)), ((1, 1), None)):
+        layer = Conv(features, kernel_size, (None, None, None, "mlp"), strides=(stride, stride), padding=padding,
+                     groups=groups)
+        params = nn.unbox(layer.init(jax.random.key(1), x))
+        params = jax.tree.map(lambda p: jax.random.normal(jax.random.key(2), p.shape), params)
+        kernel, bias = params["params"]["kernel"], params["params"]["bias"]
+        expected = jax.lax.conv_general_dilated(x, kernel, (stride, stride), [(p, p) for p in (padding or (0, 0))],
+                                                dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                                feature_group_count=groups) + bias
+        np.testing.assert_allclose(layer.apply(params, x), expected, rtol=1e-5, atol=1e-5)
+        bf16 = layer.clone(dtype=jnp.bfloat16).apply(params, x)
+        assert bf16.dtype == jnp.bfloat16
+        np.testing.assert_allclose(bf16.astype(np.float32), expected, rtol=0.05, atol=0.1)

@@ -3,12 +3,10 @@ release's own PriorBox and decoding), through the real converter (.pth with Batc
 without DataParallel's prefix); the static-shape NMS against OpenCV's."""
 import cv2
 import jax
-import ml_collections
 import numpy as np
 import pytest
 import torch
 
-from omni_jax import registry
 from omni_jax.conversion import ConversionError
 from omni_jax.conversion.engine import read_converted_config
 from omni_jax.conversion.retinaface import backbone_of, convert_retinaface
@@ -115,10 +113,11 @@ def test_nms_keeps_what_opencv_keeps():
     assert 5 < keep.sum() < 60
 
 
-def test_detections_are_padded_to_a_static_count():
-    cfg = ml_collections.FrozenConfigDict(retinaface.release_config())
-    params = registry.init_params(registry.FAMILIES["retinaface"], cfg, jax.sharding.Mesh(jax.devices()[:1], ("x",)))
-    out = retinaface.RetinaFace(cfg).apply({"params": params}, np.zeros((3, 64, 96, 3), np.float32))
+def test_detections_are_padded_to_a_static_count(release):
+    _, converted = release
+    model, params = load_pretrained(converted)
+    cfg = model.config
+    out = model.apply({"params": params}, np.zeros((3, 64, 96, 3), np.float32))
     found = retinaface.detections(out, 64, 96, cfg, score_threshold=0.0, max_faces=5)
     assert found["boxes"].shape == (3, 5, 4) and found["landmarks"].shape == (3, 5, 5, 2)
     assert found["valid"].shape == (3, 5) and bool(found["valid"][:, 0].all())
