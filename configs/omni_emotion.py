@@ -194,7 +194,7 @@ DESCRIBE = ("What is the emotional state of the person in the video? Explain it 
 # The judge of the reasoning scores and of the LLM grouping: any OpenAI-compatible endpoint.
 JUDGE = dict(base_url="https://api.openai.com/v1", model="gpt-4o-mini", api_key_env="OPENAI_API_KEY",
              cache="",  # replies cached here (default ~/.cache/omni_jax/judge): a rerun sends nothing twice
-             concurrency=8, retries=4, timeout=60.0, backoff=1.0)
+             concurrency=8, retries=4, timeout=60.0)
 
 
 def eval_config(variant: str) -> ml_collections.ConfigDict:

@@ -200,7 +200,7 @@ class OpenVocabulary(Evaluator):
             groupings = self.client.ask_all([judge.GROUPING_PROMPT.format(words=json.dumps(w)) for w in words],
                                             [judge.grouping_parser(w) for w in words])
             for p, grouping in zip(todo, groupings):
-                p.update({"grouping_failure": str(grouping)} if isinstance(grouping, judge.ReplyRejected)
+                p.update({"grouping_failure": str(grouping)} if isinstance(grouping, judge.JudgeFailure)
                          else {"groups": grouping})
             failures = [p for p in answered if "grouping_failure" in p]
             answered = [p for p in answered if "groups" in p]
@@ -212,19 +212,21 @@ class OpenVocabulary(Evaluator):
                                                 group_of=group_of, table=self.table)
         for p, clip in zip(answered, scores["per_clip"]):
             p.update(clip)
-        return {**scores, "grouping_failures": len(failures)}
+        return {**scores, "grouping_failures": len(failures), **(self.client.figures() if self.client else {})}
 
     def report(self, scores: dict[str, Any], out_dir: Path) -> Iterator[tuple[str, Any]]:
         for key in ("precision", "recall", "avg"):
             yield key, scores[key]
         if self.client is not None:
             yield "grouping_failures", scores["grouping_failures"]
+            yield from ((k, v) for k, v in scores.items() if k.startswith("judge_"))
 
 
 class ReasoningJudge(Evaluator):
     """EMER's reasoning scores: the judge endpoint rates each answer against the line's
     `description` for clue overlap and label overlap (0-10), averaged over the judged clips;
-    a clip whose replies never parse is a `judge_failure`, counted and not scored."""
+    a clip whose replies never parse, or whose requests keep timing out or failing, is a
+    `judge_failure`, counted and not scored; `judge_requests` and the tokens say what it cost."""
 
     reference = "description"
 
@@ -245,11 +247,12 @@ class ReasoningJudge(Evaluator):
         replies = self.client.ask_all([judge.REASONING_PROMPT.format(reference=p["description"], answer=p["answer"])
                                        for p in todo], judge.parse_reasoning)
         for p, reply in zip(todo, replies):
-            p.update({"judge_failure": str(reply)} if isinstance(reply, judge.ReplyRejected) else reply)
+            p.update({"judge_failure": str(reply)} if isinstance(reply, judge.JudgeFailure) else reply)
         judged = [p for p in answered if "clue_overlap" in p]
         mean = lambda key: float(np.mean([p[key] for p in judged])) if judged else None
         return {"clue_overlap": mean("clue_overlap"), "label_overlap": mean("label_overlap"), "judged": len(judged),
-                "judge_failures": len(answered) - len(judged)}
+                "judge_failures": len(answered) - len(judged),
+                **self.client.figures()}
 
     def report(self, scores: dict[str, Any], out_dir: Path) -> Iterator[tuple[str, Any]]:
         yield from scores.items()

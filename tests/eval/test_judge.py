@@ -1,8 +1,10 @@
-"""The judge against a fake OpenAI-compatible endpoint the tests start on localhost: scores,
-retries, the disk cache, garbage replies counted as failures, the LLM grouping, and the
-errors (no API key, nothing listening, a refused request)."""
+"""The judge through the official `openai` client against a fake OpenAI-compatible endpoint the
+tests start on localhost: scores, retries, the disk cache, garbage replies, timeouts, 429/5xx
+storms and truncated bodies counted as one clip's failure, the LLM grouping, and the errors (no
+API key, nothing listening, a refused request)."""
 import json
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -10,24 +12,34 @@ import pytest
 from omni_jax.eval import judge, scoring
 from omni_jax.eval.evaluators import OpenVocabulary, ReasoningJudge
 
+TIMEOUT = 1.0  # seconds a request may take (a "SLOW" prompt takes longer)
+
 
 class FakeEndpoint:
     """Replies by what the prompt holds: "score=N" → clue N, label 10 − N; "GARBAGE" → prose;
-    "FLAKY" → HTTP 500 the first time; a grouping prompt → every word in one group."""
+    "FLAKY" → HTTP 500 the first time; "STORM" → 429 or 503 every time; "SLOW" → past the
+    timeout; "TRUNCATED" → a body cut short; a grouping prompt → every word in one group."""
 
     def __init__(self):
         self.requests: list[str] = []
         endpoint = self
 
         class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
             def do_POST(self):
+                assert self.path == "/v1/chat/completions"
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 prompt = body["messages"][-1]["content"]
                 endpoint.requests.append(prompt)
                 if self.headers["Authorization"] != "Bearer secret":
-                    return self._send(401, {"error": "bad key"})
+                    return self._send(401, {"error": {"message": "bad key", "type": "invalid_request_error"}})
                 if "FLAKY" in prompt and endpoint.requests.count(prompt) == 1:
-                    return self._send(500, {"error": "try again"})
+                    return self._send(500, {"error": {"message": "try again"}})
+                if "STORM" in prompt:
+                    return self._send(429 if endpoint.requests.count(prompt) % 2 else 503, {"error": {"message": "busy"}})
+                if "SLOW" in prompt:
+                    time.sleep(TIMEOUT * 1.5)
                 if "GARBAGE" in prompt:
                     reply = "The explanation seems reasonable overall."
                 elif prompt.startswith("Group these"):
@@ -36,20 +48,27 @@ class FakeEndpoint:
                 else:
                     n = int(prompt.split("score=")[1][0])
                     reply = f"```json\n{{\"clue_overlap\": {n}, \"label_overlap\": {10 - n}}}\n```"
-                self._send(200, {"choices": [{"message": {"role": "assistant", "content": reply}}]})
+                self._send(200, {"id": "c1", "object": "chat.completion", "created": 0, "model": body["model"],
+                                 "choices": [{"index": 0, "finish_reason": "stop",
+                                              "message": {"role": "assistant", "content": reply}}],
+                                 "usage": {"prompt_tokens": 10, "completion_tokens": 3, "total_tokens": 13}},
+                           truncated="TRUNCATED" in prompt)
 
-            def _send(self, code, payload):
+            def _send(self, code, payload, truncated=False):
                 data = json.dumps(payload).encode()
                 self.send_response(code)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
-                self.wfile.write(data)
+                self.wfile.write(data[:len(data) // 2] if truncated else data)
+                if truncated:
+                    self.close_connection = True
 
             def log_message(self, *args):
                 pass
 
         self.server = ThreadingHTTPServer(("localhost", 0), Handler)
+        self.server.daemon_threads = True
         self.url = f"http://localhost:{self.server.server_address[1]}/v1"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
@@ -64,7 +83,7 @@ def endpoint(monkeypatch):
 
 def settings(endpoint, tmp_path, **kwargs):
     return dict(base_url=endpoint.url, model="fake", api_key_env="JUDGE_KEY", cache=str(tmp_path / "cache"),
-                retries=2, backoff=0.01, timeout=5, **kwargs)
+                retries=2, timeout=TIMEOUT, **kwargs)
 
 
 def manifest(tmp_path, key, values):
@@ -89,13 +108,36 @@ def test_reasoning_scores_retries_cache_and_failures(endpoint, tmp_path):
     assert figures["clue_overlap"] == pytest.approx((8 + 4) / 2)
     assert figures["label_overlap"] == pytest.approx((2 + 6) / 2)
     assert (figures["judged"], figures["judge_failures"]) == (2, 1)
+    assert (figures["judge_requests"], figures["judge_prompt_tokens"]) == (5, 50)  # the 500 was not answered
     lines = [json.loads(x) for x in (tmp_path / "out" / "predictions" / "emer.jsonl").read_text().splitlines()]
     assert lines[0]["clue_overlap"] == 8 and "judge_failure" in lines[2] and "clue_overlap" not in lines[2]
     # 1 + 2 (a 500, then the answer) + 3 (garbage, asked again twice)
     assert len(endpoint.requests) == 6
     again = dict(evaluator.run(fake_predict(answers, "description", descriptions), tmp_path / "again"))
-    assert again == figures
+    assert {k: v for k, v in again.items() if not k.startswith("judge_")} == {
+        k: v for k, v in figures.items() if not k.startswith("judge_")}
     assert len(endpoint.requests) == 6 + 3  # only the unparsable one is asked again: the rest is cached
+    assert again["judge_requests"] == 5 + 3
+
+
+def test_a_request_that_keeps_failing_costs_its_clip_not_the_evaluation(endpoint, tmp_path):
+    """One clip's request times out every time, one meets a 429/503 storm, one's reply is cut
+    short: the evaluation finishes, those three counted as judge failures, the others scored."""
+    answers = ["score=7 fine", "SLOW score=3", "STORM score=2", "TRUNCATED score=1", "score=9 good"]
+    descriptions = [f"reference {i}" for i in range(5)]
+    evaluator = ReasoningJudge("emer", manifest(tmp_path, "description", descriptions), "Why?",
+                               endpoint=settings(endpoint, tmp_path))
+    start = time.monotonic()
+    figures = dict(evaluator.run(fake_predict(answers, "description", descriptions), tmp_path / "out"))
+    assert (figures["judged"], figures["judge_failures"]) == (2, 3)
+    assert figures["clue_overlap"] == pytest.approx(8.0)
+    lines = [json.loads(x) for x in (tmp_path / "out" / "predictions" / "emer.jsonl").read_text().splitlines()]
+    failures = {line["id"]: line["judge_failure"] for line in lines if "judge_failure" in line}
+    assert set(failures) == {"c1", "c2", "c3"}
+    assert "timeout" in failures["c1"] and ("HTTP 503" in failures["c2"] or "HTTP 429" in failures["c2"])
+    assert "broke off" in failures["c3"] or "unreadable" in failures["c3"]
+    assert sum("SLOW" in r for r in endpoint.requests) == 3  # the client's two retries, then given up
+    assert time.monotonic() - start < 60
 
 
 def test_llm_grouping_of_open_vocabulary_words(endpoint, tmp_path):
@@ -124,7 +166,8 @@ def test_endpoint_problems_are_clear_errors(endpoint, tmp_path, monkeypatch):
     assert len(endpoint.requests) == 1  # a refusal is not retried
     endpoint.server.shutdown()
     endpoint.server.server_close()
-    with pytest.raises(judge.JudgeError, match="did not answer after 3 attempts"):
+    client = judge.JudgeClient(**settings(endpoint, tmp_path))  # a new connection: nothing listens there now
+    with pytest.raises(judge.JudgeError, match="cannot be reached"):
         client.ask([{"role": "user", "content": "score=5"}], judge.parse_reasoning)
 
 

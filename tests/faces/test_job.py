@@ -119,11 +119,10 @@ def single_device_env() -> dict:
     return {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": f"--xla_force_host_platform_device_count=1 {flags}"}
 
 
-def test_a_killed_run_resumes_with_no_line_lost_or_doubled(scenes, tmp_path):
-    _, written = scenes
-    manifest = clip_manifest(tmp_path, written[:4], copies=2)
-    reference = tmp_path / "whole.jsonl"
-    job.run(manifest, reference, tracked_faces("retinaface"), progress=False)
+def test_a_killed_run_resumes_with_no_line_lost_or_doubled(tracked, tmp_path):
+    """SIGKILL after three of the scenes' eight lines; the same command resumes and writes the
+    manifest a run never killed writes."""
+    manifest, single, _ = tracked
     out = tmp_path / "out.jsonl"
     killed = subprocess.Popen(faces_command(manifest, out), cwd=REPO, env=single_device_env(),
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
@@ -135,25 +134,28 @@ def test_a_killed_run_resumes_with_no_line_lost_or_doubled(scenes, tmp_path):
     os.killpg(killed.pid, signal.SIGKILL)
     killed.wait()
     done = len(progress.read_text().splitlines()) - 1
-    assert not out.exists() and 3 <= done < 13
+    assert not out.exists() and 3 <= done < 8
     resumed = subprocess.run(faces_command(manifest, out), cwd=REPO, env=single_device_env(), capture_output=True,
                              text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert f"resuming after round {done} of 13" in resumed.stderr
-    assert out.read_text() == reference.read_text()
+    assert f"resuming after round {done} of 8" in resumed.stderr
+    assert out.read_text() == single.read_text()
     assert not progress.exists()
 
 
-def test_two_processes_give_the_one_process_manifest(scenes, tracked, tmp_path):
+def test_two_processes_give_the_one_process_manifest(tracked, tmp_path):
+    """Two processes take three scenes' lines (one each, then one more and a round with none)."""
     manifest, single, _ = tracked
+    three = manifest.parent / f"three-{tmp_path.name}.jsonl"  # beside the clips its lines name
+    three.write_text("".join(manifest.read_text().splitlines(keepends=True)[:3]))
     port = _free_port()
     out = tmp_path / "out.jsonl"
-    runs = [subprocess.Popen(faces_command(manifest, out, "--coordinator", f"localhost:{port}", "--num-processes", "2",
+    runs = [subprocess.Popen(faces_command(three, out, "--coordinator", f"localhost:{port}", "--num-processes", "2",
                                            "--process-id", str(i)), cwd=manifest.parent, env=single_device_env(),
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
     outputs = [run.communicate(timeout=600)[0] for run in runs]
     assert [run.returncode for run in runs] == [0, 0], outputs
-    assert out.read_text() == single.read_text()
+    assert out.read_text() == "".join(single.read_text().splitlines(keepends=True)[:3])
 
 
 def _free_port() -> int:

@@ -117,8 +117,8 @@ def test_detections_are_padded_to_a_static_count(release):
     _, converted = release
     model, params = load_pretrained(converted)
     cfg = model.config
-    out = model.apply({"params": params}, np.zeros((3, 64, 96, 3), np.float32))
-    found = retinaface.detections(out, 64, 96, cfg, score_threshold=0.0, max_faces=5)
+    found = jax.jit(lambda images: retinaface.detections(model.apply({"params": params}, images), 64, 96, cfg,
+                                                         score_threshold=0.0, max_faces=5))(np.zeros((3, 64, 96, 3)))
     assert found["boxes"].shape == (3, 5, 4) and found["landmarks"].shape == (3, 5, 5, 2)
     assert found["valid"].shape == (3, 5) and bool(found["valid"][:, 0].all())
     assert np.all(np.diff(np.asarray(found["scores"]), axis=1)[np.asarray(found["valid"][:, 1:])] <= 0)
