@@ -79,15 +79,17 @@ def _process_line(number: int, text: bytes, manifest: ManifestSource, finder: Tr
         return {"line": number, "entry": entry, "status": f"unreadable/{error.reason}"}
     found = sum(f["box"] is not None for f in faces)
     return {"line": number, "entry": {**entry, "faces": faces}, "status": "detected",
-            "times": len(faces), "with_face": found}
+            "times": len(faces), "with_face": found, "faces": len({f["track"] for f in faces if "track" in f})}
 
 
 def summary(records: list[dict[str, Any]]) -> dict[str, Any]:
-    """Clips detected, the share of their times with a face, clips with none, the other lines by kind."""
+    """Clips detected, the faces (tracks) found per clip, the share of their times with a face,
+    clips with none, the other lines by kind."""
     statuses = Counter(r["status"] for r in records)
     detected = [r for r in records if r["status"] == "detected"]
     shares = [r["with_face"] / r["times"] for r in detected if r["times"]]
     return {"lines": len(records), "clips": len(detected),
+            "faces_per_clip": round(float(np.mean([r["faces"] for r in detected])), 4) if detected else 0.0,
             "times_with_face": round(float(np.mean(shares)), 4) if shares else 0.0,
             "clips_without_face": sum(r["with_face"] == 0 for r in detected),
             "boxes_kept": statuses["had_boxes"], "without_video": statuses["no_video"],

@@ -49,6 +49,7 @@ def test_the_main_face_whenever_it_is_visible_and_no_box_where_none_is(scenes, t
         total += hits
     assert total.visible > 100 and total.no_face >= 17  # every scene counted, `empty` and the occlusion too
     assert summary["clips"] == 8 and summary["clips_without_face"] == 1  # `empty`
+    assert summary["faces_per_clip"] == 1.0  # the cut's two tracks, `empty`'s none; the bystander's is never given
 
 
 def test_faces_by_time_cover_the_rate_and_the_sampled_frames(scenes, tracked):
@@ -103,6 +104,7 @@ def test_summary_and_redo(scenes, tmp_path, capsys):
     summary = json.loads(capsys.readouterr().out.splitlines()[-1])
     assert summary["clips"] == 3 and summary["clips_without_face"] == 1 and summary["boxes_kept"] == 0
     assert summary["times_with_face"] == 0.6667  # the mean share over the clips: 1, 1, 0
+    assert summary["faces_per_clip"] == 0.6667  # one track, one, none
     assert summary["unreadable"] == {"corrupt_video": 1, "missing_file": 1}
     assert summary["malformed"] == 1 and summary["without_video"] == 1
     redone = json.loads(out.read_text().splitlines()[2])
