@@ -6,15 +6,24 @@ first thing. What it picks (`selected_flags`) was measured with experiments/benc
 (docs/performance.md, "CPU back ends"). A flag the user already put in XLA_FLAGS is left as they set it;
 OMNI_JAX_XLA_CPU=off leaves XLA_FLAGS alone altogether. (Importing JAX does not start the
 backend; its first computation does.)
+
+Only for the CPU, only what this jaxlib knows: the flags are added when the CPU backend will run
+the work (`JAX_PLATFORMS` names cpu first, or no accelerator plugin of JAX — jax-cuda*, jax-rocm*,
+libtpu — is installed), and each only if the installed jaxlib's libraries define it (its name is
+among their strings): a jaxlib that lacks a flag aborts at start-up on "Unknown flags".
 """
 from __future__ import annotations
 
+import importlib.metadata
+import importlib.util
 import logging
+import mmap
 import os
 import platform
 import re
 import sys
-from typing import MutableMapping
+from pathlib import Path
+from typing import Callable, Iterable, Mapping, MutableMapping
 
 log = logging.getLogger(__name__)
 
@@ -73,19 +82,57 @@ def selected_flags(features: set[str]) -> list[str]:
     return []
 
 
+ACCELERATOR_PLUGINS = ("jax-cuda", "jax_cuda", "jax-rocm", "jax_rocm", "libtpu")  # distribution name prefixes
+
+
 def _flag_name(flag: str) -> str:
     return flag.split("=", 1)[0].lstrip("-")
 
 
-def configure(environ: MutableMapping[str, str] = os.environ, features: set[str] | None = None) -> list[str]:
-    """Adds the selected flags to environ["XLA_FLAGS"] (those the user has not set); returns the
-    flags added. Too late once JAX has started its CPU backend: then it says so and adds none."""
+def cpu_runs_the_work(environ: Mapping[str, str], installed: Iterable[str] | None = None) -> bool:
+    """Whether JAX will compute on the CPU: JAX_PLATFORMS names cpu first, or (unset) no
+    accelerator plugin is installed. `installed`: distribution names (default: this environment's)."""
+    platforms = environ.get("JAX_PLATFORMS", "").strip()
+    if platforms:
+        return platforms.split(",")[0].strip().lower() == "cpu"
+    if installed is None:
+        installed = (d.metadata["Name"] or "" for d in importlib.metadata.distributions())
+    return not any(name.lower().startswith(ACCELERATOR_PLUGINS) for name in installed)
+
+
+def jaxlib_defines(names: Iterable[str]) -> set[str]:
+    """The flag names among `names` that the installed jaxlib's shared libraries hold as strings
+    (where XLA registers its flags); none when jaxlib is not found. jaxlib is not imported."""
+    spec = importlib.util.find_spec("jaxlib")
+    folders = list(spec.submodule_search_locations or []) if spec else []
+    wanted, found = {name.encode() for name in names}, set()
+    for library in (p for folder in folders for p in Path(folder).rglob("*.so*") if p.stat().st_size > 1 << 20):
+        with open(library, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            found |= {name for name in wanted - found if data.find(name) != -1}
+    return {name.decode() for name in found}
+
+
+def configure(environ: MutableMapping[str, str] = os.environ, features: set[str] | None = None,
+              defined: Callable[[Iterable[str]], set[str]] = jaxlib_defines, cpu: bool | None = None) -> list[str]:
+    """Adds the selected flags to environ["XLA_FLAGS"] (those the user has not set, that this
+    jaxlib defines, when the CPU runs the work: module docstring); returns the flags added. Too
+    late once JAX has started its CPU backend: then it says so and adds none. `defined` and `cpu`
+    stand in for jaxlib and the installed plugins in tests."""
     if environ.get("OMNI_JAX_XLA_CPU", "").lower() in ("off", "0", "false"):
+        return []
+    if not (cpu_runs_the_work(environ) if cpu is None else cpu):
         return []
     current = environ.get("XLA_FLAGS", "").split()
     present = {_flag_name(f) for f in current}
     added = [f for f in selected_flags(cpu_features() if features is None else features)
              if _flag_name(f) not in present]
+    if not added:
+        return []
+    known = defined([_flag_name(f) for f in added])
+    unknown = [f for f in added if _flag_name(f) not in known]
+    if unknown:
+        log.info("XLA:CPU options %s left out: this jaxlib does not define them", " ".join(unknown))
+    added = [f for f in added if _flag_name(f) in known]
     if not added:
         return []
     if "jax" in sys.modules and environ is os.environ:

@@ -29,7 +29,7 @@ def test_each_feature_set_gets_the_documented_flags():
 
 def test_configure_adds_only_what_the_user_has_not_set():
     avx512 = xla_cpu.cpu_features(ZEN4)
-    environ = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+    environ = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
     assert xla_cpu.configure(environ, avx512) == [YNN_DOTS]
     assert environ["XLA_FLAGS"] == f"--xla_force_host_platform_device_count=8 {YNN_DOTS}"
     assert xla_cpu.configure(environ, avx512) == []  # a second call changes nothing
@@ -39,8 +39,27 @@ def test_configure_adds_only_what_the_user_has_not_set():
     off = {"OMNI_JAX_XLA_CPU": "off"}
     assert xla_cpu.configure(off, avx512) == [] and "XLA_FLAGS" not in off
     empty = {}
-    xla_cpu.configure(empty, avx512)
+    xla_cpu.configure(empty, avx512, cpu=True)
     assert empty == {"XLA_FLAGS": YNN_DOTS}
+
+
+def test_flags_only_for_the_cpu_and_only_those_this_jaxlib_defines():
+    """A GPU or TPU run gets no CPU option (a jaxlib built for it may not know them); a jaxlib
+    that does not define a selected flag (simulated) gets none of it, XLA_FLAGS left as it was."""
+    avx512 = xla_cpu.cpu_features(ZEN4)
+    for platforms in ("cuda", "tpu", "cuda,cpu"):
+        environ = {"JAX_PLATFORMS": platforms}
+        assert xla_cpu.configure(environ, avx512) == [] and "XLA_FLAGS" not in environ
+    assert not xla_cpu.cpu_runs_the_work({}, installed=["numpy", "jax-cuda12-plugin"])
+    assert not xla_cpu.cpu_runs_the_work({}, installed=["libtpu"])
+    assert xla_cpu.cpu_runs_the_work({"JAX_PLATFORMS": "cpu"}, installed=["jax-cuda12-plugin"])
+    assert xla_cpu.cpu_runs_the_work({}, installed=["numpy", "jax", "jaxlib"])
+    older = {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    assert xla_cpu.configure(older, avx512, defined=lambda names: set(), cpu=True) == []
+    assert older == {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    # the installed jaxlib, read: it defines the flag the selection uses, and not one made up
+    assert xla_cpu.jaxlib_defines(["xla_cpu_experimental_ynn_fusion_type", "xla_cpu_no_such_option"]) == {
+        "xla_cpu_experimental_ynn_fusion_type"}
 
 
 def test_the_cli_applies_the_selection_and_this_xla_accepts_it():
