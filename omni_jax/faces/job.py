@@ -5,7 +5,8 @@ For every line with a video and no boxes (or every line with a video, with `redo
 model sees) are decoded, detected (RetinaFace), cut into shots and tracked (`data.tracks`), and
 the line gets `"faces": [{"t": s, "box": [x0, y0, x1, y1], "score": p, "track": k} or
 {"t": s, "box": null}, ...]`. Every other line is written as it came: lines with boxes (unless
-`redo`), without a video, malformed JSON, and clips that cannot be read (counted by reason).
+`redo`), without a video, malformed JSON, and clips that cannot be read (counted by reason),
+byte for byte.
 
 Processes: process h of H takes lines h, h + H, h + 2H, … in rounds of one line each; after each
 round it appends its result to its progress file (`process_files`), so a killed or stopped
@@ -62,24 +63,26 @@ def clip_faces(path: str, finder: TrackedFaces, rate: float, num_frames: int,
 
 def _process_line(number: int, text: bytes, manifest: ManifestSource, finder: TrackedFaces, rate: float,
                   num_frames: int, redo: bool, preview_dir: Path | None) -> dict[str, Any]:
-    """One manifest line → its progress record: {"line", "entry" (or "text": malformed JSON), "status", ...}."""
+    """One manifest line → its progress record: {"line", "status", and "entry" (the line with
+    its faces) or "text" (the line as it came: not detected in), ...}."""
+    as_given = text.decode("utf-8", "replace").rstrip("\r\n")
     try:
         entry = json.loads(text)
     except (json.JSONDecodeError, UnicodeDecodeError):
-        return {"line": number, "text": text.decode("utf-8", "replace").rstrip("\n"), "status": "malformed_json"}
+        return {"line": number, "text": as_given, "status": "malformed_json"}
     if not needs_faces(entry, redo):
         status = ("had_boxes" if isinstance(entry, dict) and entry.get("video") else "no_video")
-        return {"line": number, "entry": entry, "status": status}
+        return {"line": number, "text": as_given, "status": status}
     name = f"{number:06d}-{str(entry.get('id', ''))[:60]}".replace("/", "_")
     try:
         with local_file(resolve(str(entry["video"]), manifest.path.parent)) as path:
             faces = clip_faces(path, finder, rate, num_frames, preview_dir, name)
     except ExampleError as error:
         log.warning("%s:%d (%s): %s", manifest.path, number, error.reason, error)
-        return {"line": number, "entry": entry, "status": f"unreadable/{error.reason}"}
+        return {"line": number, "text": as_given, "status": f"unreadable/{error.reason}"}
     found = sum(f["box"] is not None for f in faces)
     return {"line": number, "entry": {**entry, "faces": faces}, "status": "detected",
-            "times": len(faces), "with_face": found, "faces": len({f["track"] for f in faces if "track" in f})}
+            "times": len(faces), "with_face": found, "tracks": len({f["track"] for f in faces if "track" in f})}
 
 
 def summary(records: list[dict[str, Any]]) -> dict[str, Any]:
@@ -89,7 +92,7 @@ def summary(records: list[dict[str, Any]]) -> dict[str, Any]:
     detected = [r for r in records if r["status"] == "detected"]
     shares = [r["with_face"] / r["times"] for r in detected if r["times"]]
     return {"lines": len(records), "clips": len(detected),
-            "faces_per_clip": round(float(np.mean([r["faces"] for r in detected])), 4) if detected else 0.0,
+            "faces_per_clip": round(float(np.mean([r["tracks"] for r in detected])), 4) if detected else 0.0,
             "times_with_face": round(float(np.mean(shares)), 4) if shares else 0.0,
             "clips_without_face": sum(r["with_face"] == 0 for r in detected),
             "boxes_kept": statuses["had_boxes"], "without_video": statuses["no_video"],
