@@ -139,14 +139,16 @@ def main() -> None:
     threshold = 0.5
     results = {**run_info(), "backend": jax.default_backend(), "rows": []}
     print(f"JAX on {jax.devices()[0].device_kind}; onnxruntime on the CPU")
-    print("| frames | batch | JAX frames/s | onnxruntime frames/s | JAX ÷ onnxruntime (min–max) | host NMS frames/s |")
+    print("| frames | batch | JAX frames/s | onnxruntime frames/s | JAX ÷ onnxruntime (min–max) "
+          "| host NMS frames/s |")
     print("|---|---:|---:|---:|---:|---:|")
     for name, size in SIZES.items():
         for batch in (int(b) for b in args.batches.split(",")):
             frames = frames_of(size, batch)
             ours = FaceDetector(batch_size=batch, score_threshold=threshold, devices=jax.devices()[:1])
             reference, host = OnnxRuntimeDetector(threshold), host_nms_detector(ours)
-            runs = {"jax": lambda: ours(frames), "onnxruntime": lambda: reference(frames), "host_nms": lambda: host(frames)}
+            runs = {"jax": lambda: ours(frames), "onnxruntime": lambda: reference(frames),
+                    "host_nms": lambda: host(frames)}
             outputs, times = interleaved_times(runs, args.repeats)
             assert [len(f.boxes) for f in outputs["jax"]] == [len(b) for b in outputs["onnxruntime"]] == [1] * batch
             fps = {k: batch / statistics.median(t) for k, t in times.items()}

@@ -106,7 +106,8 @@ def haar_faces(frames: np.ndarray, times: np.ndarray) -> list:
     return video.detect_faces(frames)
 
 
-def frame_boxes(record: Record, clip: video.VideoFrames, tolerance: float, find_faces: FindFaces = haar_faces) -> tuple[list, int]:
+def frame_boxes(record: Record, clip: video.VideoFrames, tolerance: float,
+                find_faces: FindFaces = haar_faces) -> tuple[list, int]:
     """(a box or None per sampled frame, how many of them the detector looked for): found by
     `find_faces` when the manifest gives none; by time, the manifest's box nearest to the
     frame's timestamp when within `tolerance` seconds (a null there: no face), found for frames
@@ -231,7 +232,8 @@ def load_example(record: Record, tokenizer: Any, cfg: ml_collections.ConfigDict,
     blocks = prompt_blocks(record, kept)
     tokens = text.tokenize_conversation(record.conversations, tokenizer, cfg.model, max(cfg.data.buckets), blocks=blocks,
                                         name=f"{record.id} ({record.where})")
-    return {"tokens": tokens, "truncated": np.bool_(tokens.truncated), **media_inputs(record, cfg, modalities, kept, find_faces)}
+    return {"tokens": tokens, "truncated": np.bool_(tokens.truncated),
+            **media_inputs(record, cfg, modalities, kept, find_faces)}
 
 
 class ExampleTransform:

@@ -104,7 +104,8 @@ def resume_key(manifest: Path, finder: TrackedFaces, rate: float, num_frames: in
     """What a progress file must have been made with to be resumed."""
     stat = os.stat(manifest) if "://" not in str(manifest) else None
     detector = finder.detector
-    return {"manifest": [str(manifest), stat and stat.st_size, stat and stat.st_mtime_ns], "rate": rate, "num_frames": num_frames,
+    return {"manifest": [str(manifest), stat and stat.st_size, stat and stat.st_mtime_ns], "rate": rate,
+            "num_frames": num_frames,
             "redo": redo, "weights": detector.weights, "max_side": detector.max_side,
             "score_threshold": detector.score_threshold, "tracker": vars(finder.tracker),
             "processes": jax.process_count()}

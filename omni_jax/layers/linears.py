@@ -141,15 +141,16 @@ class Conv(nn.Module):
         strides = tuple(self.strides or (1,) * rank)
         spatial = "".join("HWD"[:rank])
         taps = int(np.prod(self.kernel_size))
-        if jax.default_backend() == "cpu" and (self.groups == x.shape[-1] == self.features or
-                                               (self.groups == 1 and 1 < taps and taps * x.shape[-1] <= SHIFTED_MAX_TERMS)):
+        few_inputs = self.groups == 1 and 1 < taps and taps * x.shape[-1] <= SHIFTED_MAX_TERMS
+        if jax.default_backend() == "cpu" and (self.groups == x.shape[-1] == self.features or few_inputs):
             accumulate = jnp.promote_types(self.dtype, jnp.float32)  # elementwise sums: never in bf16
             y = shifted_conv(x.astype(accumulate), kernel.astype(accumulate), strides, padding)
         elif all(k == 1 for k in self.kernel_size) and self.groups == 1 and not any(self.padding or ()):
             # a 1×1 convolution is a matrix product: XLA:CPU runs it 2–6× faster as one (bench_faces.py)
             x = x[(slice(None), *(slice(None, None, s) for s in strides))]
             y = jax.lax.dot_general(x.astype(self.dtype), kernel.reshape(kernel.shape[-2:]).astype(self.dtype),
-                                    (((x.ndim - 1,), (0,)), ((), ())), preferred_element_type=dot_result_type(self.dtype))
+                                    (((x.ndim - 1,), (0,)), ((), ())),
+                                    preferred_element_type=dot_result_type(self.dtype))
         else:
             y = jax.lax.conv_general_dilated(
                 x.astype(self.dtype), kernel.astype(self.dtype), window_strides=strides, padding=padding,
@@ -169,7 +170,8 @@ class Conv(nn.Module):
 SHIFTED_MAX_TERMS = 27
 
 
-def shifted_conv(x: jax.Array, kernel: jax.Array, strides: Sequence[int], padding: Sequence[tuple[int, int]]) -> jax.Array:
+def shifted_conv(x: jax.Array, kernel: jax.Array, strides: Sequence[int],
+                 padding: Sequence[tuple[int, int]]) -> jax.Array:
     """A depthwise convolution (kernel [*k, 1, channels]) or one of few input channels (kernel
     [*k, in, out]) as a sum over the kernel's offsets (and inputs) of shifted, scaled copies of
     x [batch, *spatial, channels]."""
