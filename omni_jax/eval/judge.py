@@ -169,7 +169,6 @@ class JudgeClient:
             tmp.write_text(json.dumps({"request": body, "reply": reply}))
             os.replace(tmp, path)
             return value
-        raise AssertionError("unreachable")
 
     def ask_all(self, prompts: Sequence[str], parse: Callable[[str], T] | Sequence[Callable[[str], T]]
                 ) -> list[T | JudgeFailure]:

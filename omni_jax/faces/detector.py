@@ -51,14 +51,16 @@ def input_size(width: int, height: int, max_side: int = MAX_SIDE) -> tuple[float
     return scale, (pad(width), pad(height))
 
 
-def letterbox(frame: np.ndarray, scale: float, size: tuple[int, int]) -> np.ndarray:
-    """frame [H, W, 3] uint8 → [size[1], size[0], 3]: scaled by `scale`, padded right and bottom."""
+def letterbox(frame: np.ndarray, scale: float, size: tuple[int, int], out: np.ndarray | None = None) -> np.ndarray:
+    """frame [H, W, 3] uint8 → [size[1], size[0], 3]: scaled by `scale`, padded right and bottom
+    (into `out`, a batch's row, when given)."""
     if scale < 1.0:
         height, width = frame.shape[:2]
         frame = cv2.resize(frame, (max(1, round(width * scale)), max(1, round(height * scale))),
                            interpolation=cv2.INTER_AREA)
-    canvas = np.empty((size[1], size[0], 3), np.uint8)
-    canvas[:] = PAD_RGB
+    canvas = np.empty((size[1], size[0], 3), np.uint8) if out is None else out
+    canvas[frame.shape[0]:] = PAD_RGB
+    canvas[:frame.shape[0], frame.shape[1]:] = PAD_RGB
     canvas[:frame.shape[0], :frame.shape[1]] = frame
     return canvas
 
@@ -119,10 +121,10 @@ class FaceDetector:
     def _batch(self, frames: np.ndarray, state: dict[str, Any]) -> list[Faces]:
         height, width = frames.shape[1:3]
         scale, size = input_size(width, height, self.max_side)
-        batch = np.zeros((state["batch"], size[1], size[0], 3), np.uint8)
-        batch[:] = PAD_RGB
+        batch = np.empty((state["batch"], size[1], size[0], 3), np.uint8)
+        batch[len(frames):] = PAD_RGB  # blank frames fill the last batch
         for i, frame in enumerate(frames):
-            batch[i] = letterbox(frame, scale, size)
+            letterbox(frame, scale, size, out=batch[i])
         found = jax.device_get(state["detect"](state["params"], jax.device_put(batch, state["split"])))
         limit = np.array([width, height], np.float32)
         faces = []

@@ -15,6 +15,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from omni_jax.conversion.retinaface import BUNDLED
 from omni_jax.data import tracks
 from omni_jax.data.pipeline import FindFaces, haar_faces
 from omni_jax.data.faces import Box
@@ -57,11 +58,15 @@ class TrackedFaces:
         return [None if f["box"] is None else tuple(f["box"]) for f in self.faces_by_time(frames, list(times))]
 
 
+def weights_for(face_detector: str) -> str:
+    """The detector weights a `data.face_detector` value names: the bundled ones for "retinaface"
+    (and for "haar", where RetinaFace is asked for anyway: `omni-jax faces`), else the directory."""
+    return BUNDLED if face_detector in (RETINAFACE, HAAR) else face_detector
+
+
 def tracked_faces(face_detector: str, batch_size: int = 8) -> TrackedFaces:
-    """RetinaFace + the tracker for `face_detector` ("retinaface" or "haar": the bundled weights;
-    else a converted checkpoint's directory), its weights loaded and checked now."""
-    weights = "bundled" if face_detector in (RETINAFACE, HAAR) else face_detector
-    finder = TrackedFaces(FaceDetector(weights, batch_size))
+    """RetinaFace + the tracker for `face_detector` (`weights_for`), its weights loaded and checked now."""
+    finder = TrackedFaces(FaceDetector(weights_for(face_detector), batch_size))
     finder.detector.load()
     return finder
 
@@ -75,14 +80,12 @@ def finder_for(data: Any) -> FindFaces:
 def _finder(name: str) -> FindFaces:
     if name == HAAR:
         return haar_faces
-    weights = "bundled" if name == RETINAFACE else name
-    if weights == "bundled":
-        from omni_jax.conversion.retinaface import bundled_weights
-
-        try:
-            bundled_weights()
-        except MissingInputError as error:
-            log.warning("data.face_detector=retinaface: %s; faces are found with OpenCV's Haar cascade instead", error)
-            return haar_faces
-    check_weights(weights)  # a wrong path or model is one line now, not an error in every worker
+    weights = weights_for(name)
+    try:
+        check_weights(weights)  # a wrong path or model is one line now, not an error in every worker
+    except MissingInputError as error:
+        if weights != BUNDLED:
+            raise
+        log.warning("data.face_detector=retinaface: %s; faces are found with OpenCV's Haar cascade instead", error)
+        return haar_faces
     return TrackedFaces(FaceDetector(weights), SAMPLED_FRAMES_TRACKER)
