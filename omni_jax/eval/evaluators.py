@@ -32,6 +32,7 @@ from etils import epath
 from jax.experimental import multihost_utils
 
 from omni_jax.data.manifest import ManifestSource, json_lines, skip_summary, unusable_lines
+from omni_jax.endpoints import RequestFailure
 from omni_jax.errors import InputError, MissingInputError, RunStopped
 from omni_jax.eval import judge, scoring
 from omni_jax.eval.predict import media_counts
@@ -177,7 +178,7 @@ class OpenVocabulary(Evaluator):
             raise InputError(f"evaluator {name!r}: grouping {grouping!r}; available: {self.GROUPINGS}")
         self.name, self.manifest, self.question = name, manifest, question
         self.table = scoring.word_groups()
-        self.client = judge.JudgeClient(**endpoint) if grouping == "llm" else None
+        self.client = judge.judge_endpoint(endpoint) if grouping == "llm" else None
         self.check_references(name, manifest)
 
     @staticmethod
@@ -200,7 +201,7 @@ class OpenVocabulary(Evaluator):
             groupings = self.client.ask_all([judge.GROUPING_PROMPT.format(words=json.dumps(w)) for w in words],
                                             [judge.grouping_parser(w) for w in words])
             for p, grouping in zip(todo, groupings):
-                p.update({"grouping_failure": str(grouping)} if isinstance(grouping, judge.JudgeFailure)
+                p.update({"grouping_failure": str(grouping)} if isinstance(grouping, RequestFailure)
                          else {"groups": grouping})
             failures = [p for p in answered if "grouping_failure" in p]
             answered = [p for p in answered if "groups" in p]
@@ -232,7 +233,7 @@ class ReasoningJudge(Evaluator):
 
     def __init__(self, name: str, manifest: str, question: str, endpoint: Mapping[str, Any]):
         self.name, self.manifest, self.question = name, manifest, question
-        self.client = judge.JudgeClient(**endpoint)  # a missing API key fails here, before any generation
+        self.client = judge.judge_endpoint(endpoint)  # a missing API key fails here, before any generation
         self.check_references(name, manifest)
 
     @staticmethod
@@ -247,7 +248,7 @@ class ReasoningJudge(Evaluator):
         replies = self.client.ask_all([judge.REASONING_PROMPT.format(reference=p["description"], answer=p["answer"])
                                        for p in todo], judge.parse_reasoning)
         for p, reply in zip(todo, replies):
-            p.update({"judge_failure": str(reply)} if isinstance(reply, judge.JudgeFailure) else reply)
+            p.update({"judge_failure": str(reply)} if isinstance(reply, RequestFailure) else reply)
         judged = [p for p in answered if "clue_overlap" in p]
         mean = lambda key: float(np.mean([p[key] for p in judged])) if judged else None
         return {"clue_overlap": mean("clue_overlap"), "label_overlap": mean("label_overlap"), "judged": len(judged),

@@ -3,82 +3,47 @@ tests start on localhost: scores, retries, the disk cache, garbage replies, time
 storms and truncated bodies counted as one clip's failure, the LLM grouping, and the errors (no
 API key, nothing listening, a refused request)."""
 import json
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from omni_jax.endpoints import EndpointUnusable, ReplyRejected
 from omni_jax.eval import judge, scoring
 from omni_jax.eval.evaluators import OpenVocabulary, ReasoningJudge
+from tests.openai_stub import Reply, Request, StubServer
 
 TIMEOUT = 1.0  # seconds a request may take (a "SLOW" prompt takes longer)
 
 
-class FakeEndpoint:
+def scripted(request: Request) -> Reply:
     """Replies by what the prompt holds: "score=N" → clue N, label 10 − N; "GARBAGE" → prose;
     "FLAKY" → HTTP 500 the first time; "STORM" → 429 or 503 every time; "SLOW" → past the
     timeout; "TRUNCATED" → a body cut short; a grouping prompt → every word in one group."""
+    prompt = request.text
+    seen = sum(r.text == prompt for r in SERVER.requests)
+    if "FLAKY" in prompt and seen == 1:
+        return Reply(status=500)
+    if "STORM" in prompt:
+        return Reply(status=429 if seen % 2 else 503)
+    if "GARBAGE" in prompt:
+        return Reply("The explanation seems reasonable overall.")
+    if prompt.startswith("Group these"):
+        words = json.loads(prompt.split("Words: ")[1].split("\n")[0])
+        return Reply(json.dumps({w: "one" for w in words}))
+    n = int(prompt.split("score=")[1][0])
+    return Reply(f"```json\n{{\"clue_overlap\": {n}, \"label_overlap\": {10 - n}}}\n```",
+                 delay=TIMEOUT * 1.5 if "SLOW" in prompt else 0.0, truncated="TRUNCATED" in prompt)
 
-    def __init__(self):
-        self.requests: list[str] = []
-        endpoint = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def do_POST(self):
-                assert self.path == "/v1/chat/completions"
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                prompt = body["messages"][-1]["content"]
-                endpoint.requests.append(prompt)
-                if self.headers["Authorization"] != "Bearer secret":
-                    return self._send(401, {"error": {"message": "bad key", "type": "invalid_request_error"}})
-                if "FLAKY" in prompt and endpoint.requests.count(prompt) == 1:
-                    return self._send(500, {"error": {"message": "try again"}})
-                if "STORM" in prompt:
-                    return self._send(429 if endpoint.requests.count(prompt) % 2 else 503, {"error": {"message": "busy"}})
-                if "SLOW" in prompt:
-                    time.sleep(TIMEOUT * 1.5)
-                if "GARBAGE" in prompt:
-                    reply = "The explanation seems reasonable overall."
-                elif prompt.startswith("Group these"):
-                    words = json.loads(prompt.split("Words: ")[1].split("\n")[0])
-                    reply = json.dumps({w: "one" for w in words})
-                else:
-                    n = int(prompt.split("score=")[1][0])
-                    reply = f"```json\n{{\"clue_overlap\": {n}, \"label_overlap\": {10 - n}}}\n```"
-                self._send(200, {"id": "c1", "object": "chat.completion", "created": 0, "model": body["model"],
-                                 "choices": [{"index": 0, "finish_reason": "stop",
-                                              "message": {"role": "assistant", "content": reply}}],
-                                 "usage": {"prompt_tokens": 10, "completion_tokens": 3, "total_tokens": 13}},
-                           truncated="TRUNCATED" in prompt)
-
-            def _send(self, code, payload, truncated=False):
-                data = json.dumps(payload).encode()
-                self.send_response(code)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data[:len(data) // 2] if truncated else data)
-                if truncated:
-                    self.close_connection = True
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("localhost", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://localhost:{self.server.server_address[1]}/v1"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+SERVER: StubServer
 
 
 @pytest.fixture
 def endpoint(monkeypatch):
+    global SERVER
     monkeypatch.setenv("JUDGE_KEY", "secret")
-    fake = FakeEndpoint()
-    yield fake
-    fake.server.shutdown()
+    with StubServer(scripted, api_key="secret") as SERVER:
+        yield SERVER
 
 
 def settings(endpoint, tmp_path, **kwargs):
@@ -136,7 +101,7 @@ def test_a_request_that_keeps_failing_costs_its_clip_not_the_evaluation(endpoint
     assert set(failures) == {"c1", "c2", "c3"}
     assert "timeout" in failures["c1"] and ("HTTP 503" in failures["c2"] or "HTTP 429" in failures["c2"])
     assert "broke off" in failures["c3"] or "unreadable" in failures["c3"]
-    assert sum("SLOW" in r for r in endpoint.requests) == 3  # the client's two retries, then given up
+    assert sum("SLOW" in r.text for r in endpoint.requests) == 3  # the client's two retries, then given up
     assert time.monotonic() - start < 60
 
 
@@ -157,28 +122,27 @@ def test_llm_grouping_of_open_vocabulary_words(endpoint, tmp_path):
 
 def test_endpoint_problems_are_clear_errors(endpoint, tmp_path, monkeypatch):
     refs = manifest(tmp_path, "description", ["happy"])
-    with pytest.raises(judge.JudgeError, match="NO_SUCH_KEY is not set"):
+    with pytest.raises(EndpointUnusable, match="NO_SUCH_KEY is not set"):
         ReasoningJudge("emer", refs, "Why?", endpoint={**settings(endpoint, tmp_path), "api_key_env": "NO_SUCH_KEY"})
     monkeypatch.setenv("JUDGE_KEY", "wrong")
-    client = judge.JudgeClient(**settings(endpoint, tmp_path))
-    with pytest.raises(judge.JudgeError, match="refused the request: HTTP 401"):
-        client.ask([{"role": "user", "content": "score=5"}], judge.parse_reasoning)
+    client = judge.judge_endpoint(settings(endpoint, tmp_path))
+    with pytest.raises(EndpointUnusable, match="refused the request: HTTP 401"):
+        client.chat([{"role": "user", "content": "score=5"}], judge.parse_reasoning)
     assert len(endpoint.requests) == 1  # a refusal is not retried
-    endpoint.server.shutdown()
-    endpoint.server.server_close()
-    client = judge.JudgeClient(**settings(endpoint, tmp_path))  # a new connection: nothing listens there now
-    with pytest.raises(judge.JudgeError, match="cannot be reached"):
-        client.ask([{"role": "user", "content": "score=5"}], judge.parse_reasoning)
+    endpoint.close()
+    client = judge.judge_endpoint(settings(endpoint, tmp_path))  # a new connection: nothing listens there now
+    with pytest.raises(EndpointUnusable, match="cannot be reached"):
+        client.chat([{"role": "user", "content": "score=5"}], judge.parse_reasoning)
 
 
 def test_reply_parsing():
     assert judge.parse_reasoning('Sure! {"clue_overlap": 7, "label_overlap": 9.5}') == {"clue_overlap": 7.0,
                                                                                        "label_overlap": 9.5}
     for bad in ('{"clue_overlap": 11, "label_overlap": 2}', '{"clue_overlap": "high"}', "no json", "{broken"):
-        with pytest.raises(judge.ReplyRejected):
+        with pytest.raises(ReplyRejected):
             judge.parse_reasoning(bad)
     parse = judge.grouping_parser(["happy", "sad"])
     assert parse('{"Happy": "joy", "sad": "Sadness"}') == {"happy": "joy", "sad": "sadness"}
-    with pytest.raises(judge.ReplyRejected, match="leaves out"):
+    with pytest.raises(ReplyRejected, match="leaves out"):
         parse('{"happy": "joy"}')
     assert scoring.open_vocabulary_scores(["x"], [["happy"]], group_of=lambda t, p: {w: "g" for w in t + p})["avg"] == 1
