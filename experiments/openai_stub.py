@@ -17,6 +17,7 @@ import dataclasses
 import email.parser
 import email.policy
 import json
+import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -133,6 +134,10 @@ class StubServer:
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     request_queue_size = 256  # a burst of new connections at concurrency 128 (the default is 5)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if not isinstance(sys.exc_info()[1], (BrokenPipeError, ConnectionResetError)):  # a client that gave up
+            super().handle_error(request, client_address)
 
 
 def _transcription(content_type: str, data: bytes) -> Request:

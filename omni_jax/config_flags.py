@@ -24,10 +24,11 @@ PREFIX = "--config."
 MODEL_PREFIX = PREFIX + "model."
 # Fields that hold paths ("*": any evaluator): made absolute against the working directory when
 # the command line is read, as path flags are; the inputs among them must exist.
-INPUT_PATH_FIELDS = ("data.manifest", "data.tokenizer", "evals.*.manifest", "data.face_detector")
+INPUT_PATH_FIELDS = ("data.manifest", "data.tokenizer", "evals.*.manifest", "data.face_detector",
+                     "media.face_detector")
 # values of path fields that name something instead ("retinaface": the bundled weights)
-NAMED_VALUES = {"data.face_detector": ("retinaface", "haar")}
-OUTPUT_PATH_FIELDS = ("evals.*.endpoint.cache",)
+NAMED_VALUES = {"data.face_detector": ("retinaface", "haar"), "media.face_detector": ("retinaface",)}
+OUTPUT_PATH_FIELDS = ("evals.*.endpoint.cache", "cache")
 
 
 def load_config(spec: str) -> ml_collections.ConfigDict:

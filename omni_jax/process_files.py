@@ -1,9 +1,12 @@
 """Files the processes of a job write apart, resumably, and merge: per-process progress files
 (a key line, then one entry per finished batch, appended and flushed as they finish; a kill
 leaves at most a torn last line) and per-process parts merged in manifest order by process 0.
-`omni-jax eval`'s predictions and `omni-jax faces`' manifest are written this way."""
+`omni-jax eval`'s predictions, `omni-jax faces`' manifest and `omni-jax annotate`'s records
+are written this way; the last two share the loop too (`lines_in_rounds`)."""
 from __future__ import annotations
 
+import collections
+import concurrent.futures
 import contextlib
 import json
 import logging
@@ -15,7 +18,8 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-from omni_jax.errors import RunStopped
+from omni_jax.errors import RunStopped, Stopped
+from omni_jax.stopping import StopRequest
 
 log = logging.getLogger(__name__)
 
@@ -101,3 +105,48 @@ def _write_jsonl(path: Path, records: list[dict[str, Any]],
                  render: Callable[[dict[str, Any]], str] | None = None) -> None:
     render = render or (lambda record: json.dumps(record, ensure_ascii=False))
     path.write_text("".join(render(r) + "\n" for r in records))
+
+
+def lines_in_rounds(lines: int, work: Callable[[int], dict[str, Any]], record_file: Path, key: dict[str, Any],
+                    stop: StopRequest | None = None, in_flight: int = 1,
+                    bar: Callable[[int, int], Any] | None = None, what: str = "") -> list[dict[str, Any]]:
+    """This process's share of a job over `lines` manifest lines, resumably: process h of H
+    takes elements h, h + H, h + 2H, … in rounds of one element each; work(element) → its
+    record. After each round the record is appended to `record_file` (made with `key`), so a
+    killed or stopped run resumes after the last round every process finished, losing at most
+    the rounds in flight and recording none twice. `in_flight` > 1 works on that many rounds at
+    once in threads (a job that waits on endpoints), recorded in order. `stop` is asked after
+    each round (raises Stopped before the last); bar(done, total) → a context manager with
+    update(). Returns this process's records, in order."""
+    index, count = jax.process_index(), jax.process_count()
+    rounds = -(-lines // count)
+    kept = read_progress(record_file, key)
+    start = int(np.min(multihost_utils.process_allgather(np.array(len(kept))))) if count > 1 else len(kept)
+    records = [r for batch in kept[:start] for r in batch]
+    if start:
+        log.info("%s: resuming after round %d of %d (%s)", what, start, rounds, record_file)
+
+    def one(round_: int) -> list[dict[str, Any]]:
+        element = round_ * count + index
+        return [work(element)] if element < lines else []
+    with contextlib.ExitStack() as files:
+        out = files.enter_context(rewritten(record_file, key, kept[:start]))
+        progress = files.enter_context(bar(start, rounds) if bar else contextlib.nullcontext())
+        pool = files.enter_context(concurrent.futures.ThreadPoolExecutor(in_flight)) if in_flight > 1 else None
+        # on leaving early, rounds not started are dropped; the running ones finish first
+        files.callback(lambda: pool and pool.shutdown(cancel_futures=True))
+        pending: collections.deque = collections.deque()
+        upcoming = iter(range(start, rounds))
+        for round_ in range(start, rounds):
+            while pool is not None and len(pending) < in_flight and (r := next(upcoming, None)) is not None:
+                pending.append(pool.submit(one, r))
+            done = pending.popleft().result() if pool is not None else one(round_)
+            records += done
+            out.write(json.dumps({"batch": round_, "predictions": done}, ensure_ascii=False) + "\n")
+            out.flush()
+            if progress is not None:
+                progress.update()
+            if stop is not None and stop.reached() and round_ + 1 < rounds:
+                raise Stopped(f"stopped after line {round_ + 1} of {rounds} of this process's share of {what}; "
+                              "the same command resumes from there", interrupted=stop.interrupted)
+    return records

@@ -16,7 +16,6 @@ writing no line twice; at the end process 0 merges the parts in manifest order i
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
@@ -26,17 +25,16 @@ from typing import Any
 
 import jax
 import numpy as np
-from jax.experimental import multihost_utils
 from tqdm import tqdm
 
 from omni_jax.data import video
 from omni_jax.data.errors import ExampleError
 from omni_jax.data.manifest import ManifestSource, resolve
 from omni_jax.data.pipeline import local_file
-from omni_jax.errors import OutputExistsError, Stopped
+from omni_jax.errors import OutputExistsError
 from omni_jax.faces import preview
 from omni_jax.faces.finder import TrackedFaces
-from omni_jax.process_files import read_progress, rewritten, write_merged
+from omni_jax.process_files import lines_in_rounds, write_merged
 from omni_jax.stopping import StopRequest
 
 log = logging.getLogger(__name__)
@@ -123,32 +121,15 @@ def run(manifest: str | os.PathLike, out: str | os.PathLike, finder: TrackedFace
     if preview_dir is not None:
         preview_dir.mkdir(parents=True, exist_ok=True)
     index, count = jax.process_index(), jax.process_count()
-    rounds = -(-len(source) // count)
-    key = resume_key(source.path, finder, rate, num_frames, redo)
     record_file = out.with_name(f".{out.name}.progress-{index}-of-{count}")
-    kept = read_progress(record_file, key)
-    start = int(np.min(multihost_utils.process_allgather(np.array(len(kept))))) if count > 1 else len(kept)
-    records = [r for batch in kept[:start] for r in batch]
-    if start:
-        log.info("%s: resuming after round %d of %d (%s)", out, start, rounds, record_file)
-    with contextlib.ExitStack() as files:
-        log_file = files.enter_context(rewritten(record_file, key, kept[:start]))
-        bar = files.enter_context(tqdm(total=rounds, initial=start, desc=f"faces {source.path.name}", unit="line",
-                                       disable=not progress))
-        for round_ in range(start, rounds):
-            element = round_ * count + index
-            done = []
-            if element < len(source):
-                line = source[element]
-                done.append(_process_line(line.number, line.text, source, finder, rate, num_frames, redo,
-                                          preview_dir))
-            records += done
-            log_file.write(json.dumps({"batch": round_, "predictions": done}, ensure_ascii=False) + "\n")
-            log_file.flush()
-            bar.update()
-            if stop is not None and stop.reached() and round_ + 1 < rounds:
-                raise Stopped(f"stopped after line {round_ + 1} of {rounds} of this process's share of {manifest}; "
-                              "the same command resumes from there", interrupted=stop.interrupted)
+
+    def work(element: int) -> dict[str, Any]:
+        line = source[element]
+        return _process_line(line.number, line.text, source, finder, rate, num_frames, redo, preview_dir)
+    records = lines_in_rounds(len(source), work, record_file, resume_key(source.path, finder, rate, num_frames, redo),
+                              stop, bar=lambda done, total: tqdm(total=total, initial=done, unit="line",
+                                                                 desc=f"faces {source.path.name}", disable=not progress),
+                              what=str(manifest))
     merged = write_merged(records, out, render=lambda r: r["text"] if "text" in r else json.dumps(
         r["entry"], ensure_ascii=False))
     record_file.unlink(missing_ok=True)
