@@ -1,6 +1,9 @@
 """omni_jax: Omni-Emotion (video + face + audio MLLM) in JAX/Flax."""
 from setuptools import find_packages, setup
 
+# the CPU wheel on the dev machine (its pip configuration); elsewhere the build its index gives
+TORCH = "torch==2.13.0"
+
 setup(
     name="omni_jax",
     version="0.1.0",
@@ -39,10 +42,18 @@ setup(
         "openai>=1.60",
     ],
     extras_require={
-        # PyTorch is only needed to read pytorch_model*.bin files and for the parity tests; Pillow
-        # runs transformers' PIL image processor, the reference for video preprocessing.
-        "convert": ["torch==2.13.0"],
-        "test": ["torch==2.13.0", "pillow>=10.0", "pytest>=8.0", "pytest-xdist>=3.5", "psutil>=5.9",
+        # JAX's accelerator builds, by JAX's own extras (the plugin and, with-cuda, CUDA's
+        # libraries from pip; jaxlib pinned to jax's version): one per platform, `make setup ACCEL=...`.
+        "cuda12": ["jax[cuda12]"],
+        "cuda13": ["jax[cuda13]"],
+        "tpu": ["jax[tpu]"],
+        # PyTorch is only needed to read pytorch_model*.bin files, for the parity tests and as the
+        # reference of the benchmarks (experiments/); nothing else imports it.
+        "convert": [TORCH],
+        # the benchmarks' references (bench_audio.py limits the log-mel threads with threadpoolctl)
+        "bench": [TORCH, "threadpoolctl>=3.0"],
+        # Pillow runs transformers' PIL image processor, the reference for video preprocessing.
+        "test": [TORCH, "pillow>=10.0", "pytest>=8.0", "pytest-xdist>=3.5", "psutil>=5.9",
                  # the reference the classification metrics are tested against
                  "scikit-learn>=1.3",
                  # runs the bundled face detector weights: the reference of our detector's parity and speed

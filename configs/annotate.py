@@ -47,6 +47,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
         # RetinaFace checkpoint's directory (docs/faces.md); run `omni-jax faces` first to keep them
         face_detector="retinaface",
         max_audio_seconds=120.0,  # longer audio is cut before it is sent
+        decode_threads=0,  # clips decoded at once per process (0: the CPU count); the rest wait as JPEGs do not
     ))
     cfg.review = ml_collections.ConfigDict(dict(
         threshold=5.0,  # clips whose reason scores below this (0-10) against their label are discarded (§3.1)
@@ -61,5 +62,5 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
         reviewed_in_training=True,
     ))
     cfg.cache = ""  # the replies' cache (default OUT/cache): a rerun sends nothing it has sent before
-    cfg.clips_in_flight = 0  # clips annotated at once per process (0: twice the largest endpoint concurrency)
+    cfg.clips_in_flight = 0  # clips annotated at once per process (0: 3 × the largest endpoint concurrency)
     return cfg

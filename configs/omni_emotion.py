@@ -78,9 +78,15 @@ def get_config(arg: str = "7b") -> ml_collections.ConfigDict:
     cfg.train = train_config(phase, variant)
     cfg.eval = eval_config(variant)
     cfg.evals = evals_config()
-    # sharding.make_mesh(**cfg.mesh); -1 takes the remaining devices. On 256 chips at batch 128:
-    # data=2, fsdp=64, tensor=2 (docs/scaling.md).
-    cfg.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1))
+    # sharding.make_mesh(**cfg.mesh) (docs/scaling.md "Meshes"). data, fsdp, tensor: the ICI shape,
+    # the sizes within one TPU slice or node (-1: its remaining devices), laid on the torus.
+    # dcn_data, dcn_fsdp, dcn_tensor: how many slices (TPU slice_index) or nodes (processes) each
+    # axis spans, their product the slice/node count; an axis's size is ICI × DCN. Put DCN on
+    # data: only the gradient reduction crosses it. allow_split_physical_axes: let an ICI size
+    # that is no product of the torus' sides split a side (its rings lose the wraparound link),
+    # e.g. data=2, fsdp=64, tensor=2 on a v5e-256 (16 × 16).
+    cfg.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1, dcn_data=1, dcn_fsdp=1, dcn_tensor=1,
+                                              allow_split_physical_axes=False))
     return cfg
 
 

@@ -32,12 +32,14 @@ from transformers.models.whisper.modeling_whisper import WhisperEncoder
 import omni_jax
 from omni_jax.conversion import convert_hf_to_orbax
 
-from bench_common import TORCH_DEVICE, finish, interleaved_times, ratio_spread, roofline, roofline_line, run_info, sync  # experiments/
+from bench_common import finish, interleaved_times, ratio_spread, roofline, roofline_line, run_info, sync, torch_device  # experiments/
 
 SHAPES = {
     "base": dict(num_mel_bins=80, d_model=512, encoder_layers=6, encoder_attention_heads=8, encoder_ffn_dim=2048),
     "large-v3": dict(num_mel_bins=128, d_model=1280, encoder_layers=32, encoder_attention_heads=20,
                      encoder_ffn_dim=5120),
+    # experiments/accelerator_checks.py's CPU rehearsal
+    "tiny": dict(num_mel_bins=80, d_model=64, encoder_layers=2, encoder_attention_heads=4, encoder_ffn_dim=128),
 }
 
 
@@ -52,10 +54,10 @@ def bench_encoder(shape: str, batch: int, repeats: int, dtype: str) -> dict:
         reference.save_pretrained(Path(tmp) / "hf")
         convert_hf_to_orbax(Path(tmp) / "hf", Path(tmp) / "ox", progress=False)
         model, params = omni_jax.load_pretrained(Path(tmp) / "ox", dtype=dtype)
-    reference = reference.to(TORCH_DEVICE, getattr(torch, dtype))
+    reference = reference.to(torch_device(), getattr(torch, dtype))
     forward = jax.jit(lambda p, x: model.apply({"params": p}, x)["last_hidden_state"])
     x = jnp.asarray(features)
-    torch_x = torch.from_numpy(features).to(TORCH_DEVICE, getattr(torch, dtype))
+    torch_x = torch.from_numpy(features).to(torch_device(), getattr(torch, dtype))
     with torch.inference_mode():
         outputs, times = interleaved_times({"jax": lambda: forward(params, x).block_until_ready(),
                                             "torch": lambda: sync(reference(torch_x).last_hidden_state)}, repeats)
@@ -63,7 +65,7 @@ def bench_encoder(shape: str, batch: int, repeats: int, dtype: str) -> dict:
     jax_s, torch_s = statistics.median(times["jax"]), statistics.median(times["torch"])
     audio_seconds = batch * 30.0
     return {"shape": shape, "batch": batch, "dtype": dtype, "jax_device": jax.devices()[0].device_kind,
-            "torch_device": TORCH_DEVICE, "jax_audio_s_per_s": audio_seconds / jax_s,
+            "torch_device": torch_device(), "jax_audio_s_per_s": audio_seconds / jax_s,
             "torch_audio_s_per_s": audio_seconds / torch_s, "ratio": torch_s / jax_s,
             "ratio_spread": ratio_spread(times["torch"], times["jax"]),
             "max_rel_err": float(np.abs(ours - theirs).max() / np.abs(theirs).max()),

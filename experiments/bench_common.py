@@ -1,35 +1,48 @@
 """What the benchmarks here share: XLA:CPU's options chosen for this CPU (set on import, before
 JAX starts its backend) and a header naming the host; timers (a median; medians of runs taking
 turns), the torch device, the matrix-product peak and how close each side comes to it, and the
-description of the run."""
+description of the run. torch is imported only by what uses it: the benchmarks without a
+PyTorch side (bench_train.py, the attention check) run where it is not installed."""
 from __future__ import annotations
 
 import datetime
+import functools
+import importlib.metadata
 import json
 import os
 import statistics
+import sys
 import time
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import jax
 import jax.numpy as jnp
-import torch
-from jax._src.interpreters import partial_eval as pe
 
 from omni_jax import xla_cpu
-from omni_jax.flops import matmul_flops
+from omni_jax.flops import count_flops
 
 xla_cpu.configure()
 HOST = xla_cpu.host()
 print(f"host: {HOST['model']}, {HOST['cores']} cores, {' '.join(HOST['features']) or 'no AVX2'}; "
       f"XLA_FLAGS={HOST['xla_flags']!r}", flush=True)
 
-TORCH_DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+if TYPE_CHECKING:
+    import torch
+
+
+@functools.cache
+def torch_device() -> str:
+    """Where the PyTorch side runs: "cuda" when torch sees a GPU, else "cpu" (imports torch)."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def sync(x: torch.Tensor) -> torch.Tensor:
     """`x` once the GPU (if torch uses one) has finished: for timing."""
-    if TORCH_DEVICE == "cuda":
+    if torch_device() == "cuda":
+        import torch
+
         torch.cuda.synchronize()
     return x
 
@@ -86,9 +99,11 @@ def roofline(fn: Callable[..., Any], args: tuple, jax_s: float, torch_s: float, 
     computes more, e.g. the face encoder's full-size fused map), the measured peak in `dtype`,
     and the highest JAX ÷ PyTorch ratio the peak allows (PyTorch's time ÷ the time JAX's
     products alone take at the peak)."""
+    from jax.interpreters import partial_eval as pe  # the public module of JAX's dead-code elimination
+
     jaxpr = jax.make_jaxpr(fn)(*args).jaxpr
-    # without the outputs `fn` computes and drops (XLA removes them too); jax has no public DCE
-    flops = matmul_flops(pe.dce_jaxpr(jaxpr, [True] * len(jaxpr.outvars))[0])
+    # without the outputs `fn` computes and drops (XLA removes them too)
+    flops = count_flops(pe.dce_jaxpr(jaxpr, [True] * len(jaxpr.outvars))[0]).model  # a forward: model = hardware
     peak = measured_peak(dtype)
     return {"matmul_flops": flops, "jax_flop_s": flops / jax_s, "torch_flop_s": flops / torch_s,
             "peak_flop_s": peak, "ratio_ceiling": torch_s * peak / flops}
@@ -103,14 +118,25 @@ def roofline_line(r: dict[str, float]) -> str:
             f"{r['ratio_ceiling']:.2f}x")
 
 
-def run_info() -> dict[str, str]:
+def installed_version(distribution: str) -> str | None:
+    """The installed version of `distribution` (None when absent), read without importing it."""
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def run_info() -> dict[str, Any]:
     """Date, machine and framework versions, the header of every benchmark's JSON."""
     return {"date": datetime.date.today().isoformat(), "machine": f"{HOST['model']}, {os.cpu_count()} cores",
-            "host": HOST, "jax": jax.__version__, "torch": torch.__version__}
+            "host": HOST, "jax": jax.__version__, "jaxlib": installed_version("jaxlib"),
+            "torch": installed_version("torch")}
 
 
 def finish(results: dict, as_json: bool) -> None:
     """The closing lines every benchmark prints: where it ran, then (with --json) one JSON object."""
-    print(f"torch threads {torch.get_num_threads()}; {results['machine']}; {results['date']}")
+    # torch's thread count only where a PyTorch side ran (importing torch for it would cost seconds)
+    threads = f"torch threads {sys.modules['torch'].get_num_threads()}; " if "torch" in sys.modules else ""
+    print(f"{threads}{results['machine']}; {results['date']}")
     if as_json:
         print(json.dumps(results))

@@ -29,7 +29,7 @@ import torch
 import transformers
 
 import omni_jax
-from bench_common import TORCH_DEVICE, finish, interleaved_medians, run_info, sync  # experiments/
+from bench_common import finish, interleaved_medians, run_info, sync, torch_device  # experiments/
 from omni_jax.conversion import convert_hf_to_orbax
 from omni_jax.generate import generate
 from omni_jax.modality_tokens import video_tokens
@@ -63,7 +63,7 @@ def build(name: str, seed: int) -> tuple[torch.nn.Module, Any, Any]:
         convert_hf_to_orbax(Path(tmp) / "hf", Path(tmp) / "ox", progress=False)
         model, params = omni_jax.load_pretrained(Path(tmp) / "ox", scan_layers=False)
         params = jax.block_until_ready(params)
-    return hf.to(TORCH_DEVICE), model, params
+    return hf.to(torch_device()), model, params
 
 
 def prompts(hf: torch.nn.Module, model: Any, batch: int, text_tokens: int, seed: int):
@@ -87,9 +87,9 @@ def runs(hf: torch.nn.Module, model: Any, params: Any, ids: np.ndarray, mask: np
          new_tokens: int) -> dict[str, Any]:
     jax_inputs = dict(input_ids=jnp.asarray(ids, jnp.int32), attention_mask=jnp.asarray(mask, jnp.int32),
                       pixel_values_videos=jnp.asarray(frames))
-    torch_inputs = dict(input_ids=torch.from_numpy(ids).to(TORCH_DEVICE),
-                        attention_mask=torch.from_numpy(mask).to(TORCH_DEVICE),
-                        pixel_values_videos=torch.from_numpy(frames).permute(0, 1, 4, 2, 3).to(TORCH_DEVICE))
+    torch_inputs = dict(input_ids=torch.from_numpy(ids).to(torch_device()),
+                        attention_mask=torch.from_numpy(mask).to(torch_device()),
+                        pixel_values_videos=torch.from_numpy(frames).permute(0, 1, 4, 2, 3).to(torch_device()))
 
     def jax_run():
         return jax.block_until_ready(generate(model, params, max_new_tokens=new_tokens, **jax_inputs))
@@ -113,7 +113,7 @@ def main() -> None:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(os.cpu_count())
-    results = {**run_info(), "device": jax.devices()[0].device_kind, "torch_device": TORCH_DEVICE,
+    results = {**run_info(), "device": jax.devices()[0].device_kind, "torch_device": torch_device(),
                "new_tokens": args.new_tokens, "rows": []}
     print(f"{'model':>6}{'batch':>7}{'JAX clips/s':>13}{'torch clips/s':>15}{'JAX tok/s':>11}{'torch tok/s':>13}"
           f"{'JAX/torch':>11}{'agree':>8}")

@@ -41,7 +41,7 @@ import omni_jax
 from omni_jax.conversion import convert_hf_to_orbax
 from omni_jax.generate import generate
 
-from bench_common import TORCH_DEVICE, interleaved_medians, roofline, roofline_line, sync  # experiments/, the script's folder
+from bench_common import interleaved_medians, roofline, roofline_line, sync, torch_device  # experiments/, the script's folder
 
 
 def parse_args() -> argparse.Namespace:
@@ -60,11 +60,18 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def qwen2_config(layers: int) -> transformers.Qwen2Config:
-    """Qwen2-0.5B's shape (depth adjustable)."""
+# Qwen2-0.5B's shape, and a tiny one for experiments/accelerator_checks.py's CPU rehearsal
+SHAPES = {
+    "0.5b": dict(vocab_size=151936, hidden_size=896, intermediate_size=4864, num_attention_heads=14,
+                 num_key_value_heads=2),
+    "tiny": dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2),
+}
+
+
+def qwen2_config(layers: int, shape: str = "0.5b") -> transformers.Qwen2Config:
+    """SHAPES[shape] (default Qwen2-0.5B's), `layers` deep."""
     return transformers.Qwen2Config(
-        vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=layers,
-        num_attention_heads=14, num_key_value_heads=2, max_position_embeddings=32768, rms_norm_eps=1e-6,
+        **SHAPES[shape], num_hidden_layers=layers, max_position_embeddings=32768, rms_norm_eps=1e-6,
         rope_parameters={"rope_type": "default", "rope_theta": 1e6}, tie_word_embeddings=True,
         use_sliding_window=False, dtype="float32",
         # No EOS: both sides must produce exactly --new-tokens tokens with nothing masked.
@@ -82,13 +89,13 @@ def build_models(config: transformers.Qwen2Config, seed: int, scan_layers: bool,
         convert_hf_to_orbax(Path(tmp) / "hf", Path(tmp) / "orbax", dtype="float32", progress=False)
         model, params = omni_jax.load_pretrained(Path(tmp) / "orbax", dtype=dtype, scan_layers=scan_layers)
         params = jax.block_until_ready(params)
-    return hf_model.to(TORCH_DEVICE, getattr(torch, dtype)), model, params
+    return hf_model.to(torch_device(), getattr(torch, dtype)), model, params
 
 
 def prefill_runs(hf_model: torch.nn.Module, model: Any, params: Any,
                  ids: np.ndarray) -> dict[str, Callable[[], Any]]:
     forward = jax.jit(lambda p, x: model.apply({"params": p}, input_ids=x)["logits"])
-    jax_ids, torch_ids = jnp.asarray(ids, jnp.int32), torch.from_numpy(ids).to(TORCH_DEVICE)
+    jax_ids, torch_ids = jnp.asarray(ids, jnp.int32), torch.from_numpy(ids).to(torch_device())
 
     def torch_run() -> torch.Tensor:
         with torch.inference_mode():
@@ -97,9 +104,32 @@ def prefill_runs(hf_model: torch.nn.Module, model: Any, params: Any,
     return {"jax": lambda: jax.block_until_ready(forward(params, jax_ids)), "torch": torch_run}
 
 
+def measure_prefill(hf_model: torch.nn.Module, model: Any, params: Any, ids: np.ndarray, repeats: int,
+                    dtype: str) -> dict[str, Any]:
+    """Prefill of `ids` on both sides, taking turns: tokens/s, the logits' max relative
+    difference (to max |torch logit|) and the roofline."""
+    logits, seconds = interleaved_medians(prefill_runs(hf_model, model, params, ids), repeats)
+    jax_logits, torch_logits = np.asarray(logits["jax"], np.float32), logits["torch"].float().cpu().numpy()
+    rel_err = float(np.abs(jax_logits - torch_logits).max() / np.abs(torch_logits).max())
+    return {**throughput(seconds, ids.shape[1]), "logits_max_rel_err": rel_err,
+            "roofline": roofline(lambda p, x: model.apply({"params": p}, input_ids=x)["logits"],
+                                 (params, jnp.asarray(ids, jnp.int32)), seconds["jax"], seconds["torch"], dtype)}
+
+
+def prefill_check(shape: str, layers: int, seq: int, repeats: int, dtype: str, seed: int = 0) -> dict[str, Any]:
+    """The prefill figures alone (experiments/accelerator_checks.py): SHAPES[shape], `layers`
+    deep, one row of `seq` random tokens, JAX unrolled (the inference layout)."""
+    config = qwen2_config(layers, shape)
+    hf_model, model, params = build_models(config, seed, False, dtype)
+    ids = np.random.default_rng(seed).integers(0, config.vocab_size, (1, seq), dtype=np.int64)
+    return {"shape": shape, "layers": layers, "seq": seq, "dtype": dtype, "jax_device": jax.devices()[0].device_kind,
+            "torch_device": torch_device(), "torch_attention": hf_model.config._attn_implementation,
+            **measure_prefill(hf_model, model, params, ids, repeats, dtype)}
+
+
 def decode_runs(hf_model: torch.nn.Module, model: Any, params: Any, prompt: np.ndarray,
                 new_tokens: int) -> dict[str, Callable[[], Any]]:
-    jax_ids, torch_ids = jnp.asarray(prompt, jnp.int32), torch.from_numpy(prompt).to(TORCH_DEVICE)
+    jax_ids, torch_ids = jnp.asarray(prompt, jnp.int32), torch.from_numpy(prompt).to(torch_device())
 
     def jax_run() -> jax.Array:
         return jax.block_until_ready(generate(model, params, jax_ids, jnp.ones_like(jax_ids),
@@ -163,10 +193,7 @@ def main() -> None:
     ids = rng.integers(0, config.vocab_size, (1, args.seq), dtype=np.int64)
     prompt = rng.integers(0, config.vocab_size, (1, args.prompt_tokens), dtype=np.int64)
 
-    logits, prefill_s = interleaved_medians(prefill_runs(hf_model, model, params, ids), args.repeats)
-    jax_logits, torch_logits = np.asarray(logits["jax"], np.float32), logits["torch"].float().cpu().numpy()
-    rel_err = float(np.abs(jax_logits - torch_logits).max() / np.abs(torch_logits).max())
-    del logits, jax_logits, torch_logits
+    prefill = measure_prefill(hf_model, model, params, ids, args.repeats, args.dtype)
     tokens, decode_s = interleaved_medians(decode_runs(hf_model, model, params, prompt, args.new_tokens),
                                            args.repeats)
     same = np.asarray(tokens["jax"])[0] == tokens["torch"].cpu().numpy()[0]
@@ -180,11 +207,8 @@ def main() -> None:
         "loadavg": [load_before, os.getloadavg()[0]],
         "config": {"layers": args.layers, "scan_layers": args.scan_layers, "seq": args.seq, "prompt_tokens": args.prompt_tokens,
                    "new_tokens": args.new_tokens, "repeats": args.repeats, "dtype": args.dtype, "batch": 1,
-                   "jax_device": jax.devices()[0].device_kind, "torch_device": TORCH_DEVICE},
-        "prefill": {**throughput(prefill_s, args.seq), "logits_max_rel_err": rel_err,
-                    "roofline": roofline(lambda p, x: model.apply({"params": p}, input_ids=x)["logits"],
-                                         (params, jnp.asarray(ids, jnp.int32)), prefill_s["jax"], prefill_s["torch"],
-                                         args.dtype)},
+                   "jax_device": jax.devices()[0].device_kind, "torch_device": torch_device()},
+        "prefill": prefill,
         "decode": {**throughput(decode_s, args.new_tokens), "agree": int(same.sum()),
                    "first_difference": None if same.all() else int(np.argmin(same))},
     }

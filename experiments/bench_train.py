@@ -5,10 +5,11 @@ On an accelerator the default is the step the issue asks for: the 7B's towers (S
 Whisper-large-v3 encoder, Swin-B) with a Qwen2-1.5B-shaped language model (`--llm 1.5b`),
 sequence 4096, bf16 compute, fp32 parameters and Adam moments, remat "full" (plan's choice).
 On the CPU: the tiny config against the CPU's measured matrix-product peak in the step's
-compute dtype. Reported: step time (median), tokens/s per device, and MFU = FLOPs per step
-(matrix products counted on the step's jaxpr, as `plan` and `train` count them) ÷ (step time ×
-devices × peak), the peak from the device's data sheet (omni_jax.train.metric_logger.PEAK_FLOPS) or,
-on the CPU, measured here.
+compute dtype. Reported: step time (median), tokens/s per device, and MFU = model FLOPs per
+step (counted on the step's jaxpr, as `plan` and `train` count them; HFU: with the recomputed
+forwards) ÷ (step time × devices × peak), the peak from the device's data sheet
+(omni_jax.train.metric_logger.PEAK_FLOPS) or, on the CPU, measured here.
+experiments/accelerator_checks.py runs `measure_step` with the accelerator's defaults.
 
     python experiments/bench_train.py                       # the device present, its default
     python experiments/bench_train.py --config configs/omni_emotion.py:7b --llm 1.5b --batch 8 --seq 4096
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from typing import Any
 
 import bench_common  # XLA:CPU options before JAX starts; the host header
 import jax
@@ -26,7 +28,7 @@ import numpy as np
 
 from omni_jax import registry
 from omni_jax.config_flags import load_config
-from omni_jax.flops import matmul_flops
+from omni_jax.flops import count_flops
 from omni_jax.modality_tokens import IGNORE, multimodal_prompt_ids
 from omni_jax.sharding import make_mesh
 from omni_jax.train.metric_logger import peak_flops
@@ -60,6 +62,55 @@ def synthetic_batch(cfg, batch: int, seq: int, seed: int = 0) -> dict[str, np.nd
     return out
 
 
+def measure_step(config: str, llm: str | None, batch: int, seq: int, microbatches: int = 1,
+                 remat: str | None = None, compute_dtype: str | None = None, steps: int = 10) -> dict[str, Any]:
+    """The train step of `config` (its LM reshaped to LLM_SHAPES[llm] when given) on every device
+    present, mesh fsdp over all: a synthetic batch of `batch` clips × `seq` tokens, `steps` timed
+    steps after 2 untimed; step time, tokens/s/device, FLOPs, the peak and MFU/HFU (None, with
+    `peak_source` saying why, where the device kind has no data-sheet peak)."""
+    accelerator = jax.default_backend() != "cpu"
+    cfg = load_config(config)
+    if llm:
+        cfg.model.text.update(LLM_SHAPES[llm])
+        cfg.model.face.llm_width = cfg.model.text.hidden_size
+    cfg.train.microbatches = microbatches
+    if remat:
+        cfg.train.remat = remat
+    if compute_dtype:
+        cfg.train.compute_dtype = compute_dtype
+    devices = jax.devices()
+    mesh = make_mesh(1, len(devices), 1)
+    model_config = training_model_config(cfg)
+    trainer = make_trainer(model_config, mesh, cfg.train, total_steps=1000)
+    # counter-based keys: threefry's init compiles for tens of seconds on a CPU, and the values do
+    # not change a step's time
+    with jax.default_prng_impl("unsafe_rbg"):
+        params = registry.init_params(registry.FAMILIES["omni_emotion"], model_config, mesh)
+    state, frozen = trainer.init_state(params)
+    inputs = jax.device_put(synthetic_batch(cfg, batch, seq), trainer.batch_sharding)
+    with trainer.activate():
+        flops = count_flops(trainer.step.trace(state, frozen, inputs).jaxpr.jaxpr)
+        times = []
+        for _ in range(steps + 2):
+            start = time.perf_counter()
+            state, metrics = trainer.step(state, frozen, inputs)
+            float(metrics["loss"])
+            times.append(time.perf_counter() - start)
+    step = statistics.median(times[2:])
+    kind = devices[0].device_kind
+    peak = peak_flops(kind) if accelerator else bench_common.measured_peak(cfg.train.compute_dtype)
+    source = "data sheet" if accelerator else "measured matmul"
+    if peak is None:
+        source = f"none: no data-sheet peak for {kind!r} (omni_jax.train.metric_logger.PEAK_FLOPS)"
+    utilisation = lambda count: count / (step * len(devices) * peak) if peak else None
+    return {"device": f"{len(devices)} × {kind}", "config": config, "llm": llm, "batch": batch, "seq": seq,
+            "microbatches": microbatches, "remat": cfg.train.remat, "compute_dtype": cfg.train.compute_dtype,
+            "flops_per_step": flops.model, "hardware_flops_per_step": flops.hardware, "step_seconds": step,
+            "compile_and_first_step_seconds": times[0], "tokens_per_s_per_device": batch * seq / step / len(devices),
+            "peak_flops_per_device": peak, "peak_source": source, "mfu": utilisation(flops.model),
+            "hfu": utilisation(flops.hardware), "loss": float(metrics["loss"])}
+
+
 def main() -> None:
     accelerator = jax.default_backend() != "cpu"
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -75,46 +126,15 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10, help="timed steps (after 2 untimed)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-
-    cfg = load_config(args.config)
-    if args.llm:
-        cfg.model.text.update(LLM_SHAPES[args.llm])
-        cfg.model.face.llm_width = cfg.model.text.hidden_size
-    cfg.train.microbatches = args.microbatches
-    if args.remat:
-        cfg.train.remat = args.remat
-    if args.compute_dtype:
-        cfg.train.compute_dtype = args.compute_dtype
-    devices = jax.devices()
-    mesh = make_mesh(1, len(devices), 1)
-    model_config = training_model_config(cfg)
-    trainer = make_trainer(model_config, mesh, cfg.train, total_steps=1000)
-    params = registry.init_params(registry.FAMILIES["omni_emotion"], model_config, mesh)
-    state, frozen = trainer.init_state(params)
-    batch = jax.device_put(synthetic_batch(cfg, args.batch, args.seq), trainer.batch_sharding)
-    with trainer.activate():
-        flops = matmul_flops(trainer.step.trace(state, frozen, batch).jaxpr.jaxpr)
-        times = []
-        for i in range(args.steps + 2):
-            start = time.perf_counter()
-            state, metrics = trainer.step(state, frozen, batch)
-            float(metrics["loss"])
-            times.append(time.perf_counter() - start)
-    step = statistics.median(times[2:])
-    kind = devices[0].device_kind
-    peak = peak_flops(kind) if accelerator else bench_common.measured_peak(cfg.train.compute_dtype)
-    tokens = args.batch * args.seq
-    results = {**bench_common.run_info(), "device": f"{len(devices)} × {kind}", "config": args.config,
-               "llm": args.llm, "batch": args.batch, "seq": args.seq, "microbatches": args.microbatches,
-               "remat": cfg.train.remat, "compute_dtype": cfg.train.compute_dtype, "flops_per_step": flops,
-               "step_seconds": step, "tokens_per_s_per_device": tokens / step / len(devices),
-               "peak_flops_per_device": peak, "peak_source": "data sheet" if accelerator else "measured matmul",
-               "mfu": flops / (step * len(devices) * peak) if peak else None, "loss": float(metrics["loss"])}
+    results = {**bench_common.run_info(), **measure_step(args.config, args.llm, args.batch, args.seq, args.microbatches,
+                                                         args.remat, args.compute_dtype, args.steps)}
     print(f"{results['device']}: {args.config} (llm {args.llm or 'as configured'}), batch {args.batch} × "
-          f"{args.seq} tokens, {cfg.train.compute_dtype} compute, remat {cfg.train.remat}")
-    print(f"  step {step * 1e3:.1f} ms (median of {args.steps}), {results['tokens_per_s_per_device']:.0f} "
-          f"tokens/s/device, {flops:.3g} FLOPs/step, peak {peak or float('nan'):.3g} FLOP/s "
-          f"({results['peak_source']}): MFU {results['mfu'] or float('nan'):.1%}")
+          f"{args.seq} tokens, {results['compute_dtype']} compute, remat {results['remat']}")
+    peak, mfu = results["peak_flops_per_device"], results["mfu"]
+    print(f"  step {results['step_seconds'] * 1e3:.1f} ms (median of {args.steps}), "
+          f"{results['tokens_per_s_per_device']:.0f} tokens/s/device, {results['flops_per_step']:.3g} FLOPs/step, "
+          f"peak {peak or float('nan'):.3g} FLOP/s ({results['peak_source']}): MFU "
+          f"{mfu if mfu is not None else float('nan'):.1%}")
     bench_common.finish(results, args.json)
 
 

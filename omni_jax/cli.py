@@ -13,6 +13,9 @@
     omni-jax infer --checkpoint CKPT --video CLIP|FOLDER|MANIFEST [--question Q] [--audio A]
     omni-jax score --task emotion_classification|open_vocabulary --predictions FILE.jsonl [--classes a,b,...]
     omni-jax synth --out DIR [--clips 336] [--seed 0]
+    omni-jax annotate --manifest IN.jsonl --out DIR [--config configs/annotate.py] [--config.endpoints.vision.base_url=URL]
+    omni-jax annotate --review-sheet DIR/review.csv [--per-source 700] [--seed 0] | --import-review DIR/review.csv
+    omni-jax manifest --format dfew --labels FILE|DIR --media DIR --out OUT.jsonl [--phase P --split S --fold N]
 
 Each prints a readable result; with --json its last line is one JSON object. Every subcommand
 that takes --config also takes overrides of its fields: --config.train.learning_rate=2e-4.
@@ -25,6 +28,7 @@ import argparse
 import errno
 import json
 import logging
+import math
 import os
 import signal
 import sys
@@ -198,18 +202,20 @@ def _add_assemble(sub: argparse._SubParsersAction) -> None:
 
 
 def _mesh_sizes(text: str) -> dict[str, int]:
-    """"data=2,fsdp=64,tensor=2" → {"data": 2, "fsdp": 64, "tensor": 2} (missing axes are 1)."""
-    sizes = {"data": 1, "fsdp": 1, "tensor": 1}
+    """"data=2,fsdp=64,tensor=2,dcn_data=2" → the ICI sizes per slice and the DCN sizes (how many
+    slices or nodes each axis spans), all six (missing ones are 1)."""
+    sizes = dict.fromkeys(("data", "fsdp", "tensor", "dcn_data", "dcn_fsdp", "dcn_tensor"), 1)
     for item in filter(None, text.split(",")):
         name, _, value = item.partition("=")
         if name not in sizes or not value.isdigit() or int(value) < 1:
-            raise argparse.ArgumentTypeError(f"expected data=N,fsdp=N,tensor=N, got {text!r}")
+            raise argparse.ArgumentTypeError(f"expected data=N,fsdp=N,tensor=N[,dcn_data=N,dcn_fsdp=N,dcn_tensor=N] "
+                                             f"(each N ≥ 1), got {text!r}")
         sizes[name] = int(value)
     return sizes
 
 
 def _plan(args: argparse.Namespace) -> dict[str, Any]:
-    from omni_jax.sharding import make_mesh
+    from omni_jax.sharding import MESH_AXES, make_mesh
     from omni_jax.train.plan import plan_train_step
 
     config = args.config
@@ -218,7 +224,10 @@ def _plan(args: argparse.Namespace) -> dict[str, Any]:
     if args.microbatches:
         config.train.microbatches = args.microbatches
     start = time.perf_counter()
-    result = plan_train_step(config, make_mesh(**args.mesh), args.batch, args.seq)
+    # the simulated devices stand for the slices by position, as make_mesh lays them out (DCN-major)
+    dcn = {axis: args.mesh[f"dcn_{axis}"] for axis in MESH_AXES}
+    mesh = make_mesh(**{axis: args.mesh[axis] * dcn[axis] for axis in MESH_AXES})
+    result = plan_train_step(config, mesh, args.batch, args.seq, dcn=dcn)
     gib = lambda n: f"{n / 2**30:.3f} GiB"
     return {**{k: v for k, v in result.items() if not k.endswith("bytes_per_device")},
             **{k.replace("_bytes", ""): gib(v) for k, v in result.items() if k.endswith("bytes_per_device")},
@@ -235,7 +244,9 @@ def _add_plan(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", default=DEFAULT_CONFIG,
                    help="config file[:variant[,phase]] (the phase: what is trained, the batch's modalities)")
     p.add_argument("--mesh", type=_mesh_sizes, default={"data": 1, "fsdp": 8, "tensor": 1},
-                   help="data=N,fsdp=N,tensor=N (their product is the device count)")
+                   help="data=N,fsdp=N,tensor=N: the sizes within a slice or node (ICI); several slices or nodes: "
+                        "dcn_data=N,dcn_fsdp=N,dcn_tensor=N, how many each axis spans (each axis's size is ICI × "
+                        "DCN; the product of all is the device count). Reports the collectives crossing DCN")
     p.add_argument("--batch", type=int, default=8, help="global batch (clips)")
     p.add_argument("--seq", type=int, default=4096, help="tokens per clip")
     p.add_argument("--microbatches", type=int, default=None,
@@ -479,11 +490,84 @@ def _add_synth(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=_synth)
 
 
+def _manifest(args: argparse.Namespace) -> dict[str, Any]:
+    from omni_jax.manifests import job
+    from omni_jax.manifests.vocabulary import Vocabulary
+
+    return job.run(args.format, args.labels, args.media, args.out, Vocabulary.from_evals(args.config.evals),
+                   phase=args.phase, split=args.split, fold=args.fold, classes=args.classes)
+
+
+def _add_manifest(sub: argparse._SubParsersAction) -> None:
+    from omni_jax.manifests.formats import FORMATS
+    from omni_jax.manifests.job import PHASES
+
+    p = sub.add_parser("manifest", help="a benchmark's own label files and media → the manifest of a phase",
+                       description="Reads a public dataset's labels in its published layout (DFEW's fold CSVs, "
+                                   "MAFW's set lists, MERTools' CSVs, RAVDESS's file names, ...) and writes one "
+                                   "phase's manifest: evaluation lines (label, labels, description), classification "
+                                   "QA, ASR or caption lines, instruction conversations, in the classes and "
+                                   "questions of the config's evaluators. Clips missing under --media are skipped "
+                                   "and counted; a malformed label row is an error naming its line. docs/data.md.")
+    p.add_argument("--format", choices=sorted(FORMATS), required=True, help="the dataset's layout")
+    p.add_argument("--labels", type=_existing, required=True,
+                   help="the labels file, or the folder that holds them (then --split and --fold choose)")
+    p.add_argument("--media", type=_existing, required=True, help="the folder of the clips (or audio files)")
+    p.add_argument("--out", type=_path, required=True, help="the new manifest (must not exist)")
+    p.add_argument("--phase", choices=PHASES, default=None, help="what the lines are for (default: the format's)")
+    p.add_argument("--split", default=None, help="with a --labels folder: train, test, ... (the format's)")
+    p.add_argument("--fold", type=int, default=None, help="with a --labels folder: DFEW's and MAFW's fold, 1-5")
+    p.add_argument("--classes", type=_existing, default=None,
+                   help="JSON object class token → name, in place of the format's table")
+    p.add_argument("--config", default=DEFAULT_CONFIG,
+                   help="config file[:variant] whose evaluators give the classes and questions (default: 7b)")
+    p.set_defaults(run=_manifest)
+
+
+def _annotate(args: argparse.Namespace) -> dict[str, Any]:
+    from omni_jax.annotate import job, review
+    from omni_jax.stopping import StopRequest
+
+    sheet = args.review_sheet or args.import_review
+    out = args.out or (str(Path(sheet).parent) if sheet else None)
+    if out is None or (args.manifest is None and sheet is None):
+        raise InputError("omni-jax annotate takes --manifest IN.jsonl --out DIR, or --review-sheet / --import-review "
+                         "DIR/review.csv")
+    if args.review_sheet:
+        return review.write_sheet(out, args.review_sheet, args.per_source, args.seed)
+    if args.import_review:
+        return review.import_sheet(out, args.import_review, args.config)
+    with StopRequest("stopping after the clips in flight") as stop:
+        return job.run(args.manifest, out, args.config, stop, progress=not args.json)
+
+
+def _add_annotate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("annotate", help="the paper's instruction data from labelled clips: cues from served models, "
+                                        "a reviewed reason, a score (SRE); the human review sheet (HRE)",
+                       description="Sends each clip's frames, face crops and sound to the OpenAI-compatible "
+                                   "endpoints of the config (a vision-language model, a transcription model, a "
+                                   "reviewer), keeps the clips whose reason agrees with their label, and writes "
+                                   "DIR/records.jsonl, the training and evaluation manifests, counts.json and "
+                                   "scores.png. Replies are cached: a rerun sends nothing twice; a killed run "
+                                   "resumes. docs/annotate.md.")
+    p.add_argument("--manifest", type=_existing, default=None, help="the clips: a JSONL manifest with labels")
+    p.add_argument("--out", type=_path, default=None, help="the output folder (default: the review sheet's)")
+    p.add_argument("--review-sheet", type=_path, default=None,
+                   help="write this CSV of clips drawn for people to review (DIR/review.csv)")
+    p.add_argument("--per-source", type=int, default=700, help="--review-sheet: clips per source (default 700)")
+    p.add_argument("--seed", type=int, default=0, help="--review-sheet: the draw's seed (default 0)")
+    p.add_argument("--import-review", type=_existing, default=None, help="read a filled review sheet back")
+    p.add_argument("--config", default=str(Path(__file__).resolve().parents[1] / "configs" / "annotate.py"),
+                   help="config file (default: configs/annotate.py)")
+    p.set_defaults(run=_annotate)
+
+
 SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_convert, _add_export,
                                                                    _add_convert_facexformer, _add_convert_retinaface,
                                                                    _add_faces, _add_assemble, _add_plan,
                                                                    _add_data_check, _add_train, _add_eval,
-                                                                   _add_infer, _add_score, _add_synth]
+                                                                   _add_infer, _add_score, _add_synth,
+                                                                   _add_manifest, _add_annotate]
 
 
 def _initialize_distributed(args: argparse.Namespace) -> None:
@@ -535,7 +619,7 @@ def main(argv: list[str] | None = None) -> int:
     # those it may not change (omni_jax.runs.run_config)
     args.model_overrides = [o[len(MODEL_PREFIX):].partition("=")[0] for o in overrides if o.startswith(MODEL_PREFIX)]
     if args.command == "plan":  # read when JAX starts its CPU backend, which nothing has done yet
-        devices = args.mesh["data"] * args.mesh["fsdp"] * args.mesh["tensor"]
+        devices = math.prod(args.mesh.values())  # ICI × DCN sizes
         os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices}"
         os.environ.setdefault("JAX_PLATFORMS", "cpu")
     # force: an import may have configured the root logger already (absl does, the first time orbax logs)
@@ -548,7 +632,7 @@ def main(argv: list[str] | None = None) -> int:
     previous = signal.signal(signal.SIGTERM, _terminated) if threading.current_thread() is threading.main_thread() \
         else None
     try:
-        if args.command in ("train", "eval", "faces"):  # the jobs that span processes
+        if args.command in ("train", "eval", "faces", "annotate"):  # the jobs that span processes
             _initialize_distributed(args)
         if hasattr(args, "config"):
             args.config = resolve_paths(apply_overrides(load_config(args.config), overrides))

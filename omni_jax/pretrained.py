@@ -69,8 +69,9 @@ def load_pretrained(path: str | os.PathLike, dtype: str | Any = "float32", mesh:
     dtype = jnp.dtype(dtype).name
     meta = read_converted_config(path)
     family = registry.FAMILIES[meta["model_type"]]
-    stored_config = registry.to_config(with_attention(override_fields(meta["config"], dtype=dtype, param_dtype=dtype),
-                                                      attention_impl))
+    # A trained model's config records its training batches' padding; others' may differ.
+    stored_config = registry.to_config(with_attention(override_fields(meta["config"], dtype=dtype, param_dtype=dtype,
+                                                                      attention_padding="any"), attention_impl))
     abstract = registry.abstract_params(family, stored_config)
     if mesh is None:
         shardings = jax.tree.map(lambda _: jax.sharding.SingleDeviceSharding(jax.devices()[0]), abstract)

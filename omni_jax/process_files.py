@@ -5,7 +5,6 @@ leaves at most a torn last line) and per-process parts merged in manifest order 
 are written this way; the last two share the loop too (`lines_in_rounds`)."""
 from __future__ import annotations
 
-import collections
 import concurrent.futures
 import contextlib
 import json
@@ -135,12 +134,20 @@ def lines_in_rounds(lines: int, work: Callable[[int], dict[str, Any]], record_fi
         pool = files.enter_context(concurrent.futures.ThreadPoolExecutor(in_flight)) if in_flight > 1 else None
         # on leaving early, rounds not started are dropped; the running ones finish first
         files.callback(lambda: pool and pool.shutdown(cancel_futures=True))
-        pending: collections.deque = collections.deque()
+        pending: dict[int, concurrent.futures.Future] = {}  # round → its work, running or done and not yet recorded
         upcoming = iter(range(start, rounds))
         for round_ in range(start, rounds):
-            while pool is not None and len(pending) < in_flight and (r := next(upcoming, None)) is not None:
-                pending.append(pool.submit(one, r))
-            done = pending.popleft().result() if pool is not None else one(round_)
+            while pool is not None:
+                # keep `in_flight` rounds running, whichever finish first (a slow one holds up the
+                # record, not the work), at most 4 × in_flight of them held for the record
+                running = sum(not f.done() for f in pending.values())
+                while running < in_flight and len(pending) < 4 * in_flight and (r := next(upcoming, None)) is not None:
+                    pending[r], running = pool.submit(one, r), running + 1
+                if pending[round_].done():
+                    break
+                concurrent.futures.wait([f for f in pending.values() if not f.done()],
+                                        return_when=concurrent.futures.FIRST_COMPLETED)
+            done = pending.pop(round_).result() if pool is not None else one(round_)
             records += done
             out.write(json.dumps({"batch": round_, "predictions": done}, ensure_ascii=False) + "\n")
             out.flush()

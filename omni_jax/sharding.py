@@ -1,21 +1,27 @@
-"""One table of logical-axis rules maps every parameter and activation name to mesh axes.
+"""The device mesh, and one table of logical-axis rules that maps every parameter and
+activation name to its axes.
 
 Mesh axes: "data" (batch), "fsdp" (batch and parameter shards), "tensor" (heads / MLP /
-vocab). Any of them may be 1.
+vocab). Any of them may be 1. `make_mesh` lays them onto the hardware: inside a TPU slice (or
+a GPU node) along the torus (ICI), and across slices or nodes (DCN) by a second, outer shape.
 """
 from __future__ import annotations
 
+import collections
 import contextlib
+import math
 from typing import Any, Iterator, Sequence
 
 import flax.linen as nn
 import jax
 import numpy as np
+from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from omni_jax.errors import InputError
 
 MESH_AXES = ("data", "fsdp", "tensor")
+DCN_FIELDS = tuple(f"dcn_{axis}" for axis in MESH_AXES)  # cfg.mesh's DCN sizes, in MESH_AXES order
 
 LOGICAL_AXIS_RULES: tuple[tuple[str, Any], ...] = (
     # parameters
@@ -41,18 +47,99 @@ LOGICAL_AXIS_RULES: tuple[tuple[str, Any], ...] = (
 )
 
 
-def make_mesh(data: int = 1, fsdp: int = -1, tensor: int = 1, devices: Sequence[jax.Device] | None = None) -> Mesh:
-    """A (data, fsdp, tensor) mesh; one size may be -1 to take the remaining devices."""
-    devices = list(devices or jax.devices())
-    sizes = [data, fsdp, tensor]
-    if sizes.count(-1) > 1:
-        raise InputError("at most one mesh axis may be -1")
-    known = int(np.prod([s for s in sizes if s != -1]))
-    sizes = [len(devices) // known if s == -1 else s for s in sizes]
-    if int(np.prod(sizes)) != len(devices):
-        raise InputError(f"mesh data={sizes[0]} fsdp={sizes[1]} tensor={sizes[2]} needs {np.prod(sizes)} devices, "
-                         f"{len(devices)} available")
-    return Mesh(np.asarray(devices).reshape(sizes), MESH_AXES)
+def make_mesh(data: int = 1, fsdp: int = -1, tensor: int = 1, devices: Sequence[Any] | None = None, *,
+              dcn_data: int = 1, dcn_fsdp: int = 1, dcn_tensor: int = 1,
+              allow_split_physical_axes: bool = False) -> Mesh:
+    """The (data, fsdp, tensor) mesh of `devices` (default: all of them), laid onto the hardware.
+
+    `data`, `fsdp`, `tensor` are the ICI shape: the axes' sizes inside one TPU slice or one
+    node (one may be -1: the rest of its devices). `dcn_data`, `dcn_fsdp`, `dcn_tensor` split
+    the axes across slices (TPU: the devices' `slice_index`) or nodes (other platforms: their
+    processes, one per node), so each axis of the mesh has ICI × DCN positions, DCN-major: the
+    j-th run of `ici` positions along an axis is the j-th slice along it (`dcn_granules`).
+    Inside a slice `jax.experimental.mesh_utils` places the axes on the torus, tensor first
+    (the most traffic) on whole sides of it; an ICI size that is no product of the torus'
+    sides is refused unless `allow_split_physical_axes`, which splits a side (the rings along
+    it lose their wraparound link). CPU devices keep the order given (a plain reshape), as do
+    TPU devices that fill no whole cuboid of the torus (a caller's subset)."""
+    devices = list(jax.devices() if devices is None else devices)
+    ici, dcn = [data, fsdp, tensor], [dcn_data, dcn_fsdp, dcn_tensor]
+    for field, size in zip(MESH_AXES + DCN_FIELDS, ici + dcn):
+        if not isinstance(size, (int, np.integer)) or isinstance(size, bool) or not (
+                size >= 1 or size == -1 and field in MESH_AXES):
+            allowed = "a whole number ≥ 1 or -1 (the remaining devices)" if field in MESH_AXES else \
+                "a whole number ≥ 1 (slices or nodes along that axis; -1 is for data, fsdp, tensor only)"
+            raise InputError(f"mesh.{field} must be {allowed}, got {size!r}")
+    if ici.count(-1) > 1:
+        raise InputError(f"mesh: at most one of data, fsdp, tensor may be -1, got data={data} fsdp={fsdp} "
+                         f"tensor={tensor}")
+    tpu = devices[0].platform == "tpu"
+    unit, units = ("slice", "slices") if tpu else ("process", "processes")
+    granules = _granules(devices, "slice_index" if tpu else "process_index")
+    slices = math.prod(dcn)
+    # several TPU slices need a DCN shape (mesh_utils lays out one torus at a time); several
+    # processes elsewhere may share one ICI shape (a single node, or DCN left unmodelled)
+    if (slices > 1 or tpu) and len(granules) != slices:
+        raise InputError(f"mesh.dcn_data × dcn_fsdp × dcn_tensor = {' × '.join(map(str, dcn))} = {slices}, but the "
+                         f"{len(devices)} devices are in {len(granules)} {units}: the product must be that count")
+    if slices > 1 and len({len(g) for g in granules}) > 1:
+        raise InputError(f"mesh: the {units} hold different numbers of devices ({sorted(len(g) for g in granules)}); "
+                         f"DCN axes need equal ones")
+    per = len(devices) // slices
+    known = math.prod(s for s in ici if s != -1)
+    ici = [per // known if s == -1 else s for s in ici]
+    if math.prod(ici) != per:
+        need = f"a multiple of {known}" if -1 in (data, fsdp, tensor) else known
+        where = f" per {unit} ({len(devices)} in {slices} {units})" if slices > 1 else ""
+        raise InputError(f"mesh data={data} fsdp={fsdp} tensor={tensor} needs {need} devices{where}, found {per}")
+    try:
+        if slices > 1:
+            grid = mesh_utils.create_hybrid_device_mesh(ici, dcn, devices, process_is_granule=not tpu,
+                                                        allow_split_physical_axes=allow_split_physical_axes)
+        elif tpu and not _whole_cuboid(devices):
+            grid = np.asarray(devices).reshape(ici)
+        else:
+            grid = mesh_utils.create_device_mesh(ici, devices, allow_split_physical_axes=allow_split_physical_axes)
+    except NotImplementedError as error:  # mesh_utils: no assignment to whole sides of the torus
+        sides = " × ".join(map(str, _torus(granules[0])))
+        raise InputError(f"mesh data={ici[0]} fsdp={ici[1]} tensor={ici[2]} does not lie on whole sides of the "
+                         f"{sides} torus of {devices[0].device_kind}: make each size a product of some of its sides, "
+                         f"or set mesh.allow_split_physical_axes=True (rings along a split side lose their "
+                         f"wraparound link)") from error
+    return Mesh(grid, MESH_AXES)
+
+
+def dcn_granules(shape: Sequence[int], dcn: Sequence[int]) -> np.ndarray:
+    """For each position of a mesh of axis sizes `shape` that `make_mesh` built with DCN sizes
+    `dcn` (both in MESH_AXES order): the index of its slice or node, in slice_index (process)
+    order. On simulated devices it is the slice the position stands for (`omni-jax plan`)."""
+    shape, dcn = tuple(shape), tuple(dcn)
+    if any(size % n for size, n in zip(shape, dcn)):
+        raise InputError(f"mesh axis sizes {dict(zip(MESH_AXES, shape))} are not multiples of the DCN sizes "
+                         f"{dict(zip(MESH_AXES, dcn))}")
+    ici = [size // n for size, n in zip(shape, dcn)]
+    return np.ravel_multi_index(tuple(index // n for index, n in zip(np.indices(shape), ici)), dcn)
+
+
+def _granules(devices: Sequence[Any], key: str) -> list[list[Any]]:
+    """`devices` grouped by `key` (slice_index or process_index), in its order."""
+    groups = collections.defaultdict(list)
+    for device in devices:
+        groups[getattr(device, key, 0)].append(device)
+    return [groups[k] for k in sorted(groups)]
+
+
+def _torus(devices: Sequence[Any]) -> tuple[int, ...]:
+    """The sides of the cuboid of chips that TPU `devices` span."""
+    coords = np.array([d.coords for d in devices])
+    return tuple(int(n) for n in coords.max(0) - coords.min(0) + 1)
+
+
+def _whole_cuboid(devices: Sequence[Any]) -> bool:
+    """Whether TPU `devices` fill their cuboid of chips, each chip's cores alike (mesh_utils
+    needs that: it lays the mesh on the cuboid)."""
+    chips = {(tuple(d.coords), d.core_on_chip) for d in devices}
+    return len(chips) == len(devices) == math.prod(_torus(devices)) * len({d.core_on_chip for d in devices})
 
 
 def _axes(entry: Any) -> tuple[str, ...]:

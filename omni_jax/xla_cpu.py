@@ -112,6 +112,23 @@ def jaxlib_defines(names: Iterable[str]) -> set[str]:
     return {name.decode() for name in found}
 
 
+def backend_started() -> bool:
+    """Whether JAX has created its backends (and so read XLA_FLAGS already); imports jax.
+
+    JAX has no public query for it, but through its public config it refuses to change
+    `jax_num_cpu_devices` once the backends exist: a change that raises says they do, and one
+    that does not is undone at once (nothing reads the value before a backend is created)."""
+    import jax
+
+    current = jax.config.jax_num_cpu_devices
+    try:
+        jax.config.update("jax_num_cpu_devices", current + 1)
+    except RuntimeError:
+        return True
+    jax.config.update("jax_num_cpu_devices", current)
+    return False
+
+
 def configure(environ: MutableMapping[str, str] = os.environ, features: set[str] | None = None,
               defined: Callable[[Iterable[str]], set[str]] = jaxlib_defines, cpu: bool | None = None) -> list[str]:
     """Adds the selected flags to environ["XLA_FLAGS"] (those the user has not set, that this
@@ -135,11 +152,8 @@ def configure(environ: MutableMapping[str, str] = os.environ, features: set[str]
     added = [f for f in added if _flag_name(f) in known]
     if not added:
         return []
-    if "jax" in sys.modules and environ is os.environ:
-        from jax._src import xla_bridge
-
-        if xla_bridge.backends_are_initialized():
-            log.warning("XLA:CPU options %s not applied: JAX's backend had already started", " ".join(added))
-            return []
+    if "jax" in sys.modules and environ is os.environ and backend_started():
+        log.warning("XLA:CPU options %s not applied: JAX's backend had already started", " ".join(added))
+        return []
     environ["XLA_FLAGS"] = " ".join([*current, *added])
     return added

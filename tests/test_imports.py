@@ -7,8 +7,9 @@ import sys
 # is None, as where torch is not installed (transformers, which the tokenizers import, then says
 # it found no PyTorch and goes on; `sys.modules["torch"] = None` would break scipy, which looks
 # there for torch's Tensor).
-IMPORT_ALL = """
-import importlib, importlib.machinery, importlib.util, pkgutil, sys
+# (Also tests/test_install.py's, and a sitecustomize.py for processes those start.)
+WITHOUT_TORCH = """
+import importlib, importlib.machinery, importlib.util, sys
 
 class WithoutTorch(importlib.machinery.PathFinder):
     @classmethod
@@ -17,6 +18,9 @@ class WithoutTorch(importlib.machinery.PathFinder):
 
 sys.meta_path[sys.meta_path.index(importlib.machinery.PathFinder)] = WithoutTorch
 assert importlib.util.find_spec("torch") is None
+"""
+IMPORT_ALL = WITHOUT_TORCH + """
+import pkgutil
 import omni_jax
 for module in pkgutil.walk_packages(omni_jax.__path__, "omni_jax."):
     importlib.import_module(module.name)

@@ -95,7 +95,7 @@ def test_the_readmes_commands_run_as_written(root, monkeypatch, capsys):
     assert json.loads(capsys.readouterr().out)["usable"] == 8
     assert cli.main(["--json", "plan", "--config", "configs/omni_emotion.py:tiny", "--mesh", "fsdp=8", "--batch", "8",
                      "--seq", "128"]) == 0
-    assert json.loads(capsys.readouterr().out)["flops_per_step"] > 0
+    assert json.loads(capsys.readouterr().out)["model_flops_per_step"] > 0
     assert sorted(p.name for p in root.iterdir()) == sorted(
         ["configs", "llava-onevision-qwen2-7b-ov-hf", "whisper-large-v3", "ckpt", "data", "runs", "clip0.mp4",
          "clip1.mp4", "dfew_test.jsonl"])  # everything written where the relative paths said

@@ -74,3 +74,22 @@ def test_the_cli_applies_the_selection_and_this_xla_accepts_it():
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
     flags, selected = out.splitlines()[-2:]
     assert flags.split() == ["--xla_force_host_platform_device_count=2", *selected.split()]
+
+
+def test_flags_set_once_jax_has_started_are_refused():
+    """Once JAX has created its backends (XLA_FLAGS read), `configure` adds nothing and says
+    so; `backend_started` tells, through JAX's public config, leaving the config as it was."""
+    code = ("import os, jax; from omni_jax import xla_cpu\n"
+            "avx512 = xla_cpu.cpu_features(os.environ['ZEN4'])\n"
+            "every = lambda names: set(names)\n"
+            "print(xla_cpu.backend_started(), jax.config.jax_num_cpu_devices)\n"
+            "print(xla_cpu.configure(os.environ, avx512, defined=every, cpu=True))\n"
+            "del os.environ['XLA_FLAGS']\n"
+            "jax.numpy.ones(3).block_until_ready()\n"
+            "print(xla_cpu.backend_started(), jax.config.jax_num_cpu_devices)\n"
+            "print(xla_cpu.configure(os.environ, avx512, defined=every, cpu=True), 'XLA_FLAGS' in os.environ)\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("OMNI_JAX_XLA_CPU", "XLA_FLAGS")}
+    env.update(ZEN4=ZEN4, JAX_PLATFORMS="cpu")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.splitlines() == ["False -1", f"[{YNN_DOTS!r}]", "True -1", "[] False"]
+    assert "not applied: JAX's backend had already started" in out.stderr

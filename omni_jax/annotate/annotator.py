@@ -22,6 +22,8 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import logging
+import os
+import threading
 from typing import Any, Callable, Mapping
 
 import ml_collections
@@ -60,6 +62,9 @@ class Annotator:
         self.cfg, self.endpoints, self.source, self.pool = cfg, endpoints, source, pool
         self.find_faces = find_faces  # made on first use: a manifest with boxes never loads the detector
         self.models = {name: e.model for name, e in endpoints.items()}
+        # decoded frames are large (40 of 1280×720 are 110 MB) and only their JPEGs stay in flight:
+        # a few clips decode at once, however many wait on the endpoints
+        self.decoding = threading.BoundedSemaphore(cfg.media.decode_threads or os.cpu_count() or 1)
 
     def __call__(self, line: ManifestLine) -> dict[str, Any]:
         head = {"line": line.number}
@@ -77,7 +82,8 @@ class Annotator:
             return {**head, "status": "skipped", "skip": "no_label", "message": f"{record.where}: no 'label' to "
                                                                                "score the reason against"}
         try:
-            media = clip_media(record, self.cfg.media, self.find_faces())
+            with self.decoding:
+                media = clip_media(record, self.cfg.media, self.find_faces())
         except ExampleError as error:
             log.warning("%s (%s): %s", record.where, error.reason, error)
             return {**head, "status": "skipped", "skip": f"unreadable/{error.reason}", "message": str(error)}

@@ -81,7 +81,8 @@ def run(manifest: str | os.PathLike, out: str | os.PathLike, cfg: ml_collections
     source, out = ManifestSource(manifest, question=""), Path(out)
     out.mkdir(parents=True, exist_ok=True)
     endpoints = endpoints_of(cfg, str(cfg.cache or out / "cache"))
-    in_flight = cfg.clips_in_flight or 2 * max(e.concurrency for e in endpoints.values())
+    # a clip waits on 3 rounds of requests (cues, review, score): 3 × the concurrency keeps every slot busy
+    in_flight = cfg.clips_in_flight or 3 * max(e.concurrency for e in endpoints.values())
     index, count = jax.process_index(), jax.process_count()
     previous = read_records(out) if index == 0 else []
     start, cpu = time.perf_counter(), time.process_time()

@@ -516,3 +516,13 @@ def global_batch(batch: dict[str, np.ndarray], mesh: Mesh, pad_id: int, rules: A
     batch = repad(batch, length, pad_id, left)
     sharding = nn.logical_to_mesh_sharding(PartitionSpec("activation_batch"), mesh, rules)
     return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
+
+
+def host_rows(array: jax.Array) -> np.ndarray:
+    """This process's rows of a global array sharded on its first (batch) axis, in the order
+    `global_batch` took them from it: its shards by batch position, replicas (the tensor axis)
+    once. On a TPU slice with several hosts a host's devices need not be one block of the
+    mesh (meshes follow the torus), which `global_array_to_host_local_array` refuses."""
+    shards = {shard.index[0].start or 0: shard for shard in array.addressable_shards}
+    return np.concatenate([np.asarray(shards[start].data) for start in sorted(shards)])
+

@@ -28,11 +28,11 @@ import jax
 import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
-from jax.sharding import Mesh, PartitionSpec
+from jax.sharding import Mesh
 
 from omni_jax.data.generation_batches import Row, batch_count, prompt_batches
 from omni_jax.data.manifest import ManifestSource
-from omni_jax.data.pipeline import FACE_SOURCES, global_batch, pad_id_of
+from omni_jax.data.pipeline import FACE_SOURCES, global_batch, host_rows, pad_id_of
 from omni_jax.errors import InputError, Stopped
 from omni_jax.faces.finder import finder_for
 from omni_jax.generate import generate
@@ -82,8 +82,7 @@ class Predictor:
             tokens = generate(self.model, self.params, inputs.pop("input_ids"), inputs.pop("attention_mask"),
                               max_new_tokens=ev.max_new_tokens, eos_token_ids=self.stop_ids, pad_token_id=self.pad_id,
                               temperature=ev.temperature, top_k=ev.top_k, top_p=ev.top_p, rng=rng, **inputs)
-        spec = PartitionSpec(("data", "fsdp"))
-        return np.asarray(multihost_utils.global_array_to_host_local_array(tokens, self.mesh, spec))
+        return host_rows(tokens)
 
     def answer(self, tokens: np.ndarray) -> str:
         """New tokens [max_new_tokens] → the answer text (up to the first stop token or string)."""

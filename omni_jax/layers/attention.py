@@ -14,6 +14,14 @@ splash): cuDNN's flash attention on NVIDIA GPUs, the Pallas splash kernel on TPU
 Pallas' interpret mode, which the CPU tests use), and the chunked XLA path otherwise: with an
 additive bias (Swin), for cached decoding, for shapes a kernel does not take, and in float32 on
 GPUs (cuDNN's flash kernel is half precision: `auto` never changes numerics beyond bf16's).
+
+What cuDNN is given for a causal mask follows the static `CausalMask.padding` its caller passes
+(read from JAX 0.10.2's `jax.nn.dot_product_attention`: padding only as per-row
+`query_seq_lengths` / `key_value_seq_lengths`, i.e. a prefix of valid slots; no segment ids or
+packed offsets in the public call): "right" → `is_causal` with lengths; "left" → the rows rolled
+so their tokens lead, lengths, output rolled back; "any" (packed rows) → `is_causal` with the
+dense boolean mask, which cuDNN turns into a [batch, 1, q, kv] bias. Their speed on a GPU is
+unmeasured (`experiments/check_attention_kernels.py` measures the kernels).
 """
 from __future__ import annotations
 
@@ -25,11 +33,13 @@ import jax
 import jax.numpy as jnp
 
 from omni_jax.errors import InputError
+from omni_jax.flops import attention_unit
 from omni_jax.layers.linears import DenseGeneral, default_kernel_init
 from omni_jax.layers.rotary import apply_rotary
 from omni_jax.sharding import split_ways
 
 _MASKED = -0.7 * float(jnp.finfo(jnp.float32).max)
+PADDINGS = ("right", "left", "any")  # CausalMask.padding
 
 
 def make_causal_mask(key_segments: jax.Array, q_positions: jax.Array) -> jax.Array:
@@ -53,10 +63,20 @@ class CausalMask:
     key_segments: [batch, kv] 0 at padding, else 1 or segment ids (packed rows); q_slots: [q]
     the queries' slots. from_start (static): the queries are slots 0 … q-1 of a kv of q slots
     (training, a forward without cache), the only causal layout the kernels are given.
+    padding (static, one of PADDINGS; the caller's promise, since the values are traced): "right":
+    each row is one example from slot 0, then padding (the pipeline's unpacked training
+    batches); "left": each row's tokens are one run of slots (generation's left-padded prompts;
+    right-padded or unpadded rows also qualify); "any": anything `make_causal_mask` takes (packed
+    segment ids). It only decides what cuDNN is given (`_cudnn`); the other paths read the ids.
     """
     key_segments: jax.Array
     q_slots: jax.Array
     from_start: bool = flax.struct.field(pytree_node=False, default=False)
+    padding: str = flax.struct.field(pytree_node=False, default="any")
+
+    def __post_init__(self):
+        if self.padding not in PADDINGS:
+            raise InputError(f"CausalMask padding {self.padding!r}: choose one of {PADDINGS}")
 
     def dense(self) -> jax.Array:
         return make_causal_mask(self.key_segments, self.q_slots)
@@ -107,7 +127,17 @@ def dot_product_attention(query: jax.Array, key: jax.Array, value: jax.Array,
     whole: memory stays linear in q, and on CPU the chunk's logits stay in cache (2.7x faster at
     Whisper's 1500 tokens than one [1500, 1500] softmax). Outputs at padding queries are
     unused and differ between kernels.
+
+    Traced as one unit (`flops.attention_unit`): the FLOP count takes it from these shapes and
+    the mask (causal from the start: half), whichever kernel runs.
     """
+    causal = isinstance(mask, CausalMask) and mask.from_start
+    return attention_unit(lambda q, k, v, m, b: _dispatch(q, k, v, m, b, query_chunk, implementation),
+                          query, key, value, mask, bias, causal=causal)
+
+
+def _dispatch(query, key, value, mask, bias, query_chunk, implementation):
+    """`dot_product_attention`'s body: the kernel `select_implementation` picks, run."""
     chosen = select_implementation(implementation, jax.default_backend(), query.dtype, query.shape[-1],
                                    query.shape[1], key.shape[1], mask, bias)
     if chosen == "cudnn":
@@ -173,15 +203,38 @@ def _row_max(x: jax.Array) -> jax.Array:
     return jax.lax.reduce(x, jnp.array(-jnp.inf, x.dtype), lambda a, b: jnp.where(a > b, a, b), (x.ndim - 1,))
 
 
-def _cudnn_arguments(query, key, value, mask: CausalMask | None) -> dict[str, Any]:
-    """`jax.nn.dot_product_attention`'s arguments for this call: causal from the start with the
-    padding and segments as a boolean mask (the kernel skips the blocks above the diagonal)."""
-    return dict(query=query, key=key, value=value, is_causal=mask is not None,
-                mask=None if mask is None else mask.dense())
+def _cudnn(query: jax.Array, key: jax.Array, value: jax.Array, mask: CausalMask | None) -> jax.Array:
+    """cuDNN's flash attention through `jax.nn.dot_product_attention`; query [batch, q, heads,
+    head_dim], key/value [batch, kv, kv_heads, head_dim]; mask None or causal from the start
+    (q == kv). Returns [batch, q, heads, head_dim].
 
+    Causal (the kernel skips the blocks above the diagonal), with the padding as sequence
+    lengths [batch] where `mask.padding` allows (no [batch, 1, q, kv] mask, which cuDNN takes as
+    a bias tensor it reads in full): "right" as is; "left" with each row rolled so that its run
+    of tokens starts at slot 0, and the output rolled back (lengths only describe a prefix).
+    "any" (packed segment ids: the installed JAX's public call takes no segment offsets) gives
+    the dense boolean mask.
+    """
+    if mask is None:
+        return jax.nn.dot_product_attention(query, key, value, implementation="cudnn")
+    if mask.padding == "any":
+        return jax.nn.dot_product_attention(query, key, value, mask=mask.dense(), is_causal=True,
+                                            implementation="cudnn")
+    real = mask.key_segments != 0
+    # At least 1: a row of padding only then attends its slot 0 (unused output) rather than
+    # being a zero-length sequence, which cuDNN < 9.25 answers with NaN (cudnn-frontend #943).
+    lengths = jnp.maximum(real.sum(-1), 1).astype(jnp.int32)
+    start = jnp.argmax(real, axis=-1) if mask.padding == "left" else None  # the first token's slot
 
-def _cudnn(query, key, value, mask):
-    return jax.nn.dot_product_attention(**_cudnn_arguments(query, key, value, mask), implementation="cudnn")
+    def roll(x: jax.Array, by: jax.Array) -> jax.Array:  # x[b, (t + by[b]) mod length] at [b, t]
+        slots = (jnp.arange(x.shape[1]) + by[:, None]) % x.shape[1]
+        return jnp.take_along_axis(x, slots[:, :, None, None], axis=1)
+
+    if start is not None:
+        query, key, value = (roll(x, start) for x in (query, key, value))
+    out = jax.nn.dot_product_attention(query, key, value, is_causal=True, query_seq_lengths=lengths,
+                                       key_value_seq_lengths=lengths, implementation="cudnn")
+    return out if start is None else roll(out, -start)
 
 
 def _splash(query: jax.Array, key: jax.Array, value: jax.Array, mask: CausalMask | None, interpret: bool) -> jax.Array:

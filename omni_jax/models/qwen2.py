@@ -114,7 +114,8 @@ class Qwen2Model(nn.Module):
         attention_mask: [batch, length] 1 for real tokens, 0 for padding, or segment ids (1, 2, …)
         for rows packed with several examples, which then neither see each other nor share
         positions; when decoding, [batch, cache_length] covering every cache slot (prompt,
-        generated and still-to-come tokens).
+        generated and still-to-come tokens). The config's `attention_padding` (CausalMask.padding,
+        default "any") says how a forward's rows are padded, except a prefill's (left-padded).
         prefill (with decode): the first call on a fresh cache, which it fills from slot 0; its
         queries then attend to the keys it writes, causally from the start, which the fused
         attention kernels take.
@@ -137,12 +138,18 @@ class Qwen2Model(nn.Module):
         q_slots = cache_slot + jnp.arange(length)
         if attention_mask is None:
             attention_mask = jnp.ones((batch, length), jnp.int32)
+            padding = "right"  # none at all
+        else:
+            # How the rows are padded (a promise: the values are traced) decides what cuDNN is
+            # given (CausalMask.padding): generate's prompts are left-padded.
+            padding = "left" if prefill else cfg.get("attention_padding", "any")
         if position_ids is None:
             position_ids = jnp.take(positions_from_mask(attention_mask), q_slots, axis=1)
-        if prefill:
-            mask = CausalMask(attention_mask[:, :length].astype(jnp.int32), jnp.arange(length), from_start=True)
+        if decode and not prefill:
+            mask = CausalMask(attention_mask.astype(jnp.int32), q_slots)
         else:
-            mask = CausalMask(attention_mask.astype(jnp.int32), q_slots, from_start=not decode)
+            mask = CausalMask(attention_mask[:, :length].astype(jnp.int32), jnp.arange(length), from_start=True,
+                              padding=padding)
         rotary = rotary_cos_sin(position_ids, cfg.head_dim, cfg.rope_theta)
         x, per_layer = apply_layers(DecoderLayer, cfg.num_layers, x, mask, rotary, cache_slot,
                                     remat=cfg.remat_policy, scan=cfg.get("scan_layers", True), config=cfg,

@@ -6,10 +6,12 @@ device it just gave work to. Only process 0 writes.
 
 Per logged step: step, loss, learning_rate, grad_norm (and grad_norm/NAME per trained
 top-level subtree: language_model, audio_projector, ...), assistant_tokens, tokens_per_s (the
-batch's non-padding tokens: process 0's × hosts), clips_per_s (rows, likewise), step_seconds, mfu (the step's FLOPs as
-`omni-jax plan` counts them ÷ (step time × devices × the device's bf16 peak); null where the
-peak is unknown), nonfinite (skipped steps so far), skipped_<reason> (examples the input
-pipeline skipped, this host's counts). The evaluators' figures (`train.eval_every`) go to
+batch's non-padding tokens: process 0's × hosts), clips_per_s (rows, likewise), step_seconds,
+model_flops_per_step and hardware_flops_per_step (the step's, as `omni-jax plan` counts them:
+`omni_jax.flops`; hardware FLOPs add the forwards the backward pass recomputes), mfu and hfu
+(those ÷ (step time × devices × the device's bf16 peak); null where the peak is unknown),
+nonfinite (skipped steps so far), skipped_<reason> (examples the input pipeline skipped, this
+host's counts). The evaluators' figures (`train.eval_every`) go to
 eval/metrics.jsonl and TensorBoard's eval/NAME/metric.
 """
 from __future__ import annotations
@@ -24,6 +26,8 @@ from typing import Any
 import jax
 import numpy as np
 from tqdm import tqdm
+
+from omni_jax.flops import Flops
 
 # Dense bf16 peak FLOP/s per device (vendors' data sheets), matched against jax's device_kind
 # in order (so "TPU v5 lite" is tried before "TPU v5").
@@ -97,12 +101,12 @@ class MetricLogger:
     """`record` each step's device metrics and host facts; the previous step's are fetched and
     written then. `nonfinite_streak` counts the latest fetched steps that were not applied."""
 
-    def __init__(self, workdir: Path, total_steps: int, start_step: int, flops_per_step: float, peak: float | None,
-                 log_every: int, progress: bool = True):
+    def __init__(self, workdir: Path, total_steps: int, start_step: int, peak: float | None, log_every: int,
+                 progress: bool = True):
         self.writing, self.workdir = jax.process_index() == 0, workdir
-        self.flops_per_step, self.peak, self.log_every = flops_per_step, peak, max(1, log_every)
+        self.peak, self.log_every = peak, max(1, log_every)
         self.devices = jax.device_count()
-        self.pending: tuple[int, dict[str, jax.Array], dict[str, Any]] | None = None
+        self.pending: tuple[int, dict[str, jax.Array], dict[str, Any], Flops] | None = None
         self.last_time = time.perf_counter()
         self.nonfinite_streak = 0
         self.last_line: dict[str, Any] | None = None  # the latest written, for the caller's summary
@@ -114,30 +118,33 @@ class MetricLogger:
         self.bar = tqdm(total=total_steps, initial=start_step, unit="step", file=sys.stderr, dynamic_ncols=True,
                         disable=not (progress and self.writing))
 
-    def record(self, step: int, metrics: dict[str, jax.Array], host: dict[str, Any]) -> None:
+    def record(self, step: int, metrics: dict[str, jax.Array], host: dict[str, Any], flops: Flops) -> None:
         """step: the step just dispatched (1-based); host: its batch's facts (clips, tokens,
-        skip counts). Writes the previous step's line."""
+        skip counts); flops: its FLOPs (they follow the batch's bucket length). Writes the
+        previous step's line."""
         now = time.perf_counter()
         host = {**host, "step_seconds": now - self.last_time}
         self.last_time = now
         self.flush()
-        self.pending = (step, metrics, host)
+        self.pending = (step, metrics, host, flops)
 
     def flush(self) -> None:
         """Fetches and writes the pending step (at the end of a run: the last one)."""
         if self.pending is None:
             return
-        step, metrics, host = self.pending
+        step, metrics, host, flops = self.pending
         self.pending = None
         values = {k: v.item() for k, v in jax.device_get(metrics).items()}
         self.nonfinite_streak = 0 if values["finite"] else self.nonfinite_streak + 1
         seconds = host.pop("step_seconds")
+        utilisation = lambda n: n / (seconds * self.devices * self.peak) if self.peak else None
         line = {"step": step, "loss": values["loss"], "learning_rate": values["learning_rate"],
                 "grad_norm": values["grad_norm"], "assistant_tokens": int(values["tokens"]),
                 "finite": bool(values["finite"]), "nonfinite": int(values["nonfinite"]),
                 "tokens_per_s": host.pop("tokens") / seconds,
                 "clips_per_s": host.pop("clips") / seconds, "step_seconds": seconds,
-                "mfu": self.flops_per_step / (seconds * self.devices * self.peak) if self.peak else None,
+                "model_flops_per_step": flops.model, "hardware_flops_per_step": flops.hardware,
+                "mfu": utilisation(flops.model), "hfu": utilisation(flops.hardware),
                 **{k: v for k, v in values.items() if k.startswith("grad_norm/")}, **host}
         self.bar.update(step - self.bar.n)
         self.bar.set_postfix(loss=f"{line['loss']:.4f}", tok_s=f"{line['tokens_per_s']:.0f}", refresh=False)

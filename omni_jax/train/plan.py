@@ -3,15 +3,17 @@
 Parameters, optimizer state and the batch are `jax.ShapeDtypeStruct`s carrying their target
 shardings; the step is lowered and compiled for that mesh (simulated CPU devices will do), and
 XLA's memory analysis gives the per-device bytes. FLOPs are counted on the step's jaxpr
-(`omni_jax.flops`: XLA's cost analysis counts a loop body once). Collective bytes are read from
+(`omni_jax.flops`: XLA's cost analysis counts a loop body once), model FLOPs (MFU's) and
+hardware FLOPs (also the rematerialised forwards: HFU's). Collective bytes are read from
 the compiled HLO, each loop body times its trip count; compiled for the CPU they are upper
 bounds for GPUs/TPUs (XLA:CPU widens bf16 collectives to f32 and reduces gradients with
 all-reduce rather than reduce-scatter).
 """
 from __future__ import annotations
 
+import math
 import re
-from typing import Any
+from typing import Any, Callable, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -19,8 +21,9 @@ import ml_collections
 import numpy as np
 
 from omni_jax.errors import InputError
-from omni_jax.flops import matmul_flops
+from omni_jax.flops import count_flops
 from omni_jax.modality_tokens import audio_input_frames, parse_modalities, placeholder_counts
+from omni_jax.sharding import MESH_AXES, dcn_granules
 from omni_jax.train.step import make_trainer, training_model_config
 
 
@@ -61,18 +64,28 @@ def replicated_bytes_per_device(tree: Any, mesh: jax.sharding.Mesh) -> int:
     return sum(max(0, _shard_bytes(s) - full(s) // split) for s in jax.tree.leaves(tree))
 
 
-def plan_train_step(cfg: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, batch: int, seq: int) -> dict[str, Any]:
+def plan_train_step(cfg: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, batch: int, seq: int,
+                    dcn: Mapping[str, int] | None = None) -> dict[str, Any]:
     """Compiles the train step of `cfg.train` (phase, microbatches, remat, dtypes, optimizer)
-    for `mesh`, as `omni-jax train` builds it; returns per-device bytes and FLOPs per step."""
+    for `mesh`, as `omni-jax train` builds it; returns per-device bytes and FLOPs per step.
+    `dcn` ({"data": 2}, ...; absent axes 1): how many slices or nodes each mesh axis spans, the
+    mesh laid out as `sharding.make_mesh` lays one out (`dcn_granules`); the `dcn_*` fields say
+    which collectives cross between them."""
+    dcn = dict(dcn or {})
+    if set(dcn) - set(MESH_AXES):
+        raise InputError(f"dcn: unknown mesh axes {sorted(set(dcn) - set(MESH_AXES))}, expected some of {MESH_AXES}")
+    dcn_shape = [dcn.get(axis, 1) for axis in MESH_AXES]
+    granules = dcn_granules([mesh.shape[axis] for axis in MESH_AXES], dcn_shape).reshape(-1)
     trainer = make_trainer(training_model_config(cfg), mesh, cfg.train, total_steps=1000)
     inputs = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=trainer.batch_sharding),
                           abstract_batch(cfg, batch, seq))
     with trainer.activate():
         traced = trainer.step.trace(trainer.abstract_state, trainer.abstract_frozen, inputs)
         compiled = traced.lower().compile()
-    memory = compiled.memory_analysis()
+    memory, hlo = compiled.memory_analysis(), compiled.as_text()
     state = trainer.abstract_state
     params = (state["trainable"], trainer.abstract_frozen)
+    flops = count_flops(traced.jaxpr.jaxpr)
     return {"devices": mesh.devices.size, "mesh": dict(mesh.shape), "batch": batch,
             "microbatches": cfg.train.microbatches, "seq": seq, "phase": cfg.train.phase,
             "remat_policy": cfg.train.remat, "compute_dtype": cfg.train.compute_dtype,
@@ -81,8 +94,12 @@ def plan_train_step(cfg: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, bat
             "optimizer_bytes_per_device": bytes_per_device(state["opt_state"]),
             "temp_bytes_per_device": int(memory.temp_size_in_bytes),
             "argument_bytes_per_device": int(memory.argument_size_in_bytes),
-            "flops_per_step": matmul_flops(traced.jaxpr.jaxpr),
-            **{f"{kind}_bytes_per_device": n for kind, n in collective_bytes(compiled.as_text()).items()}}
+            "model_flops_per_step": flops.model, "hardware_flops_per_step": flops.hardware,
+            **{f"{kind}_bytes_per_device": n for kind, n in collective_bytes(hlo).items()},
+            "ici_mesh": {axis: mesh.shape[axis] // n for axis, n in zip(MESH_AXES, dcn_shape)},
+            "dcn_mesh": dict(zip(MESH_AXES, dcn_shape)),
+            "dcn_axes": [axis for axis, n in zip(MESH_AXES, dcn_shape) if n > 1],
+            **{f"dcn_{kind}_bytes_per_device": n for kind, n in dcn_collective_bytes(hlo, granules).items()}}
 
 
 COLLECTIVES = ("all-gather", "reduce-scatter", "all-reduce", "all-to-all", "collective-permute")
@@ -100,6 +117,80 @@ def collective_bytes(hlo_text: str) -> dict[str, int]:
     HLO module: each collective's whole buffer (an all-gather's result, a reduce-scatter's
     operand, an all-reduce's operand) times the trip counts of the loops around it; of a
     conditional's branches, the costliest."""
+    return _walk(hlo_text, COLLECTIVES, lambda kind, buffer, attributes: {kind: buffer})
+
+
+def dcn_collective_bytes(hlo_text: str, granules: np.ndarray) -> dict[str, int]:
+    """What of `collective_bytes` crosses DCN, `granules[i]` the slice (or node) of partition i
+    (`sharding.dcn_granules`): per kind, the whole buffers of the collectives whose device
+    groups span more than one slice; and "sent", an estimate of the bytes one device sends
+    over DCN, each such collective taken as run hierarchically (within each slice over ICI,
+    and between the g slices of a group of n devices on 1/k of the buffer, k = n/g per slice,
+    by rings): an all-gather or reduce-scatter sends (g-1)/g of its 1/k share,
+    (g-1)·B/n; an all-reduce twice that; an all-to-all the (g-1)/g of its buffer addressed to
+    other slices; a collective-permute whose pairs cross its buffer. Loops and branches as in
+    `collective_bytes`."""
+    def measure(kind: str, buffer: int, attributes: str) -> dict[str, int]:
+        groups = device_groups(attributes, len(granules))
+        spanned = max(len(set(granules[group])) for group in groups)
+        if spanned == 1:
+            return {}
+        n = max(len(group) for group in groups)
+        sent = {"all-reduce": 2 * (spanned - 1) * buffer // n, "all-to-all": (spanned - 1) * buffer // spanned,
+                "collective-permute": buffer}.get(kind, (spanned - 1) * buffer // n)
+        return {kind: buffer, "sent": sent}
+
+    return _walk(hlo_text, COLLECTIVES + ("sent",), measure)
+
+
+_GROUP_LISTS = re.compile(r"(?:replica_groups|source_target_pairs)=\{((?:\{[\d,]*\},?)*)\}")
+_GROUP_IOTA = re.compile(r"replica_groups=\[(\d+),(\d+)\]<=\[([\d,]+)\](?:T\(([\d,]+)\))?")
+_GROUP_MESH = re.compile(r"replica_groups=mesh\[([^\]]*)\](?:, device_ids=\(\[([\d,]+)\](?:T\(([\d,]+)\))?\))? "
+                         r"\{([^}]*)\}")
+_MESH_AXIS = re.compile(r"'?([^'=,]+)'?=(\d+)")
+_GROUP_AXIS = re.compile(r"'?([^':,]+)'?(?::\((\d+)\)(\d+))?")
+
+
+def device_groups(attributes: str, devices: int) -> list[np.ndarray]:
+    """The groups of partition ids of a collective, from its HLO attributes in each form XLA
+    prints: lists ("replica_groups={{0,4},{1,5}}", "{}": all `devices`; the pairs of a
+    collective-permute), iota ("[2,4]<=[4,2]T(1,0)") and mesh axes ("mesh['a'=4,'b'=2],
+    device_ids=([2,4]T(1,0)) {'a'}": the devices that differ in the listed axes, or in a
+    sub-axis "'a':(m)s", the s-sized digit of a's index below the m-sized major part)."""
+    if match := _GROUP_LISTS.search(attributes):
+        groups = [np.array([int(i) for i in group.split(",") if i], dtype=np.int64)
+                  for group in re.findall(r"\{([\d,]*)\}", match.group(1))]
+        return groups or [np.arange(devices)]
+    if match := _GROUP_IOTA.search(attributes):
+        count, size, dims, perm = match.groups()
+        return list(_iota(dims, perm).reshape(int(count), int(size)))
+    if match := _GROUP_MESH.search(attributes):
+        axes, dims, perm, grouped = match.groups()
+        names, sizes = zip(*((name, int(size)) for name, size in _MESH_AXIS.findall(axes)))
+        ids = (_iota(dims, perm) if dims else np.arange(math.prod(sizes))).reshape(-1)
+        index = np.indices(sizes).reshape(len(sizes), -1)
+        key = index.copy()  # the index with the grouped axes' digits taken out: equal within a group
+        for name, major, size in _GROUP_AXIS.findall(grouped):
+            axis = names.index(name)
+            if major:
+                minor = sizes[axis] // (int(major) * int(size))
+                key[axis] -= index[axis] // minor % int(size) * minor
+            else:
+                key[axis] = 0
+        _, label = np.unique(key.T, axis=0, return_inverse=True)
+        return [ids[label.reshape(-1) == j] for j in range(label.max() + 1)]
+    raise ValueError(f"no device groups in a collective's attributes: {attributes[:300]!r}")
+
+
+def _iota(dims: str, perm: str | None) -> np.ndarray:
+    shape = [int(d) for d in dims.split(",")]
+    order = [int(p) for p in perm.split(",")] if perm else list(range(len(shape)))
+    return np.arange(math.prod(shape)).reshape(shape).transpose(order).reshape(-1)
+
+
+def _walk(hlo_text: str, keys: tuple[str, ...], measure: Callable[[str, int, str], dict[str, int]]) -> dict[str, int]:
+    """`measure(kind, buffer bytes, attributes)` summed over the collectives of an HLO module,
+    each times the trip counts of the loops around it; of a conditional's branches, the costliest."""
     computations: dict[str, list[str]] = {}
     entry = name = None
     for line in hlo_text.splitlines():
@@ -113,15 +204,15 @@ def collective_bytes(hlo_text: str) -> dict[str, int]:
 
     def visit(computation: str) -> dict[str, int]:
         if computation not in memo:
-            memo[computation] = _collectives_in(computations.get(computation, ()), visit)
+            memo[computation] = _collectives_in(computations.get(computation, ()), visit, keys, measure)
         return memo[computation]
 
-    return visit(entry) if entry else dict.fromkeys(COLLECTIVES, 0)
+    return visit(entry) if entry else dict.fromkeys(keys, 0)
 
 
-def _collectives_in(lines, visit) -> dict[str, int]:
-    totals = dict.fromkeys(COLLECTIVES, 0)
-    add = lambda counts, times=1: totals.update({k: totals[k] + times * counts[k] for k in COLLECTIVES})
+def _collectives_in(lines, visit, keys, measure) -> dict[str, int]:
+    totals = dict.fromkeys(keys, 0)
+    add = lambda counts, times=1: totals.update({k: totals[k] + times * counts.get(k, 0) for k in keys})
     shapes: dict[str, str] = {}
     for line in lines:
         if not (match := _INSTRUCTION.match(line)):
@@ -133,7 +224,7 @@ def _collectives_in(lines, visit) -> dict[str, int]:
             operand_bytes = sum(_array_bytes(shapes.get(o.strip().lstrip("%"), "")) for o in operands.split(","))
             # an async start's result holds its operand besides the buffer it fills
             result_bytes = _array_bytes(shape) - (operand_bytes if opcode != kind else 0)
-            totals[kind] += max(operand_bytes, result_bytes)
+            add(measure(kind, max(operand_bytes, result_bytes), attributes))
         trips = _TRIPS.search(attributes) if opcode == "while" else None
         for called in _CALLED.findall(attributes):
             add(visit(called), int(trips.group(1)) if trips else 1)

@@ -45,10 +45,12 @@ PHASES: dict[str, tuple[str, ...]] = {
 
 def training_model_config(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """The model's fields with the run's dtypes (parameters in param_dtype, compute in
-    compute_dtype), attention kernels and the LM's remat policy."""
+    compute_dtype), attention kernels, the LM's remat policy and its batches' padding (right,
+    `data.pipeline.pad_batch`, unless text-only rows are packed: CausalMask.padding)."""
     fields = with_attention(override_fields(cfg.model.to_dict(), dtype=cfg.train.compute_dtype,
                                            param_dtype=cfg.train.param_dtype), cfg.train.attention_impl)
     fields["text"]["remat_policy"] = cfg.train.remat
+    fields["text"]["attention_padding"] = "any" if cfg.data.pack_text_only else "right"
     return ml_collections.ConfigDict(fields)
 
 

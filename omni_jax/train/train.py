@@ -37,7 +37,7 @@ from omni_jax.errors import CheckpointRefused, InputError, RunStopped
 from omni_jax.eval.evaluators import from_config
 from omni_jax.eval.predict import Predictor
 from omni_jax.faces.finder import finder_for
-from omni_jax.flops import matmul_flops
+from omni_jax.flops import count_flops
 from omni_jax.pretrained import load_pretrained, save_pretrained
 from omni_jax.runs import RUN_FILE, load_tokenizer, nested_run_config, resolve_checkpoint, run_config
 from omni_jax.sharding import make_mesh
@@ -192,11 +192,10 @@ def train(cfg: ml_collections.ConfigDict, workdir: str | os.PathLike, init: str 
             length = batch["input_ids"].shape[1]
             if length not in flops:  # per bucket: the step's jaxpr, counted as `plan` counts it
                 with trainer.activate():
-                    flops[length] = matmul_flops(trainer.step.trace(state, frozen, batch).jaxpr.jaxpr)
+                    flops[length] = count_flops(trainer.step.trace(state, frozen, batch).jaxpr.jaxpr)
             if logger is None:
                 peak = peak_flops(jax.devices()[0].device_kind, cfg.train.peak_flops_per_device)
-                logger = MetricLogger(workdir, steps, step, flops[length], peak, cfg.train.log_every, progress)
-            logger.flops_per_step = flops[length]
+                logger = MetricLogger(workdir, steps, step, peak, cfg.train.log_every, progress)
             if cfg.train.profile_steps and step + 1 == cfg.train.profile_steps[0]:
                 jax.profiler.start_trace(str(workdir / "profile"))
                 profiling = True
@@ -211,7 +210,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str | os.PathLike, init: str 
             logger.record(step, metrics, {
                 "clips": host_batch["input_ids"].shape[0] * jax.process_count(),
                 "tokens": int(np.sum(host_batch["attention_mask"] > 0)) * jax.process_count(),
-                **{f"skipped_{k}": v for k, v in counts["skipped"].items()}})
+                **{f"skipped_{k}": v for k, v in counts["skipped"].items()}}, flops[length])
             if logger.nonfinite_streak >= cfg.train.max_nonfinite_steps:
                 raise NonFiniteError(
                     f"{logger.nonfinite_streak} steps in a row had a non-finite loss or gradient norm (up to step "

@@ -153,7 +153,7 @@ def annotated(clips, tmp_path_factory):
         script.fixed = True
         second = job.run(clips / "clips.jsonl", out, config(server), progress=False)
         second_requests = server.requests[len(first_requests):]
-    return dict(out=out, first=first, second=second, first_records=first_records,
+    return dict(clips=clips, out=out, first=first, second=second, first_records=first_records,
                 first_requests=first_requests, second_requests=second_requests)
 
 
@@ -269,8 +269,13 @@ def reviewed(annotated, tmp_path_factory):
     files = {name: (out / name).read_text() for name in ("records.jsonl", "eval_emer.jsonl", "eval_emer_ov.jsonl",
                                                           "phase3_instructions.jsonl")}
     again = review.import_sheet(out, scratch / "filled.csv", annotate_config.get_config())
+    script = Script()
+    script.fixed = True
+    with StubServer(script) as server:  # annotate once more: everything from the cache, the reviews kept
+        rerun = job.run(annotated["clips"] / "clips.jsonl", out, config(server), progress=False)
+        rerun_requests = len(server.requests)
     return dict(drawn=drawn, rows=rows, refused=refused, unchanged=unchanged, imported=imported, again=again,
-                files=files, scratch=scratch)
+                files=files, scratch=scratch, rerun=rerun, rerun_requests=rerun_requests)
 
 
 def test_the_review_sheet_and_its_import(annotated, reviewed):
@@ -290,24 +295,25 @@ def test_the_review_sheet_and_its_import(annotated, reviewed):
     assert fixed == {"decision": "fix", "reason": "Her smile is forced; she is anxious.",
                      "emotions": ["anxious", "happy"], "intensity": 2, "note": ""}
     assert read(out / "eval_emer_ov.jsonl")[1]["labels"] == ["anxious", "happy"]
+    # a rerun of the finished folder sends nothing and keeps the human reviews
+    assert reviewed["rerun_requests"] == 0 and reviewed["rerun"]["human_reviewed"] == {"accept": 1, "fix": 1}
+    assert (out / "eval_emer_ov.jsonl").read_text() == reviewed["files"]["eval_emer_ov.jsonl"]
 
 
 def test_the_manifests_train_and_evaluate(annotated, reviewed, tmp_path):
-    """phase 3's manifest trains the tiny model two steps, and the human-reviewed clips'
-    open-vocabulary manifest is evaluated at the end (eval's evaluator, run by train: one
-    compiled model for both)."""
-    out = annotated["out"]
+    """phase 3's manifest trains the tiny model two steps; `omni-jax eval` evaluates the result
+    on the human-reviewed clips' open-vocabulary manifest."""
+    out, tiny = annotated["out"], str(REPO / "configs/omni_emotion.py:tiny")
     qwen2_test_tokenizer(omni_emotion.get_config("tiny").model).save_pretrained(tmp_path / "tokenizer")
     workdir = tmp_path / "train"
-    assert cli.main(["--json", "train", "--config", str(REPO / "configs/omni_emotion.py:tiny"), "--workdir",
-                     str(workdir), f"--config.data.manifest={out / 'phase3_instructions.jsonl'}",
+    assert cli.main(["--json", "train", "--config", tiny, "--workdir", str(workdir),
+                     f"--config.data.manifest={out / 'phase3_instructions.jsonl'}",
                      f"--config.data.tokenizer={tmp_path / 'tokenizer'}", "--config.train.steps=2",
-                     "--config.data.workers=0", "--config.train.eval_every=2",
-                     f"--config.evals.emer_ov.manifest={out / 'eval_emer_ov.jsonl'}",
-                     "--config.eval.max_new_tokens=2"]) == 0
+                     "--config.data.workers=0"]) == 0
     steps = read(workdir / "metrics.jsonl")
     assert [s["step"] for s in steps] == [1, 2] and all(np.isfinite(s["loss"]) for s in steps)
-    evaluation = read(workdir / "eval" / "metrics.jsonl")
-    assert evaluation[0]["step"] == 2 and evaluation[0]["emer_ov"]["clips"] == 2
-    predicted = read(workdir / "eval" / "step_2" / "predictions" / "emer_ov.jsonl")
+    assert cli.main(["--json", "eval", "--config", tiny, "--checkpoint", str(workdir / "final"), "--workdir",
+                     str(tmp_path / "eval"), f"--config.evals.emer_ov.manifest={out / 'eval_emer_ov.jsonl'}",
+                     "--config.eval.max_new_tokens=2"]) == 0
+    predicted = read(tmp_path / "eval" / "predictions" / "emer_ov.jsonl")
     assert [p["id"] for p in predicted] == [r["id"] for r in reviewed["rows"]] and all("answer" in p for p in predicted)

@@ -131,6 +131,7 @@ def test_batches_have_the_tiny_model_shapes_and_contents(clips):
         for shard in value.addressable_shards:  # each (data, fsdp) coordinate holds one row
             assert shard.data.shape[0] == 1
             np.testing.assert_array_equal(np.asarray(shard.data), batch[key][shard.index])
+        np.testing.assert_array_equal(pipeline.host_rows(value), batch[key])  # the rows back, replicas once
 
 
 def test_every_bad_input_is_skipped_counted_and_logged_once(bad_manifest, caplog):

@@ -106,14 +106,103 @@ def test_splash_is_split_over_the_mesh_as_the_activations():
     assert rel_err(np.asarray(out)[real], np.asarray(expected)[real]) < 1e-5
 
 
-@pytest.mark.parametrize("masking", ["causal", "none"])
-def test_cudnn_arguments_mean_what_the_xla_path_computes(masking):
-    q, k, v, segments = _inputs()
-    mask = _masks(segments)[masking]
-    ours = dot_product_attention(q, k, v, mask, implementation="xla")
-    theirs = jax.nn.dot_product_attention(**attention._cudnn_arguments(q, k, v, mask), implementation="xla")
+# cuDNN's inputs per CausalMask.padding: rows of 8 slots (5, 3 and 0 tokens), as right padding,
+# left padding, right padding declared "left" (one run of tokens qualifies), packed segment ids.
+_ROWS = {"right": [[1] * 5 + [0] * 3, [1] * 3 + [0] * 5, [0] * 8],
+         "left": [[0] * 3 + [1] * 5, [0] * 5 + [1] * 3, [0] * 8],
+         "packed": [[1, 1, 2, 2, 2, 0, 0, 0], [1] * 3 + [0] * 5, [0] * 8]}
+
+
+def _record_cudnn_calls(monkeypatch) -> list[dict]:
+    """Replaces jax.nn.dot_product_attention by its XLA implementation (cuDNN needs a GPU),
+    recording each call's arguments."""
+    calls, real = [], jax.nn.dot_product_attention
+
+    def xla(query, key, value, **kwargs):
+        calls.append(dict(query=query, **kwargs))
+        return real(query, key, value, **{**kwargs, "implementation": "xla"})
+
+    monkeypatch.setattr(jax.nn, "dot_product_attention", xla)
+    return calls
+
+
+@pytest.mark.parametrize("padding,rows", [("right", "right"), ("left", "left"), ("left", "right"), ("any", "packed"),
+                                          (None, "right")])
+def test_cudnn_gets_lengths_for_padding_and_means_the_dense_mask(monkeypatch, padding, rows):
+    """Padding goes to cuDNN as sequence lengths (at least 1), left padding rolled to the front;
+    packed rows as the dense mask. The XLA implementation given the same arguments equals our
+    masked path at every real query."""
+    rng = np.random.default_rng(0)
+    q = jnp.asarray(rng.standard_normal((3, 8, 4, 8)), jnp.float32)
+    k, v = (jnp.asarray(rng.standard_normal((3, 8, 2, 8)), jnp.float32) for _ in range(2))
+    segments = jnp.asarray(_ROWS[rows], jnp.int32)
+    mask = None if padding is None else CausalMask(segments, jnp.arange(8), from_start=True, padding=padding)
+    calls = _record_cudnn_calls(monkeypatch)
+    ours = attention._cudnn(q, k, v, mask)
+    (call,) = calls
+    assert call["implementation"] == "cudnn" and call.get("is_causal", False) == (mask is not None)
+    if padding in ("right", "left"):
+        assert "mask" not in call
+        np.testing.assert_array_equal(call["query_seq_lengths"], [5, 3, 1])
+        np.testing.assert_array_equal(call["key_value_seq_lengths"], [5, 3, 1])
+        first = {"left": [3, 5, 0], "right": [0, 0, 0]}[rows]  # each row's first token leads
+        np.testing.assert_array_equal(call["query"][:, 0], q[np.arange(3), first])
+    else:
+        assert "query_seq_lengths" not in call and "key_value_seq_lengths" not in call
+        np.testing.assert_array_equal(call.get("mask"), None if mask is None else mask.dense())
+    expected = dot_product_attention(q, k, v, mask, implementation="xla")
     real = np.asarray(segments != 0) if mask is not None else np.ones(segments.shape, bool)
-    assert rel_err(np.asarray(theirs)[real], np.asarray(ours)[real]) < 1e-5
+    assert rel_err(np.asarray(ours)[real], np.asarray(expected)[real]) < 1e-5
+
+
+def test_a_gpu_call_site_gives_cudnn_the_lengths(monkeypatch):
+    """On a GPU in bf16, `auto` picks cuDNN and a right-padded causal mask reaches it as lengths
+    (traced here: the call is jitted for the FLOP count; their values are tested above)."""
+    calls = _record_cudnn_calls(monkeypatch)
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    q = jnp.ones((2, 8, 4, 8), jnp.bfloat16)
+    mask = CausalMask(jnp.asarray(_ROWS["right"][:2], jnp.int32), jnp.arange(8), from_start=True, padding="right")
+    dot_product_attention(q, q[:, :, :2], q[:, :, :2], mask, implementation="auto")
+    (call,) = calls
+    assert "mask" not in call and call["is_causal"] and call["implementation"] == "cudnn"
+    assert call["query_seq_lengths"].shape == call["key_value_seq_lengths"].shape == (2,)
+
+
+def test_the_lm_declares_its_padding(monkeypatch):
+    """Qwen2 builds its causal mask with the config's padding (training: right unless text-only
+    rows are packed), left for a prefill, right without attention_mask; decoding steps are not
+    causal from the start."""
+    from configs import omni_emotion, qwen2
+    from omni_jax.models.qwen2 import Qwen2ForCausalLM
+    from omni_jax.train.step import training_model_config
+
+    seen, real = [], attention.dot_product_attention
+    monkeypatch.setattr(attention, "dot_product_attention",
+                        lambda q, k, v, mask, *a, **kw: seen.append((mask.from_start, mask.padding)) or real(
+                            q, k, v, mask, *a, **kw))
+    ids, mask = jnp.zeros((2, 8), jnp.int32), jnp.asarray(_ROWS["right"][:2], jnp.int32)
+
+    def form(padding=None, **inputs):
+        cfg = qwen2.get_config("tiny")
+        if padding:
+            cfg.attention_padding = padding
+        jax.eval_shape(lambda: Qwen2ForCausalLM(cfg).init(jax.random.key(0), input_ids=ids, **inputs))
+        return seen.pop()  # the layers are scanned: one trace
+
+    assert form("right", attention_mask=mask) == (True, "right")
+    assert form(attention_mask=mask) == (True, "any")
+    assert form() == (True, "right")
+    assert form("right", attention_mask=mask, decode=True, prefill=True) == (True, "left")
+    assert form("right", attention_mask=mask, decode=True)[0] is False
+    cfg = omni_emotion.get_config("tiny")
+    assert training_model_config(cfg).text.attention_padding == "right"
+    cfg.data.pack_text_only = True
+    assert training_model_config(cfg).text.attention_padding == "any"
+
+
+def test_an_unknown_padding_is_refused():
+    with pytest.raises(ValueError, match="choose one of"):
+        CausalMask(jnp.ones((1, 8), jnp.int32), jnp.arange(8), from_start=True, padding="packed")
 
 
 @pytest.mark.parametrize("requested,backend,dtype,head_dim,length,mask,bias,expected", [

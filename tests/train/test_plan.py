@@ -8,13 +8,15 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import PartitionSpec as P
+import pytest
+from jax.sharding import NamedSharding, PartitionSpec as P
 
 from configs import omni_emotion
 from omni_jax import registry
-from omni_jax.flops import matmul_flops
-from omni_jax.sharding import make_mesh
-from omni_jax.train.plan import abstract_batch, bytes_per_device, collective_bytes
+from omni_jax.flops import count_flops
+from omni_jax.sharding import dcn_granules, make_mesh
+from omni_jax.train.plan import (COLLECTIVES, abstract_batch, bytes_per_device, collective_bytes,
+                                 dcn_collective_bytes, device_groups)
 from omni_jax.train.step import make_trainer, merge_params, trainable_mask, training_model_config
 
 REPO = Path(__file__).resolve().parents[2]
@@ -26,7 +28,8 @@ def test_plan_reports_fsdp_sharded_bytes_and_flops():
                          capture_output=True, text=True, cwd=REPO)
     assert out.returncode == 0, out.stderr[-2000:]
     result = json.loads(out.stdout.splitlines()[-1])
-    assert result["ok"] and result["devices"] == 8 and result["flops_per_step"] > 0
+    assert result["ok"] and result["devices"] == 8
+    assert 0 < result["model_flops_per_step"] < result["hardware_flops_per_step"]  # remat "full"
     shapes = registry.abstract_params(registry.FAMILIES["omni_emotion"], omni_emotion.get_config("tiny").model)
     total = sum(int(np.prod(s.shape)) * s.dtype.itemsize for s in jax.tree.leaves(shapes))
     # tiny: norm scales and odd-sized leaves (replicated) are a visible share; the 7B test is tight
@@ -100,6 +103,66 @@ def test_collective_bytes_count_loops_and_the_costliest_branch():
                       "collective-permute": 0}
 
 
+def test_plan_reports_the_collectives_that_cross_dcn():
+    """The fsdp=8 plan above with its 8 devices standing for 2 slices of 4 along fsdp: every
+    weight all-gather spans both slices, and the plan says which axis crosses and how much."""
+    out = subprocess.run([sys.executable, "-m", "omni_jax.cli", "--json", "plan", "--config",
+                          "configs/omni_emotion.py:tiny", "--mesh", "fsdp=4,dcn_fsdp=2", "--batch", "8",
+                          "--seq", "128"], capture_output=True, text=True, cwd=REPO)
+    assert out.returncode == 0, out.stderr[-2000:]
+    result = json.loads(out.stdout.splitlines()[-1])
+    assert result["devices"] == 8 and result["mesh"] == {"data": 1, "fsdp": 8, "tensor": 1}
+    assert result["ici_mesh"] == {"data": 1, "fsdp": 4, "tensor": 1} and result["dcn_axes"] == ["fsdp"]
+    assert result["dcn_all-gather_bytes_per_device"] == result["all-gather_bytes_per_device"] > 0
+    assert 0 < result["dcn_all-reduce_bytes_per_device"] <= result["all-reduce_bytes_per_device"]
+    spanning = sum(result[f"dcn_{kind}_bytes_per_device"] for kind in COLLECTIVES)
+    # an all-gather over 8 devices in 2 slices sends 1/8 of its buffer across, an all-reduce 2/8
+    assert result["dcn_all-gather_bytes_per_device"] / 8 <= result["dcn_sent_bytes_per_device"] < spanning / 2
+
+
+def test_dcn_bytes_are_the_collectives_whose_device_groups_span_slices():
+    """On data=2 × fsdp=4: a jit's sums over fsdp (512 bytes) then data (128), as the SPMD
+    partitioner writes them (a list and mesh axes), and shard_map's all-gather over fsdp (512)
+    and permute over data (128): each counted where DCN splits its axis, sent as estimated."""
+    mesh = make_mesh(2, 4, 1)
+    spec = lambda shape, *axes: jax.ShapeDtypeStruct(shape, jnp.float32, sharding=NamedSharding(mesh, P(*axes)))
+    sums = jax.jit(lambda x, w: (x @ w).sum(0), out_shardings=NamedSharding(mesh, P()))
+    moves = jax.jit(jax.shard_map(lambda x: (jax.lax.all_gather(x, "fsdp", tiled=True),
+                                            jax.lax.ppermute(x, "data", [(0, 1), (1, 0)])),
+                                  mesh=mesh, in_specs=P(("data", "fsdp")), out_specs=P(("data", "fsdp"))))
+    hlos = (sums.lower(spec((8, 64), "data", "fsdp"), spec((64, 32), "fsdp")).compile().as_text(),
+            moves.lower(spec((16, 16), ("data", "fsdp"))).compile().as_text())
+    crossing = lambda hlo, dcn: {kind: n for kind, n in dcn_collective_bytes(
+        hlo, dcn_granules((2, 4, 1), dcn).reshape(-1)).items() if n}
+    assert [collective_bytes(hlo)["all-reduce"] for hlo in hlos] == [640, 0]
+    assert [crossing(hlo, (1, 1, 1)) for hlo in hlos] == [{}, {}]
+    # data over DCN: 2 devices, one per slice, so an all-reduce sends 2 × 1/2 of its buffer
+    assert [crossing(hlo, (2, 1, 1)) for hlo in hlos] == [
+        {"all-reduce": 128, "sent": 128}, {"collective-permute": 128, "sent": 128}]
+    # fsdp over DCN: groups of 4 in 2 slices; (g - 1) / n of the buffer, twice for an all-reduce
+    assert [crossing(hlo, (1, 2, 1)) for hlo in hlos] == [{"all-reduce": 512, "sent": 256},
+                                                           {"all-gather": 512, "sent": 128}]
+    assert crossing(hlos[1], (2, 2, 1)) == {"all-gather": 512, "collective-permute": 128, "sent": 256}
+
+
+@pytest.mark.parametrize("attributes,groups", [
+    ("replica_groups={{0,4},{1,5},{2,6},{3,7}}, use_global_device_ids=true", [[0, 4], [1, 5], [2, 6], [3, 7]]),
+    ("replica_groups={}, to_apply=%add", [list(range(8))]),
+    ("source_target_pairs={{0,4},{4,0}}, metadata={}", [[0, 4], [0, 4]]),
+    ("replica_groups=[2,4]<=[8], dimensions={0}", [[0, 1, 2, 3], [4, 5, 6, 7]]),
+    ("replica_groups=[4,2]<=[2,4]T(1,0), dimensions={0}", [[0, 4], [1, 5], [2, 6], [3, 7]]),
+    ("replica_groups=mesh['axis_0'=4,'axis_1'=2], device_ids=([2,4]T(1,0)) {'axis_0'}, dimensions={0}",
+     [[0, 1, 2, 3], [4, 5, 6, 7]]),
+    ("replica_groups=mesh['axis_0'=2,'axis_1'=1,'axis_2'=4] {'axis_0'}, use_global_device_ids=true",
+     [[0, 4], [1, 5], [2, 6], [3, 7]]),
+    ("replica_groups=mesh['a'=8] {'a':(1)2}", [[0, 4], [1, 5], [2, 6], [3, 7]]),  # the major 2 of a's 8
+    ("replica_groups=mesh['a'=8] {'a':(4)2}", [[0, 1], [2, 3], [4, 5], [6, 7]]),  # the minor 2
+    ("replica_groups=mesh['a'=2,'b'=4] {'a','b':(2)2}", [[0, 1, 4, 5], [2, 3, 6, 7]]),
+])
+def test_device_groups_read_each_form_xla_prints(attributes, groups):
+    assert sorted(sorted(g.tolist()) for g in device_groups(attributes, 8)) == groups
+
+
 def test_plan_rejects_a_sequence_too_short_for_the_clip():
     out = subprocess.run([sys.executable, "-m", "omni_jax.cli", "plan", "--config", "configs/omni_emotion.py:tiny",
                           "--mesh", "fsdp=2", "--batch", "2", "--seq", "8"], capture_output=True, text=True, cwd=REPO)
@@ -117,7 +180,7 @@ def test_step_flops_are_independent_of_microbatches_and_cover_the_language_model
                                10)
         with trainer.activate():
             jaxpr = trainer.step.trace(trainer.abstract_state, trainer.abstract_frozen, inputs).jaxpr.jaxpr
-        flops.append(matmul_flops(jaxpr))
+        flops.append(count_flops(jaxpr).model)
     assert flops[0] == flops[1]
     # Forward and backward of every LM matrix (embedding lookup aside) for each token: ≥ 6 N T.
     lm = registry.abstract_params(registry.FAMILIES["omni_emotion"], cfg.model)["language_model"]
