@@ -82,8 +82,8 @@ class Annotator:
             return {**head, "status": "skipped", "skip": "no_label", "message": f"{record.where}: no 'label' to "
                                                                                "score the reason against"}
         try:
-            with self.decoding:
-                media = clip_media(record, self.cfg.media, self.find_faces())
+            with self.decoding:  # the finder is asked for (and made) only when a line has no timed boxes
+                media = clip_media(record, self.cfg.media, lambda frames, times: self.find_faces()(frames, times))
         except ExampleError as error:
             log.warning("%s (%s): %s", record.where, error.reason, error)
             return {**head, "status": "skipped", "skip": f"unreadable/{error.reason}", "message": str(error)}

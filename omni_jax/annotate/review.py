@@ -127,6 +127,8 @@ def import_sheet(out: str | os.PathLike, sheet: str | os.PathLike, cfg: ml_colle
     counted and the new counts."""
     out, sheet = Path(out), Path(sheet)
     records = read_records(out)
+    if not records:
+        raise MissingInputError(f"{out / RECORDS}: no records to review (the sheet's folder, or --out, holds them)")
     if not sheet.exists():
         raise MissingInputError(f"{sheet}: no such review sheet")
     by_line = {r["line"]: r for r in records}

@@ -82,6 +82,10 @@ class Script:
             i = clip_of_image(request.images()[0])
             age = 300 if self.trouble(i) == "age_out_of_range" else 30
             return Reply(f'Sure: {{"expressions": "smiles broadly, clip={i}", "age": {age}, "gender": "Female"}}')
+        if "tone of voice" in text:
+            return Reply(json.dumps({"tone": f"a warm voice, clip={clip_of_sound(request.audio_parts()[0])}"}))
+        if text.startswith(prompts.ESTIMATE_AGE_GENDER[:40]):
+            return Reply(json.dumps({"age": 41 + clip_of_image(request.images()[0]), "gender": "male"}))
         i = int(re.search(r"clip=(\d+)", text).group(1))
         if text.startswith(prompts.REVIEW.split("{")[0]):
             trouble = self.trouble(i)
@@ -214,6 +218,28 @@ def test_manifests_and_counts(clips, annotated):
     assert (out / phase2[0]["video"]).resolve() == (clips / "clips" / "0.mp4").resolve()
     assert json.loads((out / "counts.json").read_text())["kept"] == 6
     assert (out / "scores.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_optional_models_tone_of_voice_and_an_age_gender_estimator(clips, tmp_path):
+    """With endpoints.audio and endpoints.age_gender set, the sound goes to the audio model as
+    an input_audio part and one face crop to the estimator, whose age and gender the face cue
+    takes (the vision model is not asked for them); the review hears about the tone."""
+    lines = (clips / "clips.jsonl").read_text().splitlines()
+    (tmp_path / "two.jsonl").write_text("\n".join([lines[0], lines[2]]).replace("clips/", f"{clips}/clips/") + "\n")
+    script = Script()
+    with StubServer(script) as server:
+        cfg = config(server, **{f"endpoints.{name}.{key}": value for name in ("audio", "age_gender")
+                                for key, value in (("base_url", server.url), ("model", f"{name}-model"))})
+        summary = job.run(tmp_path / "two.jsonl", tmp_path / "out", cfg, progress=False)
+        texts = [r.text for r in server.requests]
+    assert summary["kept"] == 2 and summary["audio_requests"] == 2 and summary["age_gender_requests"] == 2
+    records = read(tmp_path / "out" / "records.jsonl")
+    assert records[1]["cues"]["tone"] == {"tone": "a warm voice, clip=2"}
+    assert records[1]["cues"]["face"] == {"expressions": "smiles broadly, clip=2", "age": 43.0, "gender": "male"}
+    assert records[1]["models"]["age_gender"] == "age_gender-model"
+    face_prompts = [t for t in texts if "crops of one person's face" in t]
+    assert face_prompts and not any("apparent age" in t for t in face_prompts)
+    assert any("Voice: a warm voice, clip=2" in t for t in texts)
 
 
 def test_a_killed_run_resumes_to_the_same_records(clips, annotated, tmp_path):
