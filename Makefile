@@ -42,11 +42,11 @@ $(STAMP): setup.py Makefile $(ACCEL_FILE)
 demo: setup
 	$(PY) experiments/demo.py
 
-# Two workers, a test file each at a time (tests/conftest.py starts the longest first).
+# Two workers, a test file each at a time (xdist hands out the files with the most tests first).
 TEST_WORKERS ?= 2
 
 test: setup
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder tests
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile tests
 
 bench: setup
 	$(PY) experiments/bench_qwen2.py

@@ -35,20 +35,7 @@ import torch  # noqa: E402
 from omni_jax.conversion import convert_hf_to_orbax  # noqa: E402
 
 RTOL = 5e-5  # max|Δ| / max|ref|, the project's parity bar in float32
-HUNG_TEST_SECONDS = float(os.environ.get("HUNG_TEST_SECONDS", 600))  # the slowest test: ~100 s on 2 cores
-
-
-# `make test` runs two workers, a file to a worker (pytest -n 2 --dist loadfile), files in this
-# order (--no-loadscope-reorder: xdist's default puts the files with the most tests first): the
-# longest files go first, alternating between the workers, so that neither is left with one of
-# them at the end (test_demo, 300 s, ran last and alone: 1102 s in all).
-LONGEST_FIRST = ("tests/train/test_train.py", "tests/test_demo.py", "tests/eval/test_run.py", "tests/train/test_step.py",
-                 "tests/faces/test_job.py", "tests/annotate/test_annotate.py", "tests/test_accelerator_checks.py")
-
-
-def pytest_collection_modifyitems(config, items):
-    rank = lambda item: next((i for i, f in enumerate(LONGEST_FIRST) if item.nodeid.startswith(f)), len(LONGEST_FIRST))
-    items.sort(key=rank)
+HUNG_TEST_SECONDS = float(os.environ.get("HUNG_TEST_SECONDS", 600))  # the slowest test: ~300 s on 2 cores
 
 
 def pytest_sessionfinish(session, exitstatus):
