@@ -83,9 +83,7 @@ def write_merged(predictions: list[dict[str, Any]], path: Path,
                 raise RuntimeError(f"{path}: manifest lines predicted twice: {twice}")
             if annotate is not None:
                 merged = annotate(merged)
-            tmp = path.with_name(f".{path.name}.tmp")
-            _write_jsonl(tmp, merged, render)
-            os.replace(tmp, path)
+            write_jsonl(path, merged, render)
         except Exception as error:  # raised below, once the other processes know (they wait for the file)
             failure = error
         finally:
@@ -103,7 +101,27 @@ def write_merged(predictions: list[dict[str, Any]], path: Path,
 def _write_jsonl(path: Path, records: list[dict[str, Any]],
                  render: Callable[[dict[str, Any]], str] | None = None) -> None:
     render = render or (lambda record: json.dumps(record, ensure_ascii=False))
-    path.write_text("".join(render(r) + "\n" for r in records))
+    path.write_text("".join(render(r) + "\n" for r in records), encoding="utf-8")
+
+
+def write_jsonl(path: Path, records: list[dict[str, Any]],
+                render: Callable[[dict[str, Any]], str] | None = None) -> None:
+    """`path` written whole or not at all: under a temporary name (removed if writing fails),
+    then renamed into place. render(record) → its line (default: the record as JSON)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        _write_jsonl(tmp, records, render)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def manifest_identity(manifest: str | os.PathLike) -> list[Any]:
+    """[path, size, time of its last change] (size and time None when remote): what a progress
+    file records of the manifest it was made from, to resume only from the same one."""
+    stat = os.stat(manifest) if "://" not in str(manifest) else None
+    return [str(manifest), stat and stat.st_size, stat and stat.st_mtime_ns]
 
 
 def lines_in_rounds(lines: int, work: Callable[[int], dict[str, Any]], record_file: Path, key: dict[str, Any],

@@ -28,7 +28,7 @@ from omni_jax.annotate.annotator import Annotator, endpoints_of
 from omni_jax.annotate import outputs, prompts
 from omni_jax.annotate.media import FacesByTime
 from omni_jax.data.manifest import ManifestSource
-from omni_jax.process_files import lines_in_rounds, write_merged
+from omni_jax.process_files import lines_in_rounds, manifest_identity, write_merged
 from omni_jax.stopping import StopRequest
 
 RECORDS = "records.jsonl"
@@ -38,9 +38,8 @@ UNRECORDED = ("concurrency", "retries", "timeout", "api_key_env", "base_url")
 
 def resume_key(manifest: Path, cfg: ml_collections.ConfigDict) -> dict[str, Any]:
     """What a progress file must have been made with to be resumed."""
-    stat = os.stat(manifest) if "://" not in str(manifest) else None
     endpoints = {name: {k: v for k, v in e.items() if k not in UNRECORDED} for name, e in cfg.endpoints.items()}
-    return {"manifest": [str(manifest), stat and stat.st_size, stat and stat.st_mtime_ns], "prompts": prompts.VERSION,
+    return {"manifest": manifest_identity(manifest), "prompts": prompts.VERSION,
             "endpoints": endpoints, "media": cfg.media.to_dict(), "review": cfg.review.to_dict(),
             "processes": jax.process_count()}
 

@@ -19,7 +19,7 @@ import collections
 import json
 import os
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import ml_collections
 import numpy as np
@@ -28,6 +28,7 @@ from omni_jax.data.synth import turns
 from omni_jax.manifests import formats
 from omni_jax.manifests.job import instructions
 from omni_jax.manifests.vocabulary import Vocabulary
+from omni_jax.process_files import write_jsonl
 
 MANIFESTS = ("phase2_classification.jsonl", "phase3_instructions.jsonl", "eval_emer.jsonl", "eval_emer_ov.jsonl")
 
@@ -90,13 +91,6 @@ def manifest_lines(records: list[dict[str, Any]], out: Path, outputs: ml_collect
             for kind, conversation in instructions(vocabulary, question, r["label"], annotation["reason"],
                                                    annotation["emotions"])]
     return lines
-
-
-def write_jsonl(path: Path, lines: Iterable[dict[str, Any]]) -> None:
-    """`path` written under a temporary name, then renamed into place."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(json.dumps(line, ensure_ascii=False) + "\n" for line in lines))
-    os.replace(tmp, path)
 
 
 def counts(records: list[dict[str, Any]]) -> dict[str, Any]:

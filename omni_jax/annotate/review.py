@@ -31,6 +31,7 @@ from omni_jax.annotate.media import fit
 from omni_jax.data import video
 from omni_jax.data.errors import ExampleError
 from omni_jax.errors import InputError, MissingInputError, OutputExistsError
+from omni_jax.process_files import write_jsonl
 
 COLUMNS = ("line", "id", "source", "label", "clip", "preview", "reason", "emotions", "intensity",
            "decision", "fixed_reason", "fixed_emotions", "fixed_intensity", "note")
@@ -152,5 +153,5 @@ def import_sheet(out: str | os.PathLike, sheet: str | os.PathLike, cfg: ml_colle
             reviews[record["line"]] = _reviewed(row, record, where)
             decided[reviews[record["line"]]["decision"]] += 1
     updated = [{**r, "human_review": reviews[r["line"]]} if r["line"] in reviews else r for r in records]
-    outputs.write_jsonl(out / RECORDS, updated)
+    write_jsonl(out / RECORDS, updated)
     return {"decisions": dict(sorted(decided.items())), **outputs.write_outputs(updated, out, cfg)}

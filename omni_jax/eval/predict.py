@@ -36,7 +36,7 @@ from omni_jax.data.pipeline import FACE_SOURCES, global_batch, host_rows, pad_id
 from omni_jax.errors import InputError, Stopped
 from omni_jax.faces.finder import finder_for
 from omni_jax.generate import generate
-from omni_jax.process_files import read_progress, rewritten
+from omni_jax.process_files import manifest_identity, read_progress, rewritten
 from omni_jax.sharding import activate
 from omni_jax.stopping import StopRequest
 
@@ -131,9 +131,8 @@ def resume_key(cfg: ml_collections.ConfigDict, manifest: str | os.PathLike, ques
     """What must match for a progress file to be resumed: the manifest (path, size, time of its
     last change), the question, the model, the pipeline's and generation's settings (not the
     ones that change no answer: workers, threads, prefetch, the skip limit), the process count."""
-    stat = os.stat(manifest) if "://" not in str(manifest) else None
     unused = ("workers", "threads", "prefetch", "max_skip_fraction", "min_examples", "manifest")
-    return {"manifest": [str(manifest), stat and stat.st_size, stat and stat.st_mtime_ns], "question": question,
+    return {"manifest": manifest_identity(manifest), "question": question,
             "model": cfg.model.to_dict(), "data": {k: v for k, v in cfg.data.to_dict().items() if k not in unused},
             "eval": {k: v for k, v in cfg.eval.to_dict().items() if k not in unused},
             "processes": jax.process_count(), **extra}

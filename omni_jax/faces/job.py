@@ -34,7 +34,7 @@ from omni_jax.data.pipeline import local_file
 from omni_jax.errors import OutputExistsError
 from omni_jax.faces import preview
 from omni_jax.faces.finder import TrackedFaces
-from omni_jax.process_files import lines_in_rounds, write_merged
+from omni_jax.process_files import lines_in_rounds, manifest_identity, write_merged
 from omni_jax.stopping import StopRequest
 
 log = logging.getLogger(__name__)
@@ -100,9 +100,8 @@ def summary(records: list[dict[str, Any]]) -> dict[str, Any]:
 
 def resume_key(manifest: Path, finder: TrackedFaces, rate: float, num_frames: int, redo: bool) -> dict[str, Any]:
     """What a progress file must have been made with to be resumed."""
-    stat = os.stat(manifest) if "://" not in str(manifest) else None
     detector = finder.detector
-    return {"manifest": [str(manifest), stat and stat.st_size, stat and stat.st_mtime_ns], "rate": rate,
+    return {"manifest": manifest_identity(manifest), "rate": rate,
             "num_frames": num_frames,
             "redo": redo, "weights": detector.weights, "max_side": detector.max_side,
             "score_threshold": detector.score_threshold, "tracker": vars(finder.tracker),

@@ -22,6 +22,7 @@ from omni_jax.errors import InputError, MissingInputError, OutputExistsError
 from omni_jax.manifests import formats
 from omni_jax.manifests.readers import Row
 from omni_jax.manifests.vocabulary import Vocabulary
+from omni_jax.process_files import write_jsonl
 
 PHASES = ("eval", "face_alignment", "audio_alignment", "instruction_tuning")
 SHOWN = 3  # skipped rows the summary names
@@ -130,17 +131,6 @@ class Lines:
             raise Skip("no_video", f"{row.where}: {row.id}: an audio-only file, no video to ask about")
 
 
-def _write(out: Path, lines: list[dict[str, Any]]) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.with_name(f".{out.name}.{os.getpid()}.partial")
-    try:
-        with partial.open("w", encoding="utf-8") as f:
-            f.writelines(json.dumps(line, ensure_ascii=False) + "\n" for line in lines)
-        os.replace(partial, out)
-    finally:
-        partial.unlink(missing_ok=True)
-
-
 def _checked(labels: Path, media: Path, out: Path) -> None:
     if out.exists():
         raise OutputExistsError(f"{out} already exists; choose a new output file")
@@ -201,7 +191,7 @@ def run(name: str, labels: str | os.PathLike, media: str | os.PathLike, out: str
     if not lines:
         raise InputError(f"{name}: none of the {count} rows of {labels} made a line: "
                          + ("; ".join(m for _, m in skips[:SHOWN]) or "the labels name no clip"))
-    _write(out, lines)
+    write_jsonl(out, lines)
     return {"out": str(out), "format": name, "phase": phase, "lines": len(lines), "rows": count,
             "skipped": dict(sorted(collections.Counter(r for r, _ in skips).items())),
             "first_skipped": [m for _, m in skips[:SHOWN]], "labels": dict(sorted(by_label.items()))}
