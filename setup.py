@@ -8,7 +8,10 @@ setup(
     name="omni_jax",
     version="0.1.0",
     description="JAX/Flax reimplementation of Omni-Emotion, converted from PyTorch and sharded.",
-    packages=find_packages(include=["omni_jax", "omni_jax.*"]),
+    # configs/ (the repository's top level) is the package omni_jax.configs: loaded by name,
+    # `--config omni_emotion:7b`, from a clone and from a wheel alike
+    packages=[*find_packages(include=["omni_jax", "omni_jax.*"]), "omni_jax.configs"],
+    package_dir={"omni_jax.configs": "configs"},
     python_requires=">=3.10",
     install_requires=[
         "jax>=0.10.0",
@@ -53,7 +56,7 @@ setup(
         # the benchmarks' references (bench_audio.py limits the log-mel threads with threadpoolctl)
         "bench": [TORCH, "threadpoolctl>=3.0"],
         # Pillow runs transformers' PIL image processor, the reference for video preprocessing.
-        "test": [TORCH, "pillow>=10.0", "pytest>=8.0", "pytest-xdist>=3.5", "psutil>=5.9",
+        "test": [TORCH, "pillow>=10.0", "pytest>=8.0", "pytest-xdist>=3.5", "psutil>=5.9", "ruff>=0.8",
                  # the reference the classification metrics are tested against
                  "scikit-learn>=1.3",
                  # runs the bundled face detector weights: the reference of our detector's parity and speed

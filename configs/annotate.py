@@ -1,5 +1,5 @@
 """`omni-jax annotate`'s config (docs/annotate.md): the models it asks, what it sends them, how
-it reviews. `--config configs/annotate.py --config.endpoints.vision.base_url=http://vlm:8000/v1`.
+it reviews. `--config annotate --config.endpoints.vision.base_url=http://vlm:8000/v1`.
 
 Sections:
   endpoints  one OpenAI-compatible model per task (base_url, model, api_key_env, concurrency,
@@ -7,10 +7,12 @@ Sections:
   media      what is decoded from a clip and sent: frames, face crops, audio
   review     the reviewer's threshold and what makes a clip uncertain
   outputs    the manifests made from the records
+  sheet      the human review sheet (--review-sheet)
 """
 import ml_collections
 
-from configs.omni_emotion import evals_config
+from .faces import face_detector
+from .omni_emotion import evals_config
 
 
 def endpoint(model: str, base_url: str, concurrency: int = 32, timeout: float = 120.0) -> dict:
@@ -43,9 +45,9 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
         image_side=448,  # pixels, the longer side of a scene frame as sent
         jpeg_quality=90,
         face_time_tolerance=0.5,  # seconds: a frame takes the manifest's nearest timed box this close
-        # lines without boxes: "retinaface" (the bundled weights) + the tracker, or a converted
-        # RetinaFace checkpoint's directory (docs/faces.md); run `omni-jax faces` first to keep them
-        face_detector="retinaface",
+        # for lines without boxes: RetinaFace and its tracker (docs/faces.md); run `omni-jax faces`
+        # first to keep the boxes
+        face_detector=face_detector(),
         max_audio_seconds=120.0,  # longer audio is cut before it is sent
         decode_threads=0,  # clips decoded at once per process (0: the CPU count); the rest wait as JPEGs do not
     ))
@@ -61,6 +63,13 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
         # paper; False keeps them for the evaluation manifests only (a held-out set)
         reviewed_in_training=True,
     ))
+    cfg.sheet = ml_collections.ConfigDict(dict(
+        per_source=700,  # clips drawn per source (the paper's HRE: 700 of each dataset)
+        seed=0,  # the draw's seed: the same seed draws the same clips
+    ))
+    # exit 1 when more of the lines fail (a request that keeps failing, an unreadable clip):
+    # a run whose endpoints are down stops being a success
+    cfg.max_failure_fraction = 0.1
     cfg.cache = ""  # the replies' cache (default OUT/cache): a rerun sends nothing it has sent before
     cfg.clips_in_flight = 0  # clips annotated at once per process (0: 3 × the largest endpoint concurrency)
     return cfg

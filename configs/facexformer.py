@@ -2,7 +2,7 @@
 Omni-Emotion's 14×14 face tokens and a projector to Qwen2-7B's width; "tiny" for tests."""
 import ml_collections
 
-from configs import swin as swin_configs
+from . import swin as swin_configs
 from omni_jax.models import facexformer
 
 # backbone: configs/swin.py variant; face_grid: tokens per side; llm_width: the projector's output

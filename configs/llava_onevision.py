@@ -1,7 +1,7 @@
 """LLaVA-OneVision configs: `get_config("7b" | "tiny")` (llava-onevision-qwen2-7b-ov)."""
 import ml_collections
 
-from configs import qwen2, siglip
+from . import qwen2, siglip
 
 VARIANTS = {
     "7b": dict(text="7b", vision="so400m", image_token_id=151646, video_token_id=151647),

@@ -1,26 +1,33 @@
-"""Omni-Emotion configs: `get_config("VARIANT[,PHASE]")`, one schema for every variant and phase.
+"""Omni-Emotion configs: `get_config("variant=VARIANT,phase=PHASE")`, one schema for every
+variant and phase; the bare form "7b,audio_alignment" names them in that order.
 
-VARIANT: "7b" (the paper's model), "tiny" (every shape distinct, for the tests: 4 visual and 9
+variant: "7b" (the paper's model), "tiny" (every shape distinct, for the tests: 4 visual and 9
 face tokens per frame, 10 audio tokens per window, 2 frames, 2 windows) or "demo" (`make demo`:
 the tiny shapes hearing one 1.5-s window, 25 audio tokens, so that a voice's contour fits).
-PHASE: one of the paper's three training phases (§4.4), default "instruction_tuning"; it sets
+phase: one of the paper's three training phases (§4.4), default "instruction_tuning"; it sets
 `train` and `data` to that phase's settings. On the command line:
-`--config configs/omni_emotion.py:7b,audio_alignment`.
+`--config omni_emotion:7b,audio_alignment`.
 
-Sections (big_vision's shape):
-  model  LLaVA-OneVision's schema (text, vision, projector, image/video token ids: a converted
-         LLaVA-OV config is a subset) plus the face encoder, the audio encoder and every choice
-         the paper leaves open. A run that starts from a checkpoint (`--init`, `eval`, `infer`)
-         takes the model from the checkpoint (`omni_jax.runs.run_config` says what may differ).
-  data   the input pipeline;  train  the loop, optimizer, checkpoints, metrics;
-  eval   generation;  evals  the benchmarks;  mesh  the device mesh.
+Sections (big_vision's shape), and the jobs that read them:
+  model    LLaVA-OneVision's schema (text, vision, projector, image/video token ids: a converted
+           LLaVA-OV config is a subset) plus the face encoder, the audio encoder and every choice
+           the paper leaves open. A run that starts from a checkpoint (`--init`, `eval`, `infer`)
+           takes the model from the checkpoint (`omni_jax.runs.run_config` says what may differ).
+  data     the input pipeline;  train  the loop, optimizer, checkpoints, metrics;
+  eval     generation;  evals  the benchmarks;  mesh  the device mesh;
+  plan     `omni-jax plan`;  infer  `omni-jax infer`;  check  `omni-jax data-check`;
+  score    `omni-jax score`;  convert  `omni-jax convert-facexformer` and `assemble`.
 """
 import dataclasses
 
 import ml_collections
 
-from configs import facexformer, llava_onevision, whisper
+from omni_jax.config_flags import parse_arg
 from omni_jax.errors import InputError
+
+from . import facexformer, llava_onevision, whisper
+from .convert import convert_config
+from .faces import face_detector
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,20 +64,20 @@ VARIANTS = {
 # The paper's settings of each phase (§4.4): what it trains is omni_jax.train.step.PHASES.
 PHASES = {
     # audio projector only, on audio-text pairs (captions, transcripts): prompts hold the audio block
-    "audio_alignment": dict(learning_rate=1e-3, global_batch_size=256, epochs=1, modalities="a"),
+    "audio_alignment": dict(learning_rate=1e-3, global_batch_size=256, epochs=1, modalities=("a",)),
     # face projector only, on emotion-classification QA: visual and facial features, no audio
-    "face_alignment": dict(learning_rate=1e-3, global_batch_size=256, epochs=1, modalities="v,f"),
+    "face_alignment": dict(learning_rate=1e-3, global_batch_size=256, epochs=1, modalities=("v", "f")),
     # the three projectors, frame embeddings, new token rows and the LLM: every modality
-    "instruction_tuning": dict(learning_rate=1e-5, global_batch_size=128, epochs=3, modalities="v,a,f"),
+    "instruction_tuning": dict(learning_rate=1e-5, global_batch_size=128, epochs=3, modalities=("v", "a", "f")),
 }
 
 
-def get_config(arg: str = "7b") -> ml_collections.ConfigDict:
-    variant, _, phase = arg.partition(",")
-    phase = phase or "instruction_tuning"
+def get_config(arg: str = "") -> ml_collections.ConfigDict:
+    arg = parse_arg(arg, variant="7b", phase="instruction_tuning")
+    variant, phase = arg.variant, arg.phase
     if variant not in VARIANTS or phase not in PHASES:
-        raise InputError(f"config {arg!r}: expected VARIANT[,PHASE] with VARIANT in {sorted(VARIANTS)} and PHASE "
-                         f"in {sorted(PHASES)}")
+        raise InputError(f"config omni_emotion:{arg.variant},{arg.phase}: variant must be one of {sorted(VARIANTS)} "
+                         f"and phase one of {sorted(PHASES)}")
     cfg = ml_collections.ConfigDict()
     cfg.model = model_config(VARIANTS[variant])
     cfg.data = data_config(cfg.model, VARIANTS[variant].buckets)
@@ -87,6 +94,25 @@ def get_config(arg: str = "7b") -> ml_collections.ConfigDict:
     # e.g. data=2, fsdp=64, tensor=2 on a v5e-256 (16 × 16).
     cfg.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1, dcn_data=1, dcn_fsdp=1, dcn_tensor=1,
                                               allow_split_physical_axes=False))
+    # omni-jax plan: the train step compiled for cfg.mesh on simulated CPU devices, for the
+    # config's batch (train.global_batch_size, microbatches, remat, phase) at seq_len tokens
+    cfg.plan = ml_collections.ConfigDict(dict(
+        seq_len=4096 if variant == "7b" else 128,  # tokens per clip
+        devices=8,  # the simulated devices when a mesh axis is -1 (otherwise the mesh's product)
+    ))
+    # omni-jax infer: what it asks of each clip without a conversation of its own
+    cfg.infer = ml_collections.ConfigDict(dict(question=DEFAULT_QUESTION))
+    # omni-jax data-check
+    cfg.check = ml_collections.ConfigDict(dict(
+        task="",  # train or an evaluator's type; "": the config's evaluator of the manifest, else its lines' fields
+        max_skip_fraction=None,  # exit 1 above it; None: the task's own (data. or eval.max_skip_fraction)
+    ))
+    # omni-jax score: whose classes and synonyms score a predictions file
+    cfg.score = ml_collections.ConfigDict(dict(
+        evaluator="",  # one of evals; "": the first of the task the file's references make (label/labels)
+        classes=(),  # classification: in place of the evaluator's
+    ))
+    cfg.convert = convert_config()  # omni-jax convert-facexformer (the face encoder of model.face) and assemble
     return cfg
 
 
@@ -123,9 +149,7 @@ def data_config(model: ml_collections.ConfigDict, buckets: tuple[int, ...]) -> m
         image_size=model.vision.get_ref("image_size"),  # 384: SigLIP
         face_size=model.face.swin.get_ref("image_size"),  # 224: FaceXFormer's Swin
         face_time_tolerance=0.5,  # seconds: a frame takes the manifest's nearest timed box this close, else detection
-        # lines without boxes: "retinaface" (the bundled weights) + the tracker, a converted
-        # RetinaFace checkpoint's directory, or "haar" (docs/faces.md)
-        face_detector="retinaface",
+        face_detector=face_detector(),  # for lines without boxes (docs/faces.md)
         buckets=buckets,
         tokenizer="",  # a tokenizer directory; default: the --init checkpoint's
         batch_size=0,  # clips per host per step; 0: train.global_batch_size / hosts
@@ -173,7 +197,8 @@ def train_config(phase: str, variant: str) -> ml_collections.ConfigDict:
         keep_every=0,  # ... and every K-th step's for good (0: none)
         log_every=1 if tiny else 10,  # steps between metrics.jsonl / TensorBoard lines
         peak_flops_per_device=0.0,  # for MFU where the device is not in train.metric_logger.PEAK_FLOPS (0: no MFU)
-        profile_steps=(),  # (first, last): a jax.profiler trace of these steps under WORKDIR/profile
+        # a jax.profiler trace of steps first_step … last_step under WORKDIR/profile (0: none)
+        profile=dict(first_step=0, last_step=0),
         allow_config_change=False,  # resume a workdir whose config.json differs
         eval_every=0,  # steps between runs of the configured evaluators (`evals`; 0: none during training)
     ))
@@ -197,6 +222,7 @@ CLASSIFY = ("Which emotion does the person in the video show most clearly? Optio
 OPEN_VOCABULARY = "Which emotions does the person in the video show? Answer with emotion words separated by commas."
 DESCRIBE = ("What is the emotional state of the person in the video? Explain it with the clues in their face, voice "
             "and words, and the scene.")
+DEFAULT_QUESTION = "How does the person in the video feel, and which cues in the face, voice and scene show it?"
 # The judge of the reasoning scores and of the LLM grouping: any OpenAI-compatible endpoint.
 JUDGE = dict(base_url="https://api.openai.com/v1", model="gpt-4o-mini", api_key_env="OPENAI_API_KEY",
              cache="",  # replies cached here (default ~/.cache/omni_jax/judge): a rerun sends nothing twice
@@ -206,7 +232,7 @@ JUDGE = dict(base_url="https://api.openai.com/v1", model="gpt-4o-mini", api_key_
 def eval_config(variant: str) -> ml_collections.ConfigDict:
     """Generation and evaluation settings (omni_jax.eval), shared by every evaluator."""
     return ml_collections.ConfigDict(dict(
-        modalities="v,a,f",  # the paper's ablation (Table 1): v, v,a or v,a,f
+        modalities=("v", "a", "f"),  # the paper's ablation (Table 1): v, v,a or v,a,f
         dtype="bfloat16" if variant == "7b" else "float32",  # parameters and compute
         attention_impl="auto",  # auto | xla | cudnn | splash (layers.attention.select_implementation)
         # The LM's layers unrolled for generation (load_pretrained(scan_layers=False)): on the CPU,

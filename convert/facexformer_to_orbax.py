@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """Convert the FaceXFormer release (.pt) to an omni_jax face encoder checkpoint.
 
-    python convert/facexformer_to_orbax.py --src facexformer.pt --dst OUT_DIR [--face-grid 14]
-        [--llm-width 3584] [--seed 0] [--dtype bfloat16] [--json]
+    python convert/facexformer_to_orbax.py --src facexformer.pt --dst OUT_DIR [--config omni_emotion:7b]
+        [--config.convert.dtype=bfloat16] [--json]
 
 Same as `omni-jax convert-facexformer`: see `omni-jax convert-facexformer --help`.
 """

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Convert a Hugging Face checkpoint directory to an omni_jax (orbax) checkpoint.
 
-    python convert/hf_to_orbax.py --src HF_DIR --dst OUT_DIR [--dtype bfloat16] [--json]
+    python convert/hf_to_orbax.py --src HF_DIR --dst OUT_DIR [--config.convert.dtype=bfloat16] [--json]
 
 Same as `omni-jax convert`: see `omni-jax convert --help`.
 """

@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """Export an omni_jax checkpoint to a directory transformers' `from_pretrained` loads.
 
-    python convert/orbax_to_hf.py --src OUT_DIR --dst HF_DIR [--dtype float32] [--naming NAME] [--json]
+    python convert/orbax_to_hf.py --src OUT_DIR --dst HF_DIR [--config.convert.dtype=float32]
+        [--config.convert.naming=NAME] [--json]
 
 Same as `omni-jax export`: see `omni-jax export --help`.
 """

@@ -57,8 +57,8 @@ SIZES: dict[str, dict[str, dict[str, Any]]] = {
     "attention": {"full": dict(repeats=10, scale=1.0, max_heads=None),
                   "dry": dict(repeats=1, scale=1 / 32, max_heads=4)},
     # batch per device: 8 fills one 80 GiB GPU with this model (bench_train.py's default)
-    "train": {"full": dict(config="configs/omni_emotion.py:7b", llm="1.5b", batch_per_device=8, seq=4096, steps=5),
-              "dry": dict(config="configs/omni_emotion.py:tiny", llm=None, batch_per_device=1, seq=128, steps=1)},
+    "train": {"full": dict(config="omni_emotion:7b", llm="1.5b", batch_per_device=8, seq=4096, steps=5),
+              "dry": dict(config="omni_emotion:tiny", llm=None, batch_per_device=1, seq=128, steps=1)},
     "whisper": {"full": dict(shape="large-v3", batch=8, repeats=3), "dry": dict(shape="tiny", batch=1, repeats=1)},
     "qwen2": {"full": dict(shape="0.5b", layers=24, seq=512, repeats=5),
               "dry": dict(shape="tiny", layers=2, seq=64, repeats=1)},

@@ -1,6 +1,6 @@
 """`omni-jax annotate`'s throughput against the bound its endpoints set.
 
-A stub OpenAI-compatible server on localhost (experiments/openai_stub.py) answers every request
+A stub OpenAI-compatible server on localhost (omni_jax/testing/openai_stub.py) answers every request
 after a fixed latency L; each clip costs 5 requests (scene and face to the vision endpoint, the
 sound to the transcription endpoint, review and score to the reviewer). With every endpoint at
 concurrency C the bound is min over endpoints of C / (requests to it per clip × L) = C / (2 L)
@@ -27,12 +27,13 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from configs import annotate as annotate_config  # noqa: E402
+from omni_jax.testing.openai_stub import Reply, Request, StubServer  # noqa: E402
+
+from omni_jax.configs import annotate as annotate_config  # noqa: E402
 from omni_jax.annotate import job  # noqa: E402
 from omni_jax.annotate.media import clip_media  # noqa: E402
 from omni_jax.data.manifest import ManifestSource  # noqa: E402
 from omni_jax.data.media_writer import write_media  # noqa: E402
-from openai_stub import Reply, Request, StubServer  # noqa: E402
 
 REQUESTS_PER_CLIP = {"vision": 2, "transcription": 1, "reviewer": 2}
 SECONDS, FPS, RATE = 2.0, 10, 16000

@@ -26,13 +26,21 @@ import jax.numpy as jnp
 import numpy as np
 import threadpoolctl
 import torch
+from bench_common import (  # experiments/
+    finish,
+    interleaved_times,
+    ratio_spread,
+    roofline,
+    roofline_line,
+    run_info,
+    sync,
+    torch_device,
+)
 from transformers import WhisperConfig, WhisperFeatureExtractor
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
 import omni_jax
 from omni_jax.conversion import convert_hf_to_orbax
-
-from bench_common import finish, interleaved_times, ratio_spread, roofline, roofline_line, run_info, sync, torch_device  # experiments/
 
 SHAPES = {
     "base": dict(num_mel_bins=80, d_model=512, encoder_layers=6, encoder_attention_heads=8, encoder_ffn_dim=2048),
@@ -52,7 +60,7 @@ def bench_encoder(shape: str, batch: int, repeats: int, dtype: str) -> dict:
     features = np.random.RandomState(0).randn(batch, config.num_mel_bins, 3000).astype(np.float32)
     with tempfile.TemporaryDirectory() as tmp:
         reference.save_pretrained(Path(tmp) / "hf")
-        convert_hf_to_orbax(Path(tmp) / "hf", Path(tmp) / "ox", progress=False)
+        convert_hf_to_orbax(Path(tmp) / "hf", Path(tmp) / "ox")
         model, params = omni_jax.load_pretrained(Path(tmp) / "ox", dtype=dtype)
     reference = reference.to(torch_device(), getattr(torch, dtype))
     forward = jax.jit(lambda p, x: model.apply({"params": p}, x)["last_hidden_state"])

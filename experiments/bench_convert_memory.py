@@ -31,9 +31,10 @@ from typing import Any
 import jax
 import numpy as np
 
-from omni_jax import registry
+from omni_jax.checkpoint_dir import DTYPES
 from omni_jax.conversion import convert_hf_to_orbax
-from omni_jax.conversion.engine import DTYPES, plan
+from omni_jax.conversion.engine import plan
+from omni_jax.conversion.formats import family_for_hf_config
 from omni_jax.conversion.io import CheckpointReader, SafetensorsWriter
 
 GB = 1e9
@@ -99,7 +100,7 @@ def write_synthetic(dst: Path, cfg: dict[str, Any], shard_bytes: int) -> None:
 def sizes(src: Path, dtype: str | None) -> dict[str, Any]:
     """Bytes on disk, the largest source tensor and the largest leaf the converter builds."""
     reader = CheckpointReader(src)
-    family, config = registry.family_for_hf_config(json.loads((src / "config.json").read_text()))
+    family, config = family_for_hf_config(json.loads((src / "config.json").read_text()))
     _, leaves = plan(reader, family, config)
 
     def leaf_bytes(leaf: Any) -> int:
@@ -143,7 +144,7 @@ def child(argv: list[str]) -> None:
     if argv[0] == "convert":
         src, dst, dtype = argv[1], argv[2], (argv[3] if len(argv) > 3 else None)
         start = time.perf_counter()
-        convert_hf_to_orbax(src, dst, dtype=dtype, progress=False)
+        convert_hf_to_orbax(src, dst, dtype=dtype)
         seconds = time.perf_counter() - start
     print(json.dumps({"peak_rss_bytes": peak_rss_bytes(), "seconds": seconds}))
 

@@ -7,7 +7,7 @@ where a worker's time goes.
    crops (face crops), audio (decode + resample), mel (log-mel), tokens (chat template).
 2. End to end: `make_pipeline` with 1 and 2 worker processes, timed after the workers are up.
 
-The clips (the synthetic generator's drawn face and voice in a scene, omni_jax.data.synth, at
+The clips (the synthetic generator's drawn face and voice in a scene, omni_jax.synth.clips, at
 854×480) are written with PyAV into a temporary folder. Tokens use the package's word-level
 tokenizer with Qwen2's template and the 7B special-token ids (no tokenizer download); Qwen2's
 BPE costs about the same per clip, as the text is a few dozen tokens next to the 3,645-token
@@ -30,15 +30,14 @@ import threadpoolctl
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repo root: configs/
 
-from configs import omni_emotion  # noqa: E402
 import numpy as np  # noqa: E402
+from bench_common import run_info  # noqa: E402  (experiments/, the script's folder)
 
+from omni_jax.configs import omni_emotion  # noqa: E402
 from omni_jax.data import audio, faces, pipeline, synth, text, video  # noqa: E402
 from omni_jax.data.media_writer import write_media  # noqa: E402
-from omni_jax.data.word_tokenizer import word_tokenizer  # noqa: E402
+from omni_jax.synth.tokenizer import word_tokenizer  # noqa: E402
 from omni_jax.modality_tokens import add_special_tokens  # noqa: E402
-
-from bench_common import run_info  # noqa: E402  (experiments/, the script's folder)
 
 TURNS = [{"from": "human", "value": "<video>\nWhat emotion does the person show ? Explain ."},
          {"from": "gpt", "value": "The person looks happy : a wide smile and raised cheeks ."}]

@@ -1,7 +1,7 @@
 """Face encoder images/s, JAX vs PyTorch in the same process on the same machine.
 
 The same random weights in both: a transformers `SwinModel` with FaceXFormer's fusion head,
-pooling and projector in PyTorch (omni_jax/reference/facexformer.py), written out in the FaceXFormer
+pooling and projector in PyTorch (omni_jax/testing/reference/facexformer.py), written out in the FaceXFormer
 release's layout and converted with `convert_facexformer` for the jitted JAX encoder. Face crops
 of 224 px; full size (Swin-B, 196 tokens, 3584-wide projector) unless --tiny. Each framework runs
 on the GPU where it sees one, else on the CPU; the two take turns (medians, and the spread of
@@ -28,13 +28,13 @@ from transformers import SwinConfig, SwinModel
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, for configs/ and tests/
 
+from bench_common import finish, interleaved_times, ratio_spread, roofline, roofline_line, run_info  # noqa: E402  (experiments/, the script's folder)
+
 import omni_jax  # noqa: E402
-from configs import facexformer as facexformer_configs  # noqa: E402
+from omni_jax.configs import facexformer as facexformer_configs  # noqa: E402
 from omni_jax.conversion.facexformer import convert_facexformer  # noqa: E402
 from omni_jax.models import swin  # noqa: E402
-from omni_jax.reference.facexformer import FaceEncoder, FusionHead, release_file, torch_projector  # noqa: E402
-
-from bench_common import finish, interleaved_times, ratio_spread, roofline, roofline_line, run_info  # noqa: E402  (experiments/, the script's folder)
+from omni_jax.testing.reference.facexformer import FaceEncoder, FusionHead, release_file, torch_projector  # noqa: E402
 
 
 def build(variant: str, tmp: Path, dtype: str):
@@ -45,8 +45,7 @@ def build(variant: str, tmp: Path, dtype: str):
     widths = [config.swin.embed_dim * 2 ** i for i in range(len(config.swin.depths))]
     head, projector = FusionHead(widths).eval(), torch_projector(config.decoder_hidden_size, config.llm_width).eval()
     reference = FaceEncoder(backbone, head, projector, config.face_grid).eval()
-    convert_facexformer(release_file(tmp / "release.pt", backbone, head, projector), tmp / "ox", config,
-                        progress=False)
+    convert_facexformer(release_file(tmp / "release.pt", backbone, head, projector), tmp / "ox", config)
     model, params = omni_jax.load_pretrained(tmp / "ox", dtype=dtype, scan_layers=False)
     return reference, model, params, config
 

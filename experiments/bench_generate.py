@@ -27,9 +27,9 @@ import jax.numpy as jnp
 import numpy as np
 import torch
 import transformers
+from bench_common import finish, interleaved_medians, run_info, sync, torch_device  # experiments/
 
 import omni_jax
-from bench_common import finish, interleaved_medians, run_info, sync, torch_device  # experiments/
 from omni_jax.conversion import convert_hf_to_orbax
 from omni_jax.generate import generate
 from omni_jax.modality_tokens import video_tokens
@@ -60,7 +60,7 @@ def build(name: str, seed: int) -> tuple[torch.nn.Module, Any, Any]:
     hf = transformers.LlavaOnevisionForConditionalGeneration(llava_config(name)).eval()
     with tempfile.TemporaryDirectory(prefix="bench_generate_") as tmp:
         hf.save_pretrained(Path(tmp) / "hf")
-        convert_hf_to_orbax(Path(tmp) / "hf", Path(tmp) / "ox", progress=False)
+        convert_hf_to_orbax(Path(tmp) / "hf", Path(tmp) / "ox")
         model, params = omni_jax.load_pretrained(Path(tmp) / "ox", scan_layers=False)
         params = jax.block_until_ready(params)
     return hf.to(torch_device()), model, params

@@ -36,12 +36,17 @@ import jax.numpy as jnp
 import numpy as np
 import torch
 import transformers
+from bench_common import (  # experiments/, the script's folder
+    interleaved_medians,
+    roofline,
+    roofline_line,
+    sync,
+    torch_device,
+)
 
 import omni_jax
 from omni_jax.conversion import convert_hf_to_orbax
 from omni_jax.generate import generate
-
-from bench_common import interleaved_medians, roofline, roofline_line, sync, torch_device  # experiments/, the script's folder
 
 
 def parse_args() -> argparse.Namespace:
@@ -86,7 +91,7 @@ def build_models(config: transformers.Qwen2Config, seed: int, scan_layers: bool,
     hf_model = transformers.Qwen2ForCausalLM(config).eval()
     with tempfile.TemporaryDirectory(prefix="bench_qwen2_") as tmp:
         hf_model.save_pretrained(Path(tmp) / "hf")
-        convert_hf_to_orbax(Path(tmp) / "hf", Path(tmp) / "orbax", dtype="float32", progress=False)
+        convert_hf_to_orbax(Path(tmp) / "hf", Path(tmp) / "orbax", dtype="float32")
         model, params = omni_jax.load_pretrained(Path(tmp) / "orbax", dtype=dtype, scan_layers=scan_layers)
         params = jax.block_until_ready(params)
     return hf_model.to(torch_device(), getattr(torch, dtype)), model, params

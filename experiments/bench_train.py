@@ -114,7 +114,7 @@ def measure_step(config: str, llm: str | None, batch: int, seq: int, microbatche
 def main() -> None:
     accelerator = jax.default_backend() != "cpu"
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default="configs/omni_emotion.py:" + ("7b" if accelerator else "tiny"))
+    parser.add_argument("--config", default="omni_emotion:" + ("7b" if accelerator else "tiny"))
     parser.add_argument("--llm", choices=sorted(LLM_SHAPES), default="1.5b" if accelerator else None,
                         help="replace the language model's shape (the towers stay)")
     parser.add_argument("--batch", type=int, default=8 if accelerator else 4, help="global batch (clips)")

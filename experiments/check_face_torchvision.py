@@ -4,7 +4,7 @@ the test suite's references are transformers' SwinModel and torch's antialiased 
 
 1. torchvision `swin_b` with random weights, wrapped as FaceXFormer wraps it (`backbone` = the
    model's children minus the head, forward hooks on features 1, 3, 5, 7) with the fusion head of
-   omni_jax/reference/facexformer.py: its own state dict — key names written by torchvision — is saved as
+   omni_jax/testing/reference/facexformer.py: its own state dict — key names written by torchvision — is saved as
    the release's `state_dict_backbone` (plus a task-decoder tensor to drop) and converted with
    `convert_facexformer`. Stage outputs, the final norm, the fused map and the tokens are
    compared in float32 on the CPU, at 224 px and at a non-square 192×160 px, where stage 4's
@@ -34,7 +34,7 @@ import omni_jax  # noqa: E402
 from omni_jax.conversion.facexformer import convert_facexformer  # noqa: E402
 from omni_jax.data.faces import face_crops  # noqa: E402
 from omni_jax.models import facexformer  # noqa: E402
-from omni_jax.reference.facexformer import FusionHead, face_tokens_reference, fuse, torch_projector  # noqa: E402
+from omni_jax.testing.reference.facexformer import FusionHead, face_tokens_reference, fuse, torch_projector  # noqa: E402
 
 GRID, LLM_WIDTH = (14, 14), 256
 
@@ -76,7 +76,7 @@ def check_swin_b(tmp: Path) -> dict:
     state = {**reference.state_dict(), "face_decoder.landmarks_token.weight": torch.randn(1, 256)}
     torch.save({"state_dict_backbone": state}, tmp / "release.pt")
     config = facexformer.release_config(GRID, LLM_WIDTH)
-    convert_facexformer(tmp / "release.pt", tmp / "ox", config, progress=False)
+    convert_facexformer(tmp / "release.pt", tmp / "ox", config)
     model, params = omni_jax.load_pretrained(tmp / "ox")
     results = {"torchvision_keys": len(state)}
     for height, width in ((224, 224), (192, 160)):

@@ -46,8 +46,7 @@ from typing import Any
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # configs/
-CONFIG_FILE = ROOT / "configs" / "omni_emotion.py"  # its "demo" variant
+CONFIG = "omni_emotion:demo"  # the package's Omni-Emotion config, its "demo" variant
 SUBSETS = {"v": "v", "v+a": "v,a", "v+f": "v,f", "v+a+f": "v,a,f"}
 # Pairs of classes that only the voice tells apart, and pairs that only the face does (synth.CUES).
 VOICE_PAIRS = (("surprise", "fear"), ("angry", "disgust"))
@@ -130,9 +129,9 @@ def transformers_parts(out: Path, seed: int) -> Path:
     import torch
     import transformers
 
-    from configs import omni_emotion
-    from omni_jax.data import synth
-    from omni_jax.data.word_tokenizer import word_tokenizer
+    from omni_jax.configs import omni_emotion
+    from omni_jax.synth import clips as synth
+    from omni_jax.synth.tokenizer import word_tokenizer
     from omni_jax.models import llava_onevision, whisper
 
     transformers.utils.logging.disable_progress_bar()  # "Writing model shards", per tiny file
@@ -169,9 +168,9 @@ def prepare_towers(parts: Path, data: Path, seed: int, steps: int = 0) -> dict[s
     import jax
 
     import omni_jax
-    from configs import omni_emotion
+    from omni_jax.configs import omni_emotion
     from omni_jax import registry
-    from omni_jax.conversion.engine import save_params
+    from omni_jax.checkpoint_dir import save_params
     from omni_jax.data import pipeline
     from omni_jax.data.manifest import ManifestSource
     from omni_jax.models import facexformer
@@ -223,9 +222,9 @@ def prepare_towers(parts: Path, data: Path, seed: int, steps: int = 0) -> dict[s
         between = sum((per_clip[labels == c].mean(0) ** 2).sum() * (labels == c).sum() for c in set(labels))
         explained[name] = float(between / (per_clip ** 2).sum())
         if name == "facexformer":
-            save_params(parts / name, registry.FAMILIES[name], cfg.model.face, {**params, **jax.device_get(backbone)})
+            save_params(parts / name, name, cfg.model.face, {**params, **jax.device_get(backbone)})
         else:
-            save_params(parts / name, registry.FAMILIES["whisper"], whisper_model.config, params)
+            save_params(parts / name, "whisper", whisper_model.config, params)
     return explained
 
 
@@ -349,9 +348,10 @@ def demo(args: argparse.Namespace, seed: int, out: Path) -> dict[str, Any]:
     data = out / "data"
     # The commands run in `out` with paths relative to it, as a user types them.
     here = lambda path: os.path.relpath(path, out)
-    config = here(CONFIG_FILE) + ":demo"
+    config = CONFIG
     log_line(f"1/5 data: {args.clips} training clips, {args.clips // 4} held out (omni-jax synth)")
-    run("synth", ["synth", "--out", here(data), "--clips", str(args.clips), "--seed", str(seed)], out)
+    run("synth", ["synth", "--out", here(data), f"--config.synth.clips={args.clips}", f"--config.synth.seed={seed}"],
+        out)
 
     log_line("2/5 starting checkpoint: transformers' tiny LLaVA-OneVision and Whisper converted, a "
              "FaceXFormer-shaped face encoder, the towers prepared, assembled")
@@ -364,7 +364,7 @@ def demo(args: argparse.Namespace, seed: int, out: Path) -> dict[str, Any]:
              + ", ".join(f"{name} {value:.2f}" for name, value in explained.items()))
     run("assemble", ["assemble", "--llava", here(parts / "llava"), "--whisper", here(parts / "whisper-tuned"),
                      "--face", here(parts / "facexformer"), "--config", config, "--dst", here(out / "start"),
-                     "--seed", str(seed)], out)
+                     f"--config.convert.seed={seed}"], out)
 
     log_line(f"3/5 training, three phases on {DEVICES} simulated devices (omni-jax train)")
     init = out / "start"

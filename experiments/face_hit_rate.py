@@ -1,5 +1,5 @@
 """How often the faces fed to the face encoder are the main person's, on clips made from a real
-photograph (omni_jax.data.face_scenes: moving, turned, dim, far, bystander, cut, occluded, empty):
+photograph (omni_jax.testing.face_scenes: moving, turned, dim, far, bystander, cut, occluded, empty):
 `omni-jax faces` (RetinaFace with the bundled weights + the tracker) against OpenCV's Haar
 cascade (the pipeline's detector before it) on the very same frames.
 
@@ -23,7 +23,8 @@ from omni_jax import xla_cpu  # noqa: E402
 
 xla_cpu.configure()
 
-from omni_jax.data import face_scenes, video  # noqa: E402
+from omni_jax.data import video
+from omni_jax.testing import face_scenes  # noqa: E402
 from omni_jax.faces import job  # noqa: E402
 from omni_jax.faces.finder import tracked_faces  # noqa: E402
 

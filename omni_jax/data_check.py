@@ -12,17 +12,22 @@ tokenizer turns into its unknown token. Nothing is loaded but the tokenizer.
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from pathlib import Path
 from typing import Any, Callable
 
 import ml_collections
 
+from omni_jax.config_flags import Range, check_ranges
+from omni_jax.data import pipeline
 from omni_jax.data.generation_batches import prompt_batches
-from omni_jax.data.manifest import json_lines
+from omni_jax.data.manifest import ManifestSource, json_lines
 from omni_jax.data.pipeline import FLAGS, STATS, make_pipeline
+from omni_jax.errors import InputError
 from omni_jax.eval.evaluators import EVALUATORS
 from omni_jax.faces.finder import finder_for
+from omni_jax.progress import QUIET, Progress
 
 TASKS = ("train", *EVALUATORS)
 # a line's field that makes it an evaluation line, and of which task
@@ -64,7 +69,7 @@ def training_pass(manifest: str, tokenizer: Any, cfg: ml_collections.ConfigDict,
     run = ml_collections.ConfigDict(cfg.to_dict())
     run.data.update(batch_size=1, epochs=1, max_skip_fraction=1.0, pack_text_only=False)
     batches = iter(make_pipeline(manifest, tokenizer, run, shuffle=False, drop_remainder=False,
-                                 modalities=cfg.train.modalities, find_faces=finder_for(cfg.data)))
+                                 modalities=cfg.train.modalities, find_faces=finder_for(cfg.data.face_detector)))
     seen = Pass()
     try:
         for batch in batches:
@@ -82,7 +87,7 @@ def evaluation_pass(manifest: str, tokenizer: Any, cfg: ml_collections.ConfigDic
     """The prompts generation would build, with their media decoded, once over every line."""
     seen = Pass(facts={key: 0 for key in STATS + FLAGS})
     for arrays, rows in prompt_batches(manifest, tokenizer, cfg, 1, modalities=cfg.eval.modalities, question=question,
-                                       process=(0, 1), find_faces=finder_for(cfg.data)):
+                                       process=(0, 1), find_faces=finder_for(cfg.data.face_detector)):
         row = rows[0]
         if row.padding:
             continue
@@ -140,13 +145,13 @@ def length_histogram(lengths: list[int], buckets: tuple[int, ...]) -> dict[str, 
 def check_manifest(manifest: str, tokenizer: Any, cfg: ml_collections.ConfigDict, task: str | None = None,
                    max_skip_fraction: float | None = None,
                    progress: Callable[[int], None] = lambda done: None) -> dict[str, Any]:
-    """The report `omni-jax data-check` prints; `ok` is False when more than max_skip_fraction
+    """The report `omni-jax data-check` prints; with `error` when more than max_skip_fraction
     of the lines would be skipped (default: the task's own, data. or eval.max_skip_fraction)."""
     task, why, evaluator = task_of(manifest, cfg, task)
     start = time.perf_counter()
     if task == "train":
         seen = training_pass(manifest, tokenizer, cfg, progress)
-        limit = cfg.data.max_skip_fraction
+        limit, field = cfg.data.max_skip_fraction, "data.max_skip_fraction"
     else:
         spec = dict(cfg.evals[evaluator].to_dict()) if evaluator else {}
         for key in ("type", "manifest"):
@@ -154,8 +159,9 @@ def check_manifest(manifest: str, tokenizer: Any, cfg: ml_collections.ConfigDict
         question = spec.get("question")
         EVALUATORS[task].check_references(evaluator or task, manifest, **spec)  # as eval checks them
         seen = evaluation_pass(manifest, tokenizer, cfg, question, progress)
-        limit = cfg.eval.max_skip_fraction
-    limit = limit if max_skip_fraction is None else max_skip_fraction
+        limit, field = cfg.eval.max_skip_fraction, "eval.max_skip_fraction"
+    if max_skip_fraction is not None:
+        limit, field = max_skip_fraction, "check.max_skip_fraction"
     seconds = time.perf_counter() - start
     skipped = sum(seen.skipped.values())
     report = {"manifest": manifest, "task": task, "task_from": why, "examples": seen.examples, "usable": seen.usable,
@@ -163,8 +169,26 @@ def check_manifest(manifest: str, tokenizer: Any, cfg: ml_collections.ConfigDict
               **unknown_words(target_texts(manifest, task), tokenizer),
               "token_length_histogram": length_histogram(seen.lengths, tuple(cfg.data.buckets)),
               "token_length_max": max(seen.lengths, default=0),
-              "clips_per_second": round(seen.examples / seconds, 2), "seconds": round(seconds, 2)}
-    if not seen.usable or skipped > limit * seen.examples:
-        report.update(ok=False, error=f"{skipped} of {seen.examples} lines would be skipped, more than "
-                                      f"--max-skip-fraction {limit}")
+              "clips_per_second": round(seen.examples / seconds, 2)}
+    if not seen.examples:
+        report["error"] = f"{manifest}: no line to check"
+    elif skipped == seen.examples or skipped > limit * seen.examples:
+        report["error"] = (f"{skipped} of {seen.examples} lines would be skipped "
+                           f"({', '.join(f'{r} {n}' for r, n in sorted(seen.skipped.items()))}), more than {field}="
+                           f"{limit:g} allows")
     return report
+
+
+def run(cfg: ml_collections.ConfigDict, *, manifest: str | os.PathLike, progress: Progress = QUIET) -> dict[str, Any]:
+    """`omni-jax data-check`: `check_manifest` with the tokenizer data.tokenizer names, the task
+    and limit of cfg.check, a bar over the lines."""
+    from omni_jax.runs import load_tokenizer
+
+    check_ranges(cfg, {"check.task": ("", *TASKS), "check.max_skip_fraction": Range(0, 1, none=True)}, pipeline.FIELDS)
+    if not cfg.data.tokenizer:
+        raise InputError("data-check needs the tokenizer the run will use: --config.data.tokenizer=DIR")
+    tokenizer = load_tokenizer(cfg, None)
+    manifest = str(manifest)
+    with progress.bar(total=len(ManifestSource(manifest)), unit="clip", desc=f"checking {Path(manifest).name}") as bar:
+        return check_manifest(manifest, tokenizer, cfg, cfg.check.task or None, cfg.check.max_skip_fraction,
+                              progress=lambda done: bar.update(done - bar.n))

@@ -9,12 +9,12 @@ from pathlib import Path
 from typing import Any
 
 import flax.linen as nn
-from flax import traverse_util
 import jax
 import jax.numpy as jnp
+from flax import traverse_util
 
 from omni_jax import registry, sharding
-from omni_jax.conversion.engine import CONFIG_FILE, PARAMS_DIR, read_converted_config
+from omni_jax.checkpoint_dir import CONFIG_FILE, PARAMS_DIR, read_config
 
 
 def override_fields(config: dict[str, Any], **values: Any) -> dict[str, Any]:
@@ -53,7 +53,7 @@ def unstack_layers(params: dict[str, Any], target: Any) -> dict[str, Any]:
 
 def load_pretrained(path: str | os.PathLike, dtype: str | Any = "float32", mesh: jax.sharding.Mesh | None = None,
                     scan_layers: bool = True, attention_impl: str = "auto") -> tuple[nn.Module, Any]:
-    """Loads a directory written by `convert/hf_to_orbax.py`.
+    """Loads an omni_jax checkpoint directory (`checkpoint_dir`: `omni-jax convert`'s, training's final/).
 
     dtype: parameter and compute dtype ("float32", "bfloat16", ...); stored parameters are
     cast while restoring. mesh: restore every leaf directly into its shards on this mesh,
@@ -67,7 +67,7 @@ def load_pretrained(path: str | os.PathLike, dtype: str | Any = "float32", mesh:
     import orbax.checkpoint.experimental.v1 as ocp
 
     dtype = jnp.dtype(dtype).name
-    meta = read_converted_config(path)
+    meta = read_config(path)
     family = registry.FAMILIES[meta["model_type"]]
     # A trained model's config records its training batches' padding; others' may differ.
     stored_config = registry.to_config(with_attention(override_fields(meta["config"], dtype=dtype, param_dtype=dtype,

@@ -14,7 +14,7 @@ from typing import Any, Sequence
 
 import ml_collections
 
-from omni_jax.conversion.engine import CONFIG_FILE, LEGACY_RUN_SECTIONS, read_converted_config
+from omni_jax.checkpoint_dir import is_checkpoint, read_config
 from omni_jax.errors import CheckpointRefused, InputError
 from omni_jax.modality_tokens import add_special_tokens
 
@@ -27,25 +27,16 @@ FINE_TUNABLE = ("loss_chunk_size", "audio_windows")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
 
 
-def nested_run_config(config: dict[str, Any]) -> dict[str, Any]:
-    """A run config as dicts in today's shape, also one recorded before the model's fields
-    moved under `model` (2026-12: they stood at the root beside the run's sections)."""
-    if "model" in config:
-        return config
-    return {"model": {k: v for k, v in config.items() if k not in LEGACY_RUN_SECTIONS},
-            **{k: v for k, v in config.items() if k in LEGACY_RUN_SECTIONS}}
-
-
 def resolve_checkpoint(checkpoint: str | os.PathLike | None) -> Path | None:
     """A checkpoint directory, or a finished phase's workdir (its final/)."""
     if checkpoint is None:
         return None
     path = Path(checkpoint)
-    if (path / RUN_FILE).exists() and not (path / CONFIG_FILE).exists():
+    if (path / RUN_FILE).exists() and not is_checkpoint(path):
         path = path / "final"
         if not path.exists():
             raise CheckpointRefused(f"{checkpoint}: a training workdir without final/ (the phase has not finished)")
-    read_converted_config(path)  # an omni_jax checkpoint, or a clear error
+    read_config(path)  # an omni_jax checkpoint, or a clear error
     return path
 
 
@@ -59,7 +50,7 @@ def run_config(cfg: ml_collections.ConfigDict, checkpoint: Path | None,
     run = ml_collections.ConfigDict(cfg.to_dict())
     if checkpoint is None:
         return run
-    meta = read_converted_config(checkpoint)
+    meta = read_config(checkpoint)
     if meta["model_type"] != "omni_emotion":
         raise CheckpointRefused(f"{checkpoint}: a {meta['model_type']} checkpoint; this takes an Omni-Emotion one "
                                 "(omni-jax assemble builds it from converted parts)")

@@ -129,6 +129,24 @@ def backend_started() -> bool:
     return False
 
 
+def simulate_devices(count: int) -> None:
+    """`count` CPU devices for a program compiled without its hardware (`omni-jax plan`): JAX
+    creates them when its backend starts, on the CPU; once it has started, there must be that
+    many already (`InputError` otherwise)."""
+    import jax
+
+    from omni_jax.errors import InputError
+
+    if not backend_started():
+        jax.config.update("jax_platforms", "cpu")
+        jax.config.update("jax_num_cpu_devices", count)
+        return
+    found = len(jax.devices("cpu"))
+    if found < count:
+        raise InputError(f"the mesh needs {count} simulated devices, and JAX started with {found} CPU devices "
+                         "already; run it in a process of its own (omni-jax plan)")
+
+
 def configure(environ: MutableMapping[str, str] = os.environ, features: set[str] | None = None,
               defined: Callable[[Iterable[str]], set[str]] = jaxlib_defines, cpu: bool | None = None) -> list[str]:
     """Adds the selected flags to environ["XLA_FLAGS"] (those the user has not set, that this

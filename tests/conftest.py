@@ -118,7 +118,7 @@ def build_hf(model_cls, config, path, seed=0, **save_kwargs):
 
 
 def convert(src, dst, **kwargs):
-    return convert_hf_to_orbax(src, dst, progress=False, **kwargs)
+    return convert_hf_to_orbax(src, dst, **kwargs)
 
 
 def _converted(tmp_path_factory, name, model_cls, config):

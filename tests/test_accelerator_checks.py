@@ -46,7 +46,7 @@ def test_the_dry_run_gives_every_checks_figures_and_the_docs_rows(tmp_path):
     assert attention["failures"] == [] and all(row["xla_ms"] > 0 for row in attention["rows"])
 
     train = checks["train"]["result"]
-    assert (train["config"], train["llm"], train["compute_dtype"]) == ("configs/omni_emotion.py:tiny", None, "bfloat16")
+    assert (train["config"], train["llm"], train["compute_dtype"]) == ("omni_emotion:tiny", None, "bfloat16")
     assert 0 < train["flops_per_step"] <= train["hardware_flops_per_step"] and train["step_seconds"] > 0
     assert 0 < train["mfu"] < 1 and train["peak_source"] == "measured matmul" and train["tokens_per_s_per_device"] > 0
 

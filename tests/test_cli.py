@@ -19,9 +19,9 @@ def test_json_is_accepted_after_the_subcommand(tmp_path, capsys):
 @pytest.mark.parametrize("argv", [
     ["data-check", "--manifest", "{tmp}/m.jsonl", "--tokenizer", "{tmp}/no_tokenizer"],
     ["convert", "--src", "{tmp}/no_checkpoint", "--dst", "{tmp}/out"],
-    ["eval", "--config", "configs/omni_emotion.py:tiny", "--checkpoint", "{tmp}/nothing", "--workdir", "{tmp}/w"],
+    ["eval", "--config", "omni_emotion:tiny", "--checkpoint", "{tmp}/nothing", "--workdir", "{tmp}/w"],
     ["infer", "--checkpoint", "{tmp}/m.jsonl", "--video", "{tmp}/no_clip.mp4"],
-    ["train", "--config", "configs/omni_emotion.py:tiny", "--workdir", "{tmp}/w", "--init", "{tmp}/no_checkpoint"],
+    ["train", "--config", "omni_emotion:tiny", "--workdir", "{tmp}/w", "--init", "{tmp}/no_checkpoint"],
 ])
 def test_a_missing_input_path_is_one_line_naming_it(tmp_path, capsys, argv):
     (tmp_path / "m.jsonl").write_text("")
@@ -128,7 +128,7 @@ def test_only_the_machines_os_errors_are_one_line(tmp_path, capsys, monkeypatch,
 
 
 def test_multi_process_flags_go_together(tmp_path, capsys):
-    argv = ["--num-processes", "2", "eval", "--config", "configs/omni_emotion.py:tiny", "--checkpoint", str(tmp_path),
+    argv = ["--num-processes", "2", "eval", "--config", "omni_emotion:tiny", "--checkpoint", str(tmp_path),
             "--workdir", str(tmp_path / "w")]
     assert cli.main(argv) == 1
     assert "takes --coordinator HOST:PORT, --num-processes N and --process-id I together" in capsys.readouterr().err

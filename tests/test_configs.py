@@ -3,11 +3,10 @@ import jax
 import numpy as np
 import pytest
 
-from configs import facexformer, llava_onevision, omni_emotion, qwen2, siglip, swin, whisper
+from omni_jax.configs import facexformer, llava_onevision, omni_emotion, qwen2, siglip, swin, whisper
 from omni_jax import registry
 from omni_jax.conversion.engine import abstract_params
-from omni_jax.modality_tokens import video_tokens
-from omni_jax.modality_tokens import placeholder_counts
+from omni_jax.modality_tokens import placeholder_counts, video_tokens
 
 
 def _cross_attention_7b():

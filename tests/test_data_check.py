@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from configs import omni_emotion
+from omni_jax.configs import omni_emotion
 from omni_jax import cli
 from omni_jax.data_check import check_manifest, task_of
 from omni_jax.runs import load_tokenizer
@@ -65,7 +65,7 @@ def test_training_lines_count_unknown_target_words_and_detection(root, capsys):
                                                             {"from": "gpt", "value": "w40 zebra w41"}]},
         {"id": "t2", "audio": "long.wav", "conversations": [{"from": "human", "value": "<audio>\nw12"},
                                                            {"from": "gpt", "value": "w42"}]}])
-    argv = ["--json", "data-check", "--manifest", str(manifest), "--config", "configs/omni_emotion.py:tiny",
+    argv = ["--json", "data-check", "--manifest", str(manifest), "--config", "omni_emotion:tiny",
             f"--config.data.tokenizer={root / 'tok'}", "--workers", "0"]
     assert cli.main(argv) == 0
     report = json.loads(capsys.readouterr().out)
@@ -88,7 +88,7 @@ def test_a_run_with_workers_prints_no_noise(root):
         {"from": "human", "value": "<video>\nw12"}, {"from": "gpt", "value": "w40"}]}])
     env = {k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS"}
     done = subprocess.run([sys.executable, "-m", "omni_jax.cli", "data-check", "--manifest", str(manifest),
-                           "--config", "configs/omni_emotion.py:tiny", f"--config.data.tokenizer={root / 'tok'}",
+                           "--config", "omni_emotion:tiny", f"--config.data.tokenizer={root / 'tok'}",
                            "--workers", "1"], capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "train" in done.stdout
@@ -108,7 +108,7 @@ def test_sigterm_to_the_process_group_stops_at_once_and_leaves_no_worker(root):
                                                               {"from": "gpt", "value": "w40"}]}
     manifest = write_lines(root / "many.jsonl", [line] * 400)
     running = subprocess.Popen([sys.executable, "-m", "omni_jax.cli", "data-check", "--manifest", str(manifest),
-                                "--config", "configs/omni_emotion.py:tiny", f"--config.data.tokenizer={root / 'tok'}",
+                                "--config", "omni_emotion:tiny", f"--config.data.tokenizer={root / 'tok'}",
                                 "--workers", "1"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                start_new_session=True)
     time.sleep(8)  # JAX imported, the worker decoding

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import pytest
 from jax._src.cudnn import fused_attention_stablehlo
 
-from configs import omni_emotion, qwen2
+from omni_jax.configs import omni_emotion, qwen2
 from omni_jax.flops import Flops, attention_flops, count_flops
 from omni_jax.layers.attention import dot_product_attention
 from omni_jax.models.qwen2 import Qwen2ForCausalLM

@@ -15,8 +15,7 @@ from omni_jax.sharding import activate, make_mesh
 
 @pytest.mark.parametrize("temperature,top_k,top_p", [(0.7, 0, 1.0), (1.0, 5, 1.0), (1.3, 0, 0.8), (0.9, 20, 0.5)])
 def test_filters_equal_transformers_warpers(temperature, top_k, top_p):
-    from transformers.generation.logits_process import (TemperatureLogitsWarper, TopKLogitsWarper,
-                                                        TopPLogitsWarper)
+    from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
     logits = np.random.RandomState(0).randn(4, 64).astype(np.float32) * 3
     ref = torch.from_numpy(logits)

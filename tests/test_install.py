@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 PLAN_WITHOUT_TORCH = WITHOUT_TORCH + """
 from omni_jax import cli
-status = cli.main(["--json", "plan", "--config", "configs/omni_emotion.py:tiny", "--mesh", "fsdp=2", "--batch", "2",
+status = cli.main(["--json", "plan", "--config", "omni_emotion:tiny", "--mesh", "fsdp=2", "--batch", "2",
                    "--seq", "128"])
 print("torch imported" if "torch" in sys.modules else "no torch")
 sys.exit(status)

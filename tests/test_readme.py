@@ -9,7 +9,7 @@ from pathlib import Path
 import ml_collections
 import pytest
 
-from configs import omni_emotion
+from omni_jax.configs import omni_emotion
 from omni_jax import cli
 from tests import media
 from tests.conversion.test_assemble import LLAVA_FIELDS, _random_part
@@ -90,10 +90,10 @@ def test_the_readmes_commands_run_as_written(root, monkeypatch, capsys):
                      "runs/eval/predictions/dfew.jsonl"]) == 0
     assert json.loads(capsys.readouterr().out)["war"] == metrics["war"]
     assert cli.main(["--json", "data-check", "--manifest", "data/audio_text.jsonl", "--config",
-                     "configs/omni_emotion.py:tiny,audio_alignment", "--tokenizer", "ckpt/omni-emotion-7b",
+                     "omni_emotion:tiny,audio_alignment", "--tokenizer", "ckpt/omni-emotion-7b",
                      "--workers", "0"]) == 0
     assert json.loads(capsys.readouterr().out)["usable"] == 8
-    assert cli.main(["--json", "plan", "--config", "configs/omni_emotion.py:tiny", "--mesh", "fsdp=8", "--batch", "8",
+    assert cli.main(["--json", "plan", "--config", "omni_emotion:tiny", "--mesh", "fsdp=8", "--batch", "8",
                      "--seq", "128"]) == 0
     assert json.loads(capsys.readouterr().out)["model_flops_per_step"] > 0
     assert sorted(p.name for p in root.iterdir()) == sorted(

@@ -1,26 +1,16 @@
 """What a run starts from (omni_jax.runs): the model under `cfg.model`, a checkpoint's model
-over the config file's, the one rule for `--config.model.*` overrides, and checkpoints and
-workdirs recorded before the model was a section of the config."""
-import json
-import shutil
+over the config file's, the one rule for `--config.model.*` overrides."""
 from pathlib import Path
 
 import jax
 import numpy as np
 import pytest
 
-import omni_jax
-from configs import omni_emotion
 from omni_jax import registry
-from omni_jax.conversion.engine import CONFIG_FILE, save_params
+from omni_jax.checkpoint_dir import save_params
+from omni_jax.configs import omni_emotion
 from omni_jax.errors import CheckpointRefused, InputError
-from omni_jax.runs import FINE_TUNABLE, RUN_FILE, load_tokenizer, run_config
-from omni_jax.train.train import ConfigChangedError, check_workdir
-
-# Written by the code before the change (commit 27d7c7e): `omni-jax assemble`'s config file of
-# a tiny Omni-Emotion checkpoint (the whole flat run config: model fields beside data, train, ...)
-# and a training workdir's record of the tiny config.
-BEFORE = Path(__file__).parent / "fixtures" / "before_model_section"
+from omni_jax.runs import FINE_TUNABLE, load_tokenizer, run_config
 
 
 @pytest.fixture(scope="module")
@@ -31,12 +21,13 @@ def checkpoint(tmp_path_factory) -> Path:
     leaves, treedef = jax.tree.flatten(registry.abstract_params(family, config))
     rng = np.random.RandomState(0)
     params = jax.tree.unflatten(treedef, [rng.randn(*s.shape).astype(np.float32) for s in leaves])
-    return save_params(tmp_path_factory.mktemp("runs") / "ckpt", family, config, params)
+    return save_params(tmp_path_factory.mktemp("runs") / "ckpt", family.model_type, config, params)
 
 
 def test_the_model_is_a_section_beside_the_runs():
     cfg = omni_emotion.get_config("tiny,face_alignment")
-    assert sorted(cfg) == ["data", "eval", "evals", "mesh", "model", "train"]
+    assert sorted(cfg) == ["check", "convert", "data", "eval", "evals", "infer", "mesh", "model", "plan", "score",
+                           "train"]
     assert cfg.model.num_frames == 2 and cfg.model.text.hidden_size == 64 and cfg.train.phase == "face_alignment"
     cfg.model.num_frames = 3
     assert cfg.data.num_frames == 3  # the pipeline's frames follow the model's
@@ -49,36 +40,6 @@ def test_variants_name_their_fields():
         variant.num_frames, variant.audio_windows, [variant.face_grid] * 2, variant.loss_chunk_size) == (8, 1, [14, 14], 1024)
     assert [cfg[f] for f in ("audio_token_id", "vi_start_token_id", "vi_end_token_id", "au_start_token_id",
                              "au_end_token_id")] == list(range(151648, 151653))
-
-
-def test_a_checkpoint_written_before_the_change_loads(checkpoint, tmp_path):
-    old = tmp_path / "assembled"
-    shutil.copytree(checkpoint, old)
-    shutil.copy(BEFORE / "assembled_omni_jax.json", old / CONFIG_FILE)
-    assert "train" in json.loads((old / CONFIG_FILE).read_text())["config"]  # the old shape, run sections inside
-    model, params = omni_jax.load_pretrained(old)
-    _, expected = omni_jax.load_pretrained(checkpoint)
-    assert model.config.num_frames == 2 and "train" not in model.config
-    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(expected)):
-        np.testing.assert_array_equal(a, b)
-    run = run_config(omni_emotion.get_config("tiny"), old)
-    assert run.model.to_dict() == omni_emotion.get_config("tiny").model.to_dict()
-
-
-def test_a_workdir_recorded_before_the_change_resumes(tmp_path):
-    shutil.copy(BEFORE / "workdir_config.json", tmp_path / RUN_FILE)
-    assert "model" not in json.loads((tmp_path / RUN_FILE).read_text())["config"]
-    cfg = omni_emotion.get_config("tiny")
-    check_workdir(tmp_path, cfg, None)  # the same run: resumes
-    assert json.loads((tmp_path / RUN_FILE).read_text())["config"]["model"]["num_frames"] == 2  # rewritten in today's shape
-    # recorded before data.face_detector: resumed with the Haar cascade its pipeline used
-    assert cfg.data.face_detector == "haar"
-    assert json.loads((tmp_path / RUN_FILE).read_text())["config"]["data"]["face_detector"] == "haar"
-    shutil.copy(BEFORE / "workdir_config.json", tmp_path / RUN_FILE)
-    cfg = omni_emotion.get_config("tiny")
-    cfg.train.learning_rate = 0.5
-    with pytest.raises(ConfigChangedError, match="train.learning_rate"):  # and a changed run is still told apart
-        check_workdir(tmp_path, cfg, None)
 
 
 def test_from_a_checkpoint_the_model_is_the_checkpoints(checkpoint, caplog):

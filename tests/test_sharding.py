@@ -10,12 +10,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.sharding import AbstractMesh
+from jax.sharding import PartitionSpec as P
 
 import omni_jax
 from omni_jax import registry
-from omni_jax.conversion.engine import save_params
-from jax.sharding import AbstractMesh, PartitionSpec as P
-
+from omni_jax.checkpoint_dir import save_params
 from omni_jax.errors import InputError
 from omni_jax.sharding import LOGICAL_AXIS_RULES, dcn_granules, fit_spec, make_mesh, param_shardings, stored_layout
 from tests.conftest import on_first_device, rel_err
@@ -58,7 +58,7 @@ def test_checkpoint_saved_on_one_mesh_restores_on_another(llava, tmp_path):
     source_mesh, target_mesh = make_mesh(1, 8, 1), make_mesh(1, 2, 4)
     model, params = omni_jax.load_pretrained(root / "ox", mesh=source_mesh)
     family = registry.FAMILIES["llava_onevision"]
-    save_params(tmp_path / "saved", family, model.config, params)
+    save_params(tmp_path / "saved", family.model_type, model.config, params)
     _, restored = omni_jax.load_pretrained(tmp_path / "saved", mesh=target_mesh)
     expected = param_shardings(registry.abstract_params(family, model.config, boxed=True), target_mesh)
     for a, b, sharding in zip(jax.tree.leaves(params), jax.tree.leaves(restored), jax.tree.leaves(expected)):

@@ -24,13 +24,19 @@ from typing import Any
 import ml_collections
 import numpy as np
 
-from omni_jax.data.synth import turns
+from omni_jax.data.manifest import turns
 from omni_jax.manifests import formats
 from omni_jax.manifests.job import instructions
 from omni_jax.manifests.vocabulary import Vocabulary
 from omni_jax.process_files import write_jsonl
 
 MANIFESTS = ("phase2_classification.jsonl", "phase3_instructions.jsonl", "eval_emer.jsonl", "eval_emer_ov.jsonl")
+RECORDS = "records.jsonl"  # every line's record, in manifest order
+
+
+def read_records(out: Path) -> list[dict[str, Any]]:
+    path = out / RECORDS
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
 def final(record: dict[str, Any]) -> dict[str, Any] | None:

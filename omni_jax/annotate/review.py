@@ -26,7 +26,7 @@ import ml_collections
 import numpy as np
 
 from omni_jax.annotate import outputs
-from omni_jax.annotate.job import RECORDS, read_records
+from omni_jax.annotate.outputs import RECORDS, read_records
 from omni_jax.annotate.media import fit
 from omni_jax.data import video
 from omni_jax.data.errors import ExampleError

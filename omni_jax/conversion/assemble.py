@@ -19,13 +19,14 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from tqdm import tqdm
 
 from omni_jax import registry
-from omni_jax.conversion.engine import (DTYPES, PARAMS_DIR, ConversionError, abstract_params, checkpoint_writer,
-                                        flat_leaves, load_leaf, read_converted_config, stored_leaves)
-from omni_jax.models.omni_emotion import fill_token_rows
+from omni_jax.checkpoint_dir import (DTYPES, PARAMS_DIR, checkpoint_writer, copy_side_files, flat_leaves, load_leaf,
+                                     read_config, stored_leaves)
+from omni_jax.conversion.engine import ConversionError, abstract_params
 from omni_jax.modality_tokens import SPECIAL_TOKENS
+from omni_jax.models.omni_emotion import fill_token_rows
+from omni_jax.progress import QUIET, Progress
 
 PARTS = {"": "llava_onevision", "audio_encoder/": "whisper", "face_encoder/": "facexformer"}  # prefix → model type
 TOKEN_TABLES = {"language_model/model/embed_tokens/embedding": 0, "language_model/lm_head/kernel": 1}  # vocab axis
@@ -41,7 +42,7 @@ def new_parameters(config: ml_collections.ConfigDict, seed: int) -> dict[str, np
     `init` runs a method that calls just those submodules, so nothing of the 8B model is built."""
     model = registry.build(registry.FAMILIES["omni_emotion"], config)
 
-    def touch(module):
+    def touch(module: nn.Module) -> None:
         module.audio_projector(jnp.zeros((1, config.audio_pool, config.audio.hidden_size)))
         if config.fusion == "frame_cross_attention":
             tokens = jnp.zeros((1, 1, config.text.hidden_size))
@@ -51,12 +52,12 @@ def new_parameters(config: ml_collections.ConfigDict, seed: int) -> dict[str, np
     return {path: np.asarray(v) for path, v in flat_leaves(params).items()}
 
 
-def _plan(parts: dict[str, Path], config) -> tuple[list[tuple[str, Any, str | None, Any]], list[str]]:
+def _plan(parts: dict[str, Path], config: ml_collections.ConfigDict) -> tuple[list[tuple[str, Any, str | None, Any]], list[str]]:
     """(target path, target ShapeDtypeStruct, part prefix and stored metadata, or None for a new
     parameter) per leaf, and every problem found (types, shapes, missing, unexpected)."""
     problems, stored = [], {}
     for prefix, path in parts.items():
-        model_type = read_converted_config(path)["model_type"]
+        model_type = read_config(path)["model_type"]
         if model_type != PARTS[prefix]:
             problems.append(f"{path} holds a {model_type!r} checkpoint; expected {PARTS[prefix]!r}")
         else:
@@ -88,7 +89,7 @@ def _plan(parts: dict[str, Path], config) -> tuple[list[tuple[str, Any, str | No
 
 def assemble_omni_emotion(llava: str | os.PathLike, whisper: str | os.PathLike, face: str | os.PathLike,
                           dst: str | os.PathLike, config: ml_collections.ConfigDict, seed: int = 0,
-                          dtype: str | None = None, progress: bool = True) -> Path:
+                          dtype: str | None = None, progress: Progress = QUIET) -> Path:
     """Writes the Omni-Emotion checkpoint of `config` at `dst` from converted LLaVA-OneVision,
     Whisper and FaceXFormer directories. Every mismatch is listed before anything is written."""
     config = ml_collections.ConfigDict(config)
@@ -102,11 +103,13 @@ def assemble_omni_emotion(llava: str | os.PathLike, whisper: str | os.PathLike, 
     token_ids = [config[field] for field in SPECIAL_TOKENS]
     meta = {"model_type": "omni_emotion", "config": config.to_dict(), "hf_config": {}, "source_format": "assembled",
             "dtype": dtype or "source", "parts": {PARTS[p]: str(path) for p, path in parts.items()}, "seed": seed}
-    with checkpoint_writer(dst, meta, side_files=parts[""]) as save:
-        for path, spec, prefix, stored in tqdm(plan, desc="assembling", disable=not progress):
+    with checkpoint_writer(dst, meta, side_files=lambda tmp: copy_side_files(parts[""], tmp)) as save, \
+            progress.bar(total=len(plan), unit="leaf", desc="assembling") as bar:
+        for path, spec, prefix, stored in plan:
             value = new[path] if prefix is None else load_leaf(parts[prefix] / PARAMS_DIR, path[len(prefix):], stored)
             if path in TOKEN_TABLES:
                 axis = TOKEN_TABLES[path]
                 value = fill_token_rows(value, token_ids, min(token_ids), axis, rows=spec.shape[axis])
             save(path, np.asarray(value, DTYPES[dtype] if dtype else None))
+            bar.update()
     return Path(dst)

@@ -21,6 +21,7 @@ from omni_jax import registry
 from omni_jax.conversion.engine import write_checkpoint
 from omni_jax.conversion.io import CheckpointReader, TensorInfo
 from omni_jax.models import facexformer
+from omni_jax.progress import QUIET, Progress
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +65,7 @@ def _log_dropped(keys: list[str]) -> None:
 
 def convert_facexformer(src: str | os.PathLike, dst: str | os.PathLike,
                         config: ml_collections.ConfigDict | None = None, dtype: str | None = None, seed: int = 0,
-                        progress: bool = True) -> Path:
+                        progress: Progress = QUIET) -> Path:
     """Converts the release file `src` into `dst` (orbax params + omni_jax.json).
 
     config: the encoder's configuration; default `facexformer.release_config()` (Swin-B,

@@ -8,9 +8,13 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from typing import Any
 
-from omni_jax.conversion.transforms import (CONV, FLATTEN, IDENTITY, LINEAR, LINEAR_FROM_HEADS, Packed,
-                                            Transform)
+import ml_collections
+
+from omni_jax import registry
+from omni_jax.conversion.transforms import CONV, FLATTEN, IDENTITY, LINEAR, LINEAR_FROM_HEADS, Packed, Transform
+from omni_jax.errors import CheckpointRefused
 from omni_jax.models.retinaface import MOBILENET_STAGES, RESNET50_LAYERS
 
 
@@ -306,3 +310,36 @@ RETINAFACE_FORMATS = (
     # saved from torch.nn.DataParallel, as some of the release's files are
     Format("retinaface_data_parallel", prefixed(RETINAFACE_BODY, "module.", "")),
 )
+
+
+# --- Which formats each model family reads (the best-matching one) and writes ------------------
+READS: dict[str, tuple[Format, ...]] = {
+    "qwen2": (QWEN2,), "siglip_vision_model": SIGLIP_VISION_FORMATS, "llava_onevision": LLAVA_ONEVISION_FORMATS,
+    "whisper": WHISPER_FORMATS, "swin": SWIN_FORMATS, "facexformer": FACEXFORMER_FORMATS,
+    "retinaface": RETINAFACE_FORMATS, "omni_emotion": (OMNI_EMOTION,),
+}
+# `omni-jax export`'s namings, preferred first: for models transformers has, those `from_pretrained`
+# reads. The FaceXFormer release is a torch file without config.json (torchvision's packed qkv
+# cannot be written back one tensor at a time: it is exported inside an Omni-Emotion checkpoint),
+# and RetinaFace's has nothing to be exported to.
+WRITES: dict[str, tuple[str, ...]] = {
+    "qwen2": ("qwen2",), "siglip_vision_model": ("siglip_vision_model", "siglip"),
+    "llava_onevision": ("llava_onevision", "llava_onevision_hub", "llava_onevision_v4"),
+    "whisper": ("whisper", "whisper_generation", "whisper_encoder"), "swin": ("swin", "swin_image_classification"),
+    "facexformer": (), "retinaface": (), "omni_emotion": ("omni_emotion",),
+}
+# config.json's model_type → the family converting it ("siglip" is the dual tower: its vision
+# half is converted; "llava_qwen" is the original LLaVA-NeXT/OneVision release).
+HF_MODEL_TYPES = {"qwen2": "qwen2", "siglip_vision_model": "siglip_vision_model", "siglip": "siglip_vision_model",
+                  "llava_onevision": "llava_onevision", "llava_qwen": "llava_onevision", "whisper": "whisper",
+                  "swin": "swin", "omni_emotion": "omni_emotion"}
+
+
+def family_for_hf_config(hf_config: dict[str, Any]) -> tuple[registry.ModelFamily, ml_collections.ConfigDict]:
+    """The family and model config of a Hugging Face config.json."""
+    model_type = hf_config.get("model_type")
+    if model_type not in HF_MODEL_TYPES:
+        raise CheckpointRefused(f"unsupported model_type {model_type!r} in config.json; "
+                                f"supported: {sorted(HF_MODEL_TYPES)}")
+    family = registry.FAMILIES[HF_MODEL_TYPES[model_type]]
+    return family, family.config_from_hf(hf_config)

@@ -14,6 +14,7 @@ import pickle
 import re
 import struct
 from pathlib import Path
+
 import ml_dtypes
 import numpy as np
 

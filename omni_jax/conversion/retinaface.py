@@ -32,6 +32,7 @@ from omni_jax.conversion.engine import convert_in_memory, write_checkpoint
 from omni_jax.conversion.io import CheckpointReader, TensorInfo
 from omni_jax.errors import CheckpointRefused, MissingInputError
 from omni_jax.models import retinaface
+from omni_jax.progress import QUIET, Progress
 
 log = logging.getLogger(__name__)
 
@@ -186,7 +187,7 @@ def _source(src: str | os.PathLike, cfg: ml_collections.ConfigDict) -> dict[str,
 
 
 def convert_retinaface(src: str | os.PathLike, dst: str | os.PathLike, dtype: str | None = None,
-                       progress: bool = True) -> Path:
+                       progress: Progress = QUIET) -> Path:
     """Converts `src` (module docstring; BUNDLED for the packaged MobileNet) into `dst` (orbax
     params + omni_jax.json), which `load_pretrained` and `omni-jax faces --checkpoint` read.
     Raises ConversionError naming every missing, unexpected or mis-shaped tensor; nothing is

@@ -27,9 +27,20 @@ import numpy as np
 from omni_jax.data import text
 from omni_jax.data.errors import ExampleError
 from omni_jax.data.manifest import ManifestLine, ManifestSource
-from omni_jax.data.pipeline import (FLAGS, MEDIA, NO_MEDIA, STATS, FindFaces, bucket_length, haar_faces, media_inputs,
-                                    media_used,
-                                    ordered_examples, pad_id_of, prompt_blocks)
+from omni_jax.data.pipeline import (
+    FLAGS,
+    MEDIA,
+    NO_MEDIA,
+    STATS,
+    FindFaces,
+    bucket_length,
+    haar_faces,
+    media_inputs,
+    media_used,
+    ordered_examples,
+    pad_id_of,
+    prompt_blocks,
+)
 from omni_jax.modality_tokens import MODALITIES, parse_modalities
 
 

@@ -137,6 +137,13 @@ def _optional_str(entry: dict[str, Any], key: str, where: str) -> str | None:
     return value
 
 
+def turns(question: str, answer: str | None, marker: str = "<video>") -> list[dict[str, str]]:
+    """A conversation: the human turn asking `question` after the media's `marker` ("<video>",
+    "<audio>"; "" for none), then the answer's gpt turn unless `answer` is None."""
+    human = [{"from": "human", "value": f"{marker}\n{question}" if marker else question}]
+    return human + ([{"from": "gpt", "value": answer}] if answer is not None else [])
+
+
 def parse_record(line: ManifestLine, manifest: epath.Path, question: str | None = None) -> Record:
     """A manifest line → Record; raises ExampleError("malformed_json") naming `manifest:line`.
     `question`: the human turn of a line without `conversations` (else they are required).
@@ -154,8 +161,7 @@ def parse_record(line: ManifestLine, manifest: epath.Path, question: str | None 
     video, audio = _optional_str(entry, "video", where), _optional_str(entry, "audio", where)
     conversations = entry.get("conversations")
     if conversations is None and question is not None:
-        marker = "<video>\n" if video else "<audio>\n" if audio else ""
-        conversations = [{"from": "human", "value": marker + question}]
+        conversations = turns(question, None, "<video>" if video else "<audio>" if audio else "")
     if not isinstance(conversations, list):
         raise ExampleError("malformed_json", f"{where}: 'conversations' (a list of turns) is required")
     faces = entry.get("faces")
@@ -215,10 +221,22 @@ def unusable_lines(source: ManifestSource) -> list[tuple[str, str]]:
     return problems
 
 
-def skip_summary(skips: list[tuple[str, str]], total: int, count: int | None = None, shown: int = 3) -> str:
+def skip_summary(skips: list[tuple[str, str]], total: int, count: int | None = None, shown: int = 3,
+                 what: str = "lines") -> str:
     """"2 of 3 lines cannot be used (missing_file 1, corrupt_video 1): first MESSAGE; MESSAGE".
     skips: (reason, message) of the lines known here; count: of all (default: len(skips))."""
     counts = collections.Counter(reason for reason, _ in skips)
     reasons = ", ".join(f"{reason} {n}" for reason, n in sorted(counts.items()))
-    return (f"{len(skips) if count is None else count} of {total} lines cannot be used ({reasons}): first "
+    return (f"{len(skips) if count is None else count} of {total} {what} cannot be used ({reasons}): first "
             + "; ".join(message for _, message in skips[:shown]))
+
+
+def too_many_skipped(skips: list[tuple[str, str]], total: int, limit: float, field: str, count: int | None = None,
+                     what: str = "lines") -> str | None:
+    """`skip_summary` when every one of `total` items was skipped, or more than `limit` of them
+    (`field` is the setting that allows more); None otherwise. What a job that did its work
+    reports as its `error` (exit 1), and what an evaluator stops on."""
+    count = len(skips) if count is None else count
+    if not count or (count < total and count <= limit * total):
+        return None
+    return f"{skip_summary(skips, total, count, what=what)} ({field} is {limit:g}; set it higher to keep going)"

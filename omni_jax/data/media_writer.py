@@ -3,7 +3,7 @@
     write_media(path, frames, audio, fps=10, rate=16000)      # a clip (H.264 + AAC)
     write_media(path, audio=samples, rate=16000)               # audio only
 
-The synthetic data (`data.synth`), the benchmarks and the tests' media files all come from here.
+The synthetic data (`synth.clips`), the benchmarks and the tests' media files all come from here.
 """
 from __future__ import annotations
 

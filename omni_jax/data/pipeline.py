@@ -52,6 +52,7 @@ import numpy as np
 from etils import epath
 from jax.sharding import Mesh, PartitionSpec
 
+from omni_jax.config_flags import AT_LEAST_0, AT_LEAST_1, FRACTION, Range
 from omni_jax.data import audio, faces, text, video
 from omni_jax.data.errors import ExampleError, TooManySkipsError
 from omni_jax.data.manifest import ManifestLine, ManifestSource, Record
@@ -71,6 +72,12 @@ MEDIA = ("pixel_values_videos", "face_pixels", "input_features")  # the model's 
 FLAGS = ("has_video", "has_face", "has_audio")
 # frames [F, H, W, 3] uint8 RGB and their times [F] seconds → a box (x0, y0, x1, y1) or None per frame
 FindFaces = Callable[[np.ndarray, np.ndarray], list]
+# the data section's allowed values (config_flags.check_ranges), checked by the jobs that read it
+FIELDS = {"data.num_frames": AT_LEAST_1, "data.image_size": AT_LEAST_1, "data.face_size": AT_LEAST_1,
+          "data.face_time_tolerance": AT_LEAST_0, "data.batch_size": AT_LEAST_0, "data.workers": AT_LEAST_0,
+          "data.threads": AT_LEAST_1, "data.prefetch": AT_LEAST_1, "data.modality_dropout": FRACTION,
+          "data.seed": AT_LEAST_0, "data.epochs": Range(1, none=True), "data.max_skip_fraction": FRACTION,
+          "data.min_examples": AT_LEAST_0}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,7 +109,7 @@ def local_file(path: epath.Path) -> Iterator[str]:
 def haar_faces(frames: np.ndarray, times: np.ndarray) -> list:
     """A face finder (FindFaces: frames [F, H, W, 3] uint8 and their times [F] → a box or None
     per frame): OpenCV's Haar cascade on each frame. The default of the functions here; a run
-    passes `omni_jax.faces.finder.finder_for(cfg.data)` (RetinaFace and the tracker)."""
+    passes `omni_jax.faces.finder.finder_for(cfg.data.face_detector)` (RetinaFace and the tracker)."""
     return video.detect_faces(frames)
 
 
@@ -468,7 +475,7 @@ def make_pipeline(manifest: str | os.PathLike, tokenizer: Any, cfg: ml_collectio
     bool (when it has a). `iter(...)` has get_state/set_state and `.counts`.
     modalities: "v,a,f" or a subset (a training phase's, `prompt.parse_modalities`): the
     prompt's blocks and the media decoded follow them. find_faces: for lines without boxes
-    (a run passes `omni_jax.faces.finder.finder_for(cfg.data)`).
+    (a run passes `omni_jax.faces.finder.finder_for(cfg.data.face_detector)`).
     """
     data = cfg.data
     if data.batch_size < 1:

@@ -31,14 +31,14 @@ import numpy as np
 from etils import epath
 from jax.experimental import multihost_utils
 
-from omni_jax.data.manifest import ManifestSource, json_lines, skip_summary, unusable_lines
+from omni_jax.data.manifest import ManifestSource, json_lines, too_many_skipped, unusable_lines
 from omni_jax.endpoints import RequestFailure
 from omni_jax.errors import InputError, MissingInputError, RunStopped
 from omni_jax.eval import judge, scoring
 from omni_jax.eval.predict import media_counts
 from omni_jax.process_files import write_merged
 
-Predict = Callable[..., list[dict[str, Any]]]  # predict(manifest, question, progress=None): eval.predict.Predictor
+Predict = Callable[..., list[dict[str, Any]]]  # predict(manifest, question, kept_in=None): eval.predict.Predictor
 
 
 def _references(manifest: str, key: str, check: Callable[[Any, str], None]) -> None:
@@ -86,10 +86,9 @@ class Evaluator(abc.ABC):
     def _check_skips(self, skips: list[tuple[str, str]], skipped: int, total: int) -> None:
         """Fails when `skipped` of `total` lines is more than max_skip_fraction (or all);
         `skips`: (reason, message) of those this process knows."""
-        if skipped and (skipped == total or skipped > self.max_skip_fraction * total):
-            raise RunStopped(f"evaluator {self.name!r} on {self.manifest}: {skip_summary(skips, total, skipped)} "
-                             f"(eval.max_skip_fraction "
-                             f"{self.max_skip_fraction}; set it higher to score what can be read)")
+        failure = too_many_skipped(skips, total, self.max_skip_fraction, "eval.max_skip_fraction", skipped)
+        if failure:
+            raise RunStopped(f"evaluator {self.name!r} on {self.manifest}: {failure}")
 
     def progress_file(self, out_dir: Path) -> Path:
         """Where a resumable run keeps its answers (one file per process beside this name)."""

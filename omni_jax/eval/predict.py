@@ -22,7 +22,7 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import ml_collections
@@ -30,17 +30,26 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
+from omni_jax.config_flags import AT_LEAST_0, AT_LEAST_1, FRACTION, Range
 from omni_jax.data.generation_batches import Row, batch_count, prompt_batches
 from omni_jax.data.manifest import ManifestSource
 from omni_jax.data.pipeline import FACE_SOURCES, global_batch, host_rows, pad_id_of
 from omni_jax.errors import InputError, Stopped
 from omni_jax.faces.finder import finder_for
 from omni_jax.generate import generate
+from omni_jax.layers.attention import IMPLEMENTATIONS
 from omni_jax.process_files import manifest_identity, read_progress, rewritten
+from omni_jax.progress import QUIET, Progress
 from omni_jax.sharding import activate
 from omni_jax.stopping import StopRequest
 
 log = logging.getLogger(__name__)
+
+# the eval section's allowed values (config_flags.check_ranges), checked by the jobs that generate
+FIELDS = {"eval.dtype": ("float32", "bfloat16", "float16"), "eval.attention_impl": IMPLEMENTATIONS,
+          "eval.batch_size": AT_LEAST_1, "eval.max_new_tokens": AT_LEAST_1, "eval.temperature": AT_LEAST_0,
+          "eval.top_k": AT_LEAST_0, "eval.top_p": Range(0, 1, open_low=True), "eval.seed": AT_LEAST_0,
+          "eval.max_skip_fraction": FRACTION}
 
 
 def stop_token_ids(tokenizer: Any) -> tuple[int, ...]:
@@ -62,10 +71,14 @@ class Predictor:
     max_new_tokens, temperature (0: greedy), top_k, top_p, seed, stop (strings)."""
 
     def __init__(self, model: Any, params: Any, tokenizer: Any, cfg: ml_collections.ConfigDict, mesh: Mesh,
-                 stop: StopRequest | None = None, resume_key: dict[str, Any] | None = None):
+                 stop: StopRequest | None = None, resume_key: dict[str, Any] | None = None,
+                 progress: Progress = QUIET,
+                 on_answers: Callable[[list[dict[str, Any]]], None] | None = None):
         self.model, self.params, self.tokenizer, self.cfg, self.mesh = model, params, tokenizer, cfg, mesh
         # asked after each batch; what else must match for a progress file to be resumed (the checkpoint)
         self.stop, self.resume_key = stop, resume_key or {}
+        # the bar over the clips; on_answers(predictions) after each batch, as they come
+        self.progress, self.on_answers = progress, on_answers
         self.pad_id, self.stop_ids = pad_id_of(tokenizer), stop_token_ids(tokenizer)
         devices = mesh.shape["data"] * mesh.shape["fsdp"] // jax.process_count()
         if cfg.eval.batch_size % max(devices, 1):
@@ -91,15 +104,15 @@ class Predictor:
         return cut_at_stop(self.tokenizer.decode(tokens.tolist(), skip_special_tokens=True), tuple(self.cfg.eval.stop))
 
     def __call__(self, manifest: str | os.PathLike, question: str | None = None,
-                 progress: Path | None = None) -> list[dict[str, Any]]:
-        """This process's predictions. progress: this process keeps its answers batch by batch in
-        PROGRESS-i-of-n, so a stopped or killed run resumes after the last batch every process
+                 kept_in: Path | None = None) -> list[dict[str, Any]]:
+        """This process's predictions. kept_in: this process keeps its answers batch by batch in
+        KEPT_IN-i-of-n, so a stopped or killed run resumes after the last batch every process
         finished (a file made for other settings, `resume_key`, is started over); `stop` is
         asked after each batch (raises Stopped)."""
         ev = self.cfg.eval
         key = resume_key(self.cfg, manifest, question, **self.resume_key)
-        record = None if progress is None else progress.with_name(
-            f"{progress.name}-{jax.process_index()}-of-{jax.process_count()}")
+        record = None if kept_in is None else kept_in.with_name(
+            f"{kept_in.name}-{jax.process_index()}-of-{jax.process_count()}")
         kept = read_progress(record, key) if record is not None else []
         # every process resumes at the same batch: the fewest any of them finished
         start = int(np.min(multihost_utils.process_allgather(np.array(len(kept)))))
@@ -108,14 +121,26 @@ class Predictor:
         if start:
             log.info("%s: resuming after batch %d of %d (%s)", manifest, start, total, record)
         batches = prompt_batches(manifest, self.tokenizer, self.cfg, ev.batch_size, modalities=ev.modalities,
-                                 question=question, start_batch=start, find_faces=finder_for(self.cfg.data))
+                                 question=question, start_batch=start,
+                                 find_faces=finder_for(self.cfg.data.face_detector))
+        clips = len(ManifestSource(manifest))
         with contextlib.ExitStack() as files:
             files.enter_context(contextlib.closing(batches))  # the data workers, also when stopped
             out = None if record is None else files.enter_context(rewritten(record, key, kept[:start]))
+            bar = files.enter_context(self.progress.bar(total=clips, initial=min(clips, len(predictions) *
+                                                                                 jax.process_count()),
+                                                        unit="clip", desc=Path(manifest).name))
             for index, (arrays, rows) in enumerate(batches, start=start):
-                tokens = self.generate(arrays, index)
+                if index == start:  # the first batch compiles prefill and decoding
+                    with self.progress.stage("compiling generation (with the first batch)"):
+                        tokens = self.generate(arrays, index)
+                else:
+                    tokens = self.generate(arrays, index)
                 batch = [prediction(row, self.answer(t)) for row, t in zip(rows, tokens) if not row.padding]
                 predictions += batch
+                bar.update(len(batch) * jax.process_count())
+                if self.on_answers is not None:
+                    self.on_answers(batch)
                 if out is not None:
                     out.write(json.dumps({"batch": index, "predictions": batch}, ensure_ascii=False) + "\n")
                     out.flush()
@@ -126,15 +151,19 @@ class Predictor:
         return predictions
 
 
+def run_settings(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
+    """What answers depend on: the model, the pipeline's and generation's settings (not the ones
+    that change no answer: workers, threads, prefetch, the skip limit)."""
+    unused = ("workers", "threads", "prefetch", "max_skip_fraction", "min_examples", "manifest")
+    return {"model": cfg.model.to_dict(), "data": {k: v for k, v in cfg.data.to_dict().items() if k not in unused},
+            "eval": {k: v for k, v in cfg.eval.to_dict().items() if k not in unused}}
+
+
 def resume_key(cfg: ml_collections.ConfigDict, manifest: str | os.PathLike, question: str | None,
                **extra: Any) -> dict[str, Any]:
     """What must match for a progress file to be resumed: the manifest (path, size, time of its
-    last change), the question, the model, the pipeline's and generation's settings (not the
-    ones that change no answer: workers, threads, prefetch, the skip limit), the process count."""
-    unused = ("workers", "threads", "prefetch", "max_skip_fraction", "min_examples", "manifest")
-    return {"manifest": manifest_identity(manifest), "question": question,
-            "model": cfg.model.to_dict(), "data": {k: v for k, v in cfg.data.to_dict().items() if k not in unused},
-            "eval": {k: v for k, v in cfg.eval.to_dict().items() if k not in unused},
+    last change), the question, `run_settings`, the process count."""
+    return {"manifest": manifest_identity(manifest), "question": question, **run_settings(cfg),
             "processes": jax.process_count(), **extra}
 
 

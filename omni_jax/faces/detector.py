@@ -23,7 +23,7 @@ import ml_collections
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from omni_jax.conversion.engine import read_converted_config
+from omni_jax.checkpoint_dir import read_config
 from omni_jax.conversion.retinaface import BUNDLED, bundled_params, bundled_weights
 from omni_jax.errors import CheckpointRefused
 from omni_jax.models import retinaface
@@ -70,14 +70,15 @@ class FaceDetector:
 
     Picklable (data workers get their own copy): the model is built on first use in each
     process. `devices`: where batches run (default: this process's devices of the default
-    backend); batch_size is rounded up to a multiple of their count."""
+    backend, or the first `device_count` of them); batch_size is rounded up to a multiple of
+    their count."""
 
     def __init__(self, weights: str = BUNDLED, batch_size: int = 8, max_side: int = MAX_SIDE,
                  score_threshold: float = SCORE_THRESHOLD, iou_threshold: float = 0.4, max_faces: int = 32,
-                 devices: list[jax.Device] | None = None):
+                 devices: list[jax.Device] | None = None, device_count: int | None = None):
         self.weights, self.max_side, self.max_faces = str(weights), max_side, max_faces
         self.score_threshold, self.iou_threshold = score_threshold, iou_threshold
-        self.batch_size, self.devices = batch_size, devices
+        self.batch_size, self.devices, self.device_count = batch_size, devices, device_count
         self._state: dict[str, Any] | None = None
         self._lock = threading.Lock()
 
@@ -96,7 +97,7 @@ class FaceDetector:
 
     def _build(self) -> dict[str, Any]:
         cfg, params = load_weights(self.weights)
-        devices = self.devices or jax.local_devices()
+        devices = self.devices or jax.local_devices()[:self.device_count]
         mesh = Mesh(np.asarray(devices), ("batch",))
         batch = -(-self.batch_size // len(devices)) * len(devices)
         model = retinaface.RetinaFace(ml_collections.FrozenConfigDict(cfg))
@@ -141,7 +142,7 @@ def check_weights(weights: str) -> None:
     if weights == BUNDLED:
         bundled_weights()
         return
-    meta = read_converted_config(weights)
+    meta = read_config(weights)
     if meta["model_type"] != "retinaface":
         raise CheckpointRefused(f"{weights}: a {meta['model_type']!r} checkpoint, not a face detector "
                                 "(omni-jax convert-retinaface writes one)")

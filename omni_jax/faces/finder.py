@@ -2,10 +2,11 @@
 frame the principal face (`data.tracks`). One implementation for `omni-jax faces` (frames at a
 rate over the whole clip) and for the input pipeline (a line without boxes: its sampled frames).
 
-`finder_for(cfg.data)` is what the pipeline is given (`data/` does not import models): by
-`data.face_detector`, "retinaface" (the bundled MobileNet-0.25 weights), a converted RetinaFace
-checkpoint directory, or "haar" (OpenCV's cascade on each frame, the fallback where the bundled
-weights are not installed).
+`finder_for(cfg.data.face_detector)` is what the pipeline is given (`data/` does not import
+models), by the config's detector (configs/faces.py `face_detector`): kind "retinaface" with
+`weights` "" (the bundled MobileNet-0.25) or a converted RetinaFace checkpoint's folder, or kind
+"haar" (OpenCV's cascade on each frame, also the fallback where the bundled weights are not
+installed).
 """
 from __future__ import annotations
 
@@ -17,9 +18,9 @@ import numpy as np
 
 from omni_jax.conversion.retinaface import BUNDLED
 from omni_jax.data import tracks
-from omni_jax.data.pipeline import FindFaces, haar_faces
 from omni_jax.data.faces import Box
-from omni_jax.errors import MissingInputError
+from omni_jax.data.pipeline import FindFaces, haar_faces
+from omni_jax.errors import InputError, MissingInputError
 from omni_jax.faces.detector import FaceDetector, Faces, check_weights
 
 log = logging.getLogger(__name__)
@@ -58,34 +59,41 @@ class TrackedFaces:
         return [None if f["box"] is None else tuple(f["box"]) for f in self.faces_by_time(frames, list(times))]
 
 
-def weights_for(face_detector: str) -> str:
-    """The detector weights a `data.face_detector` value names: the bundled ones for "retinaface"
-    (and for "haar", where RetinaFace is asked for anyway: `omni-jax faces`), else the directory."""
-    return BUNDLED if face_detector in (RETINAFACE, HAAR) else face_detector
+KINDS = (RETINAFACE, HAAR)
 
 
-def tracked_faces(face_detector: str, batch_size: int = 8) -> TrackedFaces:
-    """RetinaFace + the tracker for `face_detector` (`weights_for`), its weights loaded and checked now."""
-    finder = TrackedFaces(FaceDetector(weights_for(face_detector), batch_size))
+def weights_for(detector: Any) -> str:
+    """The RetinaFace weights a detector config names: its checkpoint folder, or BUNDLED."""
+    if detector.kind not in KINDS:
+        raise InputError(f"face detector kind {detector.kind!r}: expected one of {', '.join(KINDS)}")
+    return detector.weights or BUNDLED
+
+
+def tracked_faces(detector: Any, batch_size: int = 8) -> TrackedFaces:
+    """RetinaFace + the tracker of a detector config (also for kind "haar": `omni-jax faces`
+    and annotate track faces over whole clips), its weights loaded and checked now."""
+    finder = TrackedFaces(FaceDetector(weights_for(detector), batch_size))
     finder.detector.load()
     return finder
 
 
-def finder_for(data: Any) -> FindFaces:
-    """The face finder `data.face_detector` names (module docstring)."""
-    return _finder(str(data.get("face_detector", RETINAFACE)))
+def finder_for(detector: Any) -> FindFaces:
+    """The face finder of a detector config (module docstring)."""
+    weights = weights_for(detector)
+    return haar_faces if detector.kind == HAAR else _finder(weights)
 
 
 @functools.cache
-def _finder(name: str) -> FindFaces:
-    if name == HAAR:
-        return haar_faces
-    weights = weights_for(name)
+def _finder(weights: str) -> FindFaces:
     try:
         check_weights(weights)  # a wrong path or model is one line now, not an error in every worker
     except MissingInputError as error:
         if weights != BUNDLED:
             raise
-        log.warning("data.face_detector=retinaface: %s; faces are found with OpenCV's Haar cascade instead", error)
+        log.warning("the face detector: %s; faces are found with OpenCV's Haar cascade instead", error)
         return haar_faces
-    return TrackedFaces(FaceDetector(weights), SAMPLED_FRAMES_TRACKER)
+    # One device: in a multi-process run without data workers the pipeline detects beside the
+    # train step, and a program over several devices then waited on the step's cross-process
+    # collective while that step's other process waited on its data (a deadlock); on one device
+    # the detection runs as soon as the step leaves the device.
+    return TrackedFaces(FaceDetector(weights, device_count=1), SAMPLED_FRAMES_TRACKER)

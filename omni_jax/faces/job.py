@@ -24,22 +24,25 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import ml_collections
 import numpy as np
-from tqdm import tqdm
 
+from omni_jax.config_flags import AT_LEAST_1, FRACTION, POSITIVE, check_ranges
 from omni_jax.data import video
 from omni_jax.data.errors import ExampleError
-from omni_jax.data.manifest import ManifestSource, resolve
+from omni_jax.data.manifest import ManifestSource, resolve, too_many_skipped
 from omni_jax.data.pipeline import local_file
 from omni_jax.errors import OutputExistsError
 from omni_jax.faces import preview
-from omni_jax.faces.finder import TrackedFaces
+from omni_jax.faces.finder import TrackedFaces, tracked_faces
 from omni_jax.process_files import lines_in_rounds, manifest_identity, write_merged
+from omni_jax.progress import QUIET, Progress
 from omni_jax.stopping import StopRequest
 
 log = logging.getLogger(__name__)
 
-RATE = 4.0  # detected frames per second, besides the sampled ones
+FIELDS = {"faces.rate": POSITIVE, "faces.num_frames": AT_LEAST_1, "faces.batch_size": AT_LEAST_1,
+          "faces.max_skip_fraction": FRACTION}
 
 
 def needs_faces(entry: Any, redo: bool) -> bool:
@@ -77,7 +80,8 @@ def _process_line(number: int, text: bytes, manifest: ManifestSource, finder: Tr
             faces = clip_faces(path, finder, rate, num_frames, preview_dir, name)
     except ExampleError as error:
         log.warning("%s:%d (%s): %s", manifest.path, number, error.reason, error)
-        return {"line": number, "text": as_given, "status": f"unreadable/{error.reason}"}
+        return {"line": number, "text": as_given, "status": f"unreadable/{error.reason}",
+                "message": f"{manifest.path}:{number}: {error}"}
     found = sum(f["box"] is not None for f in faces)
     return {"line": number, "entry": {**entry, "faces": faces}, "status": "detected",
             "times": len(faces), "with_face": found, "tracks": len({f["track"] for f in faces if "track" in f})}
@@ -108,28 +112,41 @@ def resume_key(manifest: Path, finder: TrackedFaces, rate: float, num_frames: in
             "processes": jax.process_count()}
 
 
-def run(manifest: str | os.PathLike, out: str | os.PathLike, finder: TrackedFaces, rate: float = RATE,
-        num_frames: int = video.NUM_FRAMES, redo: bool = False, preview_dir: str | os.PathLike | None = None,
-        stop: StopRequest | None = None, progress: bool = True) -> dict[str, Any]:
-    """Writes `out` (module docstring); returns the summary. Raises Stopped when `stop` is
-    reached before the last round (the same call resumes), OutputExistsError when `out` exists."""
+def run(cfg: ml_collections.ConfigDict, *, manifest: str | os.PathLike, out: str | os.PathLike,
+        preview: str | os.PathLike | None = None, stop: StopRequest | None = None,
+        progress: Progress = QUIET) -> dict[str, Any]:
+    """Writes `out` (module docstring) with the detector and settings of `cfg.faces`; returns the
+    summary, with `error` when more than faces.max_skip_fraction of the clips could not be read.
+    Raises Stopped when `stop` is reached before the last round (the same call resumes),
+    OutputExistsError when `out` exists."""
+    check_ranges(cfg, FIELDS)
+    settings = cfg.faces
     source, out = ManifestSource(manifest), Path(out)
     if out.exists():
         raise OutputExistsError(f"{out} already exists; choose a new output file")
-    preview_dir = Path(preview_dir) if preview_dir is not None else None
+    preview_dir = Path(preview) if preview is not None else None
     if preview_dir is not None:
         preview_dir.mkdir(parents=True, exist_ok=True)
+    with progress.stage("loading the face detector"):
+        finder = tracked_faces(settings.detector, settings.batch_size)
     index, count = jax.process_index(), jax.process_count()
     record_file = out.with_name(f".{out.name}.progress-{index}-of-{count}")
 
     def work(element: int) -> dict[str, Any]:
         line = source[element]
-        return _process_line(line.number, line.text, source, finder, rate, num_frames, redo, preview_dir)
-    records = lines_in_rounds(len(source), work, record_file, resume_key(source.path, finder, rate, num_frames, redo),
-                              stop, bar=lambda done, total: tqdm(total=total, initial=done, unit="line",
-                                                                 desc=f"faces {source.path.name}", disable=not progress),
+        return _process_line(line.number, line.text, source, finder, settings.rate, settings.num_frames,
+                             settings.redo, preview_dir)
+    key = resume_key(source.path, finder, settings.rate, settings.num_frames, settings.redo)
+    records = lines_in_rounds(len(source), work, record_file, key, stop,
+                              bar=lambda done, total: progress.bar(total=total, initial=done, unit="line",
+                                                                   desc=f"faces {source.path.name}"),
                               what=str(manifest))
     merged = write_merged(records, out, render=lambda r: r["text"] if "text" in r else json.dumps(
         r["entry"], ensure_ascii=False))
     record_file.unlink(missing_ok=True)
-    return summary(merged if index == 0 else records)
+    done = merged if index == 0 else records
+    result = {"out": str(out), **summary(done)}
+    unreadable = [(r["status"].split("/", 1)[1], r["message"]) for r in done if r["status"].startswith("unreadable/")]
+    failure = too_many_skipped(unreadable, result["clips"] + len(unreadable), settings.max_skip_fraction,
+                               "faces.max_skip_fraction", what="clips")
+    return {**result, "error": failure} if failure else result

@@ -85,7 +85,7 @@ def _chosen(name: str, value: object, choices: object, flag: str) -> None:
     if value is None:
         raise InputError(f"--format {name} with a --labels folder takes {flag} (one of {choices})")
     if value not in choices:
-        raise InputError(f"{flag} {value}: {name} has {choices}")
+        raise InputError(f"{flag}={value}: {name} has {choices}")
 
 
 def locate(name: str, labels: Path, split: str | None, fold: int | None) -> Path:
@@ -94,16 +94,17 @@ def locate(name: str, labels: Path, split: str | None, fold: int | None) -> Path
     if labels.is_file() and form.folder:
         raise InputError(f"--labels {labels}: {name} reads a folder, not a file")
     chooses = labels.is_dir() and form.files
-    for flag, value, used in (("--split", split, chooses and form.splits), ("--fold", fold, chooses and form.folds)):
+    for field, value, used in (("split", split, chooses and form.splits), ("fold", fold, chooses and form.folds)):
         if value is not None and not used:
-            raise InputError(f"{flag} {value}: {name} with --labels {labels} has no {flag[2:]}s to choose from"
+            raise InputError(f"--config.manifest.{field}={value}: {name} with --labels {labels} has no {field}s to "
+                             "choose from"
                              + (" (name the folder above the file instead)" if labels.is_file() and form.files else ""))
     if not chooses:
         return labels
     if form.splits:
-        _chosen(name, split, form.splits, "--split")
+        _chosen(name, split, form.splits, "--config.manifest.split")
     if form.folds:
-        _chosen(name, fold, tuple(range(1, form.folds + 1)), "--fold")
+        _chosen(name, fold, tuple(range(1, form.folds + 1)), "--config.manifest.fold")
     tried = [labels / pattern.format(split=split, fold=fold) for pattern in form.files]
     found = next((path for path in tried if path.exists()), None)
     if found is None:

@@ -1,7 +1,8 @@
 """`omni-jax manifest`: a benchmark's labels and media → a manifest of one phase (docs/data.md).
 
-    summary = run("dfew", "EmoLabel_DataSplit", "Clip/original", "dfew_test.jsonl", vocabulary,
-                  split="test", fold=1)
+    cfg = load_config("manifest")            # cfg.manifest: phase, split, fold, classes; cfg.evals
+    cfg.manifest.update(split="test", fold=1)
+    summary = run(cfg, format="dfew", labels="EmoLabel_DataSplit", media="Clip/original", out="dfew_test.jsonl")
 
 Every row of the labels is read (a malformed one is an InputError naming its line, and nothing
 is written); a row whose media is missing under --media, or that the phase cannot use (an
@@ -17,12 +18,16 @@ from glob import escape
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-from omni_jax.data.synth import turns
+import ml_collections
+
+from omni_jax.config_flags import Range, check_ranges
+from omni_jax.data.manifest import turns
 from omni_jax.errors import InputError, MissingInputError, OutputExistsError
 from omni_jax.manifests import formats
 from omni_jax.manifests.readers import Row
 from omni_jax.manifests.vocabulary import Vocabulary
 from omni_jax.process_files import write_jsonl
+from omni_jax.progress import QUIET, Progress
 
 PHASES = ("eval", "face_alignment", "audio_alignment", "instruction_tuning")
 SHOWN = 3  # skipped rows the summary names
@@ -50,7 +55,7 @@ def find_media(media: Path, candidates: tuple[str, ...]) -> Path | None:
 
 
 def read_classes(path: Path) -> dict[str, str]:
-    """--classes FILE.json: a JSON object, class token (a number or the dataset's word) → name."""
+    """manifest.classes: a JSON object, class token (a number or the dataset's word) → name."""
     try:
         table = json.loads(path.read_text(encoding="utf-8-sig"))
     except json.JSONDecodeError as error:
@@ -141,11 +146,11 @@ def _checked(labels: Path, media: Path, out: Path) -> None:
 
 
 def _names(name: str, classes: str | os.PathLike | None, vocabulary: Vocabulary) -> dict[str, str]:
-    """Class token → the project's name: the format's table, or --classes in its place."""
+    """Class token → the project's name: the format's table, or manifest.classes in its place."""
     table = formats.get(name).table
-    if classes is not None and table is None:
-        raise InputError(f"--classes {classes}: {name} has no class labels to name")
-    table = read_classes(Path(classes)) if classes is not None else table or {}
+    if classes and table is None:
+        raise InputError(f"--config.manifest.classes={classes}: {name} has no class labels to name")
+    table = read_classes(Path(classes)) if classes else table or {}
     return {token: vocabulary.class_name(word) for token, word in table.items()}
 
 
@@ -172,22 +177,25 @@ def _collect(rows: Iterable[Row], names: Mapping[str, str], name: str, media: Pa
     return lines, skips, by_label, count
 
 
-def run(name: str, labels: str | os.PathLike, media: str | os.PathLike, out: str | os.PathLike,
-        vocabulary: Vocabulary, phase: str | None = None, split: str | None = None, fold: int | None = None,
-        classes: str | os.PathLike | None = None) -> dict[str, Any]:
-    """Writes `out`, the manifest of format `name`'s labels for `phase` (default: the format's);
-    returns the summary: lines written, rows read, skipped by reason (and the first few),
-    rows written by label."""
+def run(cfg: ml_collections.ConfigDict, *, format: str, labels: str | os.PathLike, media: str | os.PathLike,
+        out: str | os.PathLike, progress: Progress = QUIET) -> dict[str, Any]:
+    """Writes `out`, the manifest of `format`'s labels for cfg.manifest.phase (default: the
+    format's first), in the classes and questions of cfg.evals; returns the summary: lines
+    written, rows read, skipped by reason (and the first few), rows written by label."""
+    name, settings = format, cfg.manifest
+    check_ranges(cfg, {"manifest.fold": Range(0, 5), "manifest.phase": ("", *PHASES)})
     form = formats.get(name)
-    phase = phase or form.phases[0]
+    phase = settings.phase or form.phases[0]
     if phase not in form.phases:
-        raise InputError(f"--phase {phase}: {name} can write {list(form.phases)}")
+        raise InputError(f"--config.manifest.phase={phase}: {name} can write {list(form.phases)}")
     labels, media, out = Path(labels).absolute(), Path(media).absolute(), Path(out).absolute()
     _checked(labels, media, out)
-    names = _names(name, classes, vocabulary)
+    vocabulary = Vocabulary.from_evals(cfg.evals)
+    names = _names(name, settings.classes, vocabulary)
     build = getattr(Lines(name, vocabulary, form.asks, vocabulary.options(names.values()) if names else None), phase)
-    rows = form.read(formats.locate(name, labels, split, fold), labels)
-    lines, skips, by_label, count = _collect(rows, names, name, media, out.parent, build)
+    rows = form.read(formats.locate(name, labels, settings.split or None, settings.fold or None), labels)
+    with progress.stage(f"reading {name}'s labels"):
+        lines, skips, by_label, count = _collect(rows, names, name, media, out.parent, build)
     if not lines:
         raise InputError(f"{name}: none of the {count} rows of {labels} made a line: "
                          + ("; ".join(m for _, m in skips[:SHOWN]) or "the labels name no clip"))

@@ -43,9 +43,9 @@ import ml_collections
 
 from omni_jax.errors import InputError
 from omni_jax.layers import Attention, LayerNorm, layer_dtypes
+from omni_jax.modality_tokens import audio_input_frames
 from omni_jax.models import facexformer, whisper
 from omni_jax.models.llava_onevision import LlavaOnevisionForConditionalGeneration, merge_at_placeholders
-from omni_jax.modality_tokens import audio_input_frames
 
 FUSIONS = ("video_concat", "frame_concat", "frame_cross_attention")
 

@@ -19,8 +19,17 @@ import jax.numpy as jnp
 import ml_collections
 
 from omni_jax.errors import InputError
-from omni_jax.layers import (Attention, CausalMask, DenseGeneral, Embed, GatedMlp, RMSNorm, apply_layers,
-                             layer_dtypes, rotary_cos_sin)
+from omni_jax.layers import (
+    Attention,
+    CausalMask,
+    DenseGeneral,
+    Embed,
+    GatedMlp,
+    RMSNorm,
+    apply_layers,
+    layer_dtypes,
+    rotary_cos_sin,
+)
 
 ACT = ("activation_batch", "activation_length", "activation_embed")
 

@@ -11,8 +11,8 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
-from omni_jax.models.omni_emotion import OmniEmotion
 from omni_jax.modality_tokens import IGNORE
+from omni_jax.models.omni_emotion import OmniEmotion
 
 
 def next_token_targets(labels: jax.Array) -> jax.Array:

@@ -20,10 +20,14 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from omni_jax import xla_cpu
+from omni_jax.config_flags import AT_LEAST_1, check_ranges
 from omni_jax.errors import InputError
 from omni_jax.flops import count_flops
 from omni_jax.modality_tokens import audio_input_frames, parse_modalities, placeholder_counts
-from omni_jax.sharding import MESH_AXES, dcn_granules
+from omni_jax.progress import QUIET, Progress
+from omni_jax.sharding import DCN_FIELDS, MESH_AXES, dcn_granules, make_mesh
+from omni_jax.train.step import FIELDS as TRAIN_FIELDS
 from omni_jax.train.step import make_trainer, training_model_config
 
 
@@ -36,7 +40,7 @@ def abstract_batch(cfg: ml_collections.ConfigDict, batch: int, seq: int) -> dict
     counts = placeholder_counts(model)
     needed = video * (counts["video"] + 2) + audio * (counts["audio"] + 2)
     if seq < needed:
-        raise InputError(f"--seq {seq} is shorter than the {needed} multimodal positions of one clip")
+        raise InputError(f"--config.plan.seq_len={seq} is shorter than the {needed} multimodal positions of one clip")
     f, size, face = model.num_frames, model.vision.image_size, model.face.swin.image_size
     spec = jax.ShapeDtypeStruct
     tokens = {key: spec((batch, seq), jnp.int32) for key in ("input_ids", "attention_mask", "labels")}
@@ -100,6 +104,34 @@ def plan_train_step(cfg: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, bat
             "dcn_mesh": dict(zip(MESH_AXES, dcn_shape)),
             "dcn_axes": [axis for axis, n in zip(MESH_AXES, dcn_shape) if n > 1],
             **{f"dcn_{kind}_bytes_per_device": n for kind, n in dcn_collective_bytes(hlo, granules).items()}}
+
+
+def mesh_devices(mesh: ml_collections.ConfigDict, devices: int) -> int:
+    """How many devices `mesh` (cfg.mesh: ICI sizes, one may be -1, and DCN sizes) spans: its
+    product, or `devices` where an axis takes the rest."""
+    ici, dcn = [mesh[axis] for axis in MESH_AXES], [mesh[field] for field in DCN_FIELDS]
+    return devices if -1 in ici else math.prod(ici) * math.prod(dcn)
+
+
+def run(cfg: ml_collections.ConfigDict, *, progress: Progress = QUIET) -> dict[str, Any]:
+    """`omni-jax plan`: the config's train step compiled for cfg.mesh on simulated CPU devices,
+    at plan.seq_len tokens per clip and the config's global batch; bytes (also in GiB) and FLOPs
+    per device and step, collectives, what crosses DCN."""
+    check_ranges(cfg, {"plan.seq_len": AT_LEAST_1, "plan.devices": AT_LEAST_1}, TRAIN_FIELDS)
+    devices = mesh_devices(cfg.mesh, cfg.plan.devices)
+    xla_cpu.simulate_devices(devices)
+    # the simulated devices stand for the slices by position, as make_mesh lays them out (DCN-major)
+    dcn = {axis: cfg.mesh[f"dcn_{axis}"] for axis in MESH_AXES}
+    per_slice = devices // math.prod(dcn.values())
+    known = math.prod(cfg.mesh[axis] for axis in MESH_AXES if cfg.mesh[axis] != -1)
+    ici = {axis: per_slice // known if cfg.mesh[axis] == -1 else cfg.mesh[axis] for axis in MESH_AXES}
+    with progress.stage(f"compiling the train step for {devices} simulated devices"):
+        mesh = make_mesh(**{axis: ici[axis] * dcn[axis] for axis in MESH_AXES}, devices=jax.devices("cpu")[:devices])
+        result = plan_train_step(cfg, mesh, cfg.train.global_batch_size, cfg.plan.seq_len, dcn=dcn)
+    gib = lambda n: f"{n / 2**30:.3f} GiB"
+    return {**{k: v for k, v in result.items() if not k.endswith("bytes_per_device")},
+            **{k.replace("_bytes", ""): gib(v) for k, v in result.items() if k.endswith("bytes_per_device")},
+            **{k: v for k, v in result.items() if k.endswith("bytes_per_device")}}
 
 
 COLLECTIVES = ("all-gather", "reduce-scatter", "all-reduce", "all-to-all", "collective-permute")

@@ -28,7 +28,10 @@ from flax import traverse_util
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from omni_jax import registry, sharding
+from omni_jax.config_flags import AT_LEAST_0, AT_LEAST_1, FRACTION, POSITIVE, Range
 from omni_jax.errors import CheckpointRefused, InputError
+from omni_jax.layers.attention import IMPLEMENTATIONS
+from omni_jax.layers.scan import REMAT_POLICIES
 from omni_jax.models.omni_emotion import OmniEmotion
 from omni_jax.pretrained import override_fields, with_attention
 from omni_jax.train.loss import next_token_loss
@@ -41,6 +44,15 @@ PHASES: dict[str, tuple[str, ...]] = {
     "instruction_tuning": ("multi_modal_projector", "audio_projector", "face_encoder/projector",
                            "face_cross_attention", "frame_embedding", "language_model"),
 }
+
+DTYPES = ("float32", "bfloat16", "float16")
+# the train section's fields the step reads (config_flags.check_ranges)
+FIELDS = {"train.phase": tuple(PHASES), "train.global_batch_size": AT_LEAST_1, "train.microbatches": AT_LEAST_1,
+          "train.learning_rate": POSITIVE, "train.warmup_fraction": FRACTION,
+          "train.final_learning_rate_fraction": FRACTION, "train.weight_decay": AT_LEAST_0,
+          "train.adam_b1": Range(0, 1, open_high=True), "train.adam_b2": Range(0, 1, open_high=True),
+          "train.adam_eps": POSITIVE, "train.max_grad_norm": AT_LEAST_0, "train.remat": tuple(REMAT_POLICIES),
+          "train.attention_impl": IMPLEMENTATIONS, "train.param_dtype": DTYPES, "train.compute_dtype": DTYPES}
 
 
 def training_model_config(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:

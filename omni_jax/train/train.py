@@ -1,7 +1,7 @@
 """`omni-jax train`: one phase of Omni-Emotion training, from one CPU to a pod, read top to bottom.
 
-    omni-jax train --config configs/omni_emotion.py:7b,audio_alignment --workdir runs/phase1 \\
-                   --init ckpt/omni-emotion-7b [--config.data.manifest=train.jsonl ...]
+    omni-jax train --config omni_emotion:7b,audio_alignment --workdir runs/phase1 \\
+                   --init ckpt/omni-emotion-7b --config.data.manifest=train.jsonl
 
 WORKDIR holds the run: config.json (the config as run, the base checkpoint), checkpoints/
 (orbax: the trainable parameters, optimizer state, step and data position; see
@@ -31,17 +31,23 @@ import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
 from omni_jax import registry
+from omni_jax.atomic import atomic_write
+from omni_jax.config_flags import AT_LEAST_0, AT_LEAST_1, check_ranges
+from omni_jax.data import pipeline
 from omni_jax.data.manifest import ManifestSource
 from omni_jax.data.pipeline import global_batch, make_pipeline, pad_id_of
 from omni_jax.errors import CheckpointRefused, InputError, RunStopped
 from omni_jax.eval.evaluators import from_config
+from omni_jax.eval.predict import FIELDS as EVAL_FIELDS
 from omni_jax.eval.predict import Predictor
 from omni_jax.faces.finder import finder_for
 from omni_jax.flops import count_flops
 from omni_jax.pretrained import load_pretrained, save_pretrained
-from omni_jax.runs import RUN_FILE, load_tokenizer, nested_run_config, resolve_checkpoint, run_config
+from omni_jax.progress import QUIET, Progress
+from omni_jax.runs import RUN_FILE, load_tokenizer, resolve_checkpoint, run_config
 from omni_jax.sharding import make_mesh
 from omni_jax.stopping import StopRequest
+from omni_jax.train import step as train_step
 from omni_jax.train.checkpoint import Checkpoints
 from omni_jax.train.metric_logger import MetricLogger, peak_flops
 from omni_jax.train.step import Trainer, make_trainer, training_model_config
@@ -50,15 +56,16 @@ log = logging.getLogger(__name__)
 
 # Fields a resumed run may change without train.allow_config_change: where it runs and how
 # it reports, not what it computes (a restored state fits any mesh).
-RESUMABLE = ("mesh", "data.workers", "data.threads", "data.prefetch", "train.log_every", "train.profile_steps",
+RESUMABLE = ("mesh", "data.workers", "data.threads", "data.prefetch", "train.log_every", "train.profile",
              "train.checkpoint_every", "train.checkpoint_every_minutes", "train.keep_checkpoints", "train.keep_every",
              "train.peak_flops_per_device", "train.allow_config_change", "train.eval_every", "train.attention_impl",
-             "eval", "evals")
-
-
-# Fields added since a workdir may have been recorded, with the value its run had before they
-# existed: a resumed run keeps it (the pipeline found faces with OpenCV's Haar cascade).
-ADDED_FIELDS = {("data", "face_detector"): "haar"}
+             "eval", "evals", "plan", "infer", "check", "score", "convert")
+# the loop's fields (config_flags.check_ranges; the step's are train.step.FIELDS)
+FIELDS = {"train.steps": AT_LEAST_0, "train.seed": AT_LEAST_0, "train.max_nonfinite_steps": AT_LEAST_1,
+          "train.checkpoint_every": AT_LEAST_0, "train.checkpoint_every_minutes": AT_LEAST_0,
+          "train.keep_checkpoints": AT_LEAST_1, "train.keep_every": AT_LEAST_0, "train.log_every": AT_LEAST_1,
+          "train.peak_flops_per_device": AT_LEAST_0, "train.profile.first_step": AT_LEAST_0,
+          "train.profile.last_step": AT_LEAST_0, "train.eval_every": AT_LEAST_0}
 
 
 class NonFiniteError(RunStopped):
@@ -75,17 +82,10 @@ def check_workdir(workdir: Path, cfg: ml_collections.ConfigDict, init: Path | No
     record = {"config": cfg.to_dict(), "init": str(init.absolute()) if init else None}
     path = workdir / RUN_FILE
     if path.exists():
-        before = json.loads(path.read_text())
-        before["config"] = nested_run_config(before["config"])  # a workdir recorded before `model` was a section
-        for (section, name), old in ADDED_FIELDS.items():
-            recorded = before["config"].get(section, {})
-            if name not in recorded:
-                recorded[name] = old
-                if cfg[section][name] != old and not cfg.train.allow_config_change:
-                    log.info("%s was recorded before %s.%s: resuming with the %r its run had", workdir, section,
-                             name, old)
-                    cfg[section][name] = old
-                    record["config"][section][name] = old
+        try:
+            before = json.loads(path.read_text())
+        except json.JSONDecodeError as error:
+            raise CheckpointRefused(f"{path}: not JSON ({error}); the record of the run this workdir holds") from None
         differences = _differences(before, json.loads(json.dumps(record)))
         differences = [d for d in differences if not any(d.startswith(f"config.{field}") for field in RESUMABLE)]
         if differences and not cfg.train.allow_config_change:
@@ -93,12 +93,9 @@ def check_workdir(workdir: Path, cfg: ml_collections.ConfigDict, init: Path | No
                                      "use a new --workdir, or --config.train.allow_config_change=true to resume "
                                      "with this one")
     if jax.process_index() == 0:
-        workdir.mkdir(parents=True, exist_ok=True)
-        # Renamed into place: another host checking a resumed run reads the old record or the
-        # new one, never a file cut open (a rewrite in place once gave it "").
-        tmp = workdir / f".{RUN_FILE}.tmp"
-        tmp.write_text(json.dumps(record, indent=2, default=str))
-        os.replace(tmp, path)
+        # renamed into place: another host checking a resumed run reads the old record or the new one
+        with atomic_write(path) as tmp:
+            tmp.write_text(json.dumps(record, indent=2, default=str))
 
 
 def _differences(before: Any, after: Any, where: str = "") -> list[str]:
@@ -148,12 +145,17 @@ def align_hosts(name: str, minutes: float = 10) -> None:
     ocp.multihost.get_barrier_sync_fn()(key=name, timeout_ms=int(minutes * 60_000))
 
 
-def train(cfg: ml_collections.ConfigDict, workdir: str | os.PathLike, init: str | os.PathLike | None = None,
-          progress: bool = True, model_overrides: Sequence[str] = ()) -> dict[str, Any]:
+def run(cfg: ml_collections.ConfigDict, *, workdir: str | os.PathLike, init: str | os.PathLike | None = None,
+        model_overrides: Sequence[str] = (), stop: StopRequest | None = None,
+        progress: Progress = QUIET) -> dict[str, Any]:
     """Runs (or resumes) one training phase in `workdir`; returns a summary. With `init`, the
-    model is the checkpoint's; `model_overrides` are the model fields the command line set
-    (`runs.run_config` applies those a fine-tune may change and refuses the rest)."""
+    model is the checkpoint's; `model_overrides` are the model fields the caller set
+    (`runs.run_config` applies those a fine-tune may change and refuses the rest). `stop` is
+    asked after every step: the run saves and returns, `stopped` "preempted" or "interrupted"."""
+    check_ranges(cfg, FIELDS, train_step.FIELDS, pipeline.FIELDS, EVAL_FIELDS)
     workdir = Path(workdir)
+    if workdir.exists() and not workdir.is_dir():
+        raise InputError(f"--workdir {workdir}: a file, where the run's folder is expected")
     init = resolve_checkpoint(init)
     cfg = run_config(cfg, init, model_overrides)
     if not cfg.data.manifest:
@@ -172,37 +174,40 @@ def train(cfg: ml_collections.ConfigDict, workdir: str | os.PathLike, init: str 
     pipeline_cfg = ml_collections.ConfigDict(cfg.to_dict())
     pipeline_cfg.data.epochs = None  # the run ends by its step count (see the module docstring)
     data = iter(make_pipeline(cfg.data.manifest, tokenizer, pipeline_cfg, modalities=cfg.train.modalities,
-                              find_faces=finder_for(cfg.data)))
+                              find_faces=finder_for(cfg.data.face_detector)))
     align_hosts("omni_jax_train_start")  # before the first collective: the checkpoints' sync
     checkpoints = Checkpoints(workdir / "checkpoints", cfg.train.keep_checkpoints, cfg.train.keep_every)
-    state, frozen = trainer.init_state(initial_params(trainer, cfg, init))
+    with progress.stage("loading the parameters" if init else "initialising the parameters"):
+        state, frozen = trainer.init_state(initial_params(trainer, cfg, init))
     start = checkpoints.latest_step()
     if start is not None:
-        state = checkpoints.restore(start, trainer.abstract_state, data)
+        with progress.stage(f"restoring step {start}"):
+            state = checkpoints.restore(start, trainer.abstract_state, data)
         log.info("resumed from step %d (%s)", start, workdir / "checkpoints")
     step = int(state["step"])
     pad_id, flops = pad_id_of(tokenizer), {}
-    preemption, stopped = StopRequest(), "finished"
-    logger = None
-    last_save, profiling = time.monotonic(), False
+    stopped, logger = "finished", None
+    last_save, profiling, profile = time.monotonic(), False, cfg.train.profile
     try:
         while step < steps:
             host_batch = next(data)
             batch = global_batch(host_batch, mesh, pad_id)
             length = batch["input_ids"].shape[1]
-            if length not in flops:  # per bucket: the step's jaxpr, counted as `plan` counts it
-                with trainer.activate():
-                    flops[length] = count_flops(trainer.step.trace(state, frozen, batch).jaxpr.jaxpr)
             if logger is None:
                 peak = peak_flops(jax.devices()[0].device_kind, cfg.train.peak_flops_per_device)
-                logger = MetricLogger(workdir, steps, step, peak, cfg.train.log_every, progress)
-            if cfg.train.profile_steps and step + 1 == cfg.train.profile_steps[0]:
+                logger = MetricLogger(workdir, steps, step, peak, cfg.train.log_every, progress.enabled)
+            if profile.first_step and step + 1 == profile.first_step:
                 jax.profiler.start_trace(str(workdir / "profile"))
                 profiling = True
             with trainer.activate():
-                state, metrics = trainer.step(state, frozen, batch)
+                if length in flops:
+                    state, metrics = trainer.step(state, frozen, batch)
+                else:  # a new bucket: traced, counted as `plan` counts it, compiled with its first step
+                    with progress.stage(f"compiling the train step for {length} tokens (and running it)"):
+                        flops[length] = count_flops(trainer.step.trace(state, frozen, batch).jaxpr.jaxpr)
+                        state, metrics = jax.block_until_ready(trainer.step(state, frozen, batch))
             step += 1
-            if profiling and step == cfg.train.profile_steps[-1]:
+            if profiling and step >= max(profile.last_step, profile.first_step):
                 jax.block_until_ready(state)
                 jax.profiler.stop_trace()
                 profiling = False
@@ -221,7 +226,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str | os.PathLike, init: str 
                 late = time.monotonic() - last_save > 60 * cfg.train.checkpoint_every_minutes
                 # every process must save at the same step: process 0's clock decides
                 due = bool(multihost_utils.broadcast_one_to_all(np.bool_(late))) if jax.process_count() > 1 else late
-            preempted = preemption.reached()
+            preempted = stop is not None and stop.reached()
             if due or preempted or step == steps:
                 logger.flush()  # a restored run's metrics.jsonl then runs up to its checkpoint
                 checkpoints.save(step, state, data)
@@ -231,13 +236,12 @@ def train(cfg: ml_collections.ConfigDict, workdir: str | os.PathLike, init: str 
                 logger.write_eval(step, {name: dict(evaluator.run(predict, workdir / "eval" / f"step_{step}"))
                                          for name, evaluator in evaluators})
             if preempted:
-                stopped = "interrupted" if preemption.interrupted else "preempted"
+                stopped = "interrupted" if stop.interrupted else "preempted"
                 break
         checkpoints.wait()
     finally:
         if profiling:  # the run ended (or was preempted, or failed) inside the profiled steps
             jax.profiler.stop_trace()
-        preemption.close()
         if logger is not None:
             logger.close()
         checkpoints.close()
@@ -249,7 +253,8 @@ def train(cfg: ml_collections.ConfigDict, workdir: str | os.PathLike, init: str 
     if stopped == "finished":
         provenance = {"trained": {"phase": cfg.train.phase, "steps": step, "workdir": str(workdir.absolute()),
                                   "base": str(init.absolute()) if init else f"initialised, seed {cfg.train.seed}"}}
-        final = save_pretrained(workdir / "final", trainer.config, trainer.params(state, frozen),
-                                workdir / "tokenizer", provenance)
+        with progress.stage("writing final/"):
+            final = save_pretrained(workdir / "final", trainer.config, trainer.params(state, frozen),
+                                    workdir / "tokenizer", provenance)
         summary["final"] = str(final)
     return summary

@@ -19,13 +19,13 @@ import numpy as np
 import pytest
 import soundfile
 
-from configs import annotate as annotate_config
-from configs import omni_emotion
+from omni_jax.configs import annotate as annotate_config
+from omni_jax.configs import omni_emotion
 from omni_jax import cli
 from omni_jax.annotate import job, prompts, review
 from omni_jax.data.media_writer import write_media
 from tests import media
-from tests.openai_stub import Reply, Request, StubServer
+from omni_jax.testing.openai_stub import Reply, Request, StubServer
 from tests.tokenizer import qwen2_test_tokenizer
 
 REPO = Path(__file__).resolve().parents[2]
@@ -329,7 +329,7 @@ def test_the_review_sheet_and_its_import(annotated, reviewed):
 def test_the_manifests_train_and_evaluate(annotated, reviewed, tmp_path):
     """phase 3's manifest trains the tiny model two steps; `omni-jax eval` evaluates the result
     on the human-reviewed clips' open-vocabulary manifest."""
-    out, tiny = annotated["out"], str(REPO / "configs/omni_emotion.py:tiny")
+    out, tiny = annotated["out"], "omni_emotion:tiny"
     qwen2_test_tokenizer(omni_emotion.get_config("tiny").model).save_pretrained(tmp_path / "tokenizer")
     workdir = tmp_path / "train"
     assert cli.main(["--json", "train", "--config", tiny, "--workdir", str(workdir),

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 
 import omni_jax
-from configs import omni_emotion as omni_configs
+from omni_jax.configs import omni_emotion as omni_configs
 from omni_jax import registry
 from omni_jax.conversion import ConversionError
 from omni_jax.conversion.assemble import assemble_omni_emotion
-from omni_jax.conversion.engine import save_params
+from omni_jax.checkpoint_dir import save_params
 from omni_jax.modality_tokens import SPECIAL_TOKENS
 
 REPO = Path(__file__).resolve().parents[2]
@@ -28,7 +28,7 @@ def _random_part(dst, family_name, config, seed):
     leaves, treedef = jax.tree.flatten(shapes)
     rng = np.random.RandomState(seed)
     params = jax.tree.unflatten(treedef, [rng.randn(*s.shape).astype(np.float32) for s in leaves])
-    save_params(dst, family, config, params)
+    save_params(dst, family.model_type, config, params)
     return params
 
 
@@ -75,10 +75,9 @@ def test_mismatched_or_wrong_parts_are_named_and_nothing_is_written(parts, tmp_p
     _random_part(tmp_path / "whisper_long", "whisper", bigger, 3)
     with pytest.raises(ConversionError, match=r"'audio_encoder/embed_positions/embedding' .*expected \[30, 32\], "
                                               r"found \[40, 32\]"):
-        assemble_omni_emotion(root / "llava", tmp_path / "whisper_long", root / "face", tmp_path / "out", cfg,
-                              progress=False)
+        assemble_omni_emotion(root / "llava", tmp_path / "whisper_long", root / "face", tmp_path / "out", cfg)
     with pytest.raises(ConversionError, match="holds a 'facexformer' checkpoint; expected 'whisper'"):
-        assemble_omni_emotion(root / "llava", root / "face", root / "face", tmp_path / "out", cfg, progress=False)
+        assemble_omni_emotion(root / "llava", root / "face", root / "face", tmp_path / "out", cfg)
     assert not (tmp_path / "out").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
 
@@ -96,8 +95,8 @@ def assembled(parts, tmp_path_factory):
     capture = io.StringIO()
     with contextlib.redirect_stdout(capture):
         assert cli.main(["--json", "assemble", "--llava", str(root / "llava"), "--whisper", str(root / "whisper"),
-                         "--face", str(root / "face"), "--config", str(REPO / "configs/omni_emotion.py:tiny"),
-                         "--fusion", "frame_cross_attention", "--dst", str(dst)]) == 0
+                         "--face", str(root / "face"), "--config", "omni_emotion:tiny",
+                         "--config.model.fusion=frame_cross_attention", "--dst", str(dst)]) == 0
     return json.loads(capture.getvalue().splitlines()[-1]), dst
 
 
@@ -114,7 +113,7 @@ def test_export_to_safetensors_and_back(assembled, tmp_path):
     from safetensors import safe_open
 
     from omni_jax import cli
-    from omni_jax.conversion.engine import flat_leaves
+    from omni_jax.checkpoint_dir import flat_leaves
 
     # `omni-jax export` / `convert` (convert/*.py run the same functions: test_engine.py's scripts test)
     assert cli.main(["export", "--src", str(assembled[1]), "--dst", str(tmp_path / "safetensors")]) == 0

@@ -114,8 +114,9 @@ def test_full_size_release_converts_and_loads(release, tmp_path):
     dst = tmp_path / "face"
     # from another folder, with relative paths, as a user types it
     run = subprocess.run([sys.executable, str(REPO / "convert/facexformer_to_orbax.py"), "--src",
-                          os.path.relpath(path, tmp_path), "--dst", "face", "--seed", "3", "--face-grid", "12x16",
-                          "--llm-width", "896"], capture_output=True, text=True, cwd=tmp_path)
+                          os.path.relpath(path, tmp_path), "--dst", "face", "--config.convert.seed=3",
+                          "--config.model.face.face_grid=12,16", "--config.model.face.llm_width=896"],
+                         capture_output=True, text=True, cwd=tmp_path)
     assert run.returncode == 0, run.stderr
     assert "dropping FaceXFormer's task decoder" in run.stderr and "positional matrix: 1 tensor(s)" in run.stderr
     assert "face_tokens: 192" in run.stdout and "initialised, seed 3" in run.stdout
@@ -139,7 +140,7 @@ def test_truncated_release_names_every_missing_tensor(tmp_path):
     lost = [k for k in table if k.startswith("backbone.0.7.1.")] + ["linear_fuse.weight"]
     path = _shapes_only(tmp_path / "truncated.pt", {k: s for k, s in table.items() if k not in lost})
     with pytest.raises(ConversionError) as error:
-        convert_facexformer(path, tmp_path / "out", progress=False)
+        convert_facexformer(path, tmp_path / "out")
     assert "missing key 'backbone.0.7.1.attn.qkv.weight': expected [3072, 1024]" in str(error.value)
     assert "missing key 'linear_fuse.weight': expected [256, 1024, 1, 1]" in str(error.value)
     # 17 parameters of that block (q, k and v each miss their third of qkv.weight and .bias) + linear_fuse
@@ -150,7 +151,7 @@ def test_truncated_release_names_every_missing_tensor(tmp_path):
 def test_mis_shaped_and_unknown_tensors_are_named(tmp_path):
     table = {**release_table(), "linear_c.1.proj.weight": (256, 128), "backbone.0.9.0.norm1.weight": (1024,)}
     with pytest.raises(ConversionError) as error:
-        convert_facexformer(_shapes_only(tmp_path / "bad.pt", table), tmp_path / "out", progress=False)
+        convert_facexformer(_shapes_only(tmp_path / "bad.pt", table), tmp_path / "out")
     assert "shape mismatch for 'linear_c.1.proj.weight': expected [256, 256], found [256, 128]" in str(error.value)
     assert "unexpected key 'backbone.0.9.0.norm1.weight' [1024]" in str(error.value)
     assert not (tmp_path / "out").exists()

@@ -3,8 +3,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from omni_jax.data.audio import (WINDOW_SAMPLES, AudioError, load_audio, load_audio_features, log_mel_spectrogram,
-                                 log_mel_spectrogram_jax, split_windows)
+from omni_jax.data.audio import (
+    WINDOW_SAMPLES,
+    AudioError,
+    load_audio,
+    load_audio_features,
+    log_mel_spectrogram,
+    log_mel_spectrogram_jax,
+    split_windows,
+)
 from tests import media
 from tests.media import tone, write_audio, write_video
 

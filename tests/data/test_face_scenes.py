@@ -1,4 +1,4 @@
-"""The face scenes (omni_jax.data.face_scenes): every clip decodes as written, and its ground truth
+"""The face scenes (omni_jax.testing.face_scenes): every clip decodes as written, and its ground truth
 is where the face is — measured on the decoded pixels against the photograph's face, with the
 photograph's face box checked by an independent detector (OpenCV's Haar cascade)."""
 import math
@@ -7,7 +7,8 @@ import cv2
 import numpy as np
 import pytest
 
-from omni_jax.data import face_scenes, video
+from omni_jax.data import video
+from omni_jax.testing import face_scenes
 
 WIDTH, HEIGHT = face_scenes.SIZE
 MATCH = 0.95  # NCC of a true box ≥ 0.99 (0.99 at 40 px); a box off by 10 % of its width scores ~0.76

@@ -5,8 +5,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from omni_jax.data.faces import (IMAGENET_MEAN, IMAGENET_STD, bicubic_matrix, centre_box, expand_box, face_crops,
-                                 nearest_boxes, resize_bicubic)
+from omni_jax.data.faces import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    bicubic_matrix,
+    centre_box,
+    expand_box,
+    face_crops,
+    nearest_boxes,
+    resize_bicubic,
+)
 
 HEIGHT, WIDTH = 240, 320
 

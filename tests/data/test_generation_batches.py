@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from configs import omni_emotion
+from omni_jax.configs import omni_emotion
 from omni_jax.data import generation_batches, text
 from omni_jax.modality_tokens import placeholder_counts
 from tests import media

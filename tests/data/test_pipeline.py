@@ -4,11 +4,11 @@ import json
 import logging
 
 import grain
-from etils import epath
 import numpy as np
 import pytest
+from etils import epath
 
-from configs import omni_emotion
+from omni_jax.configs import omni_emotion
 from omni_jax import cli
 from omni_jax.data import audio, faces, pipeline, video
 from omni_jax.modality_tokens import IGNORE, placeholder_counts
@@ -251,7 +251,7 @@ def test_bucket_and_repad():
 def test_data_check_cli_counts_every_reason(bad_manifest, tmp_path, capsys):
     cfg = tiny()
     qwen2_test_tokenizer(cfg.model).save_pretrained(tmp_path / "tok")
-    argv = ["--json", "data-check", "--manifest", str(bad_manifest), "--config", "configs/omni_emotion.py:tiny",
+    argv = ["--json", "data-check", "--manifest", str(bad_manifest), "--config", "omni_emotion:tiny",
             "--tokenizer", str(tmp_path / "tok"), "--workers", "1"]
     assert cli.main(argv) == 1  # 10 of 14 skipped: more than data.max_skip_fraction (0.1)
     captured = capsys.readouterr()
@@ -462,7 +462,7 @@ def test_data_check_on_real_world_damage(tmp_path, capsys):
         {"from": "gpt", "value": "w40"}]} for name, paths in files.items()]
     manifest = write_manifest(root / "damaged.jsonl", lines)
     qwen2_test_tokenizer(tiny().model).save_pretrained(root / "tok")
-    assert cli.main(["--json", "data-check", "--manifest", str(manifest), "--config", "configs/omni_emotion.py:tiny",
+    assert cli.main(["--json", "data-check", "--manifest", str(manifest), "--config", "omni_emotion:tiny",
                      "--tokenizer", str(root / "tok"), "--workers", "0"]) == 0
     report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert report["skipped_by_reason"] == {"empty_file": 1}

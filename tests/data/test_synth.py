@@ -1,4 +1,4 @@
-"""The synthetic emotion clips (omni_jax.data.synth): deterministic, and each class carries the
+"""The synthetic emotion clips (omni_jax.synth.clips): deterministic, and each class carries the
 face and the voice it is meant to — measured on the written files (decoded frames inside the
 manifest's face boxes, decoded audio), not read from the generator's parameters."""
 import json

@@ -5,13 +5,19 @@ packing under next-token targets, and the tokenization time of a full-size examp
 import numpy as np
 import pytest
 
-from configs import omni_emotion as omni_configs
+from omni_jax.configs import omni_emotion as omni_configs
 from omni_jax.data.errors import ExampleError
-from omni_jax.data.text import BLOCKS, TokenizedExample, check_tokenizer, pack_examples, pad_to_bucket, tokenize_conversation
-from omni_jax.modality_tokens import IGNORE, multimodal_prompt_ids, placeholder_counts
-from omni_jax.train.loss import next_token_targets
+from omni_jax.data.text import (
+    BLOCKS,
+    TokenizedExample,
+    check_tokenizer,
+    pack_examples,
+    pad_to_bucket,
+    tokenize_conversation,
+)
+from omni_jax.modality_tokens import IGNORE, add_special_tokens, multimodal_prompt_ids, placeholder_counts
 from omni_jax.models.qwen2 import positions_from_mask
-from omni_jax.modality_tokens import add_special_tokens
+from omni_jax.train.loss import next_token_targets
 from tests.tokenizer import byte_bpe_tokenizer, qwen2_test_tokenizer, word_tokenizer
 
 CFG = omni_configs.get_config("tiny").model
@@ -118,7 +124,7 @@ def test_byte_level_bpe_with_non_ascii_text():
 
 def test_system_turn_replaces_the_default_and_video_may_follow_in_a_later_turn():
     conversations = [{"from": "system", "value": "w60 w61"}, *conversation(words(10, 2), words(20, 2),
-                                                                            f"w30 <video> w31", words(40, 3))]
+                                                                            "w30 <video> w31", words(40, 3))]
     example = tokenize_conversation(conversations, TOKENIZER, CFG, max_length=512)
     ids, labels = oracle(conversations)
     assert example.input_ids.tolist() == ids and example.labels.tolist() == labels

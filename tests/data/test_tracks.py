@@ -6,8 +6,19 @@ import json
 import numpy as np
 import pytest
 
-from omni_jax.data.tracks import (CUT_THRESHOLD, FrameDetections, TrackerConfig, assign, histogram_distances,
-                                  iou, predict, principal_faces, rank, shot_cuts, track)
+from omni_jax.data.tracks import (
+    CUT_THRESHOLD,
+    FrameDetections,
+    TrackerConfig,
+    assign,
+    histogram_distances,
+    iou,
+    predict,
+    principal_faces,
+    rank,
+    shot_cuts,
+    track,
+)
 
 DT = 0.25  # seconds between detected frames: detection at 4 fps
 

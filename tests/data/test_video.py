@@ -13,13 +13,22 @@ import torch.nn.functional as F
 from transformers import SiglipImageProcessorPil
 
 from omni_jax.data import video
+from omni_jax.data.audio import load_audio, load_audio_features
 from omni_jax.data.errors import ExampleError
 from omni_jax.data.faces import face_crops
-from omni_jax.data.audio import load_audio, load_audio_features
 from omni_jax.data.video import detect_faces, load_frames, preprocess_frames
 from tests import media
-from tests.media import (draw_face, frame_code, read_code, tone, write_audio, write_clip, write_corrupt, write_empty,
-                         write_truncated)
+from tests.media import (
+    draw_face,
+    frame_code,
+    read_code,
+    tone,
+    write_audio,
+    write_clip,
+    write_corrupt,
+    write_empty,
+    write_truncated,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -10,7 +10,7 @@ import pytest
 from omni_jax.endpoints import EndpointUnusable, ReplyRejected
 from omni_jax.eval import judge, scoring
 from omni_jax.eval.evaluators import OpenVocabulary, ReasoningJudge
-from tests.openai_stub import Reply, Request, StubServer
+from omni_jax.testing.openai_stub import Reply, Request, StubServer
 
 TIMEOUT = 1.0  # seconds a request may take (a "SLOW" prompt takes longer)
 

@@ -11,7 +11,7 @@ import jax
 import numpy as np
 import pytest
 
-from configs import omni_emotion
+from omni_jax.configs import omni_emotion
 from omni_jax import cli, registry
 from omni_jax.eval import scoring
 from omni_jax.eval.predict import Predictor
@@ -48,7 +48,7 @@ def setup(tmp_path_factory):
 
 
 def eval_args(root: Path, workdir: Path, *extra: str) -> list[str]:
-    return ["eval", "--config", str(REPO / "configs/omni_emotion.py:tiny"), "--checkpoint", str(root / "ckpt"),
+    return ["eval", "--config", "omni_emotion:tiny", "--checkpoint", str(root / "ckpt"),
             "--workdir", str(workdir), f"--config.evals.dfew.manifest={root / 'dfew.jsonl'}",
             f"--config.evals.dfew.classes={CLASSES}", "--config.data.workers=0",
             "--config.eval.max_skip_fraction=0.2", *extra]  # 1 of the 6 lines is missing
@@ -155,7 +155,7 @@ def test_modality_ablation_flag(setup, tmp_path):
 def test_infer_answers_a_clip_a_folder_and_a_manifest(setup, evaluated, capsys):
     question = omni_emotion.get_config("tiny").evals.dfew.question
     base = ["--json", "infer", "--checkpoint", str(setup / "ckpt"), "--config",
-            str(REPO / "configs/omni_emotion.py:tiny"), "--question", question, "--config.data.workers=0"]
+            "omni_emotion:tiny", "--question", question, "--config.data.workers=0"]
     assert cli.main([*base, "--video", str(setup / "c1.mp4")]) == 0
     out = [json.loads(line) for line in capsys.readouterr().out.splitlines()]  # --json: JSON only
     evaluated_c1 = next(p for p in predictions(evaluated / "predictions" / "dfew.jsonl") if p["id"] == "c1")

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import accuracy_score, recall_score
 
-from configs.omni_emotion import DFEW_CLASSES, MAFW_CLASSES, SYNONYMS
+from omni_jax.configs.omni_emotion import DFEW_CLASSES, MAFW_CLASSES, SYNONYMS
 from omni_jax.eval import scoring
 
 UNMAPPED = "<unmapped>"

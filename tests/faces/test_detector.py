@@ -13,7 +13,7 @@ from omni_jax.conversion.retinaface import bundled_weights, weights_file_bytes
 from omni_jax.errors import CheckpointRefused
 from omni_jax.faces.detector import FaceDetector, input_size, letterbox
 from omni_jax.models.retinaface import BGR_MEAN
-from omni_jax.reference import retinaface as reference
+from omni_jax.testing.reference import retinaface as reference
 
 SCORE = 0.5  # the faces compared: every one either side finds at this score
 
@@ -114,8 +114,9 @@ def test_batches_over_eight_devices_equal_one_device(photo):
 
 
 def test_a_truncated_weights_file_is_refused(tmp_path):
-    from omni_jax.conversion.retinaface import BUNDLED_DISTRIBUTION, BUNDLED_FILE
     import importlib.metadata
+
+    from omni_jax.conversion.retinaface import BUNDLED_DISTRIBUTION, BUNDLED_FILE
 
     source = importlib.metadata.distribution(BUNDLED_DISTRIBUTION).locate_file(BUNDLED_FILE)
     cut = tmp_path / "weights.py"

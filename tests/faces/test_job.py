@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 
 from omni_jax import cli
-from omni_jax.data import face_scenes
+from omni_jax.config_flags import load_config
 from omni_jax.faces import job
-from omni_jax.faces.finder import tracked_faces
+from omni_jax.testing import face_scenes
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -34,7 +34,7 @@ def tracked(scenes):
     manifest = directory / "scenes.jsonl"
     manifest.write_text("".join(json.dumps({"id": s.name, "video": f"{s.name}.mp4"}) + "\n" for s in written))
     out = directory / "scenes_faces.jsonl"
-    summary = job.run(manifest, out, tracked_faces("retinaface"), progress=False)
+    summary = job.run(load_config("faces"), manifest=manifest, out=out)
     return manifest, out, summary
 
 
@@ -81,7 +81,9 @@ def test_every_line_is_kept_and_bad_ones_are_counted(scenes, tmp_path):
     _, written = scenes
     manifest = clip_manifest(tmp_path, written[:2], copies=1)
     out = tmp_path / "out.jsonl"
-    assert cli.main(["faces", "--manifest", str(manifest), "--out", str(out), "--preview", str(tmp_path / "p")]) == 0
+    # two of the four clips cannot be read: within a skip fraction of a half, more than its default
+    argv = ["faces", "--manifest", str(manifest), "--out", str(out), "--preview", str(tmp_path / "p")]
+    assert cli.main([*argv, "--config.faces.max_skip_fraction=0.5"]) == 0
     given, got = manifest.read_text().splitlines(), out.read_text().splitlines()
     assert len(got) == len(given) == 7
     assert got[2:] == given[2:]  # boxes kept, no video, unreadable, missing, malformed: byte for byte
@@ -90,16 +92,16 @@ def test_every_line_is_kept_and_bad_ones_are_counted(scenes, tmp_path):
     assert sheets == ["000001-moving-0.png", "000002-turned-0.png"]
     sheet = cv2.imread(str(tmp_path / "p" / sheets[0]))
     assert sheet.shape[1] == 4 * 320 and (sheet[..., 1] > 200).sum() > 100  # four columns, green boxes drawn
-    with pytest.raises(SystemExit):
-        cli.main(["faces", "--manifest", str(tmp_path / "none.jsonl"), "--out", str(tmp_path / "o")])
-    assert cli.main(["faces", "--manifest", str(manifest), "--out", str(out)]) == 1  # exists: nothing overwritten
+    assert cli.main(["faces", "--manifest", str(tmp_path / "none.jsonl"), "--out", str(tmp_path / "o")]) == 2
+    assert cli.main(["faces", "--manifest", str(manifest), "--out", str(out)]) == 2  # exists: nothing overwritten
 
 
 def test_summary_and_redo(scenes, tmp_path, capsys):
     _, written = scenes
     manifest = clip_manifest(tmp_path, [written[0], written[7]], copies=1)  # moving, empty
     out = tmp_path / "out.jsonl"
-    assert cli.main(["--json", "faces", "--manifest", str(manifest), "--out", str(out), "--redo"]) == 0
+    assert cli.main(["--json", "faces", "--manifest", str(manifest), "--out", str(out), "--config.faces.redo=true",
+                     "--config.faces.max_skip_fraction=0.5"]) == 0
     summary = json.loads(capsys.readouterr().out.splitlines()[-1])
     assert summary["clips"] == 3 and summary["clips_without_face"] == 1 and summary["boxes_kept"] == 0
     assert summary["times_with_face"] == 0.6667  # the mean share over the clips: 1, 1, 0
@@ -168,13 +170,13 @@ def _free_port() -> int:
 
 
 def test_a_checkpoint_of_another_model_is_one_line(tmp_path, capsys):
-    from omni_jax.conversion.engine import CONFIG_FILE
+    from omni_jax.checkpoint_dir import CONFIG_FILE
 
     (tmp_path / "ckpt").mkdir()
     (tmp_path / "ckpt" / CONFIG_FILE).write_text(json.dumps({"model_type": "whisper", "config": {}}))
     (tmp_path / "m.jsonl").write_text('{"id": "a", "video": "a.mp4"}\n')
     assert cli.main(["faces", "--manifest", str(tmp_path / "m.jsonl"), "--out", str(tmp_path / "o.jsonl"),
-                     "--checkpoint", str(tmp_path / "ckpt")]) == 1
+                     f"--config.faces.detector.weights={tmp_path / 'ckpt'}"]) == 1
     err = capsys.readouterr().err
     assert "'whisper' checkpoint, not a face detector" in err and "Traceback" not in err
     assert not (tmp_path / "o.jsonl").exists()
@@ -182,11 +184,11 @@ def test_a_checkpoint_of_another_model_is_one_line(tmp_path, capsys):
 
 def test_convert_retinaface_writes_a_checkpoint_the_job_reads(scenes, tmp_path):
     _, written = scenes
-    assert cli.main(["convert-retinaface", "--src", "bundled", "--dst", str(tmp_path / "det")]) == 0
+    assert cli.main(["convert-retinaface", "--dst", str(tmp_path / "det")]) == 0
     manifest = tmp_path / "m.jsonl"
     manifest.write_text(json.dumps({"id": "far", "video": str(written[3].path)}) + "\n")
     assert cli.main(["faces", "--manifest", str(manifest), "--out", str(tmp_path / "o.jsonl"),
-                     "--checkpoint", str(tmp_path / "det")]) == 0
+                     f"--config.faces.detector.weights={tmp_path / 'det'}"]) == 0
     faces = json.loads((tmp_path / "o.jsonl").read_text())["faces"]
     assert face_scenes.score(written[3], faces).hit_rate >= 0.98
     assert np.isfinite([f["score"] for f in faces]).all()

@@ -7,8 +7,13 @@ import pytest
 
 from omni_jax import sharding
 from omni_jax.layers import attention
-from omni_jax.layers.attention import (SPLASH_BLOCK, CausalMask, dot_product_attention, make_causal_mask,
-                                       select_implementation)
+from omni_jax.layers.attention import (
+    SPLASH_BLOCK,
+    CausalMask,
+    dot_product_attention,
+    make_causal_mask,
+    select_implementation,
+)
 from tests.conftest import rel_err
 
 
@@ -172,7 +177,7 @@ def test_the_lm_declares_its_padding(monkeypatch):
     """Qwen2 builds its causal mask with the config's padding (training: right unless text-only
     rows are packed), left for a prefill, right without attention_mask; decoding steps are not
     causal from the start."""
-    from configs import omni_emotion, qwen2
+    from omni_jax.configs import omni_emotion, qwen2
     from omni_jax.models.qwen2 import Qwen2ForCausalLM
     from omni_jax.train.step import training_model_config
 

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from configs import omni_emotion
+from omni_jax.configs import omni_emotion
 from omni_jax.errors import InputError
 from omni_jax.manifests import job
 from omni_jax.manifests.vocabulary import Vocabulary

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from configs import omni_emotion
+from omni_jax.configs import omni_emotion
 from omni_jax import cli
 from omni_jax.data.manifest import ManifestSource
 from omni_jax.errors import InputError, MissingInputError, OutputExistsError

@@ -1,4 +1,4 @@
-"""The face encoder against a PyTorch reference (omni_jax/reference/facexformer.py: transformers' SwinModel
+"""The face encoder against a PyTorch reference (omni_jax/testing/reference/facexformer.py: transformers' SwinModel
 for the backbone; fusion head, pooling and projector written from their description), with the
 weights going through the FaceXFormer converter in the release's key names."""
 import json
@@ -11,13 +11,13 @@ import pytest
 import torch
 
 import omni_jax
-from configs import facexformer as facexformer_configs
+from omni_jax.configs import facexformer as facexformer_configs
 from omni_jax import registry
 from omni_jax.conversion.facexformer import convert_facexformer
 from omni_jax.models import facexformer, swin
+from omni_jax.testing.reference.facexformer import LLM_WIDTH, FaceEncoder, FusionHead, release_file, torch_projector
 from omni_jax.sharding import LOGICAL_AXIS_RULES, make_mesh
 from tests.conftest import RTOL, rel_err
-from omni_jax.reference.facexformer import LLM_WIDTH, FaceEncoder, FusionHead, release_file, torch_projector
 from tests.models.test_swin import build_swin, tiny_swin_config
 
 IMAGE = 96  # window 3: stage grids 24, 12, 6, 3 (the last equals the window)
@@ -35,7 +35,7 @@ def converted(tmp_path_factory):
     projector = torch_projector()
     path = release_file(root / "release.pt", hf, head, projector)
     config = facexformer.release_config(6, LLM_WIDTH, swin.config_from_hf(hf.config.to_dict()))
-    convert_facexformer(path, root / "ox", config, progress=False)
+    convert_facexformer(path, root / "ox", config)
     return hf, head, projector, root / "ox"
 
 

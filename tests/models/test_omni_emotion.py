@@ -9,15 +9,21 @@ import numpy as np
 import optax
 import pytest
 
-from configs import omni_emotion as omni_configs
+from omni_jax.configs import omni_emotion as omni_configs
 from omni_jax import registry
 from omni_jax.generate import generate
+from omni_jax.modality_tokens import (
+    IGNORE,
+    add_special_tokens,
+    audio_input_frames,
+    multimodal_prompt_ids,
+    placeholder_counts,
+)
 from omni_jax.models import facexformer, whisper
 from omni_jax.models.llava_onevision import LlavaOnevisionForConditionalGeneration
 from omni_jax.models.omni_emotion import FUSIONS, FaceCrossAttention, OmniEmotion, init_token_rows
-from omni_jax.modality_tokens import IGNORE, add_special_tokens, audio_input_frames, multimodal_prompt_ids, placeholder_counts
-from omni_jax.train.loss import chunked_cross_entropy, next_token_loss, next_token_targets
 from omni_jax.pretrained import override_fields
+from omni_jax.train.loss import chunked_cross_entropy, next_token_loss, next_token_targets
 from tests.conftest import rel_err
 from tests.tokenizer import word_tokenizer
 

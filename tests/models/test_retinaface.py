@@ -9,12 +9,12 @@ import pytest
 import torch
 
 from omni_jax.conversion import ConversionError
-from omni_jax.conversion.engine import read_converted_config
+from omni_jax.checkpoint_dir import read_config
 from omni_jax.conversion.retinaface import backbone_of, bundled_params, convert_retinaface
 from omni_jax.errors import CheckpointRefused
 from omni_jax.models import retinaface
 from omni_jax.pretrained import load_pretrained
-from omni_jax.reference import retinaface as reference
+from omni_jax.testing.reference import retinaface as reference
 from tests.conftest import RTOL, rel_err
 
 
@@ -24,7 +24,7 @@ def release(request, tmp_path_factory):
     torch_model = reference.randomize(reference.RetinaFace(request.param), seed=1)
     path = tmp_path_factory.mktemp(request.param) / "Final.pth"
     torch.save(torch_model.state_dict(), path)
-    return torch_model, convert_retinaface(path, path.parent / "converted", progress=False)
+    return torch_model, convert_retinaface(path, path.parent / "converted")
 
 
 def _reference_outputs(torch_model, images):
@@ -65,8 +65,8 @@ def test_data_parallel_prefix_converts_to_the_same_parameters(release, tmp_path)
     torch_model, converted = release
     prefixed = tmp_path / "module.pth"
     torch.save({f"module.{k}": v for k, v in torch_model.state_dict().items()}, prefixed)
-    again = convert_retinaface(prefixed, tmp_path / "again", progress=False)
-    assert read_converted_config(again)["source_format"] == "retinaface_data_parallel"
+    again = convert_retinaface(prefixed, tmp_path / "again")
+    assert read_config(again)["source_format"] == "retinaface_data_parallel"
     _, ours = load_pretrained(converted)
     _, theirs = load_pretrained(again)
     jax.tree.map(np.testing.assert_array_equal, ours, theirs)
@@ -79,7 +79,7 @@ def test_missing_and_mis_shaped_tensors_are_all_named(release, tmp_path):
     state["fpn.merge1.0.weight"] = state["fpn.merge1.0.weight"][:, :-1]
     torch.save(state, tmp_path / "broken.pth")
     with pytest.raises(ConversionError) as error:
-        convert_retinaface(tmp_path / "broken.pth", tmp_path / "out", progress=False)
+        convert_retinaface(tmp_path / "broken.pth", tmp_path / "out")
     assert "missing key 'ssh2.conv3X3.0.weight'" in str(error.value)
     assert "shape mismatch for 'fpn.merge1.0.weight'" in str(error.value)
     assert not (tmp_path / "out").exists()
@@ -88,12 +88,12 @@ def test_missing_and_mis_shaped_tensors_are_all_named(release, tmp_path):
 def test_other_models_and_truncated_files_are_refused(tmp_path):
     torch.save({"encoder.layer.0.weight": torch.zeros(4, 4)}, tmp_path / "other.pth")
     with pytest.raises(CheckpointRefused, match="not a RetinaFace checkpoint"):
-        convert_retinaface(tmp_path / "other.pth", tmp_path / "out", progress=False)
+        convert_retinaface(tmp_path / "other.pth", tmp_path / "out")
     model = reference.RetinaFace()
     torch.save(model.state_dict(), tmp_path / "whole.pth")
     (tmp_path / "cut.pth").write_bytes((tmp_path / "whole.pth").read_bytes()[:50_000])
     with pytest.raises(CheckpointRefused, match="not a readable PyTorch checkpoint"):
-        convert_retinaface(tmp_path / "cut.pth", tmp_path / "out", progress=False)
+        convert_retinaface(tmp_path / "cut.pth", tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
 

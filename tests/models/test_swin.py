@@ -10,8 +10,9 @@ import pytest
 import torch
 
 import omni_jax
-from configs import swin as swin_configs
+from omni_jax.configs import swin as swin_configs
 from omni_jax import registry
+from omni_jax.conversion.formats import family_for_hf_config
 from omni_jax.conversion import export_orbax_to_hf
 from omni_jax.conversion.engine import abstract_params, plan
 from omni_jax.conversion.io import CheckpointReader, write_safetensors
@@ -113,7 +114,7 @@ def test_export_round_trip_loads_in_transformers(w3_80_padded, tmp_path):
     from transformers import SwinModel
 
     hf, root, _ = w3_80_padded
-    export_orbax_to_hf(root / "ox", tmp_path / "back", progress=False)
+    export_orbax_to_hf(root / "ox", tmp_path / "back")
     reloaded = SwinModel.from_pretrained(tmp_path / "back").eval()
     for (name, p), (_, q) in zip(hf.state_dict().items(), reloaded.state_dict().items()):
         assert torch.equal(p, q), name
@@ -130,7 +131,7 @@ def test_hub_classification_checkpoint_plans_onto_the_backbone(tmp_path):
     (tmp_path / "src").mkdir()
     write_safetensors(tmp_path / "src", state)
     shutil.copy(tmp_path / "hf" / "config.json", tmp_path / "src" / "config.json")
-    family, config = registry.family_for_hf_config(json.loads((tmp_path / "src" / "config.json").read_text()))
+    family, config = family_for_hf_config(json.loads((tmp_path / "src" / "config.json").read_text()))
     fmt, leaves = plan(CheckpointReader(tmp_path / "src"), family, config)
     assert fmt.name == "swin_image_classification"
     used = {key for leaf in leaves for key in leaf.sources.values()}

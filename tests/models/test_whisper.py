@@ -54,7 +54,7 @@ def test_encoder_only_checkpoint_and_round_trip(tmp_path):
     full = build_hf(WhisperModel, tiny_whisper_config(), tmp_path / "full")
     full.get_encoder().save_pretrained(tmp_path / "encoder")
     convert(tmp_path / "encoder", tmp_path / "ox")
-    export_orbax_to_hf(tmp_path / "ox", tmp_path / "back", progress=False)
+    export_orbax_to_hf(tmp_path / "ox", tmp_path / "back")
     original, back = _state(tmp_path / "encoder"), _state(tmp_path / "back")
     assert sorted(original) == sorted(back)
     for key in original:

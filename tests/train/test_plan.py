@@ -9,14 +9,21 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
-from configs import omni_emotion
+from omni_jax.configs import omni_emotion
 from omni_jax import registry
 from omni_jax.flops import count_flops
 from omni_jax.sharding import dcn_granules, make_mesh
-from omni_jax.train.plan import (COLLECTIVES, abstract_batch, bytes_per_device, collective_bytes,
-                                 dcn_collective_bytes, device_groups)
+from omni_jax.train.plan import (
+    COLLECTIVES,
+    abstract_batch,
+    bytes_per_device,
+    collective_bytes,
+    dcn_collective_bytes,
+    device_groups,
+)
 from omni_jax.train.step import make_trainer, merge_params, trainable_mask, training_model_config
 
 REPO = Path(__file__).resolve().parents[2]
@@ -24,7 +31,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 def test_plan_reports_fsdp_sharded_bytes_and_flops():
     out = subprocess.run([sys.executable, "-m", "omni_jax.cli", "--json", "plan", "--config",
-                          "configs/omni_emotion.py:tiny", "--mesh", "fsdp=8", "--batch", "8", "--seq", "128"],
+                          "omni_emotion:tiny", "--mesh", "fsdp=8", "--batch", "8", "--seq", "128"],
                          capture_output=True, text=True, cwd=REPO)
     assert out.returncode == 0, out.stderr[-2000:]
     result = json.loads(out.stdout.splitlines()[-1])
@@ -55,7 +62,7 @@ def test_full_size_fsdp_holds_one_eighth_of_the_parameters_per_device():
 
 FSDP_256 = """
 import json, jax, numpy as np
-from configs import omni_emotion
+from omni_jax.configs import omni_emotion
 from omni_jax.sharding import make_mesh
 from omni_jax.train.plan import bytes_per_device, replicated_bytes_per_device
 from omni_jax.train.step import make_trainer, training_model_config
@@ -107,7 +114,7 @@ def test_plan_reports_the_collectives_that_cross_dcn():
     """The fsdp=8 plan above with its 8 devices standing for 2 slices of 4 along fsdp: every
     weight all-gather spans both slices, and the plan says which axis crosses and how much."""
     out = subprocess.run([sys.executable, "-m", "omni_jax.cli", "--json", "plan", "--config",
-                          "configs/omni_emotion.py:tiny", "--mesh", "fsdp=4,dcn_fsdp=2", "--batch", "8",
+                          "omni_emotion:tiny", "--mesh", "fsdp=4,dcn_fsdp=2", "--batch", "8",
                           "--seq", "128"], capture_output=True, text=True, cwd=REPO)
     assert out.returncode == 0, out.stderr[-2000:]
     result = json.loads(out.stdout.splitlines()[-1])
@@ -164,7 +171,7 @@ def test_device_groups_read_each_form_xla_prints(attributes, groups):
 
 
 def test_plan_rejects_a_sequence_too_short_for_the_clip():
-    out = subprocess.run([sys.executable, "-m", "omni_jax.cli", "plan", "--config", "configs/omni_emotion.py:tiny",
+    out = subprocess.run([sys.executable, "-m", "omni_jax.cli", "plan", "--config", "omni_emotion:tiny",
                           "--mesh", "fsdp=2", "--batch", "2", "--seq", "8"], capture_output=True, text=True, cwd=REPO)
     assert out.returncode == 1 and "shorter than the" in out.stderr
 

@@ -11,13 +11,19 @@ import pytest
 from flax import traverse_util
 from jax.sharding import PartitionSpec
 
-from configs import omni_emotion as omni_configs
+from omni_jax.configs import omni_emotion as omni_configs
 from omni_jax import sharding
-from omni_jax.models.omni_emotion import OmniEmotion
 from omni_jax.modality_tokens import IGNORE
+from omni_jax.models.omni_emotion import OmniEmotion
 from omni_jax.sharding import make_mesh
-from omni_jax.train.step import (learning_rate_schedule, make_trainer, merge_params, split_params, train_step,
-                                 trainable_mask)
+from omni_jax.train.step import (
+    learning_rate_schedule,
+    make_trainer,
+    merge_params,
+    split_params,
+    train_step,
+    trainable_mask,
+)
 from tests.conftest import on_first_device
 from tests.models.test_omni_emotion import clip_inputs, superset_params, tiny_config
 

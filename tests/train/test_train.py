@@ -17,11 +17,11 @@ import numpy as np
 import pytest
 
 import omni_jax
-from configs import omni_emotion
+from omni_jax.configs import omni_emotion
 from omni_jax import cli
+from omni_jax.runs import RUN_FILE
 from omni_jax.sharding import make_mesh
 from omni_jax.train.checkpoint import Checkpoints
-from omni_jax.runs import RUN_FILE
 from omni_jax.train.step import make_trainer, training_model_config
 from omni_jax.train.train import check_workdir
 from tests import media
@@ -52,7 +52,7 @@ def data(tmp_path_factory):
 
 
 def args(data: Path, workdir: Path, *extra: str) -> list[str]:
-    return ["train", "--config", str(REPO / "configs/omni_emotion.py:tiny"), "--workdir", str(workdir),
+    return ["train", "--config", "omni_emotion:tiny", "--workdir", str(workdir),
             f"--config.data.manifest={data / 'train.jsonl'}", f"--config.data.tokenizer={data / 'tokenizer'}",
             f"--config.train.steps={STEPS}", "--config.train.checkpoint_every=2", "--config.data.workers=0",
             "--config.train.learning_rate=1e-3", *extra]

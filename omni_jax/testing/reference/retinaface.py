@@ -17,8 +17,8 @@ from omni_jax.models.retinaface import BACKBONES, MOBILENET_STAGES, RESNET50_LAY
 @functools.cache
 def _modules() -> dict[str, type]:
     import torch
-    from torch import nn
     import torch.nn.functional as F
+    from torch import nn
 
     def conv_bn(inp, oup, stride=1, leaky=0.0, kernel=3, relu=True, groups=1):
         layers = [nn.Conv2d(inp, oup, kernel, stride, kernel // 2, groups=groups, bias=False), nn.BatchNorm2d(oup)]

@@ -7,7 +7,7 @@ both together can. The scene (background colour and objects) is a weak cue: the 
 in a third of the clips, any colour otherwise. In the whole frame the face is small (its
 expression is a few pixels); its crop (manifest boxes) shows it in detail.
 
-    synthesize(out, clips=336, seed=0)   # = omni-jax synth --out DIR --clips N --seed S
+    synthesize(out, clips=336, seed=0)   # = omni-jax synth --out DIR --config.synth.clips=N
 
 writes `clips/` (MP4), `voices/` (M4A for phase 1) and one manifest per use (`MANIFESTS`), each
 line a manifest line (docs/data.md): faces by time (the boxes the generator drew), the human turn and
@@ -18,13 +18,15 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import cv2
 import numpy as np
 import scipy.signal
 
+from omni_jax.data.manifest import turns
 from omni_jax.data.media_writer import write_media
+from omni_jax.progress import QUIET, Progress
 
 CLASSES = ("happy", "surprise", "neutral", "angry", "disgust", "sad", "fear")  # DFEW's seven
 # The face and the voice of each class.
@@ -198,11 +200,6 @@ def synthesize_voice(name: str, speaker: float, seed: int, seconds: float = SECO
     return (voice["loudness"] * signal + noise).astype(np.float32)
 
 
-def turns(question: str, answer: str | None, marker: str = "<video>") -> list[dict[str, str]]:
-    human = [{"from": "human", "value": f"{marker}\n{question}"}]
-    return human + ([{"from": "gpt", "value": answer}] if answer is not None else [])
-
-
 def explained(label: str) -> str:
     face, voice = CUES[label]
     return f"{label} . {FACE_WORDS[face]} , and {VOICE_WORDS[voice]} ."
@@ -227,17 +224,17 @@ def vocabulary() -> list[str]:
 
 
 def synthesize(out: str | Path, clips: int = 336, eval_clips: int | None = None, seed: int = 0,
-               progress: Callable[[int, int], None] | None = None) -> dict[str, Path]:
+               progress: Progress = QUIET) -> dict[str, Path]:
     """Writes `clips` training clips, `eval_clips` held-out ones (default a quarter as many) and
     as many phase-1 voices as training clips under `out`, classes in turn; returns the
-    manifests' paths by name (`MANIFESTS`). `progress(done, total)` after each file."""
+    manifests' paths by name (`MANIFESTS`)."""
     out = Path(out)
     for folder in ("clips", "voices"):
         (out / folder).mkdir(parents=True, exist_ok=True)
     eval_clips = max(len(CLASSES), clips // 4) if eval_clips is None else eval_clips
     lines: dict[str, list[dict[str, Any]]] = {name: [] for name in MANIFESTS}
-    total, done = 2 * clips + eval_clips, 0
     kinds = ("classify", "open_vocabulary", "describe")
+    bar = progress.bar(total=2 * clips + eval_clips, unit="file", desc="synthetic clips")
     for split, count in (("train", clips), ("eval", eval_clips)):
         for index in range(count):
             label = CLASSES[index % len(CLASSES)]
@@ -248,7 +245,7 @@ def synthesize(out: str | Path, clips: int = 336, eval_clips: int | None = None,
             write_media(out / name, (draw_frame(cues, t) for t in times),
                         synthesize_voice(cues["voice_name"], cues["speaker"], cues["voice_seed"]), fps=FPS, rate=RATE,
                         codec_options=X264_OPTIONS)
-            done += 1
+            bar.update()
             clip = {"id": f"{split}_{index:04d}", "video": name,
                     "faces": [{"t": round(float(t), 3), "box": face_box(cues, t)} for t in times],
                     "cues": {"face": cues["face_name"], "voice": cues["voice_name"],
@@ -270,12 +267,11 @@ def synthesize(out: str | Path, clips: int = 336, eval_clips: int | None = None,
                 audio_name = f"voices/{index:04d}.m4a"
                 write_media(out / audio_name, audio=synthesize_voice(voice, speaker, voice_seed), rate=RATE,
                             format="mp4")
-                done += 1
+                bar.update()
                 lines["audio_captions"].append({"id": f"voice_{index:04d}", "audio": audio_name,
                                                 "conversations": turns(QUESTIONS["caption"], CAPTIONS[voice],
                                                                        "<audio>")})
-            if progress:
-                progress(done, total)
+    bar.close()
     write_media(out / SILENCE, audio=np.zeros(int(SECONDS * RATE), np.float32), rate=RATE, format="mp4")
     lines["infer"] = [{**line, "conversations": turns(QUESTIONS["describe"], None)}
                       for line in lines["eval_classification"][:1]]
