@@ -66,8 +66,20 @@ class Terminated(BaseException):
     Exception` on the way swallows it)."""
 
 
-def _terminated(*_: Any) -> None:
-    raise Terminated
+class TerminateOnSigterm:
+    """SIGTERM raises Terminated in the main thread; `check()` raises it again for a SIGTERM
+    whose exception a library swallowed (a bare `except:` around an import it tries)."""
+
+    def __init__(self) -> None:
+        self.received = False
+
+    def __call__(self, *_: Any) -> None:
+        self.received = True
+        raise Terminated
+
+    def check(self) -> None:
+        if self.received:
+            raise Terminated
 
 
 def prepare_process(quiet: bool) -> None:
@@ -144,7 +156,8 @@ def execute(job: Job, config: str, overrides: Sequence[str], arguments: dict[str
     # SIGTERM to a job that does not stop between items: unwind (the data workers, which leave
     # the signal to this process, are stopped with it) and say so
     handles_signals = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, _terminated) if handles_signals and not job.stops else None
+    terminate = TerminateOnSigterm()
+    previous = signal.signal(signal.SIGTERM, terminate) if handles_signals and not job.stops else None
     given = dict(paths)
     start = time.perf_counter()
     try:
@@ -162,6 +175,7 @@ def execute(job: Job, config: str, overrides: Sequence[str], arguments: dict[str
                                          if o.startswith(MODEL_PREFIX)]
         progress = Progress(enabled=not out.json, on_result=out.result)
         function = job.load()
+        terminate.check()
         if job.stops:
             from omni_jax.stopping import StopRequest
 

@@ -50,8 +50,9 @@ def test_a_classification_manifest_is_checked_as_eval_reads_it(root):
     assert (report["face_detected"], report["audio_cut"]) == (2, 1)  # a and c detected; c's voice is 61 s
     assert (report["target_words"], report["unknown_words"], report["unknown_examples"]) == (
         4, 4, ["angry", "fear", "happy", "sad"])  # the test tokenizer spells w0…w139 only
-    assert "ok" not in report
-    assert check_manifest(str(manifest), load_tokenizer(cfg, None), cfg)["ok"] is False  # 1 of 4 > 0.1
+    assert "error" not in report
+    assert "1 of 4 lines would be skipped (missing_file 1), more than eval.max_skip_fraction=0.1" in check_manifest(
+        str(manifest), load_tokenizer(cfg, None), cfg)["error"]
     cfg.evals.dfew.manifest = str(manifest)
     assert task_of(str(manifest), cfg)[1] == "the config's evaluator 'dfew' reads this manifest"
     wrong = write_lines(root / "wrong.jsonl", [{"id": "x", "video": "face.mp4", "label": "bored"}])
@@ -66,14 +67,14 @@ def test_training_lines_count_unknown_target_words_and_detection(root, capsys):
         {"id": "t2", "audio": "long.wav", "conversations": [{"from": "human", "value": "<audio>\nw12"},
                                                            {"from": "gpt", "value": "w42"}]}])
     argv = ["--json", "data-check", "--manifest", str(manifest), "--config", "omni_emotion:tiny",
-            f"--config.data.tokenizer={root / 'tok'}", "--workers", "0"]
+            f"--config.data.tokenizer={root / 'tok'}", "--config.data.workers=0"]
     assert cli.main(argv) == 0
     report = json.loads(capsys.readouterr().out)
     assert (report["task"], report["task_from"]) == ("train", "the lines' conversations (no reference field)")
     assert (report["usable"], report["face_detected"], report["audio_cut"]) == (2, 1, 1)
     assert (report["target_words"], report["unknown_words"], report["unknown_examples"]) == (4, 1, ["zebra"])
     assert report["unknown_token_share"] == 0.25  # 1 of the targets' 4 tokens
-    assert cli.main([*argv, "--task", "open_vocabulary"]) == 1  # what an open-vocabulary evaluator would need
+    assert cli.main([*argv, "--config.check.task=open_vocabulary"]) == 1  # what an open-vocabulary evaluator would need
     assert "no 'labels'" in capsys.readouterr().err
 
 
@@ -89,7 +90,7 @@ def test_a_run_with_workers_prints_no_noise(root):
     env = {k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS"}
     done = subprocess.run([sys.executable, "-m", "omni_jax.cli", "data-check", "--manifest", str(manifest),
                            "--config", "omni_emotion:tiny", f"--config.data.tokenizer={root / 'tok'}",
-                           "--workers", "1"], capture_output=True, text=True, timeout=300, env=env)
+                           "--config.data.workers=1"], capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "train" in done.stdout
     assert "Unable to initialize backend" not in done.stderr and "leaked shared_memory" not in done.stderr, done.stderr
@@ -109,7 +110,7 @@ def test_sigterm_to_the_process_group_stops_at_once_and_leaves_no_worker(root):
     manifest = write_lines(root / "many.jsonl", [line] * 400)
     running = subprocess.Popen([sys.executable, "-m", "omni_jax.cli", "data-check", "--manifest", str(manifest),
                                 "--config", "omni_emotion:tiny", f"--config.data.tokenizer={root / 'tok'}",
-                                "--workers", "1"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                "--config.data.workers=1"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                start_new_session=True)
     time.sleep(8)  # JAX imported, the worker decoding
     assert running.poll() is None

@@ -152,10 +152,10 @@ def annotated(clips, tmp_path_factory):
     """Two runs into one folder: the first meets every failure, the second (failures gone)."""
     script, out = Script(), tmp_path_factory.mktemp("annotated")
     with StubServer(script) as server:
-        first = job.run(clips / "clips.jsonl", out, config(server), progress=False)
+        first = job.run(config(server), manifest=clips / "clips.jsonl", out=out)
         first_records, first_requests = read(out / "records.jsonl"), list(server.requests)
         script.fixed = True
-        second = job.run(clips / "clips.jsonl", out, config(server), progress=False)
+        second = job.run(config(server), manifest=clips / "clips.jsonl", out=out)
         second_requests = server.requests[len(first_requests):]
     return dict(clips=clips, out=out, first=first, second=second, first_records=first_records,
                 first_requests=first_requests, second_requests=second_requests)
@@ -230,7 +230,7 @@ def test_the_optional_models_tone_of_voice_and_an_age_gender_estimator(clips, tm
     with StubServer(script) as server:
         cfg = config(server, **{f"endpoints.{name}.{key}": value for name in ("audio", "age_gender")
                                 for key, value in (("base_url", server.url), ("model", f"{name}-model"))})
-        summary = job.run(tmp_path / "two.jsonl", tmp_path / "out", cfg, progress=False)
+        summary = job.run(cfg, manifest=tmp_path / "two.jsonl", out=tmp_path / "out")
         texts = [r.text for r in server.requests]
     assert summary["kept"] == 2 and summary["audio_requests"] == 2 and summary["age_gender_requests"] == 2
     records = read(tmp_path / "out" / "records.jsonl")
@@ -298,7 +298,7 @@ def reviewed(annotated, tmp_path_factory):
     script = Script()
     script.fixed = True
     with StubServer(script) as server:  # annotate once more: everything from the cache, the reviews kept
-        rerun = job.run(annotated["clips"] / "clips.jsonl", out, config(server), progress=False)
+        rerun = job.run(config(server), manifest=annotated["clips"] / "clips.jsonl", out=out)
         rerun_requests = len(server.requests)
     return dict(drawn=drawn, rows=rows, refused=refused, unchanged=unchanged, imported=imported, again=again,
                 files=files, scratch=scratch, rerun=rerun, rerun_requests=rerun_requests)
@@ -326,20 +326,15 @@ def test_the_review_sheet_and_its_import(annotated, reviewed):
     assert (out / "eval_emer_ov.jsonl").read_text() == reviewed["files"]["eval_emer_ov.jsonl"]
 
 
-def test_the_manifests_train_and_evaluate(annotated, reviewed, tmp_path):
-    """phase 3's manifest trains the tiny model two steps; `omni-jax eval` evaluates the result
-    on the human-reviewed clips' open-vocabulary manifest."""
+def test_the_manifests_are_what_training_and_evaluation_read(annotated, reviewed, tmp_path, capsys):
+    """`omni-jax data-check` reads phase 3's manifest as training does (the pipeline, every line
+    usable) and the human-reviewed clips' open-vocabulary manifest as `omni-jax eval` does (its
+    references checked, every prompt built)."""
     out, tiny = annotated["out"], "omni_emotion:tiny"
     qwen2_test_tokenizer(omni_emotion.get_config("tiny").model).save_pretrained(tmp_path / "tokenizer")
-    workdir = tmp_path / "train"
-    assert cli.main(["--json", "train", "--config", tiny, "--workdir", str(workdir),
-                     f"--config.data.manifest={out / 'phase3_instructions.jsonl'}",
-                     f"--config.data.tokenizer={tmp_path / 'tokenizer'}", "--config.train.steps=2",
-                     "--config.data.workers=0"]) == 0
-    steps = read(workdir / "metrics.jsonl")
-    assert [s["step"] for s in steps] == [1, 2] and all(np.isfinite(s["loss"]) for s in steps)
-    assert cli.main(["--json", "eval", "--config", tiny, "--checkpoint", str(workdir / "final"), "--workdir",
-                     str(tmp_path / "eval"), f"--config.evals.emer_ov.manifest={out / 'eval_emer_ov.jsonl'}",
-                     "--config.eval.max_new_tokens=2"]) == 0
-    predicted = read(tmp_path / "eval" / "predictions" / "emer_ov.jsonl")
-    assert [p["id"] for p in predicted] == [r["id"] for r in reviewed["rows"]] and all("answer" in p for p in predicted)
+    for manifest, task in (("phase3_instructions.jsonl", "train"), ("eval_emer_ov.jsonl", "open_vocabulary")):
+        lines = len(read(out / manifest))
+        assert cli.main(["--json", "data-check", "--manifest", str(out / manifest), "--config", tiny,
+                         f"--config.data.tokenizer={tmp_path / 'tokenizer'}", "--config.data.workers=0"]) == 0
+        report = json.loads(capsys.readouterr().out.splitlines()[-1])
+        assert (report["task"], report["examples"], report["usable"]) == (task, lines, lines), report

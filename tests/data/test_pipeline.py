@@ -252,20 +252,20 @@ def test_data_check_cli_counts_every_reason(bad_manifest, tmp_path, capsys):
     cfg = tiny()
     qwen2_test_tokenizer(cfg.model).save_pretrained(tmp_path / "tok")
     argv = ["--json", "data-check", "--manifest", str(bad_manifest), "--config", "omni_emotion:tiny",
-            "--tokenizer", str(tmp_path / "tok"), "--workers", "1"]
+            f"--config.data.tokenizer={tmp_path / 'tok'}", "--config.data.workers=1"]
     assert cli.main(argv) == 1  # 10 of 14 skipped: more than data.max_skip_fraction (0.1)
     captured = capsys.readouterr()
     report = json.loads(captured.out)  # --json: JSON only
-    assert report["ok"] is False and "10 of 14 lines would be skipped, more than --max-skip-fraction 0.1" in report[
-        "error"] and report["task"] == "train"
-    assert cli.main([*argv, "--max-skip-fraction", "0.75"]) == 0
+    assert report["ok"] is False and "10 of 14 lines would be skipped (" in report["error"]
+    assert "more than data.max_skip_fraction=0.1 allows" in report["error"] and report["task"] == "train"
+    assert cli.main([*argv, "--config.check.max_skip_fraction=0.75"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["ok"] is True and report["examples"] == 14 and report["usable"] == 4 and report["skipped"] == 10
     assert report["skipped_by_reason"] == {reason: 1 for reason in sorted(REASONS_WRITTEN)}
     assert (report["truncated"], report["has_video"], report["has_face"], report["has_audio"]) == (1, 3, 3, 2)
     assert report["token_length_histogram"] == {"<=96": 3, "<=128": 0, "<=192": 1}
     assert report["token_length_max"] == 192 and report["clips_per_second"] > 0
-    assert cli.main(argv[1:] + ["--max-skip-fraction", "0.75"]) == 0
+    assert cli.main(argv[1:] + ["--config.check.max_skip_fraction=0.75"]) == 0
     assert "skipped_by_reason" in capsys.readouterr().out  # the readable form without --json
 
 
@@ -463,7 +463,7 @@ def test_data_check_on_real_world_damage(tmp_path, capsys):
     manifest = write_manifest(root / "damaged.jsonl", lines)
     qwen2_test_tokenizer(tiny().model).save_pretrained(root / "tok")
     assert cli.main(["--json", "data-check", "--manifest", str(manifest), "--config", "omni_emotion:tiny",
-                     "--tokenizer", str(root / "tok"), "--workers", "0"]) == 0
+                     f"--config.data.tokenizer={root / 'tok'}", "--config.data.workers=0"]) == 0
     report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert report["skipped_by_reason"] == {"empty_file": 1}
     assert report["usable"] == len(files) - 1

@@ -115,9 +115,11 @@ def test_llm_grouping_of_open_vocabulary_words(endpoint, tmp_path):
     table = dict(OpenVocabulary("ov", manifest(tmp_path, "labels", labels), "Which?").run(
         fake_predict(["worried", "calm"], "labels", labels), tmp_path / "table"))
     assert table["precision"] == 0.0 and len(endpoint.requests) == 2
-    from omni_jax.eval.run import score  # eval's file carries the judge's groups: score gives eval's figures
+    from omni_jax.config_flags import load_config
+    from omni_jax.eval.job import score  # eval's file carries the judge's groups: score gives eval's figures
 
-    assert score("open_vocabulary", tmp_path / "out" / "predictions" / "ov.jsonl")["precision"] == 1.0
+    assert score(load_config("omni_emotion:tiny"), predictions=tmp_path / "out" / "predictions" / "ov.jsonl")[
+        "precision"] == 1.0
 
 
 def test_endpoint_problems_are_clear_errors(endpoint, tmp_path, monkeypatch):

@@ -6,10 +6,18 @@ import pytest
 
 from omni_jax.configs import omni_emotion
 from omni_jax.errors import InputError
+from omni_jax.config_flags import load_config
 from omni_jax.manifests import job
 from omni_jax.manifests.vocabulary import Vocabulary
 
 VOCABULARY = Vocabulary.from_evals(omni_emotion.evals_config())
+
+
+def run(name, labels, media, out, phase="", split="", fold=0, classes=""):
+    """The job as `omni-jax manifest --format NAME` runs it, with the manifest config's fields."""
+    cfg = load_config("manifest")
+    cfg.manifest.update(phase=phase, split=split, fold=fold, classes=str(classes))
+    return job.run(cfg, format=name, labels=labels, media=media, out=out)
 EVALS = omni_emotion.evals_config()
 
 
@@ -24,7 +32,7 @@ def write(root, relative, text=""):
 def lines(tmp_path, name, labels, media, **options):
     """(summary, the written lines) of `name`'s manifest at tmp_path/out.jsonl."""
     out = tmp_path / "out.jsonl"
-    summary = job.run(name, labels, media, out, VOCABULARY, **options)
+    summary = run(name, labels, media, out, **options)
     return summary, [json.loads(line) for line in out.read_text().splitlines()]
 
 
@@ -219,7 +227,7 @@ def test_media_outside_the_manifests_folder_is_written_absolute(tmp_path):
     write(tmp_path, "labels/set.csv", "video_name,label\n3,6\n")
     media = write(tmp_path, "media/00003.mp4").parent
     out = tmp_path / "manifests" / "dfew.jsonl"
-    job.run("dfew", tmp_path / "labels/set.csv", media, out, VOCABULARY)
+    run("dfew", tmp_path / "labels/set.csv", media, out)
     assert json.loads(out.read_text())["video"] == str(media / "00003.mp4")
 
 
@@ -238,7 +246,7 @@ def test_a_malformed_row_is_an_error_naming_its_line(tmp_path, name, text, messa
     labels = write(tmp_path, "set.csv", text)
     write(tmp_path, "media/00001.mp4"), write(tmp_path, "media/00025.mp4")
     with pytest.raises(InputError) as error:
-        job.run(name, labels, tmp_path / "media", tmp_path / "out.jsonl", VOCABULARY)
+        run(name, labels, tmp_path / "media", tmp_path / "out.jsonl")
     assert message in str(error.value) and str(labels) in str(error.value)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["media", "set.csv"]  # nothing half-written
 
@@ -256,6 +264,6 @@ def test_a_malformed_annotation_file_is_an_error_naming_it(tmp_path, name, relat
     write(tmp_path, f"labels/{relative}", text)
     labels = tmp_path / "labels" / ("" if name in ("afew_va", "ravdess") else relative)
     with pytest.raises(InputError) as error:
-        job.run(name, labels, tmp_path / "labels", tmp_path / "out.jsonl", VOCABULARY)
+        run(name, labels, tmp_path / "labels", tmp_path / "out.jsonl")
     assert message in str(error.value)
     assert not (tmp_path / "out.jsonl").exists()

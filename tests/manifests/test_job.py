@@ -10,10 +10,18 @@ from omni_jax import cli
 from omni_jax.data.manifest import ManifestSource
 from omni_jax.errors import InputError, MissingInputError, OutputExistsError
 from omni_jax.eval.evaluators import EmotionClassification, OpenVocabulary, ReasoningJudge
+from omni_jax.config_flags import load_config
 from omni_jax.manifests import job
 from omni_jax.manifests.vocabulary import Vocabulary
 
 VOCABULARY = Vocabulary.from_evals(omni_emotion.evals_config())
+
+
+def run(name, labels, media, out, phase="", split="", fold=0, classes=""):
+    """The job as `omni-jax manifest --format NAME` runs it, with the manifest config's fields."""
+    cfg = load_config("manifest")
+    cfg.manifest.update(phase=phase, split=split, fold=fold, classes=str(classes))
+    return job.run(cfg, format=name, labels=labels, media=media, out=out)
 
 
 @pytest.fixture
@@ -32,64 +40,65 @@ def test_the_class_table_is_overridden_by_a_json_file(tmp_path, dfew):
     labels, media = dfew
     classes = tmp_path / "classes.json"
     classes.write_text(json.dumps({"1": "Happiness", "2": "Calm", "3": "neutral"}))
-    summary = job.run("dfew", labels, media, tmp_path / "out.jsonl", VOCABULARY, split="test", fold=1,
+    summary = run("dfew", labels, media, tmp_path / "out.jsonl", split="test", fold=1,
                       classes=classes)
     assert [json.loads(line)["label"] for line in (tmp_path / "out.jsonl").read_text().splitlines()] == ["happy",
                                                                                                          "calm"]
     assert summary["labels"] == {"calm": 1, "happy": 1}
     classes.write_text(json.dumps({"1": "happy", "2": ""}))
     with pytest.raises(InputError, match=r"classes.json: key '2': expected a class name, found ''"):
-        job.run("dfew", labels, media, tmp_path / "other.jsonl", VOCABULARY, split="test", fold=1, classes=classes)
+        run("dfew", labels, media, tmp_path / "other.jsonl", split="test", fold=1, classes=classes)
 
 
 def test_missing_media_is_counted_and_an_existing_out_refused(tmp_path, dfew):
     labels, media = dfew
     out = tmp_path / "out.jsonl"
-    summary = job.run("dfew", labels, media, out, VOCABULARY, split="test", fold=1)
+    summary = run("dfew", labels, media, out, split="test", fold=1)
     assert (summary["lines"], summary["rows"], summary["skipped"]) == (2, 3, {"missing_media": 1})
     written = out.read_text()
     with pytest.raises(OutputExistsError, match="out.jsonl already exists"):
-        job.run("dfew", labels, media, out, VOCABULARY, split="test", fold=1)
+        run("dfew", labels, media, out, split="test", fold=1)
     assert out.read_text() == written
     for clip in media.iterdir():
         clip.unlink()
     with pytest.raises(InputError, match=r"none of the 3 rows .* made a line: .*set_1.csv:2: 00001: no 00001 or 1"):
-        job.run("dfew", labels, media, tmp_path / "none.jsonl", VOCABULARY, split="test", fold=1)
+        run("dfew", labels, media, tmp_path / "none.jsonl", split="test", fold=1)
     assert not (tmp_path / "none.jsonl").exists()
 
 
 @pytest.mark.parametrize("options, error, message", [
-    (dict(split="test"), InputError, r"--format dfew with a --labels folder takes --fold \(one of \(1, 2, 3, 4, 5\)\)"),
-    (dict(split="dev", fold=1), InputError, r"--split dev: dfew has \('train', 'test'\)"),
+    (dict(split="test"), InputError,
+     r"--format dfew with a --labels folder takes --config.manifest.fold \(one of \(1, 2, 3, 4, 5\)\)"),
+    (dict(split="dev", fold=1), InputError, r"--config.manifest.split=dev: dfew has \('train', 'test'\)"),
     (dict(split="train", fold=1), MissingInputError, r"no train\(single-labeled\)/set_1.csv or set_1/train.csv"),
     (dict(split="test", fold=1, phase="audio_alignment"), InputError,
-     r"--phase audio_alignment: dfew can write \['eval', 'face_alignment', 'instruction_tuning'\]"),
+     r"--config.manifest.phase=audio_alignment: dfew can write \['eval', 'face_alignment', 'instruction_tuning'\]"),
 ])
 def test_the_choices_of_a_labels_folder_are_checked(tmp_path, dfew, options, error, message):
     labels, media = dfew
     with pytest.raises(error, match=message):
-        job.run("dfew", labels, media, tmp_path / "out.jsonl", VOCABULARY, **options)
+        run("dfew", labels, media, tmp_path / "out.jsonl", **options)
 
 
 def test_a_labels_file_takes_no_split(tmp_path, dfew):
     labels, media = dfew
-    with pytest.raises(InputError, match=r"--split test: dfew with --labels .*set_1.csv has no splits"):
-        job.run("dfew", labels / "test(single-labeled)" / "set_1.csv", media, tmp_path / "o.jsonl", VOCABULARY,
-                split="test")
+    with pytest.raises(InputError, match=r"--config.manifest.split=test: dfew with --labels .*set_1.csv has no splits"):
+        run("dfew", labels / "test(single-labeled)" / "set_1.csv", media, tmp_path / "o.jsonl", split="test")
 
 
 def test_the_command_line(tmp_path, dfew, capsys):
     labels, media = dfew
     out = tmp_path / "m" / "dfew_test.jsonl"
     argv = ["manifest", "--format", "dfew", "--labels", str(labels), "--media", str(media), "--out", str(out),
-            "--split", "test", "--fold", "1", "--json"]
+            "--config.manifest.split=test", "--config.manifest.fold=1", "--json"]
     assert cli.main(argv) == 0
     result = json.loads(capsys.readouterr().out.splitlines()[-1])
     assert {k: result[k] for k in ("ok", "lines", "rows", "skipped", "labels")} == {
         "ok": True, "lines": 2, "rows": 3, "skipped": {"missing_media": 1}, "labels": {"happy": 1, "sad": 1}}
     assert json.loads(out.read_text().splitlines()[0])["video"] == str(media / "00001.mp4")
-    assert cli.main(argv) == 1
-    assert capsys.readouterr().err.strip().endswith("dfew_test.jsonl already exists; choose a new output file")
+    assert cli.main(argv) == 2
+    assert capsys.readouterr().err.strip().endswith("dfew_test.jsonl: exists; choose a new output file (nothing is "
+                                                    "overwritten)")
 
 
 def _parsed(manifest, question=None):
@@ -101,8 +110,8 @@ def test_the_written_manifests_are_read_by_the_pipeline_and_pass_the_evaluators_
     labels, media = dfew
     evals = omni_emotion.evals_config()
     out = tmp_path / "manifests"
-    job.run("dfew", labels, media, out / "eval.jsonl", VOCABULARY, split="test", fold=1)
-    job.run("dfew", labels, media, out / "face.jsonl", VOCABULARY, phase="face_alignment", split="test", fold=1)
+    run("dfew", labels, media, out / "eval.jsonl", split="test", fold=1)
+    run("dfew", labels, media, out / "face.jsonl", phase="face_alignment", split="test", fold=1)
     EmotionClassification.check_references("dfew", str(out / "eval.jsonl"), classes=evals.dfew.classes)
     records = _parsed(out / "eval.jsonl", evals.dfew.question)
     assert [(r.id, r.video, r.extra["label"]) for r in records] == [("00001", media / "00001.mp4", "happy"),
@@ -112,7 +121,7 @@ def test_the_written_manifests_are_read_by_the_pipeline_and_pass_the_evaluators_
     assert [r.conversations[1]["value"] for r in records] == ["happy", "sad"] and "label" not in records[0].extra
 
     (tmp_path / "emer.csv").write_text("name,english,openset\n00001,She beams.,\"['joyful', 'relieved']\"\n")
-    job.run("emer", tmp_path / "emer.csv", media, out / "emer.jsonl", VOCABULARY, phase="eval")
+    run("emer", tmp_path / "emer.csv", media, out / "emer.jsonl", phase="eval")
     OpenVocabulary.check_references("emer_ov", str(out / "emer.jsonl"))
     ReasoningJudge.check_references("emer", str(out / "emer.jsonl"))
     assert _parsed(out / "emer.jsonl", evals.emer.question)[0].extra == {

@@ -1,5 +1,6 @@
 """`omni-jax eval`, `infer` and `score` on real clips the tests write and a tiny random
-checkpoint: files written, sharded = one device = two processes, ablation, errors."""
+checkpoint: files written, sharded = one device = two processes, ablation, a workdir holding one
+evaluation, stop and resume, errors."""
 import json
 import os
 import shutil
@@ -11,15 +12,17 @@ import jax
 import numpy as np
 import pytest
 
+from omni_jax import cli
+from omni_jax.config_flags import load_config
 from omni_jax.configs import omni_emotion
-from omni_jax import cli, registry
-from omni_jax.eval import scoring
+from omni_jax.errors import CheckpointRefused, Stopped
+from omni_jax.eval import job, scoring
 from omni_jax.eval.predict import Predictor
-from omni_jax.eval.run import load_predictor
-from omni_jax.pretrained import load_pretrained, save_pretrained
-from omni_jax.runs import load_tokenizer
+from omni_jax.pretrained import load_pretrained
+from omni_jax.runs import load_tokenizer, run_config
 from omni_jax.sharding import make_mesh
 from tests import media
+from tests.conftest import random_checkpoint
 from tests.tokenizer import qwen2_test_tokenizer
 
 REPO = Path(__file__).resolve().parents[2]
@@ -32,10 +35,7 @@ def setup(tmp_path_factory):
     with a voice) and a missing one; classification and open-vocabulary manifests."""
     root = tmp_path_factory.mktemp("eval")
     cfg = omni_emotion.get_config("tiny")
-    qwen2_test_tokenizer(cfg.model).save_pretrained(root / "tokenizer")
-    config = registry.to_config(cfg.model)
-    params = registry.init_params(registry.FAMILIES["omni_emotion"], config, make_mesh(), seed=1)
-    save_pretrained(root / "ckpt", config, params, root / "tokenizer", {"trained": "no: random weights"})
+    random_checkpoint(root / "ckpt", "omni_emotion", cfg.model, seed=1, tokenizer=qwen2_test_tokenizer(cfg.model))
     for i in range(5):
         media.write_clip(root / f"c{i}.mp4", seconds=0.6, fps=10, size=(64, 48), face=True, audio=i % 2 == 0)
     lines = [{"id": f"c{i}", "video": f"c{i}.mp4", "label": f"w2{i % 3}"} for i in range(5)]
@@ -74,7 +74,7 @@ def test_eval_writes_predictions_metrics_and_a_confusion_matrix(setup, evaluated
     answered = [p for p in lines if "skip" not in p]
     assert all(isinstance(p["answer"], str) and p["correct"] == (p["predicted"] == p["label"]) for p in answered)
     result = json.loads((evaluated / "metrics.json").read_text())
-    assert result["modalities"] == "v,a,f"
+    assert result["modalities"] == ["v", "a", "f"]
     expected = scoring.classification_scores([p["answer"] for p in answered], [p["label"] for p in answered],
                                              CLASSES.split(","))
     for key in ("uar", "war", "unmapped", "strict_uar", "strict_war"):
@@ -89,14 +89,15 @@ def test_eval_writes_predictions_metrics_and_a_confusion_matrix(setup, evaluated
 
 
 def test_score_recomputes_the_metrics_of_a_predictions_file(evaluated, capsys):
-    assert cli.main(["--json", "score", "--task", "emotion_classification", "--classes", CLASSES,
+    assert cli.main(["--json", "score", f"--config.score.classes={CLASSES}",
                      "--predictions", str(evaluated / "predictions" / "dfew.jsonl")]) == 0
     scored = json.loads(capsys.readouterr().out.splitlines()[-1])
     result = json.loads((evaluated / "metrics.json").read_text())["dfew"]
     assert {k: scored[k] for k in ("uar", "war", "clips", "skipped")} == {k: result[k] for k in
                                                                           ("uar", "war", "clips", "skipped")}
-    with pytest.raises(SystemExit):  # every input path is checked when the command line is read
-        cli.main(["score", "--task", "open_vocabulary", "--predictions", str(evaluated / "nothing.jsonl")])
+    assert scored["evaluator"] == "dfew"  # the file's "label" lines: the first classification evaluator's
+    # every input path is checked when the command line is read
+    assert cli.main(["score", "--predictions", str(evaluated / "nothing.jsonl")]) == 2
     assert "nothing.jsonl: no such file or directory" in capsys.readouterr().err.splitlines()[-1]
 
 
@@ -118,7 +119,7 @@ def test_generation_unrolls_the_language_model_unless_told(setup):
     cfg = omni_emotion.get_config("tiny")
     for scan_layers, layout in ((False, "layers_0"), (True, "layers")):
         cfg.eval.scan_layers = scan_layers
-        _, predict = load_predictor(cfg, setup / "ckpt")
+        predict = job.load_predictor(run_config(cfg, setup / "ckpt"), setup / "ckpt")
         assert layout in predict.params["language_model"]["model"]
 
 
@@ -148,24 +149,24 @@ def _free_port() -> int:
 
 def test_modality_ablation_flag(setup, tmp_path):
     assert cli.main(eval_args(setup, tmp_path, "--config.eval.modalities=v")) == 0
-    assert json.loads((tmp_path / "metrics.json").read_text())["modalities"] == "v"
+    assert json.loads((tmp_path / "metrics.json").read_text())["modalities"] == ["v"]
     assert len(predictions(tmp_path / "predictions" / "dfew.jsonl")) == 6
 
 
 def test_infer_answers_a_clip_a_folder_and_a_manifest(setup, evaluated, capsys):
     question = omni_emotion.get_config("tiny").evals.dfew.question
     base = ["--json", "infer", "--checkpoint", str(setup / "ckpt"), "--config",
-            "omni_emotion:tiny", "--question", question, "--config.data.workers=0"]
+            "omni_emotion:tiny", f"--config.infer.question={question}", "--config.data.workers=0"]
     assert cli.main([*base, "--video", str(setup / "c1.mp4")]) == 0
     out = [json.loads(line) for line in capsys.readouterr().out.splitlines()]  # --json: JSON only
     evaluated_c1 = next(p for p in predictions(evaluated / "predictions" / "dfew.jsonl") if p["id"] == "c1")
     assert out[0]["id"] == "c1" and out[0]["answer"] == evaluated_c1["answer"] and out[0]["faces"] == "fallback"
     assert out[-1]["clips"] == 1 and out[-1]["faces/fallback"] == 1 and out[-1]["audio_cut"] == 0
-    assert cli.main([*base, "--video", str(setup), "--max-new-tokens", "2"]) == 0
+    assert cli.main([*base, "--video", str(setup), "--config.eval.max_new_tokens=2"]) == 0
     assert json.loads(capsys.readouterr().out.splitlines()[-1])["clips"] == 5
-    assert cli.main([*base, "--video", str(setup / "dfew.jsonl")]) == 0
+    assert cli.main([*base, "--video", str(setup / "dfew.jsonl"), "--config.eval.max_skip_fraction=0.2"]) == 0
     summary = json.loads(capsys.readouterr().out.splitlines()[-1])
-    assert (summary["clips"], summary["skipped"]) == (6, 1)
+    assert (summary["clips"], summary["skipped"]) == (6, 1) and "answers" not in summary  # each printed as it came
 
 
 def test_bad_input_is_a_clear_error_and_writes_nothing(setup, tmp_path, qwen2_tied, capsys):
@@ -193,20 +194,18 @@ def test_an_evaluation_that_cannot_read_enough_fails_naming_why(setup, tmp_path,
     """Above eval.max_skip_fraction (default 0.1; here 1 of 6 lines): an error with the reasons
     counted and the files named. When the files alone tell (missing, empty), before the model
     loads; when decoding tells (corrupt clips), before any predictions file is written."""
-    from omni_jax.eval import run
-
     def error(*args):
         capsys.readouterr()
         assert cli.main(list(args)) == 1
         return capsys.readouterr().err.splitlines()[-1]
 
     loaded = []
-    real_load = run.load_predictor
-    monkeypatch.setattr(run, "load_predictor", lambda *a, **k: loaded.append(1) or real_load(*a, **k))
+    real_load = job.load_predictor
+    monkeypatch.setattr(job, "load_predictor", lambda *a, **k: loaded.append(1) or real_load(*a, **k))
     default = [a for a in eval_args(setup, tmp_path / "a") if "max_skip_fraction" not in a]
     message = error(*default)
     assert "1 of 6 lines cannot be used (missing_file 1): first" in message and "missing.mp4: no such file" in message
-    assert "eval.max_skip_fraction 0.1" in message
+    assert "eval.max_skip_fraction is 0.1" in message
     (tmp_path / "empty.mp4").write_bytes(b"")
     nothing = tmp_path / "nothing.jsonl"
     nothing.write_text("".join(json.dumps({"id": n, "video": f"{n}.mp4", "label": "w20"}) + "\n" for n in ("gone", "empty")))
@@ -225,42 +224,74 @@ def test_an_evaluation_that_cannot_read_enough_fails_naming_why(setup, tmp_path,
     assert loaded and not (tmp_path / "b" / "predictions" / "dfew.jsonl").exists()
 
 
-def test_a_stopped_evaluation_resumes_after_its_last_batch(setup, evaluated, tmp_path):
-    """SIGTERM to an evaluation's process group stops it after the current batch (exit 0, one
-    line, its answers kept); the same command resumes after that batch, and the predictions are
-    those of a run never stopped."""
-    import signal
-    import time
+class StopAfter:
+    """A stop request reached after `batches` batches (what SIGTERM sets; the signal's own path
+    is train's and data-check's subprocess tests)."""
 
+    interrupted = False
+
+    def __init__(self, batches: int):
+        self.calls, self.batches = 0, batches
+
+    def reached(self) -> bool:
+        self.calls += 1
+        return self.calls >= self.batches
+
+
+def test_a_stopped_evaluation_resumes_after_its_last_batch(setup, evaluated, tmp_path, caplog):
+    """Stopped after its first batch (its answers kept, nothing merged), the same call resumes
+    after that batch, and the predictions are those of a run never stopped."""
     lines = [{**line, "video": str(setup / line["video"])} for line in predictions(setup / "dfew.jsonl")
-             if line["id"] != "gone"] * 4  # 20 batches of one
+             if line["id"] != "gone"] * 4  # 20 lines: batches of 8, 8, 4
     manifest = tmp_path / "long.jsonl"
     manifest.write_text("".join(json.dumps(line) + "\n" for line in lines))
-    flags = " ".join(f for f in os.environ.get("XLA_FLAGS", "").split() if f.startswith("--xla_cpu_collective"))
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": f"--xla_force_host_platform_device_count=1 {flags}"}
-    command = [sys.executable, "-m", "omni_jax.cli", *eval_args(setup, tmp_path / "w", "--config.eval.batch_size=1",
-                                                                 f"--config.evals.dfew.manifest={manifest}")]
-    stopped = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                               start_new_session=True)
+    cfg = load_config("omni_emotion:tiny")
+    cfg.evals.dfew.update(manifest=str(manifest), classes=tuple(CLASSES.split(",")))
+    cfg.data.workers = 0
+    call = dict(checkpoint=setup / "ckpt", workdir=tmp_path / "w")
+    with pytest.raises(Stopped, match="stopped after batch 1 of 3"):
+        job.evaluate(cfg, **call, stop=StopAfter(1))
     progress = tmp_path / "w" / "predictions" / ".dfew.progress-0-of-1"
-    deadline = time.monotonic() + 300
-    while not (progress.exists() and len(progress.read_text().splitlines()) >= 3):  # the key and two batches
-        assert stopped.poll() is None and time.monotonic() < deadline, stopped.communicate()[0][-3000:]
-        time.sleep(0.05)
-    os.killpg(stopped.pid, signal.SIGTERM)
-    output = stopped.communicate(timeout=300)[0]
-    assert stopped.returncode == 0 and "Traceback" not in output, output[-3000:]
-    done = len(progress.read_text().splitlines()) - 1
-    assert f"omni-jax eval: stopped after batch {done} of 20" in output and 2 <= done < 20
+    assert len(progress.read_text().splitlines()) == 2  # the key and one batch
     assert not (tmp_path / "w" / "predictions" / "dfew.jsonl").exists()
-
-    resumed = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert f"resuming after batch {done} of 20" in resumed.stderr
+    caplog.set_level("INFO")
+    job.evaluate(cfg, **call)
+    assert "resuming after batch 1 of 3" in caplog.text
     answers = {p["id"]: p["answer"] for p in predictions(evaluated / "predictions" / "dfew.jsonl") if "answer" in p}
     got = predictions(tmp_path / "w" / "predictions" / "dfew.jsonl")
     assert [p["answer"] for p in got] == [answers[p["id"]] for p in got] and len(got) == 20
     assert not list((tmp_path / "w" / "predictions").glob(".dfew.progress*"))  # removed once the evaluation ended
+
+
+def test_a_workdir_holds_one_evaluation_and_evaluators_add_to_it(setup, evaluated, tmp_path, capsys):
+    """A second evaluator adds its results beside the first's; the first, asked again, is kept
+    as it was (not generated again); another checkpoint, other generation settings or the same
+    evaluator on another manifest are refused before the model loads, the workdir untouched."""
+    workdir = tmp_path / "w"
+    base = eval_args(setup, workdir)
+    assert cli.main(base) == 0
+    dfew = (workdir / "predictions" / "dfew.jsonl").read_text()
+    ov = f"--config.evals.emer_ov.manifest={setup / 'ov.jsonl'}"
+    assert cli.main(["--json", *base, ov]) == 0
+    summary = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert summary["kept_from_before"] == ["dfew"] and {"dfew", "emer_ov"} <= set(summary)
+    metrics = json.loads((workdir / "metrics.json").read_text())
+    assert {"dfew", "emer_ov"} <= set(metrics) and (workdir / "predictions" / "dfew.jsonl").read_text() == dfew
+    assert metrics == json.loads((evaluated / "metrics.json").read_text())  # as one run of both
+    record = (workdir / "evaluation.json").read_text()
+    other = tmp_path / "other.jsonl"
+    other.write_text("".join((setup / "dfew.jsonl").read_text().splitlines(keepends=True)[:2]).replace(
+        '"c', f'"{setup}/c'))
+    for extra, message in ((["--config.eval.max_new_tokens=3"], "with other eval"),
+                           ([f"--config.evals.dfew.manifest={other}"], "holds evaluator 'dfew'")):
+        capsys.readouterr()
+        assert cli.main([*base, *extra]) == 1
+        assert message in capsys.readouterr().err
+    cfg = load_config("omni_emotion:tiny")
+    cfg.evals.dfew.update(manifest=str(other), classes=tuple(CLASSES.split(",")))
+    with pytest.raises(CheckpointRefused, match="holds files but no evaluation"):
+        job.evaluate(cfg, checkpoint=setup / "ckpt", workdir=setup)
+    assert (workdir / "evaluation.json").read_text() == record
 
 
 def test_a_progress_file_is_resumed_only_for_the_same_run(tmp_path):

@@ -6,7 +6,8 @@ import json
 import numpy as np
 import pytest
 
-from omni_jax.data import audio, synth, video
+from omni_jax.data import audio, video
+from omni_jax.synth import clips as synth
 from omni_jax.eval import scoring
 
 CLIPS_PER_CLASS = 2
