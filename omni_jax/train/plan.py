@@ -28,7 +28,7 @@ from omni_jax.modality_tokens import audio_input_frames, parse_modalities, place
 from omni_jax.progress import QUIET, Progress
 from omni_jax.sharding import DCN_FIELDS, MESH_AXES, dcn_granules, make_mesh
 from omni_jax.train.step import FIELDS as TRAIN_FIELDS
-from omni_jax.train.step import make_trainer, training_model_config
+from omni_jax.train.step import check_batch, make_trainer, training_model_config
 
 
 def abstract_batch(cfg: ml_collections.ConfigDict, batch: int, seq: int) -> dict[str, jax.ShapeDtypeStruct]:
@@ -127,6 +127,7 @@ def run(cfg: ml_collections.ConfigDict, *, progress: Progress = QUIET) -> dict[s
     ici = {axis: per_slice // known if cfg.mesh[axis] == -1 else cfg.mesh[axis] for axis in MESH_AXES}
     with progress.stage(f"compiling the train step for {devices} simulated devices"):
         mesh = make_mesh(**{axis: ici[axis] * dcn[axis] for axis in MESH_AXES}, devices=jax.devices("cpu")[:devices])
+        check_batch(cfg.train.global_batch_size, cfg.train.microbatches, mesh)
         result = plan_train_step(cfg, mesh, cfg.train.global_batch_size, cfg.plan.seq_len, dcn=dcn)
     gib = lambda n: f"{n / 2**30:.3f} GiB"
     return {**{k: v for k, v in result.items() if not k.endswith("bytes_per_device")},

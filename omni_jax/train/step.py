@@ -55,6 +55,15 @@ FIELDS = {"train.phase": tuple(PHASES), "train.global_batch_size": AT_LEAST_1, "
           "train.attention_impl": IMPLEMENTATIONS, "train.param_dtype": DTYPES, "train.compute_dtype": DTYPES}
 
 
+def check_batch(global_batch_size: int, microbatches: int, mesh: Mesh) -> None:
+    """The global batch splits over the mesh's batch axes (data × fsdp) in every microbatch."""
+    split = mesh.shape["data"] * mesh.shape["fsdp"]
+    if global_batch_size % (split * microbatches):
+        raise InputError(f"--config.train.global_batch_size={global_batch_size} does not split into "
+                         f"train.microbatches={microbatches} parts over the mesh's data × fsdp = {split} devices: "
+                         f"make it a multiple of {split * microbatches}")
+
+
 def training_model_config(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """The model's fields with the run's dtypes (parameters in param_dtype, compute in
     compute_dtype), attention kernels, the LM's remat policy and its batches' padding (right,

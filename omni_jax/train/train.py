@@ -170,6 +170,7 @@ def run(cfg: ml_collections.ConfigDict, *, workdir: str | os.PathLike, init: str
         tokenizer.save_pretrained(workdir / "tokenizer")
 
     mesh = make_mesh(**cfg.mesh)
+    train_step.check_batch(cfg.data.batch_size * jax.process_count(), cfg.train.microbatches, mesh)
     trainer = make_trainer(training_model_config(cfg), mesh, cfg.train, steps)
     pipeline_cfg = ml_collections.ConfigDict(cfg.to_dict())
     pipeline_cfg.data.epochs = None  # the run ends by its step count (see the module docstring)

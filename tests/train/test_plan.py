@@ -12,8 +12,8 @@ import pytest
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from omni_jax import cli, registry
 from omni_jax.configs import omni_emotion
-from omni_jax import registry
 from omni_jax.flops import count_flops
 from omni_jax.sharding import dcn_granules, make_mesh
 from omni_jax.train.plan import (
@@ -29,12 +29,16 @@ from omni_jax.train.step import make_trainer, merge_params, trainable_mask, trai
 REPO = Path(__file__).resolve().parents[2]
 
 
-def test_plan_reports_fsdp_sharded_bytes_and_flops():
-    out = subprocess.run([sys.executable, "-m", "omni_jax.cli", "--json", "plan", "--config",
-                          "omni_emotion:tiny", "--mesh", "fsdp=8", "--batch", "8", "--seq", "128"],
-                         capture_output=True, text=True, cwd=REPO)
-    assert out.returncode == 0, out.stderr[-2000:]
-    result = json.loads(out.stdout.splitlines()[-1])
+def plan(capsys, *argv: str) -> tuple[int, dict]:
+    """`omni-jax --json plan ARGV` in this process (8 simulated devices already: JAX started)."""
+    capsys.readouterr()
+    status = cli.main(["--json", "plan", "--config", "omni_emotion:tiny", *argv])
+    return status, json.loads(capsys.readouterr().out.splitlines()[-1])
+
+
+def test_plan_reports_fsdp_sharded_bytes_and_flops(capsys):
+    status, result = plan(capsys)  # tiny: fsdp over the 8 devices, a batch of 8 clips of 128 tokens
+    assert status == 0
     assert result["ok"] and result["devices"] == 8
     assert 0 < result["model_flops_per_step"] < result["hardware_flops_per_step"]  # remat "full"
     shapes = registry.abstract_params(registry.FAMILIES["omni_emotion"], omni_emotion.get_config("tiny").model)
@@ -110,14 +114,11 @@ def test_collective_bytes_count_loops_and_the_costliest_branch():
                       "collective-permute": 0}
 
 
-def test_plan_reports_the_collectives_that_cross_dcn():
+def test_plan_reports_the_collectives_that_cross_dcn(capsys):
     """The fsdp=8 plan above with its 8 devices standing for 2 slices of 4 along fsdp: every
     weight all-gather spans both slices, and the plan says which axis crosses and how much."""
-    out = subprocess.run([sys.executable, "-m", "omni_jax.cli", "--json", "plan", "--config",
-                          "omni_emotion:tiny", "--mesh", "fsdp=4,dcn_fsdp=2", "--batch", "8",
-                          "--seq", "128"], capture_output=True, text=True, cwd=REPO)
-    assert out.returncode == 0, out.stderr[-2000:]
-    result = json.loads(out.stdout.splitlines()[-1])
+    status, result = plan(capsys, "--config.mesh.fsdp=4", "--config.mesh.dcn_fsdp=2")
+    assert status == 0
     assert result["devices"] == 8 and result["mesh"] == {"data": 1, "fsdp": 8, "tensor": 1}
     assert result["ici_mesh"] == {"data": 1, "fsdp": 4, "tensor": 1} and result["dcn_axes"] == ["fsdp"]
     assert result["dcn_all-gather_bytes_per_device"] == result["all-gather_bytes_per_device"] > 0
@@ -170,10 +171,11 @@ def test_device_groups_read_each_form_xla_prints(attributes, groups):
     assert sorted(sorted(g.tolist()) for g in device_groups(attributes, 8)) == groups
 
 
-def test_plan_rejects_a_sequence_too_short_for_the_clip():
-    out = subprocess.run([sys.executable, "-m", "omni_jax.cli", "plan", "--config", "omni_emotion:tiny",
-                          "--mesh", "fsdp=2", "--batch", "2", "--seq", "8"], capture_output=True, text=True, cwd=REPO)
-    assert out.returncode == 1 and "shorter than the" in out.stderr
+def test_plan_rejects_a_sequence_too_short_for_the_clip_and_a_mesh_larger_than_this_process(capsys):
+    status, result = plan(capsys, "--config.plan.seq_len=8")
+    assert status == 1 and "--config.plan.seq_len=8 is shorter than the" in result["error"]
+    status, result = plan(capsys, "--config.mesh.fsdp=16")  # JAX started here with 8: a plan's own process has 16
+    assert status == 1 and "needs 16 simulated devices, and JAX started with 8" in result["error"]
 
 
 def test_step_flops_are_independent_of_microbatches_and_cover_the_language_model():

@@ -25,6 +25,7 @@ from omni_jax.train.checkpoint import Checkpoints
 from omni_jax.train.step import make_trainer, training_model_config
 from omni_jax.train.train import check_workdir
 from tests import media
+from tests.conftest import random_checkpoint
 from tests.tokenizer import qwen2_test_tokenizer
 
 REPO = Path(__file__).resolve().parents[2]
@@ -35,7 +36,9 @@ STEPS = 8
 def data(tmp_path_factory):
     """8 clips (faces drawn, every other one with audio) and 2 audio-only lines; a tokenizer."""
     root = tmp_path_factory.mktemp("train_data")
-    qwen2_test_tokenizer(omni_emotion.get_config("tiny").model).save_pretrained(root / "tokenizer")
+    model = omni_emotion.get_config("tiny").model
+    qwen2_test_tokenizer(model).save_pretrained(root / "tokenizer")
+    random_checkpoint(root / "init", "omni_emotion", model, seed=3, tokenizer=qwen2_test_tokenizer(model))
     lines = []
     for i in range(8):
         media.write_clip(root / f"c{i}.mp4", seconds=0.8, fps=10, size=(64, 48), face=True, audio=i % 2 == 0)
@@ -52,7 +55,7 @@ def data(tmp_path_factory):
 
 
 def args(data: Path, workdir: Path, *extra: str) -> list[str]:
-    return ["train", "--config", "omni_emotion:tiny", "--workdir", str(workdir),
+    return ["train", "--config", "omni_emotion:tiny", "--workdir", str(workdir), "--init", str(data / "init"),
             f"--config.data.manifest={data / 'train.jsonl'}", f"--config.data.tokenizer={data / 'tokenizer'}",
             f"--config.train.steps={STEPS}", "--config.train.checkpoint_every=2", "--config.data.workers=0",
             "--config.train.learning_rate=1e-3", *extra]
@@ -279,6 +282,7 @@ def test_user_errors_are_clear_and_leave_nothing_half_done(data, uninterrupted, 
     assert "train has no field 'learning_rat'" in error(*base, "--config.train.learning_rat=1")
     assert "expected an integer" in error(*base, "--config.train.steps=many")
     assert "expected true or false" in error(*base, "--config.train.allow_config_change=maybe")
+    assert "--config.train.steps=-3 is out of range: allowed [0, ∞)" in error(*base, "--config.train.steps=-3")
     # --config paths are checked when the command line is read, as path flags are
     assert f"--config.data.manifest={tmp_path / 'absent.jsonl'}: no such file or directory" in error(
         *[a for a in base if "manifest" not in a], f"--config.data.manifest={tmp_path / 'absent.jsonl'}")
