@@ -58,8 +58,8 @@ class PathFlag:
         if "://" in path:
             return path
         if self.kind == "new":
-            problem = "exists; choose a new output file (nothing is overwritten)" if os.path.lexists(path) else \
-                output_problem(path, "file")
+            problem = output_problem(path, "file") or (
+                "exists; choose a new output file (nothing is overwritten)" if os.path.lexists(path) else None)
         elif self.kind == "new_folder":
             problem = "exists and is not empty; choose a new folder (nothing is overwritten)" if (
                 os.path.isdir(path) and os.listdir(path)) else output_problem(path, "folder")

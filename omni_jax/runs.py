@@ -27,6 +27,18 @@ FINE_TUNABLE = ("loss_chunk_size", "audio_windows")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
 
 
+def check_own_workdir(workdir: Path, record: str, what: str) -> None:
+    """A workdir a job creates or resumes: a folder (not a file) that is new, empty, or holds the
+    job's `record` (its resumable run); one holding other files is refused, not written into.
+    (Hidden files are a writer's temporary names: another process of the run writing its record.)"""
+    if workdir.exists() and not workdir.is_dir():
+        raise InputError(f"--workdir {workdir}: a file, where the {what}'s folder is expected")
+    if workdir.is_dir() and not (workdir / record).exists() and any(
+            not p.name.startswith(".") for p in workdir.iterdir()):
+        raise CheckpointRefused(f"--workdir {workdir}: holds files but no {what} ({record}); use a new --workdir "
+                                "(nothing is overwritten)")
+
+
 def resolve_checkpoint(checkpoint: str | os.PathLike | None) -> Path | None:
     """A checkpoint directory, or a finished phase's workdir (its final/)."""
     if checkpoint is None:

@@ -155,30 +155,11 @@ def llava(tmp_path_factory):
     return _converted(tmp_path_factory, "llava", LlavaOnevisionForConditionalGeneration, tiny_llava_config())
 
 
-def random_params(model_type: str, config, seed: int = 0):
-    """Parameters in `config`'s shapes drawn on the host, as initialisers would set them (norm
-    scales 1, biases 0, the rest normal with std 0.02): no init program to trace and compile
-    (a tiny Omni-Emotion's init takes ~50 s on 2 cores)."""
-    from omni_jax import registry
-
-    paths, treedef = jax.tree_util.tree_flatten_with_path(
-        registry.abstract_params(registry.FAMILIES[model_type], config))
-    rng = np.random.default_rng(seed)
-
-    def draw(path, spec):
-        name = str(path[-1].key)
-        if name == "scale":
-            return np.ones(spec.shape, np.float32)
-        if name == "bias":
-            return np.zeros(spec.shape, np.float32)
-        return (0.02 * rng.standard_normal(spec.shape)).astype(np.float32)
-    return jax.tree.unflatten(treedef, [draw(path, spec) for path, spec in paths])
-
-
 def random_checkpoint(path, model_type: str, config, seed: int = 0, tokenizer=None):
-    """A checkpoint of `random_params` at `path`, with `tokenizer`'s files (a run takes its
-    tokenizer from the checkpoint it starts from)."""
+    """A checkpoint of random parameters (`synth.parts.random_params`: no init compile) at `path`,
+    with `tokenizer`'s files (a run takes its tokenizer from the checkpoint it starts from)."""
     from omni_jax.checkpoint_dir import save_params
+    from omni_jax.synth.parts import random_params
 
     save_params(path, model_type, config, random_params(model_type, config, seed))
     if tokenizer is not None:

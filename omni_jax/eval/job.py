@@ -30,14 +30,14 @@ from jax.experimental import multihost_utils
 from omni_jax.atomic import atomic_write
 from omni_jax.config_flags import check_ranges
 from omni_jax.data import pipeline
-from omni_jax.data.manifest import json_lines, too_many_skipped
-from omni_jax.errors import CheckpointRefused, InputError, MissingInputError
+from omni_jax.data.manifest import ManifestSource, json_lines, too_many_skipped, unusable_lines
+from omni_jax.errors import CheckpointRefused, InputError, MissingInputError, RunStopped
 from omni_jax.eval import scoring
 from omni_jax.eval.evaluators import EVALUATORS, from_config
 from omni_jax.eval.predict import FIELDS, Predictor, media_counts, run_settings
 from omni_jax.process_files import manifest_identity
 from omni_jax.progress import QUIET, Progress
-from omni_jax.runs import load_tokenizer, resolve_checkpoint, run_config
+from omni_jax.runs import check_own_workdir, load_tokenizer, resolve_checkpoint, run_config
 from omni_jax.sharding import make_mesh
 from omni_jax.stopping import StopRequest
 
@@ -89,9 +89,6 @@ def _check_workdir(workdir: Path, settings: dict[str, Any], wanted: dict[str, di
     and settings, and each evaluator it has already run on the same manifest and settings."""
     record_file = workdir / RECORD
     if not record_file.exists():
-        if workdir.exists() and any(workdir.iterdir()):
-            raise CheckpointRefused(f"--workdir {workdir}: holds files but no evaluation ({RECORD}); use a new "
-                                    "--workdir (nothing is overwritten)")
         return {**settings, "evaluators": {}}
     record = _read_json(record_file)
     if {k: record.get(k) for k in settings} != json.loads(json.dumps(settings)):
@@ -125,9 +122,9 @@ def evaluate(cfg: ml_collections.ConfigDict, *, checkpoint: str | os.PathLike, w
     """Runs every configured evaluator (cfg.evals with a manifest) on `checkpoint` into `workdir`
     (module docstring); returns {NAME: {metric: value}} of those configured. `stop` is asked
     after every batch (raises Stopped; the same call resumes)."""
+    check_ranges(cfg, FIELDS, pipeline.FIELDS)
     workdir = Path(workdir)
-    if workdir.exists() and not workdir.is_dir():
-        raise InputError(f"--workdir {workdir}: a file, where the evaluation's folder is expected")
+    check_own_workdir(workdir, RECORD, "evaluation")
     evaluators = from_config(cfg.evals, cfg.eval.max_skip_fraction)  # references and media checked before the model loads
     if not evaluators:
         raise InputError(f"no evaluator has a manifest: set --config.evals.NAME.manifest=FILE.jsonl for one of "
@@ -192,20 +189,24 @@ def infer(cfg: ml_collections.ConfigDict, *, checkpoint: str | os.PathLike, vide
     .jsonl, read as the pipeline reads any manifest): each asked `infer.question` unless its line
     carries a conversation; decoded as in training (faces detected when no boxes are given).
     Each answer is emitted as it comes (`progress.emit`); returns them all with the counts, and
-    `error` when more than eval.max_skip_fraction of the clips could not be read."""
+    `error` when more than eval.max_skip_fraction of the clips could not be read (refused before
+    the model loads when the files alone tell: missing or empty)."""
     cfg, path = _run_config(cfg, checkpoint, model_overrides)
-    predict = load_predictor(cfg, path, progress)
-    shown = lambda a: {k: v for k, v in a.items() if k not in ("line", "reference")}
-    predict.on_answers = lambda batch: [progress.emit(shown(a), readable_answer(a)) for a in batch]
-    question = cfg.infer.question
-    if video is not None and str(video).endswith(".jsonl"):
-        answers = predict(video, question)
-    else:
-        with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp:
+        if video is not None and str(video).endswith(".jsonl"):
+            manifest = Path(video)
+        else:
             manifest = Path(tmp) / "clips.jsonl"
             manifest.write_text("".join(json.dumps(line) + "\n" for line in clip_lines(video, audio)))
-            answers = predict(manifest, question)
-    answers = [shown(a) for a in answers]
+        source = ManifestSource(manifest, cfg.infer.question)
+        failure = too_many_skipped(unusable_lines(source), len(source), cfg.eval.max_skip_fraction,
+                                   "eval.max_skip_fraction", what="clips")
+        if failure:
+            raise RunStopped(f"{manifest}: {failure}")
+        predict = load_predictor(cfg, path, progress)
+        shown = lambda a: {k: v for k, v in a.items() if k not in ("line", "reference")}
+        predict.on_answers = lambda batch: [progress.emit(shown(a), readable_answer(a)) for a in batch]
+        answers = [shown(a) for a in predict(manifest, cfg.infer.question)]
     skips = [(a["skip"], f"{a['id']}: {a['message']}") for a in answers if "skip" in a]
     summary = {"clips": len(answers), "skipped": len(skips), **media_counts(answers), "answers": answers}
     failure = too_many_skipped(skips, len(answers), cfg.eval.max_skip_fraction, "eval.max_skip_fraction",

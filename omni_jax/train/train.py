@@ -44,7 +44,7 @@ from omni_jax.faces.finder import finder_for
 from omni_jax.flops import count_flops
 from omni_jax.pretrained import load_pretrained, save_pretrained
 from omni_jax.progress import QUIET, Progress
-from omni_jax.runs import RUN_FILE, load_tokenizer, resolve_checkpoint, run_config
+from omni_jax.runs import RUN_FILE, check_own_workdir, load_tokenizer, resolve_checkpoint, run_config
 from omni_jax.sharding import make_mesh
 from omni_jax.stopping import StopRequest
 from omni_jax.train import step as train_step
@@ -154,8 +154,7 @@ def run(cfg: ml_collections.ConfigDict, *, workdir: str | os.PathLike, init: str
     asked after every step: the run saves and returns, `stopped` "preempted" or "interrupted"."""
     check_ranges(cfg, FIELDS, train_step.FIELDS, pipeline.FIELDS, EVAL_FIELDS)
     workdir = Path(workdir)
-    if workdir.exists() and not workdir.is_dir():
-        raise InputError(f"--workdir {workdir}: a file, where the run's folder is expected")
+    check_own_workdir(workdir, RUN_FILE, "training run")
     init = resolve_checkpoint(init)
     cfg = run_config(cfg, init, model_overrides)
     if not cfg.data.manifest:
