@@ -2,8 +2,9 @@
 Omni-Emotion's 14×14 face tokens and a projector to Qwen2-7B's width; "tiny" for tests."""
 import ml_collections
 
-from . import swin as swin_configs
 from omni_jax.models import facexformer
+
+from . import swin as swin_configs
 
 # backbone: configs/swin.py variant; face_grid: tokens per side; llm_width: the projector's output
 VARIANTS = {"base": dict(backbone="base", face_grid=14, llm_width=3584),

@@ -36,8 +36,8 @@ from bench_common import run_info  # noqa: E402  (experiments/, the script's fol
 from omni_jax.configs import omni_emotion  # noqa: E402
 from omni_jax.data import audio, faces, pipeline, synth, text, video  # noqa: E402
 from omni_jax.data.media_writer import write_media  # noqa: E402
-from omni_jax.synth.tokenizer import word_tokenizer  # noqa: E402
 from omni_jax.modality_tokens import add_special_tokens  # noqa: E402
+from omni_jax.synth.tokenizer import word_tokenizer  # noqa: E402
 
 TURNS = [{"from": "human", "value": "<video>\nWhat emotion does the person show ? Explain ."},
          {"from": "gpt", "value": "The person looks happy : a wide smile and raised cheeks ."}]

@@ -35,6 +35,7 @@ import argparse
 import concurrent.futures
 import json
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -130,9 +131,9 @@ def transformers_parts(out: Path, seed: int) -> Path:
     import transformers
 
     from omni_jax.configs import omni_emotion
+    from omni_jax.models import llava_onevision, whisper
     from omni_jax.synth import clips as synth
     from omni_jax.synth.tokenizer import word_tokenizer
-    from omni_jax.models import llava_onevision, whisper
 
     transformers.utils.logging.disable_progress_bar()  # "Writing model shards", per tiny file
     cfg = omni_emotion.get_config("demo").model
@@ -168,9 +169,9 @@ def prepare_towers(parts: Path, data: Path, seed: int, steps: int = 0) -> dict[s
     import jax
 
     import omni_jax
-    from omni_jax.configs import omni_emotion
     from omni_jax import registry
     from omni_jax.checkpoint_dir import save_params
+    from omni_jax.configs import omni_emotion
     from omni_jax.data import pipeline
     from omni_jax.data.manifest import ManifestSource
     from omni_jax.models import facexformer
@@ -396,8 +397,9 @@ def demo(args: argparse.Namespace, seed: int, out: Path) -> dict[str, Any]:
                          here(data / "infer.jsonl"), *eval_mesh(DEVICES)]
     commands["export"] = ["export", "--src", here(init / "final"), "--dst", here(out / "exported")]
     run_side_by_side(commands, out)
-    answer = next(line for line in (out / "logs" / "infer.log").read_text().splitlines()
-                  if line.startswith("eval_"))
+    # the answer's line, among the progress bars on standard error the log holds too
+    answer = re.search(r"^(eval_\d+: .*)$", (out / "logs" / "infer.log").read_text().replace("\r", "\n"),
+                       re.MULTILINE).group(1)
 
     log_line("5/5 summary")
     rows = summary(out, subsets)

@@ -22,9 +22,9 @@ from omni_jax import xla_cpu  # noqa: E402
 
 xla_cpu.configure()
 
-from omni_jax.testing.face_scenes import iou, photograph  # noqa: E402
 from omni_jax.data.faces import expand_box  # noqa: E402
 from omni_jax.faces.detector import FaceDetector  # noqa: E402
+from omni_jax.testing.face_scenes import iou, photograph  # noqa: E402
 
 
 def views(photo: np.ndarray) -> dict[str, np.ndarray]:

@@ -24,9 +24,9 @@ from omni_jax import xla_cpu  # noqa: E402
 xla_cpu.configure()
 
 from omni_jax.data import video
-from omni_jax.testing import face_scenes  # noqa: E402
 from omni_jax.faces import job  # noqa: E402
 from omni_jax.faces.finder import tracked_faces  # noqa: E402
+from omni_jax.testing import face_scenes  # noqa: E402
 
 
 def haar_by_time(scene: face_scenes.Scene, times: list[float]) -> list[dict]:

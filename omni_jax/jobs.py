@@ -31,6 +31,8 @@ import time
 import traceback
 from typing import Any, Callable, Sequence
 
+from tqdm import tqdm
+
 from omni_jax import xla_cpu
 from omni_jax.config_flags import MODEL_PREFIX, apply_overrides, load_config, resolve_paths, set_paths
 from omni_jax.errors import InputError, Stopped, UserError
@@ -129,7 +131,10 @@ class Output:
     debug: bool
 
     def result(self, record: dict[str, Any], text: str) -> None:
-        print(json.dumps(record, ensure_ascii=False, default=str) if self.json else text, flush=True)
+        if self.json:
+            print(json.dumps(record, ensure_ascii=False, default=str), flush=True)
+        else:  # above the progress bars on standard error, which stay below
+            tqdm.write(text, file=sys.stdout)
 
     def summary(self, summary: dict[str, Any], ok: bool) -> None:
         if self.json:

@@ -36,9 +36,9 @@ class Progress:
         return self._stream or sys.stderr
 
     def say(self, text: str) -> None:
-        """One line for the person waiting."""
+        """One line for the person waiting (above the bars that are drawn, which stay)."""
         if self.enabled:
-            print(text, file=self.stream, flush=True)
+            tqdm.write(text, file=self.stream)
 
     @contextlib.contextmanager
     def stage(self, what: str) -> Iterator[None]:

@@ -3,8 +3,8 @@ import jax
 import numpy as np
 import pytest
 
-from omni_jax.configs import facexformer, llava_onevision, omni_emotion, qwen2, siglip, swin, whisper
 from omni_jax import registry
+from omni_jax.configs import facexformer, llava_onevision, omni_emotion, qwen2, siglip, swin, whisper
 from omni_jax.conversion.engine import abstract_params
 from omni_jax.modality_tokens import placeholder_counts, video_tokens
 

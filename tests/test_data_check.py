@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from omni_jax.configs import omni_emotion
 from omni_jax import cli
+from omni_jax.configs import omni_emotion
 from omni_jax.data_check import check_manifest, task_of
 from omni_jax.runs import load_tokenizer
 from tests import media

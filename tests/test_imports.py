@@ -33,3 +33,73 @@ def test_every_module_imports_without_torch():
     assert result.returncode == 0, result.stderr
     imported = result.stdout.split()
     assert {"omni_jax.cli", "omni_jax.testing.reference.facexformer", "omni_jax.models.qwen2"} <= set(imported), imported
+
+
+def package_imports() -> dict[str, set[str]]:
+    """The package's imports, static ones and those inside functions alike, between its parts:
+    each subpackage or top-level module of omni_jax (the configs are omni_jax.configs) → the parts
+    it imports."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    files = {path: ("omni_jax", *path.relative_to(root / "omni_jax").with_suffix("").parts)
+             for path in (root / "omni_jax").rglob("*.py")}
+    files.update({path: ("omni_jax", "configs", path.stem) for path in (root / "configs").glob("*.py")})
+    edges: dict[str, set[str]] = {}
+    for path, parts in files.items():
+        package = parts[:-1] if parts[-1] == "__init__" else parts[:-1]
+        part = parts[1]
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = list(package[:len(package) - node.level + 1]) if node.level else []
+                module = ".".join(base + ([node.module] if node.module else []))
+                names = [module] + [f"{module}.{alias.name}" for alias in node.names]
+            else:
+                continue
+            for name in names:
+                target = name.split(".")
+                if target[0] == "tests" or (target[0] == "omni_jax" and len(target) > 1 and target[1] != part):
+                    edges.setdefault(part, set()).add(target[1] if target[0] == "omni_jax" else "tests")
+    return edges
+
+
+def cycles(edges: dict[str, set[str]]) -> list[set[str]]:
+    """The strongly connected groups of more than one part (Tarjan)."""
+    index, low, stack, found, counter = {}, {}, [], [], [0]
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = counter[0]
+        counter[0] += 1
+        stack.append(node)
+        for other in edges.get(node, ()):
+            if other not in index:
+                visit(other)
+                low[node] = min(low[node], low[other])
+            elif other in stack:
+                low[node] = min(low[node], index[other])
+        if low[node] == index[node]:
+            group = set()
+            while not group or node not in group:
+                group.add(stack.pop())
+            if len(group) > 1:
+                found.append(group)
+
+    for node in list(edges):
+        if node not in index:
+            visit(node)
+    return found
+
+
+def test_the_packages_imports_point_one_way():
+    """No cycle between the package's parts; the jobs never import omni_jax.testing (the tests'
+    and benchmarks' references, scenes and stub server), and nothing imports tests/."""
+    edges = package_imports()
+    assert {"registry", "conversion", "checkpoint_dir", "configs"} <= set(edges)
+    assert "conversion" not in edges["registry"] and "registry" in edges["conversion"]
+    assert cycles(edges) == []
+    assert [part for part, targets in edges.items() if "testing" in targets and part != "testing"] == []
+    assert [part for part, targets in edges.items() if "tests" in targets] == []
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [{"a", "b", "c"}]  # it finds one

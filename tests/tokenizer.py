@@ -8,9 +8,9 @@ import ml_collections
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
+from omni_jax.modality_tokens import add_special_tokens
 from omni_jax.synth import tokenizer as word_level
 from omni_jax.synth.tokenizer import LLAVA_SPECIAL, QWEN2_SPECIAL, with_qwen2_specials
-from omni_jax.modality_tokens import add_special_tokens
 
 # Qwen2's tokenizer.json pre-tokenizer split (then byte-level, no regex of its own).
 QWEN2_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+"

@@ -24,9 +24,9 @@ import jax
 import ml_collections
 
 from omni_jax.annotate import outputs, prompts, review
-from omni_jax.annotate.outputs import RECORDS, read_records
 from omni_jax.annotate.annotator import Annotator, endpoints_of
 from omni_jax.annotate.media import FacesByTime
+from omni_jax.annotate.outputs import RECORDS, read_records
 from omni_jax.config_flags import AT_LEAST_0, AT_LEAST_1, FRACTION, POSITIVE, Range, check_ranges
 from omni_jax.data.manifest import ManifestSource, too_many_skipped
 from omni_jax.errors import InputError

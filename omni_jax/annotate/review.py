@@ -26,8 +26,8 @@ import ml_collections
 import numpy as np
 
 from omni_jax.annotate import outputs
-from omni_jax.annotate.outputs import RECORDS, read_records
 from omni_jax.annotate.media import fit
+from omni_jax.annotate.outputs import RECORDS, read_records
 from omni_jax.data import video
 from omni_jax.data.errors import ExampleError
 from omni_jax.errors import InputError, MissingInputError, OutputExistsError

@@ -21,8 +21,16 @@ import ml_collections
 import numpy as np
 
 from omni_jax import registry
-from omni_jax.checkpoint_dir import (DTYPES, PARAMS_DIR, checkpoint_writer, copy_side_files, flat_leaves, load_leaf,
-                                     read_config, stored_leaves)
+from omni_jax.checkpoint_dir import (
+    DTYPES,
+    PARAMS_DIR,
+    checkpoint_writer,
+    copy_side_files,
+    flat_leaves,
+    load_leaf,
+    read_config,
+    stored_leaves,
+)
 from omni_jax.conversion.engine import ConversionError, abstract_params
 from omni_jax.modality_tokens import SPECIAL_TOKENS
 from omni_jax.models.omni_emotion import fill_token_rows

@@ -27,8 +27,17 @@ from flax import traverse_util
 
 from omni_jax import registry
 from omni_jax.atomic import atomic_write
-from omni_jax.checkpoint_dir import (DTYPES, PARAMS_DIR, checkpoint_writer, copy_side_files, flat_leaves,
-                                     load_leaf, read_config, refuse_existing, stored_leaves)
+from omni_jax.checkpoint_dir import (
+    DTYPES,
+    PARAMS_DIR,
+    checkpoint_writer,
+    copy_side_files,
+    flat_leaves,
+    load_leaf,
+    read_config,
+    refuse_existing,
+    stored_leaves,
+)
 from omni_jax.conversion.formats import READS, WRITES, Format, Rule, family_for_hf_config
 from omni_jax.conversion.io import CheckpointReader, SafetensorsWriter
 from omni_jax.conversion.transforms import Packed

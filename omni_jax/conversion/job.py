@@ -66,7 +66,8 @@ def convert_facexformer(cfg: ml_collections.ConfigDict, *, src: str | os.PathLik
 def convert_retinaface(cfg: ml_collections.ConfigDict, *, src: str | os.PathLike | None = None,
                        dst: str | os.PathLike, progress: Progress = QUIET) -> dict[str, Any]:
     """RetinaFace weights (a release .pth, an .onnx export; None: the bundled ones) → a face detector at `dst`."""
-    from omni_jax.conversion.retinaface import BUNDLED, convert_retinaface as convert_weights
+    from omni_jax.conversion.retinaface import BUNDLED
+    from omni_jax.conversion.retinaface import convert_retinaface as convert_weights
 
     dst = convert_weights(src or BUNDLED, dst, dtype=_dtype(cfg), progress=progress)
     return {**_written(dst), "backbone": read_config(dst)["config"]["backbone"]}

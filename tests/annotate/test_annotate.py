@@ -19,13 +19,13 @@ import numpy as np
 import pytest
 import soundfile
 
-from omni_jax.configs import annotate as annotate_config
-from omni_jax.configs import omni_emotion
 from omni_jax import cli
 from omni_jax.annotate import job, prompts, review
+from omni_jax.configs import annotate as annotate_config
+from omni_jax.configs import omni_emotion
 from omni_jax.data.media_writer import write_media
-from tests import media
 from omni_jax.testing.openai_stub import Reply, Request, StubServer
+from tests import media
 from tests.tokenizer import qwen2_test_tokenizer
 
 REPO = Path(__file__).resolve().parents[2]

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 
 import omni_jax
-from omni_jax.configs import omni_emotion as omni_configs
 from omni_jax import registry
+from omni_jax.checkpoint_dir import save_params
+from omni_jax.configs import omni_emotion as omni_configs
 from omni_jax.conversion import ConversionError
 from omni_jax.conversion.assemble import assemble_omni_emotion
-from omni_jax.checkpoint_dir import save_params
 from omni_jax.modality_tokens import SPECIAL_TOKENS
 
 REPO = Path(__file__).resolve().parents[2]

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from etils import epath
 
-from omni_jax.configs import omni_emotion
 from omni_jax import cli
+from omni_jax.configs import omni_emotion
 from omni_jax.data import audio, faces, pipeline, video
 from omni_jax.modality_tokens import IGNORE, placeholder_counts
 from omni_jax.sharding import make_mesh

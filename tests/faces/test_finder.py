@@ -10,11 +10,11 @@ import pytest
 from omni_jax.checkpoint_dir import CONFIG_FILE
 from omni_jax.conversion.retinaface import convert_retinaface
 from omni_jax.data import pipeline, video
-from omni_jax.testing import face_scenes
 from omni_jax.data.manifest import ManifestLine, parse_record
 from omni_jax.errors import CheckpointRefused
 from omni_jax.faces import finder
 from omni_jax.faces.finder import TrackedFaces, finder_for
+from omni_jax.testing import face_scenes
 
 
 def detector(kind: str = "retinaface", weights: str = ""):

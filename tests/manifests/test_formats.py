@@ -4,9 +4,9 @@ import json
 
 import pytest
 
+from omni_jax.config_flags import load_config
 from omni_jax.configs import omni_emotion
 from omni_jax.errors import InputError
-from omni_jax.config_flags import load_config
 from omni_jax.manifests import job
 from omni_jax.manifests.vocabulary import Vocabulary
 

@@ -5,12 +5,12 @@ import json
 
 import pytest
 
-from omni_jax.configs import omni_emotion
 from omni_jax import cli
+from omni_jax.config_flags import load_config
+from omni_jax.configs import omni_emotion
 from omni_jax.data.manifest import ManifestSource
 from omni_jax.errors import InputError, MissingInputError, OutputExistsError
 from omni_jax.eval.evaluators import EmotionClassification, OpenVocabulary, ReasoningJudge
-from omni_jax.config_flags import load_config
 from omni_jax.manifests import job
 from omni_jax.manifests.vocabulary import Vocabulary
 

@@ -11,12 +11,12 @@ import pytest
 import torch
 
 import omni_jax
-from omni_jax.configs import facexformer as facexformer_configs
 from omni_jax import registry
+from omni_jax.configs import facexformer as facexformer_configs
 from omni_jax.conversion.facexformer import convert_facexformer
 from omni_jax.models import facexformer, swin
-from omni_jax.testing.reference.facexformer import LLM_WIDTH, FaceEncoder, FusionHead, release_file, torch_projector
 from omni_jax.sharding import LOGICAL_AXIS_RULES, make_mesh
+from omni_jax.testing.reference.facexformer import LLM_WIDTH, FaceEncoder, FusionHead, release_file, torch_projector
 from tests.conftest import RTOL, rel_err
 from tests.models.test_swin import build_swin, tiny_swin_config
 

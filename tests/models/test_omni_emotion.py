@@ -9,8 +9,8 @@ import numpy as np
 import optax
 import pytest
 
-from omni_jax.configs import omni_emotion as omni_configs
 from omni_jax import registry
+from omni_jax.configs import omni_emotion as omni_configs
 from omni_jax.generate import generate
 from omni_jax.modality_tokens import (
     IGNORE,

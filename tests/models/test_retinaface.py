@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from omni_jax.conversion import ConversionError
 from omni_jax.checkpoint_dir import read_config
+from omni_jax.conversion import ConversionError
 from omni_jax.conversion.retinaface import backbone_of, bundled_params, convert_retinaface
 from omni_jax.errors import CheckpointRefused
 from omni_jax.models import retinaface

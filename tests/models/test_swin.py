@@ -10,11 +10,11 @@ import pytest
 import torch
 
 import omni_jax
-from omni_jax.configs import swin as swin_configs
 from omni_jax import registry
-from omni_jax.conversion.formats import family_for_hf_config
+from omni_jax.configs import swin as swin_configs
 from omni_jax.conversion import export_orbax_to_hf
 from omni_jax.conversion.engine import abstract_params, plan
+from omni_jax.conversion.formats import family_for_hf_config
 from omni_jax.conversion.io import CheckpointReader, write_safetensors
 from omni_jax.models import swin
 from tests.conftest import RTOL, build_hf, convert, rel_err

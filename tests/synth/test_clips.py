@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from omni_jax.data import audio, video
-from omni_jax.synth import clips as synth
 from omni_jax.eval import scoring
+from omni_jax.synth import clips as synth
 
 CLIPS_PER_CLASS = 2
 

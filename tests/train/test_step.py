@@ -11,8 +11,8 @@ import pytest
 from flax import traverse_util
 from jax.sharding import PartitionSpec
 
-from omni_jax.configs import omni_emotion as omni_configs
 from omni_jax import sharding
+from omni_jax.configs import omni_emotion as omni_configs
 from omni_jax.modality_tokens import IGNORE
 from omni_jax.models.omni_emotion import OmniEmotion
 from omni_jax.sharding import make_mesh

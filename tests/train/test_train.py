@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 
 import omni_jax
-from omni_jax.configs import omni_emotion
 from omni_jax import cli
+from omni_jax.configs import omni_emotion
 from omni_jax.runs import RUN_FILE
 from omni_jax.sharding import make_mesh
 from omni_jax.train.checkpoint import Checkpoints
