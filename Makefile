@@ -21,7 +21,7 @@ PLUGINS_cuda13 := jax-cuda13-plugin jax-cuda13-pjrt
 PLUGINS_tpu := libtpu
 STALE_PLUGINS := $(filter-out $(PLUGINS_$(ACCEL)),$(PLUGINS_cuda12) $(PLUGINS_cuda13) $(PLUGINS_tpu))
 
-.PHONY: setup demo test bench clean FORCE
+.PHONY: setup demo lint test bench clean FORCE
 
 setup: $(STAMP)
 
@@ -45,8 +45,12 @@ demo: setup
 # Two workers, a test file each at a time (xdist hands out the files with the most tests first).
 TEST_WORKERS ?= 2
 
-test: setup
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile tests
+lint: setup
+	$(VENV)/bin/ruff check .
+
+# the 15 slowest tests are listed: where the suite's time goes (docs/performance.md)
+test: lint
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=15 tests
 
 bench: setup
 	$(PY) experiments/bench_qwen2.py

@@ -17,7 +17,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
         phase="",  # eval, face_alignment, audio_alignment, instruction_tuning; "": the format's first
         split="",  # with a --labels folder of a format with splits: train, test, ... (the format's)
         fold=0,  # with a --labels folder of DFEW or MAFW: the fold, 1-5 (0: none given)
-        classes="",  # a JSON object class token → name, in place of the format's table
+        classes="",  # a JSON file holding an object class token → name, in place of the format's table
     ))
     cfg.evals = evals_config()
     return cfg

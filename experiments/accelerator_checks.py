@@ -201,7 +201,9 @@ def versions() -> dict[str, str | None]:
 
 def _machine(report: dict) -> str:
     v = report["versions"]
-    plugin = next((f", {name} {v[name]}" for name in ("jax-cuda12-plugin", "jax-cuda13-plugin", "libtpu") if v[name]), "")
+    plugin = next(
+        (f", {name} {v[name]}" for name in ("jax-cuda12-plugin", "jax-cuda13-plugin", "libtpu") if v[name]), ""
+    )
     return (f"{report['devices']}× {report['device_kind']} (jax {v['jax']}, jaxlib {v['jaxlib']}{plugin}, "
             f"torch {v['torch'] or 'absent'}){' — CPU dry run' if report['dry_run'] else ''}")
 
@@ -217,9 +219,13 @@ def table_rows(report: dict) -> list[str]:
     attention, train, whisper, qwen2 = (report["checks"].get(name) for name in ("attention", "train", "whisper",
                                                                                 "qwen2"))
     if attention:
-        lines += ["", "docs/performance.md, Attention kernels:",
-                  "| date | machine | layout (batch, q, kv, heads, kv heads, head_dim) | kernel | fwd+bwd kernel / XLA | "
-                  "speedup | loss / gradient rel. diff |", "|---|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            "docs/performance.md, Attention kernels:",
+            "| date | machine | layout (batch, q, kv, heads, kv heads, head_dim) | kernel | fwd+bwd kernel / XLA | "
+            "speedup | loss / gradient rel. diff |",
+            "|---|---|---|---|---|---|---|",
+        ]
         if attention["status"] in ("ok", "failed"):
             for row in attention["result"]["rows"]:
                 shape = f"{row['layout']} ({', '.join(map(str, row['shape']))})"
@@ -234,31 +240,45 @@ def table_rows(report: dict) -> list[str]:
         else:
             lines.append(f"| {date} | {machine} | {_not_measured(attention)} | | | | |")
     if train:
-        lines += ["", "docs/performance.md, The train step:", "| date, machine | config | step | tokens/s/device | MFU |",
-                  "|---|---|---|---|---|"]
+        lines += [
+            "",
+            "docs/performance.md, The train step:",
+            "| date, machine | config | step | tokens/s/device | MFU |",
+            "|---|---|---|---|---|",
+        ]
         if train["status"] == "ok":
             r = train["result"]
             mfu = (f"{r['mfu']:.1%} of the {r['peak_source']} {r['peak_flops_per_device'] / 1e12:.0f} TFLOP/s "
                    f"(HFU {r['hfu']:.1%})" if r["mfu"] is not None else f"— (peak: {r['peak_source']})")
-            lines.append(f"| {date}, {machine} | {r['config']}{' + Qwen2-' + r['llm'] + '-shaped LM' if r['llm'] else ''}, "
-                         f"phase 3, batch {r['batch']} × {r['seq']}, {r['compute_dtype']}, remat {r['remat']} | "
-                         f"{r['step_seconds'] * 1e3:.0f} ms | {r['tokens_per_s_per_device']:,.0f} | {mfu} |")
+            lines.append(
+                f"| {date}, {machine} | {r['config']}{' + Qwen2-' + r['llm'] + '-shaped LM' if r['llm'] else ''}, "
+                f"phase 3, batch {r['batch']} × {r['seq']}, {r['compute_dtype']}, remat {r['remat']} | "
+                f"{r['step_seconds'] * 1e3:.0f} ms | {r['tokens_per_s_per_device']:,.0f} | {mfu} |"
+            )
         else:
             lines.append(f"| {date}, {machine} | {_not_measured(train)} | | | |")
     if whisper:
-        lines += ["", "docs/performance.md, Whisper encoder:",
-                  "| date | machine | dtype | shape, batch | JAX audio-s/s | PyTorch audio-s/s | ratio | max rel. diff |",
-                  "|---|---|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            "docs/performance.md, Whisper encoder:",
+            "| date | machine | dtype | shape, batch | JAX audio-s/s | PyTorch audio-s/s | ratio | max rel. diff |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
         if whisper["status"] == "ok":
             r = whisper["result"]
-            lines.append(f"| {date} | {machine} | {r['dtype']} | {r['shape']}, {r['batch']} | {r['jax_audio_s_per_s']:,.0f} "
-                         f"| {r['torch_audio_s_per_s']:,.0f} | {r['ratio']:.2f}× | {r['max_rel_err']:.1e} |")
+            lines.append(
+                f"| {date} | {machine} | {r['dtype']} | {r['shape']}, {r['batch']} | {r['jax_audio_s_per_s']:,.0f} "
+                f"| {r['torch_audio_s_per_s']:,.0f} | {r['ratio']:.2f}× | {r['max_rel_err']:.1e} |"
+            )
         else:
             lines.append(f"| {date} | {machine} | {DTYPE} | {_not_measured(whisper)} | | | | |")
     if qwen2:
-        lines += ["", "docs/performance.md, Qwen2:",
-                  "| date | machine | dtype | prefill JAX / PyTorch tok/s | ratio | decode JAX / PyTorch tok/s | ratio |",
-                  "|---|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            "docs/performance.md, Qwen2:",
+            "| date | machine | dtype | prefill JAX / PyTorch tok/s | ratio | decode JAX / PyTorch tok/s | ratio |",
+            "|---|---|---|---|---|---|---|",
+        ]
         if qwen2["status"] == "ok":
             r = qwen2["result"]
             lines.append(f"| {date} | {machine} | {r['dtype']} | {r['jax_tok_s']:,.0f} / {r['torch_tok_s']:,.0f} "
@@ -284,9 +304,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dry-run", action="store_true", help="the same checks on the CPU with tiny sizes")
     parser.add_argument("--out", type=Path, default=Path("accelerator_checks.json"), help="the JSON written")
     parser.add_argument("--only", default=",".join(CHECKS), help=f"comma-separated, of {', '.join(CHECKS)}")
-    parser.add_argument("--limit", action="append", default=[], metavar="NAME=SECONDS",
-                        help="a check's time limit (defaults: " + ", ".join(f"{n} {c.limit_s:.0f} s" for n, c in
-                                                                           CHECKS.items()) + f"; dry run {DRY_RUN_LIMIT_S} s)")
+    parser.add_argument(
+        "--limit",
+        action="append",
+        default=[],
+        metavar="NAME=SECONDS",
+        help="a check's time limit (defaults: "
+        + ", ".join(f"{n} {c.limit_s:.0f} s" for n, c in CHECKS.items())
+        + f"; dry run {DRY_RUN_LIMIT_S} s)",
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)  # a check's own process
     parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)

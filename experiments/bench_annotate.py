@@ -18,7 +18,6 @@ import argparse
 import hashlib
 import json
 import platform
-import sys
 import tempfile
 import threading
 import time
@@ -26,13 +25,12 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from omni_jax.annotate import job  # noqa: E402
-from omni_jax.annotate.media import clip_media  # noqa: E402
-from omni_jax.configs import annotate as annotate_config  # noqa: E402
-from omni_jax.data.manifest import ManifestSource  # noqa: E402
-from omni_jax.data.media_writer import write_media  # noqa: E402
-from omni_jax.testing.openai_stub import Reply, Request, StubServer  # noqa: E402
+from omni_jax.annotate import job
+from omni_jax.annotate.media import clip_media
+from omni_jax.configs import annotate as annotate_config
+from omni_jax.data.manifest import ManifestSource
+from omni_jax.data.media_writer import write_media
+from omni_jax.testing.openai_stub import Reply, Request, StubServer
 
 REQUESTS_PER_CLIP = {"vision": 2, "transcription": 1, "reviewer": 2}
 SECONDS, FPS, RATE = 2.0, 10, 16000

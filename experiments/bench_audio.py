@@ -119,7 +119,9 @@ def main() -> None:
     parser.add_argument("--large", action="store_true", help="also the large-v3-shaped encoder (~1 min per run)")
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--clips", type=int, default=100, help="log-mel clips, one per call (0: skip the log-mel benchmark)")
+    parser.add_argument(
+        "--clips", type=int, default=100, help="log-mel clips, one per call (0: skip the log-mel benchmark)"
+    )
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
                         help="encoder parameters and compute on both sides (bfloat16 for GPU runs)")
     parser.add_argument("--mel-threads", type=int, default=1,

@@ -164,7 +164,9 @@ def report(r: dict[str, Any]) -> None:
           f"{r['machine']['processor']}, {r['machine']['cpu_count']} CPUs")
     print(f"jax {r['machine']['jax']}, orbax-checkpoint {r['machine']['orbax-checkpoint']}, tensorstore "
           f"{r['machine']['tensorstore']}; load average before/after {r['loadavg'][0]:.2f} / {r['loadavg'][1]:.2f}")
-    print(f"checkpoint on disk               {mb(s['checkpoint_bytes'])}  ({s['files']} shards, {s['tensors']} tensors)")
+    print(
+        f"checkpoint on disk               {mb(s['checkpoint_bytes'])}  ({s['files']} shards, {s['tensors']} tensors)"
+    )
     print(f"largest source tensor            {mb(s['largest_source_bytes'])}  ({s['largest_source']})")
     print(f"largest output leaf              {mb(s['largest_leaf_bytes'])}  ({s['largest_leaf']} "
           f"{s['largest_leaf_shape']})")

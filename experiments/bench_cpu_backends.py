@@ -24,11 +24,8 @@ import os
 import statistics
 import subprocess
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root
-
-from omni_jax.xla_cpu import CANDIDATES, host  # noqa: E402  (no JAX import: flags are set per child)
+from omni_jax.xla_cpu import CANDIDATES, host
 
 
 def child(repeats: int) -> dict[str, float]:

@@ -20,24 +20,21 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import cv2
+import numpy as np
 import threadpoolctl
+from bench_common import run_info
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repo root: configs/
-
-import numpy as np  # noqa: E402
-from bench_common import run_info  # noqa: E402  (experiments/, the script's folder)
-
-from omni_jax.configs import omni_emotion  # noqa: E402
-from omni_jax.data import audio, faces, pipeline, synth, text, video  # noqa: E402
-from omni_jax.data.media_writer import write_media  # noqa: E402
-from omni_jax.modality_tokens import add_special_tokens  # noqa: E402
-from omni_jax.synth.tokenizer import word_tokenizer  # noqa: E402
+from omni_jax.configs import omni_emotion
+from omni_jax.data import audio, faces, pipeline, text, video
+from omni_jax.data.media_writer import write_media
+from omni_jax.modality_tokens import add_special_tokens
+from omni_jax.synth import clips as synth
+from omni_jax.synth.tokenizer import word_tokenizer
 
 TURNS = [{"from": "human", "value": "<video>\nWhat emotion does the person show ? Explain ."},
          {"from": "gpt", "value": "The person looks happy : a wide smile and raised cheeks ."}]

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -24,17 +23,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import torch
+from bench_common import finish, interleaved_times, ratio_spread, roofline, roofline_line, run_info
 from transformers import SwinConfig, SwinModel
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, for configs/ and tests/
-
-from bench_common import finish, interleaved_times, ratio_spread, roofline, roofline_line, run_info  # noqa: E402  (experiments/, the script's folder)
-
-import omni_jax  # noqa: E402
-from omni_jax.configs import facexformer as facexformer_configs  # noqa: E402
-from omni_jax.conversion.facexformer import convert_facexformer  # noqa: E402
-from omni_jax.models import swin  # noqa: E402
-from omni_jax.testing.reference.facexformer import FaceEncoder, FusionHead, release_file, torch_projector  # noqa: E402
+import omni_jax
+from omni_jax.configs import facexformer as facexformer_configs
+from omni_jax.conversion.facexformer import convert_facexformer
+from omni_jax.models import swin
+from omni_jax.testing.reference.facexformer import FaceEncoder, FusionHead, release_file, torch_projector
 
 
 def build(variant: str, tmp: Path, dtype: str):

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -26,17 +25,14 @@ import cv2
 import jax
 import ml_collections
 import numpy as np
+from bench_common import HOST, finish, interleaved_times, ratio_spread, run_info
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from bench_common import HOST, finish, interleaved_times, ratio_spread, run_info  # noqa: E402
-
-from omni_jax.conversion.retinaface import bundled_weights  # noqa: E402
-from omni_jax.faces import job  # noqa: E402
-from omni_jax.faces.detector import FaceDetector, input_size, letterbox  # noqa: E402
-from omni_jax.faces.finder import tracked_faces  # noqa: E402
-from omni_jax.models import retinaface  # noqa: E402
-from omni_jax.testing import face_scenes  # noqa: E402
+from omni_jax.conversion.retinaface import bundled_weights
+from omni_jax.faces import job
+from omni_jax.faces.detector import FaceDetector, input_size, letterbox
+from omni_jax.faces.finder import tracked_faces
+from omni_jax.models import retinaface
+from omni_jax.testing import face_scenes
 
 SIZES = {"640x360": (640, 360), "1280x720": (1280, 720)}
 

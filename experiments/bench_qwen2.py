@@ -206,16 +206,31 @@ def main() -> None:
     result = {
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         "machine": machine(),
-        "threads": {"torch_intra_op": torch.get_num_threads(), "torch_inter_op": torch.get_num_interop_threads(),
-                    "xla_flags": os.environ.get("XLA_FLAGS", "")},
+        "threads": {
+            "torch_intra_op": torch.get_num_threads(),
+            "torch_inter_op": torch.get_num_interop_threads(),
+            "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        },
         "torch_attention": hf_model.config._attn_implementation,
         "loadavg": [load_before, os.getloadavg()[0]],
-        "config": {"layers": args.layers, "scan_layers": args.scan_layers, "seq": args.seq, "prompt_tokens": args.prompt_tokens,
-                   "new_tokens": args.new_tokens, "repeats": args.repeats, "dtype": args.dtype, "batch": 1,
-                   "jax_device": jax.devices()[0].device_kind, "torch_device": torch_device()},
+        "config": {
+            "layers": args.layers,
+            "scan_layers": args.scan_layers,
+            "seq": args.seq,
+            "prompt_tokens": args.prompt_tokens,
+            "new_tokens": args.new_tokens,
+            "repeats": args.repeats,
+            "dtype": args.dtype,
+            "batch": 1,
+            "jax_device": jax.devices()[0].device_kind,
+            "torch_device": torch_device(),
+        },
         "prefill": prefill,
-        "decode": {**throughput(decode_s, args.new_tokens), "agree": int(same.sum()),
-                   "first_difference": None if same.all() else int(np.argmin(same))},
+        "decode": {
+            **throughput(decode_s, args.new_tokens),
+            "agree": int(same.sum()),
+            "first_difference": None if same.all() else int(np.argmin(same)),
+        },
     }
     report(result)
     if args.json:

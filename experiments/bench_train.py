@@ -50,7 +50,9 @@ def synthetic_batch(cfg, batch: int, seq: int, seed: int = 0) -> dict[str, np.nd
     prompt = multimodal_prompt_ids(cfg.model, before=[1, 2, 3], video="pixel_values_videos" in shapes,
                                    audio="input_features" in shapes)
     answer = seq - prompt.size
-    ids = np.stack([np.concatenate([prompt, rng.integers(0, cfg.model.text.vocab_size // 2, answer)]) for _ in range(batch)])
+    ids = np.stack(
+        [np.concatenate([prompt, rng.integers(0, cfg.model.text.vocab_size // 2, answer)]) for _ in range(batch)]
+    )
     labels = ids.copy()
     labels[:, :prompt.size] = IGNORE
     out = {"input_ids": ids.astype(np.int32), "attention_mask": np.ones_like(ids, np.int32),

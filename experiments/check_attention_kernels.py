@@ -146,7 +146,9 @@ def main() -> None:
     if args.json:
         print(json.dumps(results))
     if results["failures"]:
-        raise SystemExit(f"outside the {args.dtype} tolerance {results['tolerance']:.1e}: {', '.join(results['failures'])}")
+        raise SystemExit(
+            f"outside the {args.dtype} tolerance {results['tolerance']:.1e}: {', '.join(results['failures'])}"
+        )
 
 
 if __name__ == "__main__":

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 from pathlib import Path
 
@@ -28,13 +27,11 @@ import torch
 import torchvision
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, for tests/
-
-import omni_jax  # noqa: E402
-from omni_jax.conversion.facexformer import convert_facexformer  # noqa: E402
-from omni_jax.data.faces import face_crops  # noqa: E402
-from omni_jax.models import facexformer  # noqa: E402
-from omni_jax.testing.reference.facexformer import FusionHead, face_tokens_reference, fuse, torch_projector  # noqa: E402
+import omni_jax
+from omni_jax.conversion.facexformer import convert_facexformer
+from omni_jax.data.faces import face_crops
+from omni_jax.models import facexformer
+from omni_jax.testing.reference.facexformer import FusionHead, face_tokens_reference, fuse, torch_projector
 
 GRID, LLM_WIDTH = (14, 14), 256
 

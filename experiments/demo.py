@@ -188,7 +188,9 @@ def prepare_towers(parts: Path, data: Path, seed: int, steps: int = 0) -> dict[s
     family = registry.FAMILIES["facexformer"]
     face_params = nn.unbox(face_model.init(jax.random.key(seed), **family.dummy_inputs(cfg.model.face))["params"])
     crops = np.concatenate([e["face_pixels"] for e in examples])
-    stages = jax.jit(lambda p, x: face_model.apply({"params": p}, x, method=lambda m, x: m.backbone(x)["stage_outputs"]))
+    stages = jax.jit(
+        lambda p, x: face_model.apply({"params": p}, x, method=lambda m, x: m.backbone(x)["stage_outputs"])
+    )
     features = jax.tree.map(lambda *b: np.concatenate(b), *[stages(face_params, crops[i:i + 32])
                                                              for i in range(0, len(crops), 32)])
     backbone = {"backbone": face_params["backbone"]}
@@ -338,7 +340,8 @@ def over_seeds(summaries: dict[int, dict[str, Any]]) -> dict[str, dict[str, Any]
 
 
 def over_seeds_cell(value: dict[str, Any], digits: int) -> str:
-    return f"{value['first']:.{digits}f} · {value['mean']:.{digits}f} ({value['min']:.{digits}f}–{value['max']:.{digits}f})"
+    low, high = f"{value['min']:.{digits}f}", f"{value['max']:.{digits}f}"
+    return f"{value['first']:.{digits}f} · {value['mean']:.{digits}f} ({low}–{high})"
 
 
 def demo(args: argparse.Namespace, seed: int, out: Path) -> dict[str, Any]:

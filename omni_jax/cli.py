@@ -253,10 +253,11 @@ def parser() -> Parser:
     sub = program.add_subparsers(dest="command", required=True, parser_class=Parser)
     for command in COMMANDS:
         p = sub.add_parser(command.job.name, help=command.help, description=command.description)
+        default = "required" if command.config_required else f"default: {command.job.config}"
         p.add_argument("--config", required=command.config_required,
                        default=None if command.config_required else command.job.config,
-                       help=f"NAME[:ARG] of a config the package ships, or a file's path "
-                            f"(default: {command.job.config}); then {PREFIX}SECTION.FIELD=VALUE overrides")
+                       help=f"NAME[:ARG] of a config the package ships, or a file's path ({default}); then "
+                            f"{PREFIX}SECTION.FIELD=VALUE overrides")
         for flag in command.paths:
             p.add_argument(flag.flag, type=flag.check, required=flag.required, default=None, help=flag.help)
         for flag, (choices, text) in command.choices.items():

@@ -40,7 +40,11 @@ def task_of(manifest: str, cfg: ml_collections.ConfigDict, requested: str | None
     evaluators = cfg.evals.items()
     first_of = lambda task: next((name for name, spec in evaluators if spec.type == task), None)
     for name, spec in evaluators:
-        if spec.manifest and Path(spec.manifest).resolve() == Path(manifest).resolve() and requested in (None, spec.type):
+        if (
+            spec.manifest
+            and Path(spec.manifest).resolve() == Path(manifest).resolve()
+            and requested in (None, spec.type)
+        ):
             return spec.type, f"the config's evaluator {name!r} reads this manifest", name
     if requested:
         return requested, "--task", first_of(requested)

@@ -5,7 +5,8 @@ one token per step (no Python per token). Greedy, or sampling with temperature, 
 Works for any model whose `__call__(input_ids, attention_mask, ..., decode=True, prefill=…)`
 returns `logits` (Qwen2ForCausalLM, LlavaOnevisionForConditionalGeneration, OmniEmotion):
 multimodal inputs go to the prefill only, which fills the fresh cache from slot 0 (so its
-attention is causal from the start: the fused kernels' case). Only the last position's logits are computed (`logits_to_keep=1`): a long
+attention is causal from the start: the fused kernels' case). Only the last position's logits
+are computed (`logits_to_keep=1`): a long
 (video) prompt would otherwise build [batch, prompt, vocab] float32 logits, 0.6 GB per 1000
 tokens at Qwen2's vocabulary.
 

@@ -336,8 +336,10 @@ def test_score_reads_as_eval_does(tmp_path, capsys):
                                 "sad": None, "fear": 0.0}
     path.write_text(json.dumps({"id": "d", "answer": "angry", "label": "angy"}) + "\n")
     assert cli.main(["score", "--predictions", str(path)]) == 1
-    assert "references ['angy'] are not in the class list: label 'angy' is not in the class list ['happy', " \
-           "'surprise', 'neutral', 'angry', 'disgust', 'sad', 'fear'] (did you mean 'angry'?)" in capsys.readouterr().err
+    assert (
+        "references ['angy'] are not in the class list: label 'angy' is not in the class list ['happy', "
+        "'surprise', 'neutral', 'angry', 'disgust', 'sad', 'fear'] (did you mean 'angry'?)" in capsys.readouterr().err
+    )
     assert cli.main(["score", "--predictions", str(path), "--config.score.evaluator=emer"]) == 1
     assert "evaluator 'emer' (reasoning_judge) needs its judge" in capsys.readouterr().err
 

@@ -88,7 +88,9 @@ def test_path_fields_are_made_absolute_and_checked_by_kind(tmp_path, monkeypatch
 
 def test_ranges_name_the_field_the_value_and_what_is_allowed():
     cfg = load_config("omni_emotion:tiny")
-    check_ranges(cfg, {"train.steps": Range(0), "data.max_skip_fraction": FRACTION, "train.phase": ("a", "instruction_tuning")})
+    check_ranges(
+        cfg, {"train.steps": Range(0), "data.max_skip_fraction": FRACTION, "train.phase": ("a", "instruction_tuning")}
+    )
     cfg.data.max_skip_fraction = 1.5
     with pytest.raises(ValueError, match=r"--config.data.max_skip_fraction=1.5 is out of range: allowed \[0, 1\]"):
         check_ranges(cfg, {"data.max_skip_fraction": FRACTION})

@@ -19,26 +19,33 @@ def _count(family, config):
     return sum(int(np.prod(s.shape)) for s in abstract_params(registry.FAMILIES[family], config).values())
 
 
-@pytest.mark.parametrize("family,config,expected", [
-    ("qwen2", qwen2.get_config("7b"), 7_615_616_512),          # Qwen2-7B
-    ("qwen2", qwen2.get_config("0.5b"), 494_032_768),          # Qwen2-0.5B
-    # 26 layers × 15,239,504 + patch conv 678,528 + 729 positions × 1152 + post-LN 2,304
-    ("siglip_vision_model", siglip.get_config("so400m"), 397_747_744),
-    ("llava_onevision", llava_onevision.get_config("7b"), 8_030_000_000),
-    # = transformers WhisperEncoder at large-v3 size (incl. the 1500×1280 position table)
-    ("whisper", whisper.get_config("large-v3"), 636_968_960),
-    # torchvision swin_b's published 87,768,224 minus its 1000-class head (1,025,000)
-    ("swin", swin.get_config("base"), 86_743_224),
-    # + fusion (4 Linear to 256: 492,544; 1×1 conv 1024 → 256: 262,144) + projector 256 → 3584 → 3584
-    ("facexformer", facexformer.get_config("base"), 86_743_224 + 754_688 + 13_769_728),
-    # LLaVA-OV-7B exactly (Qwen2-7B 7,615,616,512 + so400m 397,747,744 + projector 1152·3584 + 3584 + 3584² + 3584
-    # = 16,980,992 + newline 3,584 = 8,030,348,832) + Whisper-large-v3 encoder 636,968,960 + audio projector
-    # (1280·3584 + 3584 + 3584² + 3584 = 17,439,744) + face encoder 101,267,640 + frame embeddings 8 × 3584
-    ("omni_emotion", omni_emotion.get_config("7b").model, 8_030_348_832 + 636_968_960 + 17_439_744 + 101_267_640 + 28_672),
-    # the default (8,786,053,848) + the cross-attention block: q, k, v, o (3584² + 3584 each) and two
-    # LayerNorms (2 × 2 × 3584)
-    ("omni_emotion", _cross_attention_7b(), 8_786_053_848 + 4 * (3584 ** 2 + 3584) + 4 * 3584),
-])
+@pytest.mark.parametrize(
+    "family,config,expected",
+    [
+        ("qwen2", qwen2.get_config("7b"), 7_615_616_512),  # Qwen2-7B
+        ("qwen2", qwen2.get_config("0.5b"), 494_032_768),  # Qwen2-0.5B
+        # 26 layers × 15,239,504 + patch conv 678,528 + 729 positions × 1152 + post-LN 2,304
+        ("siglip_vision_model", siglip.get_config("so400m"), 397_747_744),
+        ("llava_onevision", llava_onevision.get_config("7b"), 8_030_000_000),
+        # = transformers WhisperEncoder at large-v3 size (incl. the 1500×1280 position table)
+        ("whisper", whisper.get_config("large-v3"), 636_968_960),
+        # torchvision swin_b's published 87,768,224 minus its 1000-class head (1,025,000)
+        ("swin", swin.get_config("base"), 86_743_224),
+        # + fusion (4 Linear to 256: 492,544; 1×1 conv 1024 → 256: 262,144) + projector 256 → 3584 → 3584
+        ("facexformer", facexformer.get_config("base"), 86_743_224 + 754_688 + 13_769_728),
+        # LLaVA-OV-7B exactly (Qwen2-7B 7,615,616,512 + so400m 397,747,744 + projector 1152·3584 + 3584 + 3584² + 3584
+        # = 16,980,992 + newline 3,584 = 8,030,348,832) + Whisper-large-v3 encoder 636,968,960 + audio projector
+        # (1280·3584 + 3584 + 3584² + 3584 = 17,439,744) + face encoder 101,267,640 + frame embeddings 8 × 3584
+        (
+            "omni_emotion",
+            omni_emotion.get_config("7b").model,
+            8_030_348_832 + 636_968_960 + 17_439_744 + 101_267_640 + 28_672,
+        ),
+        # the default (8,786,053,848) + the cross-attention block: q, k, v, o (3584² + 3584 each) and two
+        # LayerNorms (2 × 2 × 3584)
+        ("omni_emotion", _cross_attention_7b(), 8_786_053_848 + 4 * (3584**2 + 3584) + 4 * 3584),
+    ],
+)
 def test_full_size_parameter_counts(family, config, expected):
     n = _count(family, config)
     if family == "llava_onevision":

@@ -72,7 +72,9 @@ def test_the_table_over_seeds_is_each_figures_first_mean_and_range():
     spec = importlib.util.spec_from_file_location("demo", REPO / "experiments" / "demo.py")
     demo = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(demo)
-    figures = lambda uar, emer, pairs: dict(uar=uar, war=uar + 0.1, emer_ov=emer, voice_pairs=pairs, face_pairs=1 - pairs)
+    figures = lambda uar, emer, pairs: dict(
+        uar=uar, war=uar + 0.1, emer_ov=emer, voice_pairs=pairs, face_pairs=1 - pairs
+    )
     summaries = {2: {"rows": {"v": figures(0.131, 0.179, 0.54), "silenced": figures(0.369, None, 0.51)}},
                  0: {"rows": {"v": figures(0.310, 0.2, 0.6), "silenced": figures(0.143, None, 0.55)}},
                  1: {"rows": {"v": figures(0.298, 0.1, 0.5), "silenced": figures(0.274, None, 0.49)}}}

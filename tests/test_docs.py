@@ -130,7 +130,9 @@ def test_quoted_repository_paths_exist(page):
 @pytest.mark.parametrize("page", PAGES, ids=page_id)
 def test_no_page_sends_readers_to_files_they_do_not_have(page):
     found = re.findall(r".{0,40}(?:SPEC(?:\.md| ?§)|\.\./shared|/work/).{0,40}", page.read_text())
-    assert not found, f"{page_id(page)} refers to the project's internal spec or to paths outside the repository: {found}"
+    assert not found, (
+        f"{page_id(page)} refers to the project's internal spec or to paths outside the repository: {found}"
+    )
 
 
 def test_slugs_are_githubs():

@@ -102,7 +102,9 @@ def test_a_language_model_step_equals_its_hand_count(traceable_cudnn):
     assert _lm_flops("xla", "dots_no_batch", frozen=False) == Flops(3 * forward, 3 * forward + 3 * attention)
     assert _lm_flops("xla", "dots", frozen=False) == Flops(3 * forward, 3 * forward)
     assert _lm_flops("splash", "dots", frozen=False) == Flops(3 * forward, 3 * forward + 3 * attention)
-    assert _lm_flops("xla", "none", frozen=True) == Flops(*[2 * (3 * (layer - attention) + head) + 3 * 3 * attention] * 2)
+    assert _lm_flops("xla", "none", frozen=True) == Flops(
+        *[2 * (3 * (layer - attention) + head) + 3 * 3 * attention] * 2
+    )
 
 
 def test_the_train_step_counts_the_same_whichever_kernel_runs(traceable_cudnn):

@@ -32,7 +32,9 @@ def test_every_module_imports_without_torch():
     result = subprocess.run([sys.executable, "-c", IMPORT_ALL], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     imported = result.stdout.split()
-    assert {"omni_jax.cli", "omni_jax.testing.reference.facexformer", "omni_jax.models.qwen2"} <= set(imported), imported
+    assert {"omni_jax.cli", "omni_jax.testing.reference.facexformer", "omni_jax.models.qwen2"} <= set(imported), (
+        imported
+    )
 
 
 def package_imports() -> dict[str, set[str]]:

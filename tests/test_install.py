@@ -84,7 +84,9 @@ def setup_arguments() -> dict:
 
 def test_accelerator_extras_are_jaxs_own_and_torch_stays_optional():
     arguments = setup_arguments()
-    extras = {name: [Requirement(r) for r in requirements] for name, requirements in arguments["extras_require"].items()}
+    extras = {
+        name: [Requirement(r) for r in requirements] for name, requirements in arguments["extras_require"].items()
+    }
     jax_extras = set(metadata("jax").get_all("Provides-Extra"))
     for accelerator in ("cuda12", "cuda13", "tpu"):
         (requirement,) = extras[accelerator]

@@ -64,8 +64,18 @@ def runs(tmp_path_factory):
         run("infer", ["infer", "--config", "omni_emotion:tiny", "--checkpoint", "runs/p1", "--video",
                       "data/clips/eval_0000.mp4", WORKERS])
         run("score", ["score", "--predictions", "runs/eval/predictions/dfew.jsonl"])
-        run("data-check", ["data-check", "--manifest", "data/audio_text.jsonl", "--config",
-                           "omni_emotion:tiny,audio_alignment", "--config.data.tokenizer=ckpt/omni-emotion-7b", WORKERS])
+        run(
+            "data-check",
+            [
+                "data-check",
+                "--manifest",
+                "data/audio_text.jsonl",
+                "--config",
+                "omni_emotion:tiny,audio_alignment",
+                "--config.data.tokenizer=ckpt/omni-emotion-7b",
+                WORKERS,
+            ],
+        )
         run("plan", ["plan", "--config", "omni_emotion:tiny"])
         run("faces", ["faces", "--manifest", "data/eval_classification.jsonl", "--out", "faces.jsonl",
                       "--config.faces.redo=true"])

@@ -36,8 +36,11 @@ def test_the_model_is_a_section_beside_the_runs():
 def test_variants_name_their_fields():
     variant = omni_emotion.VARIANTS["7b"]
     cfg = omni_emotion.get_config("7b").model
-    assert (cfg.num_frames, cfg.audio_windows, cfg.face.face_grid, cfg.loss_chunk_size) == (
-        variant.num_frames, variant.audio_windows, [variant.face_grid] * 2, variant.loss_chunk_size) == (8, 1, [14, 14], 1024)
+    assert (
+        (cfg.num_frames, cfg.audio_windows, cfg.face.face_grid, cfg.loss_chunk_size)
+        == (variant.num_frames, variant.audio_windows, [variant.face_grid] * 2, variant.loss_chunk_size)
+        == (8, 1, [14, 14], 1024)
+    )
     assert [cfg[f] for f in ("audio_token_id", "vi_start_token_id", "vi_end_token_id", "au_start_token_id",
                              "au_end_token_id")] == list(range(151648, 151653))
 

@@ -125,7 +125,9 @@ class Annotator:
                                               prompts.parse_scene),
         }
         if media.faces:
-            asks["face"] = lambda: e["vision"].chat(images(face_prompt, media.faces), prompts.face_parser(not estimator))
+            asks["face"] = lambda: e["vision"].chat(
+                images(face_prompt, media.faces), prompts.face_parser(not estimator)
+            )
         if media.sound is not None:
             asks["speech"] = lambda: e["transcription"].transcribe(media.sound, prompts.parse_transcription)
             if "audio" in e:
@@ -155,7 +157,9 @@ class Annotator:
     @staticmethod
     def review_messages(cues: dict[str, Any]) -> list[dict[str, Any]]:
         face = cues.get("face", {"expressions": "no face was found"})
-        described = face["expressions"] + (f" (apparent age {face['age']:g}, {face['gender']})" if "age" in face else "")
+        described = face["expressions"] + (
+            f" (apparent age {face['age']:g}, {face['gender']})" if "age" in face else ""
+        )
         text = prompts.REVIEW.format(scene=f"{cues['scene']['scene']} {cues['scene']['people']}", face=described,
                                      language=cues["speech"]["language"], speech=cues["speech"]["text"],
                                      tone=cues["tone"]["tone"] if "tone" in cues else "not described")

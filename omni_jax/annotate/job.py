@@ -17,6 +17,7 @@ import functools
 import os
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +53,7 @@ def resume_key(manifest: Path, cfg: ml_collections.ConfigDict) -> dict[str, Any]
             "processes": jax.process_count()}
 
 
-def keep_human_reviews(previous: list[dict[str, Any]]):
+def keep_human_reviews(previous: list[dict[str, Any]]) -> Callable[[list[dict[str, Any]]], list[dict[str, Any]]]:
     """write_merged's annotate: the human reviews of `previous` records carried to the new ones
     of the same line and clip."""
     reviews = {(r["line"], r.get("id")): r["human_review"] for r in previous if "human_review" in r}

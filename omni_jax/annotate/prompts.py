@@ -8,6 +8,7 @@ so nothing is recorded from a reply that did not parse.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from omni_jax.endpoints import ReplyRejected, json_object, number_in
@@ -79,7 +80,7 @@ def parse_age_gender(obj: dict[str, Any]) -> dict[str, Any]:
     return {"age": number_in(obj, "age", 0, 110), "gender": gender.strip().lower()}
 
 
-def face_parser(with_age_gender: bool):
+def face_parser(with_age_gender: bool) -> Callable[[str], dict[str, Any]]:
     """The FACE reply's parser: expressions, and age and gender when the prompt asked for them."""
     def parse(reply: str) -> dict[str, Any]:
         obj = json_object(reply)

@@ -60,7 +60,9 @@ def new_parameters(config: ml_collections.ConfigDict, seed: int) -> dict[str, np
     return {path: np.asarray(v) for path, v in flat_leaves(params).items()}
 
 
-def _plan(parts: dict[str, Path], config: ml_collections.ConfigDict) -> tuple[list[tuple[str, Any, str | None, Any]], list[str]]:
+def _plan(
+    parts: dict[str, Path], config: ml_collections.ConfigDict
+) -> tuple[list[tuple[str, Any, str | None, Any]], list[str]]:
     """(target path, target ShapeDtypeStruct, part prefix and stored metadata, or None for a new
     parameter) per leaf, and every problem found (types, shapes, missing, unexpected)."""
     problems, stored = [], {}

@@ -59,7 +59,11 @@ def prefixed(rules: tuple[Rule, ...], src: str, dst: str) -> tuple[Rule, ...]:
 
 def _attention(src: str, dst: str, out: str, out_bias: bool) -> tuple[Rule, ...]:
     return (
-        *(r for p in ("q_proj", "k_proj", "v_proj") for r in linear(f"{src}.{p}", f"{dst}/{p}", bias_transform=FLATTEN)),
+        *(
+            r
+            for p in ("q_proj", "k_proj", "v_proj")
+            for r in linear(f"{src}.{p}", f"{dst}/{p}", bias_transform=FLATTEN)
+        ),
         *linear(f"{src}.{out}", f"{dst}/{out}", bias=out_bias, transform=LINEAR_FROM_HEADS),
     )
 
@@ -299,11 +303,25 @@ def _retinaface_resnet50() -> tuple[Rule, ...]:
 
 
 RETINAFACE_BODY = (
-    *_retinaface_mobilenet(), *_retinaface_resnet50(),
-    *(r for name in ("output1", "output2", "output3", "merge1", "merge2") for r in _conv(f"fpn.{name}.0", f"fpn/{name}")),
-    *(r for level in (1, 2, 3) for name in ("conv3X3", "conv5X5_1", "conv5X5_2", "conv7X7_2", "conv7x7_3")
-      for r in _conv(f"ssh{level}.{name}.0", f"ssh{level}/{name}")),
-    *(r for head, dst in RETINAFACE_HEADS.items() for i in range(3) for r in _conv(f"{head}.{i}.conv1x1", f"{dst}_{i}")),
+    *_retinaface_mobilenet(),
+    *_retinaface_resnet50(),
+    *(
+        r
+        for name in ("output1", "output2", "output3", "merge1", "merge2")
+        for r in _conv(f"fpn.{name}.0", f"fpn/{name}")
+    ),
+    *(
+        r
+        for level in (1, 2, 3)
+        for name in ("conv3X3", "conv5X5_1", "conv5X5_2", "conv7X7_2", "conv7x7_3")
+        for r in _conv(f"ssh{level}.{name}.0", f"ssh{level}/{name}")
+    ),
+    *(
+        r
+        for head, dst in RETINAFACE_HEADS.items()
+        for i in range(3)
+        for r in _conv(f"{head}.{i}.conv1x1", f"{dst}_{i}")
+    ),
 )
 RETINAFACE_FORMATS = (
     Format("retinaface", RETINAFACE_BODY),

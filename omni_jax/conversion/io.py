@@ -96,11 +96,14 @@ class CheckpointReader:
             raise CheckpointRefused(
                 f"{file}: holds {found}, not only tensors, so it was not loaded (unpickling it could run code). From "
                 "a copy you trust, write a safe file: torch.load(..., weights_only=False) there, then "
-                "safetensors.torch.save_file(state_dict, 'model.safetensors')") from None
+                "safetensors.torch.save_file(state_dict, 'model.safetensors')"
+            ) from None
         except (RuntimeError, OSError) as error:  # not a zip archive, a truncated one (mmap: EINVAL), ...
             if isinstance(error, OSError) and error.errno != errno.EINVAL:
                 raise  # the machine's (a lost mount, ...): not the file's fault
-            raise CheckpointRefused(f"{file}: not a readable PyTorch checkpoint ({str(error).splitlines()[0][:200]})") from None
+            raise CheckpointRefused(
+                f"{file}: not a readable PyTorch checkpoint ({str(error).splitlines()[0][:200]})"
+            ) from None
         if self.state_dict_key is not None:
             if self.state_dict_key not in state:
                 raise CheckpointRefused(f"{file}: no {self.state_dict_key!r} entry (found {sorted(state)[:10]})")

@@ -18,10 +18,10 @@ import numpy as np
 class Transform:
     name: str = "identity"
 
-    def to_flax(self, x, shape: tuple[int, ...]):
+    def to_flax(self, x: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
         return x.reshape(shape)
 
-    def to_torch(self, x, shape: tuple[int, ...]):
+    def to_torch(self, x: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
         return x
 
     def torch_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -36,10 +36,10 @@ class Linear(Transform):
     name: str = "linear"
     num_in: int = 1
 
-    def to_flax(self, x, shape):
+    def to_flax(self, x: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
         return x.T.reshape(shape)
 
-    def to_torch(self, x, shape):
+    def to_torch(self, x: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
         return x.reshape(math.prod(shape[:self.num_in]), math.prod(shape[self.num_in:])).T
 
 
@@ -49,7 +49,7 @@ class Flatten(Transform):
 
     name: str = "flatten"
 
-    def to_torch(self, x, shape):
+    def to_torch(self, x: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
         return x.reshape(-1)
 
 
@@ -59,11 +59,11 @@ class Conv(Transform):
 
     name: str = "conv"
 
-    def to_flax(self, x, shape):
+    def to_flax(self, x: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
         spatial = tuple(range(2, x.ndim))
         return x.transpose(*spatial, 1, 0)
 
-    def to_torch(self, x, shape):
+    def to_torch(self, x: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
         rank = x.ndim - 2
         return x.transpose(rank + 1, rank, *range(rank))
 
@@ -81,11 +81,11 @@ class Packed(Transform):
     index: int = 0
     count: int = 3
 
-    def to_flax(self, x, shape):
+    def to_flax(self, x: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
         rows = x.shape[0] // self.count
         return self.inner.to_flax(x[self.index * rows:(self.index + 1) * rows], shape)
 
-    def to_torch(self, x, shape):
+    def to_torch(self, x: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
         raise NotImplementedError(f"a {self.name} block cannot be written back on its own")
 
     def torch_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:

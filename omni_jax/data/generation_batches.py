@@ -148,8 +148,16 @@ def prompt_batches(manifest: Any, tokenizer: Any, cfg: ml_collections.ConfigDict
     data = ml_collections.ConfigDict(cfg.data.to_dict())
     data.epochs = 1
     shard = grain.sharding.ShardOptions(shard_index=index, shard_count=count, drop_remainder=False)
-    elements = iter(ordered_examples(source, PromptTransform(source, tokenizer, cfg, modalities, find_faces), data, shard,
-                                     shuffle=False, skip=start_batch * batch_size))
+    elements = iter(
+        ordered_examples(
+            source,
+            PromptTransform(source, tokenizer, cfg, modalities, find_faces),
+            data,
+            shard,
+            shuffle=False,
+            skip=start_batch * batch_size,
+        )
+    )
     blank, pad_id = _padding_example(cfg, modalities), pad_id_of(tokenizer)
     try:
         for _ in range(start_batch, batch_count(len(source), count, batch_size)):

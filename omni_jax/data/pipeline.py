@@ -237,8 +237,14 @@ def load_example(record: Record, tokenizer: Any, cfg: ml_collections.ConfigDict,
     its counted facts; `kept`: the modalities its prompt holds (default all of `modalities`)."""
     kept = modalities if kept is None else kept
     blocks = prompt_blocks(record, kept)
-    tokens = text.tokenize_conversation(record.conversations, tokenizer, cfg.model, max(cfg.data.buckets), blocks=blocks,
-                                        name=f"{record.id} ({record.where})")
+    tokens = text.tokenize_conversation(
+        record.conversations,
+        tokenizer,
+        cfg.model,
+        max(cfg.data.buckets),
+        blocks=blocks,
+        name=f"{record.id} ({record.where})",
+    )
     return {"tokens": tokens, "truncated": np.bool_(tokens.truncated),
             **media_inputs(record, cfg, modalities, kept, find_faces)}
 
@@ -289,8 +295,10 @@ def ordered_examples(source: ManifestSource, transform: Callable[[ManifestLine, 
     # at the 7B config (~20 MB an example) that is ~10 GB per worker. Bounded by the config.
     ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=data.threads, prefetch_buffer_size=data.prefetch))
     if data.workers > 0:
-        ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=data.workers, per_worker_buffer_size=data.prefetch),
-                            worker_init_fn=leave_signals_to_the_main_process)
+        ds = ds.mp_prefetch(
+            grain.MultiprocessingOptions(num_workers=data.workers, per_worker_buffer_size=data.prefetch),
+            worker_init_fn=leave_signals_to_the_main_process,
+        )
         release_workers_at_exit()
     return ds
 
@@ -370,8 +378,17 @@ class BatchIterator(grain.DatasetIterator):
     State = upstream state at the last batch boundary + counts, so restoring it resumes both.
     """
 
-    def __init__(self, parent: grain.DatasetIterator, batch_size: int, buckets: tuple[int, ...], pad_id: int,
-                 max_skip_fraction: float, min_examples: int, drop_remainder: bool = True, pack_text_only: bool = False):
+    def __init__(
+        self,
+        parent: grain.DatasetIterator,
+        batch_size: int,
+        buckets: tuple[int, ...],
+        pad_id: int,
+        max_skip_fraction: float,
+        min_examples: int,
+        drop_remainder: bool = True,
+        pack_text_only: bool = False,
+    ):
         super().__init__(parent)
         self.batch_size, self.buckets, self.pad_id = batch_size, tuple(buckets), pad_id
         self.pack_length = min(buckets) if pack_text_only else 0

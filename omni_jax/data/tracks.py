@@ -33,8 +33,9 @@ the principal where it is, else the most likely other track. A track covers the 
 first to its last widened by `tolerance` at both ends, except where its nearest time is in a
 bridged gap: the gap keeps the person's identity across an occlusion or a missed detection,
 but no box is given where no face was seen; the box is the one at its nearest time. Output,
-one dict per requested time (docs/data.md's boxes by time): `{"t": t, "box": [x0, y0, x1, y1], "score": s, "track": id}` (box rounded to 0.1 px,
-score to 4 decimals) or `{"t": t, "box": None}`.
+one dict per requested time (docs/data.md's boxes by time):
+`{"t": t, "box": [x0, y0, x1, y1], "score": s, "track": id}` (box rounded to 0.1 px, score to 4 decimals)
+or `{"t": t, "box": None}`.
 
 Shot cuts: the Bhattacharyya distance between hue–saturation histograms of consecutive frames
 (downscaled to 64×64). Hue and saturation do not change when the light scales every channel

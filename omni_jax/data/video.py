@@ -120,7 +120,9 @@ def _decoded(container: av.container.InputContainer, stream: av.video.stream.Vid
             continue  # one damaged packet: the decoder conceals it and goes on, as players do
 
 
-def _decode_frames(path: Path, wanted: np.ndarray, keyframes: np.ndarray, seek: bool) -> dict[int, av.VideoFrame] | None:
+def _decode_frames(
+    path: Path, wanted: np.ndarray, keyframes: np.ndarray, seek: bool
+) -> dict[int, av.VideoFrame] | None:
     """The frame shown at each time in `wanted` (sorted, unique), keyed by that time; None when
     seeking missed its keyframe (the caller then decodes without seeking)."""
     chosen = {}

@@ -125,7 +125,9 @@ def evaluate(cfg: ml_collections.ConfigDict, *, checkpoint: str | os.PathLike, w
     check_ranges(cfg, FIELDS, pipeline.FIELDS)
     workdir = Path(workdir)
     check_own_workdir(workdir, RECORD, "evaluation")
-    evaluators = from_config(cfg.evals, cfg.eval.max_skip_fraction)  # references and media checked before the model loads
+    evaluators = from_config(
+        cfg.evals, cfg.eval.max_skip_fraction
+    )  # references and media checked before the model loads
     if not evaluators:
         raise InputError(f"no evaluator has a manifest: set --config.evals.NAME.manifest=FILE.jsonl for one of "
                          f"{sorted(cfg.evals)}")
@@ -219,8 +221,10 @@ def _evaluator_of(cfg: ml_collections.ConfigDict, predictions: Path) -> str:
     evals = cfg.evals
     if cfg.score.evaluator:
         if cfg.score.evaluator not in evals:
-            raise InputError(f"--config.score.evaluator={cfg.score.evaluator}: the config has no such evaluator; it has "
-                             f"{', '.join(f'{n} ({spec.type})' for n, spec in evals.items())}")
+            raise InputError(
+                f"--config.score.evaluator={cfg.score.evaluator}: the config has no such evaluator; it has "
+                f"{', '.join(f'{n} ({spec.type})' for n, spec in evals.items())}"
+            )
         return cfg.score.evaluator
     for _, entry in json_lines(predictions):
         tasks = [task for task, kind in EVALUATORS.items() if kind.reference in entry]

@@ -99,9 +99,9 @@ def strict_scores(answers: Sequence[str], labels: Sequence[str]) -> dict[str, fl
     union = sorted(set(labels) | set(answers))
     recalls = []
     for value in union:
-        true = [a for a, l in zip(answers, labels) if l == value]
+        true = [answer for answer, label in zip(answers, labels) if label == value]
         recalls.append(sum(a == value for a in true) / len(true) if true else 0.0)
-    correct = sum(a == l for a, l in zip(answers, labels))
+    correct = sum(answer == label for answer, label in zip(answers, labels))
     return {"strict_war": correct / len(labels), "strict_uar": float(np.mean(recalls))}
 
 

@@ -70,8 +70,11 @@ def weights_for(detector: Any) -> str:
 
 
 def tracked_faces(detector: Any, batch_size: int = 8) -> TrackedFaces:
-    """RetinaFace + the tracker of a detector config (also for kind "haar": `omni-jax faces`
-    and annotate track faces over whole clips), its weights loaded and checked now."""
+    """RetinaFace + the tracker of a detector config (`omni-jax faces` and annotate track faces
+    over whole clips), its weights loaded and checked now."""
+    if detector.kind == HAAR:
+        raise InputError("face detector kind 'haar': tracking faces over whole clips takes kind 'retinaface' (the "
+                         "cascade is the training pipeline's cheap detector only)")
     finder = TrackedFaces(FaceDetector(weights_for(detector), batch_size))
     finder.detector.load()
     return finder

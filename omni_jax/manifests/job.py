@@ -75,7 +75,7 @@ def _label(row: Row, names: Mapping[str, str], name: str) -> str | None:
     token = row.label.strip().lower()
     if token not in names:
         raise InputError(f"{row.where}: class {row.label!r} is not in {name}'s table (expected one of "
-                         f"{sorted(names)}; --classes FILE.json gives another)")
+                         f"{sorted(names)}; --config.manifest.classes=FILE.json gives another)")
     return names[token]
 
 

@@ -123,8 +123,9 @@ class OmniEmotion(LlavaOnevisionForConditionalGeneration):
                                           nn.with_logical_partitioning(nn.initializers.zeros_init(), (None, "embed")),
                                           (cfg.num_frames, cfg.text.hidden_size), dtypes["param_dtype"])
         if cfg.fusion == "frame_cross_attention":
-            self.face_cross_attention = FaceCrossAttention(cfg.cross_attention_heads,
-                                                           implementation=cfg.text.get("attention_impl", "auto"), **dtypes)
+            self.face_cross_attention = FaceCrossAttention(
+                cfg.cross_attention_heads, implementation=cfg.text.get("attention_impl", "auto"), **dtypes
+            )
 
     def video_block(self, pixel_values_videos: jax.Array, face_pixels: jax.Array, has_video: jax.Array | None = None,
                     has_face: jax.Array | None = None) -> jax.Array:

@@ -78,7 +78,7 @@ def window_geometry(height: int, width: int, window: int) -> tuple[tuple[int, in
     return padded, tuple(0 if window >= n else window // 2 for n in padded)
 
 
-def partition_windows(x, window: int):
+def partition_windows(x: jax.Array, window: int) -> jax.Array:
     """[batch, height, width, channels] (multiples of the window) → [batch * windows, window², channels],
     windows in row-major order within each image. Works on numpy and JAX arrays."""
     b, h, w, c = x.shape

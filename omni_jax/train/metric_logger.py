@@ -65,8 +65,13 @@ class TensorBoardWriter:
 
         self._writer = EventFileWriter(str(logdir))
         if purge_step is not None:
-            self._writer.add_event(event_pb2.Event(wall_time=time.time(), step=purge_step, session_log=event_pb2.SessionLog(
-                status=event_pb2.SessionLog.START)))
+            self._writer.add_event(
+                event_pb2.Event(
+                    wall_time=time.time(),
+                    step=purge_step,
+                    session_log=event_pb2.SessionLog(status=event_pb2.SessionLog.START),
+                )
+            )
 
     def write(self, step: int, scalars: dict[str, float]) -> None:
         from tensorboard.compat.proto import event_pb2, summary_pb2

@@ -317,7 +317,10 @@ def test_the_review_sheet_and_its_import(annotated, reviewed):
     assert reviewed["imported"]["manifests"]["eval_emer_ov.jsonl"] == 2
     assert {name: (out / name).read_text() for name in reviewed["files"]} == reviewed["files"]  # twice: no change
     accepted, fixed = (records[r["id"]]["human_review"] for r in reviewed["rows"])
-    assert accepted["decision"] == "accept" and accepted["reason"] == records[reviewed["rows"][0]["id"]]["review"]["reason"]
+    assert (
+        accepted["decision"] == "accept"
+        and accepted["reason"] == records[reviewed["rows"][0]["id"]]["review"]["reason"]
+    )
     assert fixed == {"decision": "fix", "reason": "Her smile is forced; she is anxious.",
                      "emotions": ["anxious", "happy"], "intensity": 2, "note": ""}
     assert read(out / "eval_emer_ov.jsonl")[1]["labels"] == ["anxious", "happy"]

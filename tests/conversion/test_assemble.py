@@ -122,13 +122,22 @@ def test_export_to_safetensors_and_back(assembled, tmp_path):
     for file in (tmp_path / "safetensors").glob("*.safetensors"):
         with safe_open(file, "np") as f:
             keys |= set(f.keys())
-    for key in ("language_model.model.layers.0.self_attn.q_proj.weight", "language_model.lm_head.weight",
-                "vision_tower.encoder.layers.0.mlp.fc1.weight", "multi_modal_projector.linear_2.bias",
-                "image_newline", "audio_tower.layers.1.fc2.weight", "audio_projector.linear_1.weight",
-                "face_tower.backbone.embeddings.patch_embeddings.projection.weight",
-                "face_tower.backbone.encoder.layers.2.blocks.1.attention.self.query.weight", "face_tower.linear_fuse.weight",
-                "face_tower.face_projector.linear_2.weight", "frame_embedding",
-                "face_cross_attention.attention.o_proj.bias", "face_cross_attention.query_norm.weight"):
+    for key in (
+        "language_model.model.layers.0.self_attn.q_proj.weight",
+        "language_model.lm_head.weight",
+        "vision_tower.encoder.layers.0.mlp.fc1.weight",
+        "multi_modal_projector.linear_2.bias",
+        "image_newline",
+        "audio_tower.layers.1.fc2.weight",
+        "audio_projector.linear_1.weight",
+        "face_tower.backbone.embeddings.patch_embeddings.projection.weight",
+        "face_tower.backbone.encoder.layers.2.blocks.1.attention.self.query.weight",
+        "face_tower.linear_fuse.weight",
+        "face_tower.face_projector.linear_2.weight",
+        "frame_embedding",
+        "face_cross_attention.attention.o_proj.bias",
+        "face_cross_attention.query_norm.weight",
+    ):
         assert key in keys, key
     _, original = omni_jax.load_pretrained(assembled[1])
     model, restored = omni_jax.load_pretrained(tmp_path / "back")

@@ -34,8 +34,11 @@ def test_every_line_once_over_the_processes(setup, processes, batch):
     cfg, tokenizer, manifest, count = setup
     seen, batches = [], []
     for index in range(processes):
-        out = list(generation_batches.prompt_batches(manifest, tokenizer, cfg, batch, modalities="v,f", question="w15 ?",
-                                          process=(index, processes)))
+        out = list(
+            generation_batches.prompt_batches(
+                manifest, tokenizer, cfg, batch, modalities="v,f", question="w15 ?", process=(index, processes)
+            )
+        )
         batches.append(len(out))
         for arrays, rows in out:
             assert arrays["input_ids"].shape[0] == len(rows) == batch

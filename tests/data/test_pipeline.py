@@ -96,8 +96,16 @@ def test_batches_have_the_tiny_model_shapes_and_contents(clips):
     counts = placeholder_counts(cfg.model)
     ids, labels, mask = batch["input_ids"], batch["labels"], batch["attention_mask"]
     for row in range(4):  # each clip's row holds the whole block; the text-only row (3) none
-        assert (ids[row] == cfg.model.video_token_id).sum() == (counts["video"] if row < 3 else 0) == (27 if row < 3 else 0)
-        assert (ids[row] == cfg.model.audio_token_id).sum() == (counts["audio"] if row < 3 else 0) == (20 if row < 3 else 0)
+        assert (
+            (ids[row] == cfg.model.video_token_id).sum()
+            == (counts["video"] if row < 3 else 0)
+            == (27 if row < 3 else 0)
+        )
+        assert (
+            (ids[row] == cfg.model.audio_token_id).sum()
+            == (counts["audio"] if row < 3 else 0)
+            == (20 if row < 3 else 0)
+        )
         for field in ("vi_start_token_id", "vi_end_token_id", "au_start_token_id", "au_end_token_id"):
             assert (ids[row] == cfg.model[field]).sum() == int(row < 3)
     im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
@@ -319,7 +327,9 @@ def test_phase_modalities_decide_the_blocks_and_the_media(clips):
     assert ids(batch, "video_token_id") == [0, 0] and ids(batch, "vi_start_token_id") == [0, 0]
 
     every = next(iter(pipeline.make_pipeline(manifest, tokenizer, cfg, shuffle=False)))
-    assert ids(every, "video_token_id") == [0, counts["video"]] and ids(every, "audio_token_id") == [counts["audio"]] * 2
+    assert (
+        ids(every, "video_token_id") == [0, counts["video"]] and ids(every, "audio_token_id") == [counts["audio"]] * 2
+    )
     assert every["has_video"].tolist() == [False, True] and every["has_audio"].tolist() == [True, True]
 
     face_phase = iter(pipeline.make_pipeline(manifest, tokenizer, tiny(batch_size=1), shuffle=False,
@@ -421,7 +431,9 @@ def test_damaged_and_empty_audio_are_counted_apart(clips, tmp_path):
         {**line, "conversations": [{"from": "human", "value": "<audio>\nw12"}, {"from": "gpt", "value": "w40"}]}
         for line in lines])
     cfg = tiny(batch_size=1)
-    batches = iter(pipeline.make_pipeline(manifest, qwen2_test_tokenizer(cfg.model), cfg, shuffle=False, modalities="a"))
+    batches = iter(
+        pipeline.make_pipeline(manifest, qwen2_test_tokenizer(cfg.model), cfg, shuffle=False, modalities="a")
+    )
     flags = [bool(next(batches)["has_audio"][0]) for _ in range(2)]
     with pytest.raises(StopIteration):
         next(batches)

@@ -2,10 +2,7 @@
 checkpoint: files written, sharded = one device = two processes, ablation, a workdir holding one
 evaluation, stop and resume, errors."""
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import jax
@@ -23,6 +20,7 @@ from omni_jax.runs import load_tokenizer, run_config
 from omni_jax.sharding import make_mesh
 from tests import media
 from tests.conftest import random_checkpoint
+from tests.processes import Processes
 from tests.tokenizer import qwen2_test_tokenizer
 
 REPO = Path(__file__).resolve().parents[2]
@@ -126,25 +124,9 @@ def test_generation_unrolls_the_language_model_unless_told(setup):
 def test_two_processes_give_the_one_process_predictions(setup, evaluated, tmp_path):
     """2 processes × 4 devices, batch 4 per process: 3 of the 6 lines each and a padding row;
     the merged file equals the single-process one."""
-    port = _free_port()
-    flags = " ".join(f for f in os.environ.get("XLA_FLAGS", "").split() if f.startswith("--xla_cpu_collective"))
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": f"--xla_force_host_platform_device_count=4 {flags}"}
-    args = eval_args(setup, tmp_path, "--config.eval.batch_size=4")
-    runs = [subprocess.Popen([sys.executable, "-m", "omni_jax.cli", "--json", "--coordinator", f"localhost:{port}",
-                              "--num-processes", "2", "--process-id", str(i), *args], cwd=REPO, env=env,
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
-    outputs = [run.communicate(timeout=600)[0] for run in runs]
-    assert [run.returncode for run in runs] == [0, 0], outputs
+    Processes(eval_args(setup, tmp_path, "--config.eval.batch_size=4"), tmp_path / "logs", cwd=REPO).wait()
     ours = predictions(tmp_path / "predictions" / "dfew.jsonl")
     assert ours == predictions(evaluated / "predictions" / "dfew.jsonl")
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("localhost", 0))
-        return s.getsockname()[1]
 
 
 def test_modality_ablation_flag(setup, tmp_path):
@@ -208,7 +190,9 @@ def test_an_evaluation_that_cannot_read_enough_fails_naming_why(setup, tmp_path,
     assert "eval.max_skip_fraction is 0.1" in message
     (tmp_path / "empty.mp4").write_bytes(b"")
     nothing = tmp_path / "nothing.jsonl"
-    nothing.write_text("".join(json.dumps({"id": n, "video": f"{n}.mp4", "label": "w20"}) + "\n" for n in ("gone", "empty")))
+    nothing.write_text(
+        "".join(json.dumps({"id": n, "video": f"{n}.mp4", "label": "w20"}) + "\n" for n in ("gone", "empty"))
+    )
     message = error(*eval_args(setup, tmp_path / "a", f"--config.evals.dfew.manifest={nothing}"))
     assert "2 of 2 lines cannot be used (empty_file 1, missing_file 1)" in message and "empty.mp4" in message
     assert not loaded and not (tmp_path / "a").exists()  # before the model loaded; nothing written

@@ -11,7 +11,7 @@ from omni_jax.checkpoint_dir import CONFIG_FILE
 from omni_jax.conversion.retinaface import convert_retinaface
 from omni_jax.data import pipeline, video
 from omni_jax.data.manifest import ManifestLine, parse_record
-from omni_jax.errors import CheckpointRefused
+from omni_jax.errors import CheckpointRefused, InputError
 from omni_jax.faces import finder
 from omni_jax.faces.finder import TrackedFaces, finder_for
 from omni_jax.testing import face_scenes
@@ -49,6 +49,8 @@ def test_retinaface_and_the_tracker_find_what_haar_misses(far):
     assert all(face_scenes.iou(box, main) >= 0.5 for box, main in zip(boxes, truth))
     assert finder_for(detector("haar")) is pipeline.haar_faces
     assert pipeline.frame_boxes(record, clip, 0.5)[0] == [None] * 8  # the functions' default: Haar
+    with pytest.raises(InputError, match="kind 'haar': tracking faces over whole clips takes kind 'retinaface'"):
+        finder.tracked_faces(detector("haar"))  # `omni-jax faces` and annotate: no cascade
 
 
 def test_a_converted_checkpoint_by_path(tmp_path):

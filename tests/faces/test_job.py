@@ -17,6 +17,7 @@ from omni_jax import cli
 from omni_jax.config_flags import load_config
 from omni_jax.faces import job
 from omni_jax.testing import face_scenes
+from tests.processes import Processes, devices_env
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -112,14 +113,9 @@ def test_summary_and_redo(scenes, tmp_path, capsys):
     assert redone["id"] == "given" and len(redone["faces"]) == 17  # --redo: detected, the given box replaced
 
 
-def faces_command(manifest: Path, out: Path, *program_flags: str) -> list[str]:
-    return [sys.executable, "-m", "omni_jax.cli", *program_flags, "faces", "--manifest", str(manifest), "--out",
+def faces_command(manifest: Path, out: Path) -> list[str]:
+    return [sys.executable, "-m", "omni_jax.cli", "faces", "--manifest", str(manifest), "--out",
             str(out)]
-
-
-def single_device_env() -> dict:
-    flags = " ".join(f for f in os.environ.get("XLA_FLAGS", "").split() if f.startswith("--xla_cpu_collective"))
-    return {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": f"--xla_force_host_platform_device_count=1 {flags}"}
 
 
 def test_a_killed_run_resumes_with_no_line_lost_or_doubled(tracked, tmp_path):
@@ -127,7 +123,7 @@ def test_a_killed_run_resumes_with_no_line_lost_or_doubled(tracked, tmp_path):
     manifest a run never killed writes."""
     manifest, single, _ = tracked
     out = tmp_path / "out.jsonl"
-    killed = subprocess.Popen(faces_command(manifest, out), cwd=REPO, env=single_device_env(),
+    killed = subprocess.Popen(faces_command(manifest, out), cwd=REPO, env=devices_env(1),
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     progress = tmp_path / ".out.jsonl.progress-0-of-1"
     deadline = time.monotonic() + 300
@@ -138,7 +134,7 @@ def test_a_killed_run_resumes_with_no_line_lost_or_doubled(tracked, tmp_path):
     killed.wait()
     done = len(progress.read_text().splitlines()) - 1
     assert not out.exists() and 3 <= done < 8
-    resumed = subprocess.run(faces_command(manifest, out), cwd=REPO, env=single_device_env(), capture_output=True,
+    resumed = subprocess.run(faces_command(manifest, out), cwd=REPO, env=devices_env(1), capture_output=True,
                              text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"resuming after round {done} of 8" in resumed.stderr
@@ -151,22 +147,10 @@ def test_two_processes_give_the_one_process_manifest(tracked, tmp_path):
     manifest, single, _ = tracked
     three = manifest.parent / f"three-{tmp_path.name}.jsonl"  # beside the clips its lines name
     three.write_text("".join(manifest.read_text().splitlines(keepends=True)[:3]))
-    port = _free_port()
     out = tmp_path / "out.jsonl"
-    runs = [subprocess.Popen(faces_command(three, out, "--coordinator", f"localhost:{port}", "--num-processes", "2",
-                                           "--process-id", str(i)), cwd=manifest.parent, env=single_device_env(),
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
-    outputs = [run.communicate(timeout=600)[0] for run in runs]
-    assert [run.returncode for run in runs] == [0, 0], outputs
+    Processes(["faces", "--manifest", str(three), "--out", str(out)], tmp_path / "logs", devices=1,
+              cwd=manifest.parent).wait()
     assert out.read_text() == "".join(single.read_text().splitlines(keepends=True)[:3])
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("localhost", 0))
-        return s.getsockname()[1]
 
 
 def test_a_checkpoint_of_another_model_is_one_line(tmp_path, capsys):

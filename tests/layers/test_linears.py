@@ -84,7 +84,9 @@ def test_bf16_layers_multiply_bf16_into_float32_once(layer, x):
     assert rel_err(out, ref) < 2 ** -8
 
 
-@pytest.mark.parametrize("groups,inputs,features,stride", [(1, 3, 8, 2), (16, 16, 16, 1), (16, 16, 16, 2), (1, 1, 4, 1)])
+@pytest.mark.parametrize(
+    "groups,inputs,features,stride", [(1, 3, 8, 2), (16, 16, 16, 1), (16, 16, 16, 2), (1, 1, 4, 1)]
+)
 def test_shifted_sums_equal_the_convolution(groups, inputs, features, stride):
     """The CPU's paths for depthwise and few-input 3×3 convolutions (sums of shifted copies) and
     for 1×1 ones (a matrix product) equal XLA's convolution; in bf16 they sum in float32."""

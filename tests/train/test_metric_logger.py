@@ -11,8 +11,14 @@ from omni_jax.train.metric_logger import MetricLogger, peak_flops
 
 
 def device_metrics(loss: float, finite: bool = True, nonfinite: int = 0) -> dict:
-    return {"loss": jnp.float32(loss), "tokens": jnp.int32(10), "grad_norm": jnp.float32(2.0), "finite": jnp.bool_(finite),
-            "nonfinite": jnp.int32(nonfinite), "learning_rate": jnp.float32(1e-3)}
+    return {
+        "loss": jnp.float32(loss),
+        "tokens": jnp.int32(10),
+        "grad_norm": jnp.float32(2.0),
+        "finite": jnp.bool_(finite),
+        "nonfinite": jnp.int32(nonfinite),
+        "learning_rate": jnp.float32(1e-3),
+    }
 
 
 @pytest.mark.parametrize("kind,peak", [("NVIDIA H100 80GB HBM3", 989e12), ("NVIDIA H200", 989e12),

@@ -6,7 +6,6 @@ giving the one-process run, restore onto another mesh, and the errors a user mee
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,6 +25,7 @@ from omni_jax.train.step import make_trainer, training_model_config
 from omni_jax.train.train import check_workdir
 from tests import media
 from tests.conftest import random_checkpoint
+from tests.processes import Processes
 from tests.tokenizer import qwen2_test_tokenizer
 
 REPO = Path(__file__).resolve().parents[2]
@@ -42,8 +42,16 @@ def data(tmp_path_factory):
     lines = []
     for i in range(8):
         media.write_clip(root / f"c{i}.mp4", seconds=0.8, fps=10, size=(64, 48), face=True, audio=i % 2 == 0)
-        lines.append({"id": f"c{i}", "video": f"c{i}.mp4", "conversations": [
-            {"from": "human", "value": "<video>\nw10 w11 ."}, {"from": "gpt", "value": f"w{20 + i % 4} w{30 + i % 3} ."}]})
+        lines.append(
+            {
+                "id": f"c{i}",
+                "video": f"c{i}.mp4",
+                "conversations": [
+                    {"from": "human", "value": "<video>\nw10 w11 ."},
+                    {"from": "gpt", "value": f"w{20 + i % 4} w{30 + i % 3} ."},
+                ],
+            }
+        )
     for i in range(2):
         media.write_audio(root / f"a{i}.m4a", media.tone(300.0 + 200 * i, 0.8, 16000), 16000)
         lines.append({"id": f"a{i}", "audio": f"a{i}.m4a", "conversations": [
@@ -128,13 +136,18 @@ def _launch(data: Path, workdir: Path) -> subprocess.Popen:
                             start_new_session=True)
 
 
-def _wait_for(condition, process: subprocess.Popen, what: str, timeout: float = 300) -> None:
+def _wait_for(condition, running: subprocess.Popen | Processes, what: str, timeout: float = 300) -> None:
+    """Until `condition()`; fails if the run ends first (showing its output) or after `timeout`."""
     deadline = time.monotonic() + timeout
     while not condition():
-        if process.poll() is not None:
-            raise AssertionError(f"the run ended before {what}:\n{process.stdout.read()[-3000:]}")
+        if isinstance(running, Processes):
+            output = running.ended()
+        else:
+            output = running.stdout.read() if running.poll() is not None else None
+        if output is not None:
+            raise AssertionError(f"the run ended before {what}:\n{output[-3000:]}")
         if time.monotonic() > deadline:
-            process.kill()
+            running.kill()
             raise AssertionError(f"no {what} within {timeout} s")
         time.sleep(0.02)
 
@@ -167,7 +180,9 @@ def test_sigkill_then_sigterm_then_resume_equals_the_uninterrupted_run(data, uni
     steps = [json.loads(line)["step"] for line in (workdir / "metrics.jsonl").read_text().splitlines()]
     assert steps == sorted(expected)  # each step once: the lines written after a restored step are dropped
     for step in expected:
-        assert (got[step]["loss"], got[step]["grad_norm"]) == (expected[step]["loss"], expected[step]["grad_norm"]), step
+        assert (got[step]["loss"], got[step]["grad_norm"]) == (expected[step]["loss"], expected[step]["grad_norm"]), (
+            step
+        )
     _, final = omni_jax.load_pretrained(workdir / "final")
     _, reference = omni_jax.load_pretrained(uninterrupted / "final")
     for a, b in zip(jax.tree.leaves(final), jax.tree.leaves(reference)):
@@ -179,7 +194,9 @@ def test_ctrl_c_saves_and_a_second_one_stops_at_once(data, tmp_path):
     step and exits 130 with one line; rerun, two Ctrl-Cs stop it at once, 130 again, and neither
     prints a traceback."""
     workdir = tmp_path / "run"
-    lines = lambda: len((workdir / "metrics.jsonl").read_text().splitlines()) if (workdir / "metrics.jsonl").exists() else 0
+    lines = lambda: (
+        len((workdir / "metrics.jsonl").read_text().splitlines()) if (workdir / "metrics.jsonl").exists() else 0
+    )
     interrupted = _launch(data, workdir)
     _wait_for(lambda: lines() >= 1, interrupted, "a step")
     os.killpg(interrupted.pid, signal.SIGINT)
@@ -200,38 +217,16 @@ def test_ctrl_c_saves_and_a_second_one_stops_at_once(data, tmp_path):
     assert "omni-jax train: stopped (Ctrl-C)" in output and "Traceback" not in output, output[-3000:]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("localhost", 0))
-        return s.getsockname()[1]
-
-
-def _launch_two(data: Path, workdir: Path) -> list[subprocess.Popen]:
-    """Two processes of one run on localhost (jax.distributed; CPU collectives), 4 simulated
-    devices each: one mesh of 8 devices spanning both, each host reading its share."""
-    port = _free_port()
-    flags = " ".join(f for f in os.environ.get("XLA_FLAGS", "").split() if f.startswith("--xla_cpu_collective"))
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": f"--xla_force_host_platform_device_count=4 {flags}"}
-    return [subprocess.Popen([sys.executable, "-m", "omni_jax.cli", "--json", "--coordinator", f"localhost:{port}",
-                              "--num-processes", "2", "--process-id", str(i), *args(data, workdir)], cwd=REPO, env=env,
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
-
-
 def test_two_processes_killed_and_resumed_equal_one_process(data, uninterrupted, tmp_path):
     """A 2-process run (4 + 4 devices, 4 clips per host per step), both processes SIGKILLed once
     checkpoint 4 is committed, then rerun to the end: the losses of every step and the final
     parameters equal the single-process run's (the hosts' batches together are its batches)."""
     workdir = tmp_path / "run"
-    first = _launch_two(data, workdir)
-    _wait_for(lambda: (workdir / "checkpoints" / "4" / "commit_success.txt").exists(), first[0], "checkpoint 4")
-    for process in first:
-        process.send_signal(signal.SIGKILL)
-        process.wait()
-    second = _launch_two(data, workdir)
-    outputs = [process.communicate(timeout=600)[0] for process in second]
-    # Both outputs when either fails: one process's error often shows only as the other's timeout.
-    assert all(p.returncode == 0 for p in second), "\n".join(
-        f"process {i} (exit {p.returncode}):\n{output[-6000:]}" for i, (p, output) in enumerate(zip(second, outputs)))
+    # one mesh of 8 devices spanning both processes, each host reading its share
+    first = Processes(args(data, workdir), tmp_path / "first", cwd=REPO)
+    _wait_for(lambda: (workdir / "checkpoints" / "4" / "commit_success.txt").exists(), first, "checkpoint 4")
+    first.kill()
+    outputs = Processes(args(data, workdir), tmp_path / "second", cwd=REPO).wait()
     summary = json.loads(outputs[0].splitlines()[-1])
     assert summary["resumed_from"] >= 4 and summary["stopped"] == "finished"
     expected, got = metrics(uninterrupted), metrics(workdir)
@@ -321,8 +316,8 @@ def test_a_disk_that_fills_during_a_save_keeps_the_committed_checkpoints(data, t
 
 def test_the_run_record_is_replaced_whole(tmp_path, monkeypatch):
     """The other hosts of a resumed run read config.json while process 0 rewrites it: written
-    beside it and renamed into place, it is never seen cut open (a 2-process resume once read
-    an empty file and stopped)."""
+    beside it and renamed into place, it is never seen cut open (an empty file would stop the
+    resume of a run on several hosts)."""
     written = []
     write_text = Path.write_text
     monkeypatch.setattr(Path, "write_text",

@@ -141,7 +141,8 @@ def _modules() -> dict[str, type]:
             self.LandmarkHead = nn.ModuleList(Head(out, 10) for _ in range(3))
 
         def forward(self, images):
-            """images: [batch, 3, H, W] BGR minus the mean → loc [batch, N, 4], conf [batch, N, 2], landmarks [batch, N, 10]."""
+            """images: [batch, 3, H, W] BGR minus the mean → loc [batch, N, 4], conf [batch, N, 2],
+            landmarks [batch, N, 10]."""
             levels = self.fpn(self.body(images))
             features = [self.ssh1(levels[0]), self.ssh2(levels[1]), self.ssh3(levels[2])]
             heads = lambda modules: torch.cat([m(f) for m, f in zip(modules, features)], dim=1)
