@@ -22,10 +22,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def devices_env(devices: int) -> dict[str, str]:
-    """The environment of a process with `devices` simulated CPU devices (and conftest's
-    collective timeouts)."""
-    flags = " ".join(f for f in os.environ.get("XLA_FLAGS", "").split() if f.startswith("--xla_cpu_collective"))
+def devices_env(devices: int, optimized: bool = False) -> dict[str, str]:
+    """The environment of a process with `devices` simulated CPU devices and conftest's other
+    XLA flags; `optimized`: without its unoptimised code generation, for a process that runs
+    more than it compiles (the face detector over many frames runs 1.5x as long unoptimised)."""
+    dropped = ("--xla_force_host_platform_device_count", *(("--xla_backend_optimization_level",) * optimized))
+    flags = " ".join(f for f in os.environ.get("XLA_FLAGS", "").split() if not f.startswith(dropped))
     return {**os.environ, "JAX_PLATFORMS": "cpu",
             "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices} {flags}"}
 
@@ -33,7 +35,8 @@ def devices_env(devices: int) -> dict[str, str]:
 class Processes:
     """`count` processes of `omni-jax --json <argv>`, in `cwd`, logging to `logs/process-I.log`."""
 
-    def __init__(self, argv: list[str], logs: Path, *, count: int = 2, devices: int = 4, cwd: Path | None = None):
+    def __init__(self, argv: list[str], logs: Path, *, count: int = 2, devices: int = 4, cwd: Path | None = None,
+                 optimized: bool = False):
         logs.mkdir(parents=True, exist_ok=True)
         port = free_port()
         self.logs = [logs / f"process-{i}.log" for i in range(count)]
@@ -43,7 +46,7 @@ class Processes:
                 self.processes.append(subprocess.Popen(
                     [sys.executable, "-m", "omni_jax.cli", "--json", "--coordinator", f"localhost:{port}",
                      "--num-processes", str(count), "--process-id", str(i), *argv],
-                    cwd=cwd, env=devices_env(devices), stdout=stream, stderr=subprocess.STDOUT, text=True))
+                    cwd=cwd, env=devices_env(devices, optimized), stdout=stream, stderr=subprocess.STDOUT, text=True))
 
     def outputs(self) -> list[str]:
         return [log.read_text() for log in self.logs]

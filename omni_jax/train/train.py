@@ -185,7 +185,7 @@ def run(cfg: ml_collections.ConfigDict, *, workdir: str | os.PathLike, init: str
             state = checkpoints.restore(start, trainer.abstract_state, data)
         log.info("resumed from step %d (%s)", start, workdir / "checkpoints")
     step = int(state["step"])
-    pad_id, flops = pad_id_of(tokenizer), {}
+    pad_id, flops, compiled = pad_id_of(tokenizer), {}, {}
     stopped, logger = "finished", None
     last_save, profiling, profile = time.monotonic(), False, cfg.train.profile
     try:
@@ -200,12 +200,15 @@ def run(cfg: ml_collections.ConfigDict, *, workdir: str | os.PathLike, init: str
                 jax.profiler.start_trace(str(workdir / "profile"))
                 profiling = True
             with trainer.activate():
-                if length in flops:
-                    state, metrics = trainer.step(state, frozen, batch)
-                else:  # a new bucket: traced, counted as `plan` counts it, compiled with its first step
-                    with progress.stage(f"compiling the train step for {length} tokens (and running it)"):
-                        flops[length] = count_flops(trainer.step.trace(state, frozen, batch).jaxpr.jaxpr)
-                        state, metrics = jax.block_until_ready(trainer.step(state, frozen, batch))
+                if length not in compiled:  # a new bucket: traced, counted as `plan` counts it, compiled
+                    with progress.stage(f"compiling the train step for {length} tokens"):
+                        traced = trainer.step.trace(state, frozen, batch)
+                        flops[length] = count_flops(traced.jaxpr.jaxpr)
+                        compiled[length] = traced.lower().compile()
+                    # its first collective starts gloo's context, which waits 30 s for the other
+                    # hosts: they may take longer to compile
+                    align_hosts(f"omni_jax_train_compiled_{length}")
+                state, metrics = compiled[length](state, frozen, batch)
             step += 1
             if profiling and step >= max(profile.last_step, profile.first_step):
                 jax.block_until_ready(state)

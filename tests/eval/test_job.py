@@ -124,8 +124,9 @@ def test_generation_unrolls_the_language_model_unless_told(setup):
 def test_two_processes_give_the_one_process_predictions(setup, evaluated, tmp_path):
     """2 processes × 4 devices, batch 4 per process: 3 of the 6 lines each and a padding row;
     the merged file equals the single-process one."""
-    Processes(eval_args(setup, tmp_path, "--config.eval.batch_size=4"), tmp_path / "logs", cwd=REPO).wait()
-    ours = predictions(tmp_path / "predictions" / "dfew.jsonl")
+    workdir = tmp_path / "run"
+    Processes(eval_args(setup, workdir, "--config.eval.batch_size=4"), tmp_path / "logs", cwd=REPO).wait()
+    ours = predictions(workdir / "predictions" / "dfew.jsonl")
     assert ours == predictions(evaluated / "predictions" / "dfew.jsonl")
 
 
