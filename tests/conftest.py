@@ -46,21 +46,6 @@ RTOL = 5e-5  # max|Δ| / max|ref|, the project's parity bar in float32
 HUNG_TEST_SECONDS = float(os.environ.get("HUNG_TEST_SECONDS", 600))  # the slowest test: ~300 s on 2 cores
 
 
-# The files whose few tests take longest, handed out first (make test: --dist loadfile
-# --no-loadscope-reorder): ordered by test count, xdist would leave them to the end, each then
-# running on one worker while the other has nothing left.
-LONGEST_FIRST = ("tests/test_demo.py", "tests/train/test_train.py", "tests/faces/test_job.py", "tests/test_readme.py",
-                 "tests/test_accelerator_checks.py", "tests/train/test_step.py", "tests/eval/test_job.py")
-
-
-def pytest_collection_modifyitems(session, config, items):
-    def rank(item) -> int:
-        path = item.nodeid.partition("::")[0]
-        return LONGEST_FIRST.index(path) if path in LONGEST_FIRST else len(LONGEST_FIRST)
-
-    items.sort(key=rank)  # stable: the other files keep their order
-
-
 def pytest_sessionfinish(session, exitstatus):
     if "_SESSION_XLA_CACHE" in globals():
         shutil.rmtree(_SESSION_XLA_CACHE, ignore_errors=True)
