@@ -30,12 +30,13 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tok
 def check_own_workdir(workdir: Path, record: str, what: str) -> None:
     """A workdir a job creates or resumes: a folder (not a file) that is new, holds no files (only
     empty folders, such as a bigger disk mounted at its checkpoints/), or holds the job's `record`
-    (its resumable run); one holding other files is refused, not written into. (Hidden files are
-    a writer's temporary names: another process of the run writing its record.)"""
+    (its resumable run); one holding other files is refused, not written into. (Hidden names are
+    a writer's temporary ones: another process of the run writing its record.)"""
     if workdir.exists() and not workdir.is_dir():
         raise InputError(f"--workdir {workdir}: a file, where the {what}'s folder is expected")
     if workdir.is_dir() and not (workdir / record).exists() and any(
-            not p.is_dir() and not p.name.startswith(".") for p in workdir.rglob("*")):
+            not p.is_dir() and not any(part.startswith(".") for part in p.relative_to(workdir).parts)
+            for p in workdir.rglob("*")):
         raise CheckpointRefused(f"--workdir {workdir}: holds files but no {what} ({record}); use a new --workdir "
                                 "(nothing is overwritten)")
 

@@ -1,5 +1,5 @@
 """What a run starts from (omni_jax.runs): the model under `cfg.model`, a checkpoint's model
-over the config file's, the one rule for `--config.model.*` overrides."""
+over the config file's, the one rule for `--config.model.*` overrides, the workdirs a job takes."""
 from pathlib import Path
 
 import jax
@@ -10,7 +10,7 @@ from omni_jax import registry
 from omni_jax.checkpoint_dir import save_params
 from omni_jax.configs import omni_emotion
 from omni_jax.errors import CheckpointRefused, InputError
-from omni_jax.runs import FINE_TUNABLE, load_tokenizer, run_config
+from omni_jax.runs import FINE_TUNABLE, check_own_workdir, load_tokenizer, run_config
 
 
 @pytest.fixture(scope="module")
@@ -92,3 +92,22 @@ def test_a_tokenizer_that_is_not_there_is_named(tmp_path):
     cfg.data.tokenizer = ""
     with pytest.raises(InputError, match="no tokenizer: start from a checkpoint"):
         load_tokenizer(cfg, None)
+
+
+def test_a_workdir_is_new_empty_of_files_or_the_jobs_own(tmp_path):
+    """Only empty folders (a disk mounted at checkpoints/) or a writer's hidden temporary names:
+    taken; a file anywhere else: refused; the job's record: taken (resumed)."""
+    workdir = tmp_path / "run"
+    check_own_workdir(workdir, "config.json", "training run")  # new
+    (workdir / "checkpoints" / "mounted").mkdir(parents=True)
+    (workdir / ".config.json.7-1.tmp").write_text("{")
+    (workdir / ".tokenizer.7-1.tmp").mkdir()
+    (workdir / ".tokenizer.7-1.tmp" / "tokenizer.json").write_text("{}")
+    check_own_workdir(workdir, "config.json", "training run")
+    (workdir / "checkpoints" / "mounted" / "notes.txt").write_text("mine")
+    with pytest.raises(CheckpointRefused, match="holds files but no training run"):
+        check_own_workdir(workdir, "config.json", "training run")
+    (workdir / "config.json").write_text("{}")
+    check_own_workdir(workdir, "config.json", "training run")
+    with pytest.raises(InputError, match="a file, where the training run's folder is expected"):
+        check_own_workdir(workdir / "config.json", "config.json", "training run")
