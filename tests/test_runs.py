@@ -2,26 +2,19 @@
 over the config file's, the one rule for `--config.model.*` overrides, the workdirs a job takes."""
 from pathlib import Path
 
-import jax
-import numpy as np
 import pytest
 
-from omni_jax import registry
-from omni_jax.checkpoint_dir import save_params
 from omni_jax.configs import omni_emotion
 from omni_jax.errors import CheckpointRefused, InputError
 from omni_jax.runs import FINE_TUNABLE, check_own_workdir, load_tokenizer, run_config
+from tests.conftest import random_checkpoint
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
-    """A tiny Omni-Emotion checkpoint with random parameters (drawn into the abstract shapes:
-    no init compile)."""
-    family, config = registry.FAMILIES["omni_emotion"], omni_emotion.get_config("tiny").model
-    leaves, treedef = jax.tree.flatten(registry.abstract_params(family, config))
-    rng = np.random.RandomState(0)
-    params = jax.tree.unflatten(treedef, [rng.randn(*s.shape).astype(np.float32) for s in leaves])
-    return save_params(tmp_path_factory.mktemp("runs") / "ckpt", family.model_type, config, params)
+    """A tiny Omni-Emotion checkpoint with random parameters."""
+    return random_checkpoint(tmp_path_factory.mktemp("runs") / "ckpt", "omni_emotion",
+                             omni_emotion.get_config("tiny").model)
 
 
 def test_the_model_is_a_section_beside_the_runs():

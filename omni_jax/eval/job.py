@@ -125,9 +125,8 @@ def evaluate(cfg: ml_collections.ConfigDict, *, checkpoint: str | os.PathLike, w
     check_ranges(cfg, FIELDS, pipeline.FIELDS)
     workdir = Path(workdir)
     check_own_workdir(workdir, RECORD, "evaluation")
-    evaluators = from_config(
-        cfg.evals, cfg.eval.max_skip_fraction
-    )  # references and media checked before the model loads
+    # references and media checked before the model loads
+    evaluators = from_config(cfg.evals, cfg.eval.max_skip_fraction)
     if not evaluators:
         raise InputError(f"no evaluator has a manifest: set --config.evals.NAME.manifest=FILE.jsonl for one of "
                          f"{sorted(cfg.evals)}")

@@ -185,7 +185,7 @@ def run(cfg: ml_collections.ConfigDict, *, workdir: str | os.PathLike, init: str
             state = checkpoints.restore(start, trainer.abstract_state, data)
         log.info("resumed from step %d (%s)", start, workdir / "checkpoints")
     step = int(state["step"])
-    pad_id, flops, compiled = pad_id_of(tokenizer), {}, {}
+    pad_id, programs = pad_id_of(tokenizer), {}  # per sequence length: (the compiled step, its FLOPs)
     stopped, logger = "finished", None
     last_save, profiling, profile = time.monotonic(), False, cfg.train.profile
     try:
@@ -200,15 +200,15 @@ def run(cfg: ml_collections.ConfigDict, *, workdir: str | os.PathLike, init: str
                 jax.profiler.start_trace(str(workdir / "profile"))
                 profiling = True
             with trainer.activate():
-                if length not in compiled:  # a new bucket: traced, counted as `plan` counts it, compiled
+                if length not in programs:  # a new bucket: traced, counted as `plan` counts it, compiled
                     with progress.stage(f"compiling the train step for {length} tokens"):
                         traced = trainer.step.trace(state, frozen, batch)
-                        flops[length] = count_flops(traced.jaxpr.jaxpr)
-                        compiled[length] = traced.lower().compile()
+                        programs[length] = traced.lower().compile(), count_flops(traced.jaxpr.jaxpr)
                     # its first collective starts gloo's context, which waits 30 s for the other
                     # hosts: they may take longer to compile
                     align_hosts(f"omni_jax_train_compiled_{length}")
-                state, metrics = compiled[length](state, frozen, batch)
+                compiled, flops = programs[length]
+                state, metrics = compiled(state, frozen, batch)
             step += 1
             if profiling and step >= max(profile.last_step, profile.first_step):
                 jax.block_until_ready(state)
@@ -218,7 +218,7 @@ def run(cfg: ml_collections.ConfigDict, *, workdir: str | os.PathLike, init: str
             logger.record(step, metrics, {
                 "clips": host_batch["input_ids"].shape[0] * jax.process_count(),
                 "tokens": int(np.sum(host_batch["attention_mask"] > 0)) * jax.process_count(),
-                **{f"skipped_{k}": v for k, v in counts["skipped"].items()}}, flops[length])
+                **{f"skipped_{k}": v for k, v in counts["skipped"].items()}}, flops)
             if logger.nonfinite_streak >= cfg.train.max_nonfinite_steps:
                 raise NonFiniteError(
                     f"{logger.nonfinite_streak} steps in a row had a non-finite loss or gradient norm (up to step "
