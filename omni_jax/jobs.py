@@ -18,6 +18,7 @@ one JSON object with --json) and the exit code (docs/cli.md).
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import importlib
@@ -69,15 +70,46 @@ class Terminated(BaseException):
 
 
 class TerminateOnSigterm:
-    """SIGTERM raises Terminated in the main thread; `check()` raises it again for a SIGTERM
-    whose exception a library swallowed (a bare `except:` around an import it tries)."""
+    """While installed (`with`), SIGTERM raises Terminated in the main thread. Python drops an
+    exception raised in a callback it runs for itself (a garbage collector's callback, a
+    `__del__`: "Exception ignored in …"); such a Terminated is not printed and the signal is
+    sent again a moment later, to land in the job's own code. `check()` raises it again for one
+    a library swallowed (a bare `except:` around an import it tries)."""
 
     def __init__(self) -> None:
         self.received = False
+        self.installed = False
+        self.lock = threading.Lock()
 
     def __call__(self, *_: Any) -> None:
-        self.received = True
-        raise Terminated
+        if self.installed:
+            self.received = True
+            raise Terminated
+
+    def unraisable(self, unraisable: Any) -> None:
+        if isinstance(unraisable.exc_value, Terminated):
+            # from another thread: any way of raising it from here runs the handler here, at once
+            threading.Timer(0.01, self.send_again).start()
+        else:
+            self.previous_hook(unraisable)
+
+    def send_again(self) -> None:
+        with self.lock:  # never once the handler before this one is back
+            if self.installed:
+                signal.pthread_kill(threading.main_thread().ident, signal.SIGTERM)
+
+    def __enter__(self) -> "TerminateOnSigterm":
+        self.previous = signal.signal(signal.SIGTERM, self)
+        self.previous_hook, sys.unraisablehook = sys.unraisablehook, self.unraisable
+        self.installed = True
+        return self
+
+    def __exit__(self, *_: Any) -> None:
+        with self.lock:
+            self.installed = False
+        time.sleep(0.001)  # a signal sent just before is handled (ignored) by this handler, not the previous
+        signal.signal(signal.SIGTERM, self.previous)
+        sys.unraisablehook = self.previous_hook
 
     def check(self) -> None:
         if self.received:
@@ -162,7 +194,9 @@ def execute(job: Job, config: str, overrides: Sequence[str], arguments: dict[str
     # the signal to this process, are stopped with it) and say so
     handles_signals = threading.current_thread() is threading.main_thread()
     terminate = TerminateOnSigterm()
-    previous = signal.signal(signal.SIGTERM, terminate) if handles_signals and not job.stops else None
+    installed = contextlib.ExitStack()
+    if handles_signals and not job.stops:
+        installed.enter_context(terminate)
     given = dict(paths)
     start = time.perf_counter()
     try:
@@ -216,8 +250,7 @@ def execute(job: Job, config: str, overrides: Sequence[str], arguments: dict[str
             print(json.dumps({"ok": False, "error": f"{type(error).__name__}: {error}", "bug": True}))
         return BUG_EXIT
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        installed.close()
     summary.pop(job.emitted, None)
     summary["seconds"] = round(time.perf_counter() - start, 1)
     if summary.get("stopped") == "interrupted":  # a Ctrl-C that training answered by saving
