@@ -24,9 +24,11 @@ def free_port() -> int:
 
 def devices_env(devices: int, optimized: bool = False) -> dict[str, str]:
     """The environment of a process with `devices` simulated CPU devices and conftest's other
-    XLA flags; `optimized`: without its unoptimised code generation, for a process that runs
-    more than it compiles (the face detector over many frames runs 1.5x as long unoptimised)."""
-    dropped = ("--xla_force_host_platform_device_count", *(("--xla_backend_optimization_level",) * optimized))
+    XLA flags; `optimized`: without those that compile faster and run slower, for a process that
+    runs more than it compiles (the face detector over many frames)."""
+    from tests.conftest import COMPILE_FASTER
+
+    dropped = ("--xla_force_host_platform_device_count", *(COMPILE_FASTER if optimized else ()))
     flags = " ".join(f for f in os.environ.get("XLA_FLAGS", "").split() if not f.startswith(dropped))
     return {**os.environ, "JAX_PLATFORMS": "cpu",
             "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices} {flags}"}

@@ -63,10 +63,13 @@ def data(tmp_path_factory):
 
 
 def args(data: Path, workdir: Path, *extra: str) -> list[str]:
+    """The run's command line. Faces are found by OpenCV's cascade: RetinaFace in the data path
+    (tests/faces/test_finder.py, tests/data/test_pipeline.py) would cost each run's process a
+    detector to load and run, and what is tested here is the loop."""
     return ["train", "--config", "omni_emotion:tiny", "--workdir", str(workdir), "--init", str(data / "init"),
             f"--config.data.manifest={data / 'train.jsonl'}", f"--config.data.tokenizer={data / 'tokenizer'}",
             f"--config.train.steps={STEPS}", "--config.train.checkpoint_every=2", "--config.data.workers=0",
-            "--config.train.learning_rate=1e-3", *extra]
+            "--config.train.learning_rate=1e-3", "--config.data.face_detector.kind=haar", *extra]
 
 
 def metrics(workdir: Path) -> dict[int, dict]:
