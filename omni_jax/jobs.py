@@ -70,46 +70,29 @@ class Terminated(BaseException):
 
 
 class TerminateOnSigterm:
-    """While installed (`with`), SIGTERM raises Terminated in the main thread. Python drops an
-    exception raised in a callback it runs for itself (a garbage collector's callback, a
-    `__del__`: "Exception ignored in …"); such a Terminated is not printed and the signal is
-    sent again a moment later, to land in the job's own code. `check()` raises it again for one
-    a library swallowed (a bare `except:` around an import it tries)."""
+    """While entered, SIGTERM raises Terminated in the main thread, again if Python dropped it
+    (`stopping.RaisedAgain`); `check()` raises it again for one a library swallowed (a bare
+    `except:` around an import it tries)."""
 
     def __init__(self) -> None:
+        from omni_jax.stopping import RaisedAgain
+
         self.received = False
-        self.installed = False
-        self.lock = threading.Lock()
+        self.raised_again = RaisedAgain(signal.SIGTERM, Terminated)
 
     def __call__(self, *_: Any) -> None:
-        if self.installed:
+        if self.raised_again.installed:
             self.received = True
             raise Terminated
 
-    def unraisable(self, unraisable: Any) -> None:
-        if isinstance(unraisable.exc_value, Terminated):
-            # from another thread: any way of raising it from here runs the handler here, at once
-            threading.Timer(0.01, self.send_again).start()
-        else:
-            self.previous_hook(unraisable)
-
-    def send_again(self) -> None:
-        with self.lock:  # never once the handler before this one is back
-            if self.installed:
-                signal.pthread_kill(threading.main_thread().ident, signal.SIGTERM)
-
     def __enter__(self) -> "TerminateOnSigterm":
         self.previous = signal.signal(signal.SIGTERM, self)
-        self.previous_hook, sys.unraisablehook = sys.unraisablehook, self.unraisable
-        self.installed = True
+        self.raised_again.__enter__()
         return self
 
     def __exit__(self, *_: Any) -> None:
-        with self.lock:
-            self.installed = False
-        time.sleep(0.001)  # a signal sent just before is handled (ignored) by this handler, not the previous
+        self.raised_again.__exit__()
         signal.signal(signal.SIGTERM, self.previous)
-        sys.unraisablehook = self.previous_hook
 
     def check(self) -> None:
         if self.received:

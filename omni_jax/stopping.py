@@ -13,13 +13,49 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import sys
 import threading
+import time
 from typing import Any
 
 import jax
 from jax.experimental import multihost_utils
 
 log = logging.getLogger(__name__)
+
+
+class RaisedAgain:
+    """While entered, an exception of `kind` that a signal handler raised and Python dropped —
+    it landed in a callback Python runs for itself (a garbage collector's callback, a
+    `__del__`: "Exception ignored in …") — is not printed, and `signum` is sent to the main
+    thread again a moment later, to land in the job's own code. (From a thread: any way of
+    raising the signal from the hook runs its handler there, at once.) `installed` is False
+    from the moment the handler before may be back: a handler that asks it ignores a late one."""
+
+    def __init__(self, signum: int, kind: type[BaseException]) -> None:
+        self.signum, self.kind, self.installed, self.lock = signum, kind, False, threading.Lock()
+
+    def hook(self, unraisable: Any) -> None:
+        if isinstance(unraisable.exc_value, self.kind):
+            threading.Timer(0.01, self.send_again).start()
+        else:
+            self.previous_hook(unraisable)
+
+    def send_again(self) -> None:
+        with self.lock:  # never once the handler before may be back
+            if self.installed:
+                signal.pthread_kill(threading.main_thread().ident, self.signum)
+
+    def __enter__(self) -> RaisedAgain:
+        self.previous_hook, sys.unraisablehook = sys.unraisablehook, self.hook
+        self.installed = True
+        return self
+
+    def __exit__(self, *_: Any) -> None:
+        with self.lock:
+            self.installed = False
+        time.sleep(0.001)  # a signal sent just before is handled now, by the handler still installed
+        sys.unraisablehook = self.previous_hook
 
 
 class StopRequest:
@@ -30,14 +66,18 @@ class StopRequest:
     def __init__(self, saving: str = "saving at the next step"):
         self.saving = saving
         self.requested, self.interrupted, self.previous, self.calls = threading.Event(), False, {}, 0
+        self.second_ctrl_c = RaisedAgain(signal.SIGINT, KeyboardInterrupt)
         if threading.current_thread() is threading.main_thread():
             if jax.process_count() == 1:
                 self.previous[signal.SIGTERM] = signal.signal(signal.SIGTERM, lambda *_: self.requested.set())
             self.previous[signal.SIGINT] = signal.signal(signal.SIGINT, self._interrupt)
+            self.second_ctrl_c.__enter__()
 
     def _interrupt(self, *_: Any) -> None:
         if self.interrupted:
-            raise KeyboardInterrupt  # the second Ctrl-C
+            if self.second_ctrl_c.installed:
+                raise KeyboardInterrupt  # the second Ctrl-C
+            return
         self.interrupted = True
         log.warning("interrupted: %s (Ctrl-C again stops at once, losing what is not saved)", self.saving)
         if jax.process_count() > 1:
@@ -54,6 +94,8 @@ class StopRequest:
         return self.requested.is_set()
 
     def close(self) -> None:
+        if self.second_ctrl_c.installed:
+            self.second_ctrl_c.__exit__()
         for number, handler in self.previous.items():
             signal.signal(number, handler)
         self.previous = {}
