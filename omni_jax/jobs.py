@@ -86,8 +86,8 @@ class TerminateOnSigterm:
             raise Terminated
 
     def __enter__(self) -> "TerminateOnSigterm":
+        self.raised_again.__enter__()  # first: the handler acts only while it is installed
         self.previous = signal.signal(signal.SIGTERM, self)
-        self.raised_again.__enter__()
         return self
 
     def __exit__(self, *_: Any) -> None:

@@ -68,10 +68,10 @@ class StopRequest:
         self.requested, self.interrupted, self.previous, self.calls = threading.Event(), False, {}, 0
         self.second_ctrl_c = RaisedAgain(signal.SIGINT, KeyboardInterrupt)
         if threading.current_thread() is threading.main_thread():
+            self.second_ctrl_c.__enter__()  # first: a second Ctrl-C acts only while it is installed
             if jax.process_count() == 1:
                 self.previous[signal.SIGTERM] = signal.signal(signal.SIGTERM, lambda *_: self.requested.set())
             self.previous[signal.SIGINT] = signal.signal(signal.SIGINT, self._interrupt)
-            self.second_ctrl_c.__enter__()
 
     def _interrupt(self, *_: Any) -> None:
         if self.interrupted:
