@@ -15,6 +15,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.conftest import COMPILE_FASTER
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -26,8 +28,6 @@ def devices_env(devices: int, optimized: bool = False) -> dict[str, str]:
     """The environment of a process with `devices` simulated CPU devices and conftest's other
     XLA flags; `optimized`: without those that compile faster and run slower, for a process that
     runs more than it compiles (the face detector over many frames)."""
-    from tests.conftest import COMPILE_FASTER
-
     dropped = ("--xla_force_host_platform_device_count", *(COMPILE_FASTER if optimized else ()))
     flags = " ".join(f for f in os.environ.get("XLA_FLAGS", "").split() if not f.startswith(dropped))
     return {**os.environ, "JAX_PLATFORMS": "cpu",
