@@ -42,7 +42,7 @@ $(STAMP): setup.py Makefile $(ACCEL_FILE)
 demo: setup
 	$(PY) experiments/demo.py
 
-# Two workers, a test file each at a time (xdist hands out the files with the most tests first).
+# Two workers, a test file each at a time, the longest files first (tests/conftest.py LONGEST_FIRST).
 TEST_WORKERS ?= 2
 
 lint: setup
@@ -50,7 +50,7 @@ lint: setup
 
 # the 15 slowest tests are listed: where the suite's time goes (docs/performance.md)
 test: lint
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=15 tests
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=15 tests
 
 bench: setup
 	$(PY) experiments/bench_qwen2.py

@@ -56,7 +56,7 @@ setup(
         # the benchmarks' references (bench_audio.py limits the log-mel threads with threadpoolctl)
         "bench": [TORCH, "threadpoolctl>=3.0"],
         # Pillow runs transformers' PIL image processor, the reference for video preprocessing.
-        "test": [TORCH, "pillow>=10.0", "pytest>=8.0", "pytest-xdist>=3.5", "psutil>=5.9", "ruff>=0.8",
+        "test": [TORCH, "pillow>=10.0", "pytest>=8.0", "pytest-xdist>=3.8", "psutil>=5.9", "ruff>=0.8",
                  # the reference the classification metrics are tested against
                  "scikit-learn>=1.3",
                  # runs the bundled face detector weights: the reference of our detector's parity and speed

@@ -1,8 +1,8 @@
 """`omni-jax train` end to end on real clips the tests write, 8 simulated devices: a run to the
-end (metrics, TensorBoard, final checkpoint that loads and exports), SIGKILL + resume and
-SIGTERM + resume giving exactly the uninterrupted run, two processes (killed and resumed)
-giving the one-process run, restore onto another mesh, and the errors a user meets
-(overrides, missing files, another run's workdir)."""
+end (metrics, TensorBoard, final checkpoint that loads and exports), one run stopped by
+SIGKILL, Ctrl-C and two Ctrl-Cs and resumed giving exactly the uninterrupted run, two processes
+(one preempted by SIGTERM, resumed) giving the one-process run, restore onto another mesh, and
+the errors a user meets (overrides, missing files, another run's workdir)."""
 import json
 import os
 import signal
@@ -155,99 +155,100 @@ def _wait_for(condition, running: subprocess.Popen | Processes, what: str, timeo
         time.sleep(0.02)
 
 
-def test_sigkill_then_sigterm_then_resume_equals_the_uninterrupted_run(data, uninterrupted, tmp_path):
-    """Killed (SIGKILL) once its first checkpoint is committed, rerun and preempted (SIGTERM to
-    its whole process group, data worker included: saves at the next step and exits 0), rerun to
-    the end: every step after a restore has the uninterrupted run's loss exactly, metrics.jsonl
-    holds each step once, and the final parameters are the same."""
+def logged_steps(workdir: Path) -> int:
+    return len((workdir / "metrics.jsonl").read_text().splitlines()) if (workdir / "metrics.jsonl").exists() else 0
+
+
+def assert_equals_the_uninterrupted_run(workdir: Path, uninterrupted: Path, exact: bool) -> None:
+    """Every step's metrics once (the lines written after a restored step are dropped) and the
+    final parameters: `exact`ly the uninterrupted run's, or within float32 summation order (the
+    loss and gradient norms, the whole and each trained subtree's, per step: a gradient scaled or
+    reduced wrongly across processes, which Adam's update would hide, changes them)."""
+    expected, got = metrics(uninterrupted), metrics(workdir)
+    steps = [json.loads(line)["step"] for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    assert steps == sorted(expected)
+    norms = sorted(k for k in expected[1] if k.startswith("grad_norm/"))
+    assert "grad_norm/language_model" in norms and "grad_norm/audio_projector" in norms
+    for key in ("loss", "grad_norm", "assistant_tokens", *norms):
+        got_values, expected_values = [got[k][key] for k in steps], [expected[k][key] for k in steps]
+        if exact:
+            assert got_values == expected_values, key
+        else:
+            np.testing.assert_allclose(got_values, expected_values, rtol=1e-5, err_msg=key)
+    _, final = omni_jax.load_pretrained(workdir / "final")
+    _, reference = omni_jax.load_pretrained(uninterrupted / "final")
+    for a, b in zip(jax.tree.leaves(final), jax.tree.leaves(reference)):
+        if exact:
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+        else:
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-4, atol=5e-5)
+
+
+def ctrl_c(running: subprocess.Popen, times: int) -> str:
+    """Ctrl-C `times` (SIGINT to the process group, the data worker included, as a terminal
+    sends it); the run's output once it has ended with 130 printing no traceback."""
+    for i in range(times):
+        time.sleep(0.2 * bool(i))
+        os.killpg(running.pid, signal.SIGINT)
+    output = running.communicate(timeout=300)[0]
+    assert running.returncode == 130, output[-3000:]
+    assert "Traceback" not in output and "KeyboardInterrupt" not in output, output[-3000:]
+    assert "terminated unexpectedly" not in output, output[-3000:]
+    return output
+
+
+def test_sigkill_ctrl_c_and_two_ctrl_cs_then_resume_equal_the_uninterrupted_run(data, uninterrupted, tmp_path):
+    """One run, stopped every way a single process is, each time rerun: killed (SIGKILL) once
+    its first checkpoint is committed; a Ctrl-C saves at the next step and exits 130 in one
+    line; two Ctrl-Cs stop at once (130, nothing saved); the last rerun goes to the end. Every
+    step after a restore has the uninterrupted run's loss exactly, metrics.jsonl holds each
+    step once, and the final parameters are the same. (SIGTERM, which sets what a first Ctrl-C
+    sets, is the two-process test's.)"""
     workdir = tmp_path / "run"
     killed = _launch(data, workdir)
     _wait_for(lambda: (workdir / "checkpoints" / "2" / "commit_success.txt").exists(), killed, "checkpoint 2")
     killed.send_signal(signal.SIGKILL)
     killed.wait()
-    lines = lambda: len((workdir / "metrics.jsonl").read_text().splitlines())
-    written = lines()
-    preempted = _launch(data, workdir)
-    _wait_for(lambda: lines() >= written + 2, preempted, "two steps of the rerun")
-    os.killpg(preempted.pid, signal.SIGTERM)
-    output = preempted.communicate(timeout=300)[0]
-    assert preempted.returncode == 0, output[-3000:]
-    assert "Traceback" not in output and "terminated unexpectedly" not in output, output[-3000:]
-    summary = json.loads(output.splitlines()[-1])
-    assert summary["stopped"] == "preempted" and summary["resumed_from"] == 2 and summary["step"] in summary[
-        "checkpoints"]
-    assert "final" not in summary and not (workdir / "final").exists()
-    assert cli.main(["--json", *args(data, workdir, WORKER)]) == 0
-    expected, got = metrics(uninterrupted), metrics(workdir)
-    assert sorted(got) == sorted(expected)
-    steps = [json.loads(line)["step"] for line in (workdir / "metrics.jsonl").read_text().splitlines()]
-    assert steps == sorted(expected)  # each step once: the lines written after a restored step are dropped
-    for step in expected:
-        assert (got[step]["loss"], got[step]["grad_norm"]) == (expected[step]["loss"], expected[step]["grad_norm"]), (
-            step
-        )
-    _, final = omni_jax.load_pretrained(workdir / "final")
-    _, reference = omni_jax.load_pretrained(uninterrupted / "final")
-    for a, b in zip(jax.tree.leaves(final), jax.tree.leaves(reference)):
-        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
-
-def test_ctrl_c_saves_and_a_second_one_stops_at_once(data, tmp_path):
-    """Ctrl-C (SIGINT to the process group, data worker included): the run saves at the next
-    step and exits 130 with one line; rerun, two Ctrl-Cs stop it at once, 130 again, and neither
-    prints a traceback."""
-    workdir = tmp_path / "run"
-    lines = lambda: (
-        len((workdir / "metrics.jsonl").read_text().splitlines()) if (workdir / "metrics.jsonl").exists() else 0
-    )
     interrupted = _launch(data, workdir)
-    _wait_for(lambda: lines() >= 1, interrupted, "a step")
-    os.killpg(interrupted.pid, signal.SIGINT)
-    output = interrupted.communicate(timeout=300)[0]
-    assert interrupted.returncode == 130, output[-3000:]
+    written = logged_steps(workdir)
+    _wait_for(lambda: logged_steps(workdir) >= written + 1, interrupted, "a step of the rerun")
+    output = ctrl_c(interrupted, 1)
     summary = json.loads(output.splitlines()[-1])
-    assert summary["stopped"] == "interrupted" and summary["step"] in summary["checkpoints"]
+    assert summary["stopped"] == "interrupted" and summary["resumed_from"] == 2
+    assert summary["step"] in summary["checkpoints"] and summary["step"] < STEPS
     assert (workdir / "checkpoints" / str(summary["step"]) / "commit_success.txt").exists()
-    assert f"interrupted (Ctrl-C) and saved at step {summary['step']}" in output and "Traceback" not in output
-    assert "KeyboardInterrupt" not in output and "terminated unexpectedly" not in output
+    assert f"interrupted (Ctrl-C) and saved at step {summary['step']}" in output
+
     again = _launch(data, workdir)
-    _wait_for(lambda: lines() >= summary["step"] + 1, again, "a step of the rerun")
-    os.killpg(again.pid, signal.SIGINT)
-    time.sleep(0.2)
-    os.killpg(again.pid, signal.SIGINT)
-    output = again.communicate(timeout=300)[0]
-    assert again.returncode == 130, output[-3000:]
-    assert "omni-jax train: stopped (Ctrl-C)" in output and "Traceback" not in output, output[-3000:]
+    _wait_for(lambda: logged_steps(workdir) >= summary["step"] + 1, again, "a step of the second rerun")
+    assert "omni-jax train: stopped (Ctrl-C)" in ctrl_c(again, 2)
+    assert not (workdir / "final").exists()
+
+    assert cli.main(["--json", *args(data, workdir, WORKER)]) == 0
+    assert_equals_the_uninterrupted_run(workdir, uninterrupted, exact=True)
 
 
-def test_two_processes_killed_and_resumed_equal_one_process(data, uninterrupted, tmp_path):
-    """A 2-process run (4 + 4 devices, 4 clips per host per step), both processes SIGKILLed once
-    checkpoint 4 is committed, then rerun to the end: the losses of every step and the final
-    parameters equal the single-process run's (the hosts' batches together are its batches)."""
+def test_two_processes_preempted_and_resumed_equal_one_process(data, uninterrupted, tmp_path):
+    """A 2-process run (4 + 4 devices, 4 clips per host per step), SIGTERM to one of its
+    processes once two steps are logged (a preempted host: jax's preemption service tells the
+    other): both save at the same step and exit 0; rerun to the end, the losses of every step
+    and the final parameters equal the single-process run's (the hosts' batches together are
+    its batches)."""
     workdir = tmp_path / "run"
     # one mesh of 8 devices spanning both processes, each host reading its share
     first = Processes(args(data, workdir), tmp_path / "first", cwd=REPO)
-    _wait_for(lambda: (workdir / "checkpoints" / "4" / "commit_success.txt").exists(), first, "checkpoint 4")
-    first.kill()
+    _wait_for(lambda: logged_steps(workdir) >= 2, first, "two steps")
+    first.processes[1].send_signal(signal.SIGTERM)
+    summaries = [json.loads(output.splitlines()[-1]) for output in first.wait()]
+    assert [s["stopped"] for s in summaries] == ["preempted"] * 2, summaries
+    step = summaries[0]["step"]
+    assert summaries[1]["step"] == step < STEPS and step in summaries[0]["checkpoints"]
+    assert not (workdir / "final").exists()
     outputs = Processes(args(data, workdir), tmp_path / "second", cwd=REPO).wait()
     summary = json.loads(outputs[0].splitlines()[-1])
-    assert summary["resumed_from"] >= 4 and summary["stopped"] == "finished"
-    expected, got = metrics(uninterrupted), metrics(workdir)
-    assert sorted(got) == sorted(expected)
-    steps = [json.loads(line)["step"] for line in (workdir / "metrics.jsonl").read_text().splitlines()]
-    assert steps == sorted(expected)  # each step once: the lines written after a restored step are dropped
-    # loss and gradient norms (the whole and each trained subtree's) per step: a gradient scaled
-    # or reduced wrongly across processes (local token counts, a sum counted twice, one subtree
-    # left unreduced), which Adam's update would hide, changes them
-    norms = sorted(k for k in expected[1] if k.startswith("grad_norm/"))
-    assert "grad_norm/language_model" in norms and "grad_norm/audio_projector" in norms
-    for key in ("loss", "grad_norm", "assistant_tokens", *norms):
-        np.testing.assert_allclose([got[k][key] for k in sorted(got)], [expected[k][key] for k in sorted(got)],
-                                   rtol=1e-5, err_msg=key)
-    _, final = omni_jax.load_pretrained(workdir / "final")
-    _, reference = omni_jax.load_pretrained(uninterrupted / "final")
-    for a, b in zip(jax.tree.leaves(final), jax.tree.leaves(reference)):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-4, atol=5e-5)
+    assert summary["resumed_from"] == step and summary["stopped"] == "finished"
+    assert_equals_the_uninterrupted_run(workdir, uninterrupted, exact=False)
 
 
 def test_a_checkpoint_restores_onto_another_mesh(data, uninterrupted):
