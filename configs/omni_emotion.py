@@ -85,6 +85,9 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     cfg.train = train_config(phase, variant)
     cfg.eval = eval_config(variant)
     cfg.evals = evals_config()
+    if variant == "demo":  # the held-out clips with their voices silenced (`omni-jax synth`'s
+        # eval_classification_silenced): the demo asks both in one evaluation
+        cfg.evals.dfew_silenced = cfg.evals.dfew.to_dict()
     # sharding.make_mesh(**cfg.mesh) (docs/scaling.md "Meshes"). data, fsdp, tensor: the ICI shape,
     # the sizes within one TPU slice or node (-1: its remaining devices), laid on the torus.
     # dcn_data, dcn_fsdp, dcn_tensor: how many slices (TPU slice_index) or nodes (processes) each

@@ -12,8 +12,9 @@ the modality ablation → an answer — through the commands a user runs at scal
 3. `omni-jax train` three times (audio_alignment → face_alignment → instruction_tuning, each
    `--init` the previous workdir) on 8 simulated devices; the paper's phase settings scaled
    down (`PHASES`; the towers stay frozen, as the phases require).
-4. `omni-jax eval` of the final checkpoint for the modality subsets v, v+a, v+f, v+a+f, and
-   v+a+f with the voices silenced; `omni-jax infer` on one held-out clip; `omni-jax export`.
+4. `omni-jax eval` of the final checkpoint for the modality subsets v, v+a, v+f, v+a+f (which
+   also asks the held-out clips with their voices silenced: the config's `dfew_silenced`
+   evaluator); `omni-jax infer` on one held-out clip; `omni-jax export`.
 5. A summary: UAR, WAR and EMER-OV per subset, how well the class pairs that only the voice
    (or only the face) tells apart are told apart, and PNGs (loss per phase, confusion, ablation).
 
@@ -276,13 +277,13 @@ def summary(out: Path, subsets: list[str]) -> dict[str, Any]:
     import matplotlib.pyplot as plt
 
     rows = {}
-    for subset in [*subsets, "v+a+f, voice silenced"]:
-        folder = out / "eval" / subset.replace("+", "").replace(", voice silenced", "_silenced")
+    for subset, evaluator in [*((s, "dfew") for s in subsets), ("v+a+f, voice silenced", "dfew_silenced")]:
+        folder = out / "eval" / subset.replace("+", "").replace(", voice silenced", "")
         figures = json.loads((folder / "metrics.json").read_text())
-        predictions = [json.loads(line) for line in (folder / "predictions" / "dfew.jsonl").open()]
+        predictions = [json.loads(line) for line in (folder / "predictions" / f"{evaluator}.jsonl").open()]
         pair = lambda pairs: float(np.mean([_pair_separation(predictions, p) for p in pairs]))
-        rows[subset] = dict(uar=figures["dfew"]["uar"], war=figures["dfew"]["war"],
-                            emer_ov=figures.get("emer_ov", {}).get("avg"),
+        rows[subset] = dict(uar=figures[evaluator]["uar"], war=figures[evaluator]["war"],
+                            emer_ov=figures.get("emer_ov", {}).get("avg") if evaluator == "dfew" else None,
                             voice_pairs=pair(VOICE_PAIRS), face_pairs=pair(FACE_PAIRS))
     figure, axes = plt.subplots(1, 3, figsize=(12, 3.2))
     for ax, phase in zip(axes, PHASES):
@@ -388,14 +389,14 @@ def demo(args: argparse.Namespace, seed: int, out: Path) -> dict[str, Any]:
         init = workdir
 
     log_line("4/5 evaluation of the final checkpoint by modalities (omni-jax eval), one answer (omni-jax infer)")
-    evals = [(name.replace("+", ""), SUBSETS[name], "eval_classification") for name in subsets]
-    commands = {f"eval_{name}": ["eval", "--config", config, "--checkpoint", here(init), *eval_mesh(DEVICES),
-                                 "--workdir", here(out / "eval" / name), f"--config.eval.modalities={modalities}",
-                                 f"--config.evals.dfew.manifest={here(data / manifest)}.jsonl",
-                                 *([f"--config.evals.emer_ov.manifest={here(data / 'eval_open_vocabulary.jsonl')}"]
-                                   if manifest == "eval_classification" else [])]
-                for name, modalities, manifest in [*evals, ("vaf_silenced", "v,a,f",
-                                                            "eval_classification_silenced")]}
+    # v+a+f also asks the clips with their voices silenced (the config's dfew_silenced evaluator)
+    silenced = [f"--config.evals.dfew_silenced.manifest={here(data / 'eval_classification_silenced.jsonl')}"]
+    commands = {f"eval_{name.replace('+', '')}": [
+        "eval", "--config", config, "--checkpoint", here(init), *eval_mesh(DEVICES),
+        "--workdir", here(out / "eval" / name.replace("+", "")), f"--config.eval.modalities={SUBSETS[name]}",
+        f"--config.evals.dfew.manifest={here(data / 'eval_classification.jsonl')}",
+        f"--config.evals.emer_ov.manifest={here(data / 'eval_open_vocabulary.jsonl')}",
+        *(silenced if name == "v+a+f" else [])] for name in subsets}
     commands["infer"] = ["infer", "--config", config, "--checkpoint", here(init), "--video",
                          here(data / "infer.jsonl"), *eval_mesh(DEVICES)]
     commands["export"] = ["export", "--src", here(init / "final"), "--dst", here(out / "exported")]

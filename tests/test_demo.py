@@ -1,7 +1,7 @@
 """`make demo`'s pipeline end to end on a handful of clips, two steps a phase, through `--seeds`
 (one seed, not 0): synth → convert → assemble → the three phases, each from the previous one's
-workdir → eval (all modalities, and with the voices silenced) → infer → export → the summary and
-its images, then the table over the seeds (~2.5 min on 2 cores: eleven `omni-jax` processes,
+workdir → eval (all modalities, and with the voices silenced in the same run) → infer → export → the summary and
+its images, then the table over the seeds (~2.5 min on 2 cores: ten `omni-jax` processes,
 each importing JAX and compiling). The table's figures over several seeds are checked below on
 distinct ones; that another seed draws other data, in tests/synth/test_clips.py."""
 import json
@@ -21,6 +21,8 @@ def check_run(out: Path) -> None:
     for row in summary["rows"].values():
         assert 0 <= row["uar"] <= 1 and 0 <= row["voice_pairs"] <= 1
     assert "eval_0000" in summary["infer"]
+    assert sorted(p.name for p in (out / "eval").iterdir()) == ["vaf"]  # the silenced clips asked in v+a+f's run
+    assert {"dfew", "dfew_silenced", "emer_ov"} <= set(json.loads((out / "eval" / "vaf" / "metrics.json").read_text()))
     for phase, init in (("audio_alignment", out / "start"), ("face_alignment", out / "runs" / "audio_alignment"),
                         ("instruction_tuning", out / "runs" / "face_alignment")):
         workdir = out / "runs" / phase
