@@ -31,7 +31,9 @@ setup(
         "opencv-python-headless>=4.8,<5",
         "safetensors>=0.6.0",
         "numpy>=2.0",
-        "ml-dtypes>=0.5.0",
+        # below 0.7: 0.7.0's extension takes 1.4 s to load (0.6.0's 0.03 s), in every process
+        # that imports JAX: each command, data worker and test process (docs/performance.md)
+        "ml-dtypes>=0.5.4,<0.7",
         "tqdm>=4.66",
         # TensorBoard event files of training runs (its writer and protos; no TensorFlow needed)
         "tensorboard>=2.16",
