@@ -50,14 +50,15 @@ RTOL = 5e-5  # max|Δ| / max|ref|, the project's parity bar in float32
 HUNG_TEST_SECONDS = float(os.environ.get("HUNG_TEST_SECONDS", 600))  # the slowest test: ~300 s on 2 cores
 
 
-# The files that take a minute or more (docs/performance.md's table per file), longest first.
-# `make test` hands whole files to its workers in collection order (--dist loadfile
-# --no-loadscope-reorder), so these go first and the many short files fill in at the end, and
-# the workers end together. (xdist's own order, the files with the most tests first, left the
-# demo's two tests, four minutes, for the end.)
+# The files that take longest (docs/performance.md's table per file), longest first. `make test`
+# hands whole files to its workers in collection order (--dist loadfile --no-loadscope-reorder),
+# so these go first and the many short files fill in at the end: the workers end together.
+# (xdist's own order, the files with the most tests first, left the demo's two tests, four
+# minutes, for the end.)
 LONGEST_FIRST = ("tests/train/test_train.py", "tests/test_demo.py", "tests/faces/test_job.py", "tests/eval/test_job.py",
-                 "tests/test_accelerator_checks.py", "tests/test_readme.py", "tests/models/test_retinaface.py",
-                 "tests/models/test_qwen2.py", "tests/data/test_pipeline.py", "tests/test_install.py")
+                 "tests/test_accelerator_checks.py", "tests/models/test_qwen2.py", "tests/test_readme.py",
+                 "tests/train/test_step.py", "tests/models/test_omni_emotion.py", "tests/faces/test_detector.py",
+                 "tests/test_install.py", "tests/models/test_retinaface.py")
 
 
 def pytest_collection_modifyitems(config, items):
