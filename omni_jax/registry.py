@@ -46,16 +46,29 @@ def build(family: ModelFamily, config: Any) -> nn.Module:
     return family.module(to_config(config))
 
 
+# Fields that choose how attention runs, never a parameter's shape, dtype or axes: one trace
+# serves every value they take, and their absence (a training run asks with its training config
+# and with its checkpoint's, which differ only there, or lacks them), traced with the defaults.
+HOW_ATTENTION_RUNS = ("attention_padding", "attention_impl")
+
+
+def _parameter_fields(config: dict[str, Any]) -> dict[str, Any]:
+    """`config` without HOW_ATTENTION_RUNS's fields, wherever they occur."""
+    return {k: _parameter_fields(v) if isinstance(v, dict) else v for k, v in config.items()
+            if k not in HOW_ATTENTION_RUNS}
+
+
 def abstract_params(family: ModelFamily, config: Any, boxed: bool = False) -> Any:
     """The parameter tree as ShapeDtypeStructs; `boxed` keeps the logical-axis metadata."""
-    params = jax.tree.map(lambda x: x, _abstract_params(family, to_config(config)))  # a copy: callers own it
+    key = to_config(_parameter_fields(to_config(config).to_dict()))
+    params = jax.tree.map(lambda x: x, _abstract_params(family, key))  # a copy: callers own it
     return params if boxed else nn.unbox(params)
 
 
 @functools.lru_cache(maxsize=16)
 def _abstract_params(family: ModelFamily, config: ml_collections.FrozenConfigDict) -> Any:
-    # Tracing a whole model's init takes seconds; a run asks for the same tree several times
-    # (restore target, shardings, the trainer's state).
+    # Tracing a whole model's init takes seconds (the tiny Omni-Emotion's 3 s on a CPU); a run
+    # asks for the same tree several times (restore target, shardings, the trainer's state).
     model = build(family, config)
     return jax.eval_shape(lambda: model.init(jax.random.key(0), **family.dummy_inputs(config)))["params"]
 
