@@ -78,8 +78,8 @@ def one_device_trainer():
 
 
 def gradient(trainer, state, frozen, batch):
-    """(state after one step, its metrics, the gradient of each trained leaf as the step's
-    update showed it), the gradient on the host."""
+    """One step: (the new state, its metrics, each trained leaf's update on the host: its
+    gradient, under SGD at lr 1)."""
     before = jax.tree.map(np.asarray, state["trainable"])
     with trainer.activate():
         state, metrics = trainer.step(state, frozen, jax.device_put(batch, trainer.batch_sharding))
