@@ -24,7 +24,8 @@ class Format:
     """files: patterns of the labels file under a --labels folder, tried in order (fields
     {split} and {fold}); none: the folder (or file) itself is read. splits: the --split
     choices; folds: --fold is 1..folds (0: no folds). folder: --labels must be a folder.
-    asks: phase 1's question (what `text` answers)."""
+    asks: phase 1's question (what `text` answers). encodings: where a labels file may be in
+    several (readers.ENCODING_NAMES), those tried in order; the summary names the one found."""
 
     read: Callable[[Path, Path], Iterator[readers.Row]]
     phases: tuple[str, ...]
@@ -34,6 +35,7 @@ class Format:
     folds: int = 0
     folder: bool = False
     asks: str = TRANSCRIBE
+    encodings: tuple[str, ...] = ()  # a labels file's encodings, tried in order (named in the summary)
 
 
 # DFEW's numbers (its paper, and every baseline's loader: 1 happy ... 7 fear)
@@ -41,6 +43,13 @@ DFEW = {"1": "happy", "2": "sad", "3": "neutral", "4": "angry", "5": "surprise",
 # MAFW's 11 single-expression words, as its set lists write them
 MAFW = {w: w for w in ("anger", "disgust", "fear", "happiness", "neutral", "sadness", "surprise", "contempt",
                        "anxiety", "helplessness", "disappointment")}
+# MAFW's set lists under the dataset's folder (or its `Train & Test Set`, as copies name it
+# `Train_Test_Set`): the lists without captions first (only they hold the neutral clips), then
+# the captioned ones; each also in the `_new` folders some copies have. A list's own `set_N`
+# folder's parent (e.g. `.../with_caption`) picks one.
+MAFW_LISTS = (*(f"{top}single/{kind}/set_{{fold}}/{{split}}.txt" for top in ("", "Train & Test Set/", "Train_Test_Set/")
+                for kind in ("no_caption", "no_caption_new", "with_caption", "with_caption_new")),
+              "set_{fold}/{split}.txt")
 # FERV39K's lists and folders (Angry, Disgust, ...)
 FERV39K = {w: w for w in ("angry", "disgust", "fear", "happy", "neutral", "sad", "surprise")}
 # CAER's class folders (its paper's names: Anger, Disgust, Fear, Happy, Neutral, Sad, Surprise)
@@ -55,9 +64,8 @@ FORMATS: dict[str, Format] = {
     "dfew": Format(readers.read_dfew, ("eval", "face_alignment", "instruction_tuning"), DFEW,
                    files=("{split}(single-labeled)/set_{fold}.csv", "set_{fold}/{split}.csv"),
                    splits=("train", "test"), folds=5),
-    "mafw": Format(readers.read_mafw, ("eval", "face_alignment", "instruction_tuning"), MAFW,
-                   files=("single/no_caption/set_{fold}/{split}.txt", "set_{fold}/{split}.txt"),
-                   splits=("train", "test"), folds=5),
+    "mafw": Format(readers.read_mafw, ("eval", "face_alignment", "instruction_tuning"), MAFW, files=MAFW_LISTS,
+                   splits=("train", "test"), folds=5, encodings=readers.MAFW_ENCODINGS),
     "ferv39k": Format(readers.read_ferv39k, CLIP_PHASES, FERV39K,
                       files=("4_setups/All_scenes/{split}_All.csv", "All_scenes/{split}_All.csv", "{split}_All.csv"),
                       splits=("train", "test")),

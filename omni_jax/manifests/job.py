@@ -23,7 +23,7 @@ import ml_collections
 from omni_jax.config_flags import Range, check_ranges
 from omni_jax.data.manifest import turns
 from omni_jax.errors import InputError, MissingInputError, OutputExistsError
-from omni_jax.manifests import formats
+from omni_jax.manifests import formats, readers
 from omni_jax.manifests.readers import Row
 from omni_jax.manifests.vocabulary import Vocabulary
 from omni_jax.process_files import write_jsonl
@@ -193,7 +193,8 @@ def run(cfg: ml_collections.ConfigDict, *, format: str, labels: str | os.PathLik
     vocabulary = Vocabulary.from_evals(cfg.evals)
     names = _names(name, settings.classes, vocabulary)
     build = getattr(Lines(name, vocabulary, form.asks, vocabulary.options(names.values()) if names else None), phase)
-    rows = form.read(formats.locate(name, labels, settings.split or None, settings.fold or None), labels)
+    located = formats.locate(name, labels, settings.split or None, settings.fold or None)
+    rows = form.read(located, labels)
     with progress.stage(f"reading {name}'s labels"):
         lines, skips, by_label, count = _collect(rows, names, name, media, out.parent, build)
     if not lines:
@@ -202,4 +203,6 @@ def run(cfg: ml_collections.ConfigDict, *, format: str, labels: str | os.PathLik
     write_jsonl(out, lines)
     return {"out": str(out), "format": name, "phase": phase, "lines": len(lines), "rows": count,
             "skipped": dict(sorted(collections.Counter(r for r, _ in skips).items())),
-            "first_skipped": [m for _, m in skips[:SHOWN]], "labels": dict(sorted(by_label.items()))}
+            "first_skipped": [m for _, m in skips[:SHOWN]], "labels": dict(sorted(by_label.items())),
+            **({"labels_encoding": readers.ENCODING_NAMES[readers.text_encoding(located, form.encodings)]}
+               if form.encodings else {})}

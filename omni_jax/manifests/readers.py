@@ -78,15 +78,31 @@ def _header(path: Path) -> list[str]:
         raise InputError(f"{path}: not UTF-8 text ({error})") from None
 
 
-def _lines(path: Path) -> Iterator[tuple[str, str]]:
-    """("file:line", text) for each non-blank line."""
-    try:
-        with _open(path) as f:
-            for number, line in enumerate(f, 1):
-                if line.strip():
-                    yield f"{path}:{number}", line.strip()
-    except UnicodeDecodeError as error:
-        raise InputError(f"{path}: not UTF-8 text ({error})") from None
+# The encodings a labels file may be in, by the name a summary gives them. GB18030 is the
+# superset of GBK (and of GB2312, which MAFW's captions exceed) that Python decodes GBK files with.
+ENCODING_NAMES = {"utf-8-sig": "UTF-8", "gb18030": "GBK"}
+UTF8 = ("utf-8-sig",)
+MAFW_ENCODINGS = ("utf-8-sig", "gb18030")  # MAFW's captioned lists are GBK, its others ASCII
+
+
+def text_encoding(path: Path, encodings: Sequence[str] = UTF8) -> str:
+    """The first of `encodings` that decodes the whole of `path`; an InputError naming them if none does."""
+    data = path.read_bytes()
+    for encoding in encodings:
+        try:
+            data.decode(encoding)
+            return encoding
+        except UnicodeDecodeError as error:
+            failure = error
+    raise InputError(f"{path}: not {' or '.join(ENCODING_NAMES[e] for e in encodings)} text ({failure})")
+
+
+def _lines(path: Path, encodings: Sequence[str] = UTF8) -> Iterator[tuple[str, str]]:
+    """("file:line", text) for each non-blank line, in the first of `encodings` that decodes the file."""
+    with path.open(newline=None, encoding=text_encoding(path, encodings)) as f:
+        for number, line in enumerate(f, 1):
+            if line.strip():
+                yield f"{path}:{number}", line.strip()
 
 
 def _fields(text: str, names: Sequence[str], where: str) -> list[str]:
@@ -141,14 +157,25 @@ def read_dfew(path: Path, root: Path) -> Iterator[Row]:
 
 
 def read_mafw(path: Path, root: Path) -> Iterator[Row]:
-    """A set list, `CLIP LABEL` a line (`00025.mp4 happiness`), or the whole single-label
-    list, whose lines go on with `<br>` Chinese `<br>` English descriptions."""
-    for where, text in _lines(path):
-        head, *descriptions = text.split("<br>")
-        clip, label = _fields(head, ("CLIP", "LABEL"), where)
-        english = descriptions[1].strip() if len(descriptions) > 1 else None
+    """A set list as MAFW ships them (`Train & Test Set/single/{no_caption,with_caption}/set_N/
+    {train,test}.txt`, UTF-8 or GBK): `CLIP LABEL` separated by a space (`00025.mp4 anger`), or
+    tab-separated `CLIP LABEL [CHINESE ENGLISH]` with the two captions (MAFW's README writes
+    the clip and label of its caption list apart with spaces and `&emsp;`). The English caption
+    becomes the description, the Chinese one the line's `caption_zh`."""
+    for where, text in _lines(path, MAFW_ENCODINGS):
+        fields = [field.strip() for field in text.split("\t")]
+        head = fields[0].replace("&emsp;", " ").split()
+        if len(head) == 2:  # the clip and its label before the first tab (or no tab at all)
+            fields[:1] = head
+        elif "\t" not in text:
+            _fields(text, ("CLIP", "LABEL"), where)  # raises, naming what it found
+        if len(fields) not in (2, 4) or not all(fields[:2]):
+            raise InputError(f"{where}: expected CLIP LABEL, or tab-separated CLIP LABEL CHINESE ENGLISH, found "
+                             f"{len(fields)} fields: {text!r:.120}")
+        clip, label, *captions = fields
         yield Row(id=Path(clip).stem, where=where, media=(clip, Path(clip).stem), label=label,
-                  description=english or None)
+                  description=captions[1] if captions and captions[1] else None,
+                  extra={"caption_zh": captions[0]} if captions and captions[0] else {})
 
 
 def read_ferv39k(path: Path, root: Path) -> Iterator[Row]:

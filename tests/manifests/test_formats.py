@@ -70,21 +70,50 @@ def test_dfew_face_alignment_asks_the_evaluators_question(tmp_path):
                         "conversations": [human(EVALS.dfew.question), {"from": "gpt", "value": "sad"}]}]
 
 
-def test_mafw_set_list_and_its_descriptions(tmp_path):
-    write(tmp_path, "Train & Test Set/single/no_caption/set_3/test.txt", "00025.mp4 happiness\n\n00031.mp4 contempt\n")
-    write(tmp_path, "single_label.txt", "03747.mp4  anger  <br>一个男人说话。 <br> A man speaks, frowning.\n")
-    for clip in ("00025.mp4", "00031.mp4", "03747.mp4"):
+# MAFW's lists as they ship (the public loaders' copies: MAE-DFER, HiCMAE, EmoCLIP, S2D): CRLF
+# lines; `no_caption` ASCII `CLIP LABEL`; `with_caption` GBK, tab-separated clip, label, Chinese
+# and English captions. Clip 00025 is anger in every copy.
+ZH, EN = "一个男人大声讲话。紧皱眉头。", "A man talks loudly. The tight frown."
+
+
+def test_mafw_set_lists_as_they_ship(tmp_path):
+    set_list = "Train_Test_Set/single/no_caption_new/set_3/test.txt"  # a widely used copy's layout
+    write(tmp_path, set_list, "00025.mp4 anger\r\n\r\n00031.mp4 contempt\r\n")
+    for clip in ("00025.mp4", "00031.mp4", "03352.mp4"):
         write(tmp_path, f"clips/{clip}")
-    _, written = lines(tmp_path, "mafw", tmp_path / "Train & Test Set", tmp_path / "clips", split="test", fold=3)
-    assert written == [{"id": "00025", "video": "clips/00025.mp4", "source": "mafw", "label": "happy"},
+    summary, written = lines(tmp_path, "mafw", tmp_path, tmp_path / "clips", split="test", fold=3)
+    assert written == [{"id": "00025", "video": "clips/00025.mp4", "source": "mafw", "label": "angry"},
                        {"id": "00031", "video": "clips/00031.mp4", "source": "mafw", "label": "contemptuous"}]
+    assert summary["labels_encoding"] == "UTF-8"
+    for encoding, name in (("gbk", "GBK"), ("utf-8", "UTF-8")):
+        captioned = tmp_path / f"Train & Test Set/single/with_caption/set_1/train-{encoding}.txt"
+        captioned.parent.mkdir(parents=True, exist_ok=True)
+        captioned.write_bytes(f"00025.mp4\tanger\t{ZH}\t{EN}\r\n00031.mp4\tcontempt\r\n".encode(encoding))
+        (tmp_path / "out.jsonl").unlink()
+        summary, written = lines(tmp_path, "mafw", captioned, tmp_path / "clips")
+        assert summary["labels_encoding"] == name
+        assert written[0] == {"id": "00025", "video": "clips/00025.mp4", "source": "mafw", "label": "angry",
+                              "description": EN, "caption_zh": ZH}
+        assert written[1] == {"id": "00031", "video": "clips/00031.mp4", "source": "mafw", "label": "contemptuous"}
+    # MAFW's README writes its caption list's clip and label apart with spaces and &emsp;
+    readme_form = write(tmp_path, "single_label.txt", f"03352.mp4  &emsp;&emsp;happiness\t{ZH}\t{EN}\n")
     (tmp_path / "out.jsonl").unlink()
-    _, written = lines(tmp_path, "mafw", tmp_path / "single_label.txt", tmp_path / "clips", phase="face_alignment")
-    assert written[0]["conversations"] == [human(EVALS.mafw.question), {"from": "gpt", "value": "angry"}]
-    (tmp_path / "out.jsonl").unlink()
-    _, written = lines(tmp_path, "mafw", tmp_path / "single_label.txt", tmp_path / "clips")
-    assert written == [{"id": "03747", "video": "clips/03747.mp4", "source": "mafw", "label": "angry",
-                        "description": "A man speaks, frowning."}]
+    _, written = lines(tmp_path, "mafw", readme_form, tmp_path / "clips", phase="face_alignment")
+    assert written[0]["id"] == "03352"
+    assert written[0]["conversations"] == [human(EVALS.mafw.question), {"from": "gpt", "value": "happy"}]
+
+
+def test_a_mafw_list_in_neither_encoding_or_with_three_fields_is_named(tmp_path):
+    write(tmp_path, "clips/00025.mp4")
+    latin = tmp_path / "latin.txt"
+    latin.write_bytes(b"00025.mp4\tanger\t\xff\xfe\xff\n")
+    with pytest.raises(InputError, match="latin.txt: not UTF-8 or GBK text"):
+        run("mafw", latin, tmp_path / "clips", tmp_path / "out.jsonl")
+    three = write(tmp_path, "three.txt", f"00025.mp4\tanger\t{EN}\n")
+    with pytest.raises(InputError, match="three.txt:1: expected CLIP LABEL, or tab-separated CLIP LABEL CHINESE "
+                                         "ENGLISH, found 3 fields"):
+        run("mafw", three, tmp_path / "clips", tmp_path / "out.jsonl")
+    assert not (tmp_path / "out.jsonl").exists()
 
 
 def test_ferv39k_setup_list(tmp_path):
