@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import json
 import re
 from pathlib import Path
@@ -85,24 +86,28 @@ UTF8 = ("utf-8-sig",)
 MAFW_ENCODINGS = ("utf-8-sig", "gb18030")  # MAFW's captioned lists are GBK, its others ASCII
 
 
-def text_encoding(path: Path, encodings: Sequence[str] = UTF8) -> str:
-    """The first of `encodings` that decodes the whole of `path`; an InputError naming them if none does."""
+def _decoded(path: Path, encodings: Sequence[str]) -> tuple[str, str]:
+    """(the first of `encodings` that decodes the whole of `path`, the text); an InputError naming them if none does."""
     data = path.read_bytes()
     for encoding in encodings:
         try:
-            data.decode(encoding)
-            return encoding
+            return encoding, data.decode(encoding)
         except UnicodeDecodeError as error:
             failure = error
     raise InputError(f"{path}: not {' or '.join(ENCODING_NAMES[e] for e in encodings)} text ({failure})")
 
 
+def text_encoding(path: Path, encodings: Sequence[str] = UTF8) -> str:
+    """The first of `encodings` that decodes the whole of `path`; an InputError naming them if none does."""
+    return _decoded(path, encodings)[0]
+
+
 def _lines(path: Path, encodings: Sequence[str] = UTF8) -> Iterator[tuple[str, str]]:
-    """("file:line", text) for each non-blank line, in the first of `encodings` that decodes the file."""
-    with path.open(newline=None, encoding=text_encoding(path, encodings)) as f:
-        for number, line in enumerate(f, 1):
-            if line.strip():
-                yield f"{path}:{number}", line.strip()
+    """("file:line", text) for each non-blank line, in the first of `encodings` that decodes the file
+    (read and decoded once; lines split as a text file's are)."""
+    for number, line in enumerate(io.StringIO(_decoded(path, encodings)[1], newline=None), 1):
+        if line.strip():
+            yield f"{path}:{number}", line.strip()
 
 
 def _fields(text: str, names: Sequence[str], where: str) -> list[str]:
