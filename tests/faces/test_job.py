@@ -26,6 +26,18 @@ def scenes(tmp_path_factory):
     return directory, face_scenes.write_scenes(directory)
 
 
+def faces_command(*argv: str, json_summary: bool = False) -> list[str]:
+    return [sys.executable, "-m", "omni_jax.cli", *["--json"] * json_summary, "faces", *argv]
+
+
+def faces(*argv: str, json_summary: bool = False) -> subprocess.CompletedProcess:
+    """`omni-jax faces ARGV` in a process whose code is optimised: the detector over a 1280×720
+    scene's 17 frames runs ~10× slower in the suite's compile-fast code (a test's 30 s → 10 s,
+    the process's start included; after the tracking fixture's run, its programs come cached)."""
+    return subprocess.run(faces_command(*argv, json_summary=json_summary), cwd=REPO,
+                          env=devices_env(1, optimized=True), capture_output=True, text=True, timeout=600)
+
+
 @pytest.fixture(scope="module")
 def tracked(scenes):
     """The scenes' manifest, `omni-jax faces`' output for it and its summary: one process, its
@@ -34,9 +46,7 @@ def tracked(scenes):
     manifest = directory / "scenes.jsonl"
     manifest.write_text("".join(json.dumps({"id": s.name, "video": f"{s.name}.mp4"}) + "\n" for s in written))
     out = directory / "scenes_faces.jsonl"
-    done = subprocess.run([sys.executable, "-m", "omni_jax.cli", "--json", "faces", "--manifest", str(manifest),
-                           "--out", str(out)], cwd=REPO, env=devices_env(1, optimized=True), capture_output=True,
-                          text=True, timeout=600)
+    done = faces("--manifest", str(manifest), "--out", str(out), json_summary=True)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return manifest, out, json.loads(done.stdout.splitlines()[-1])
 
@@ -80,14 +90,6 @@ def clip_manifest(directory: Path, scenes: list, copies: int) -> Path:
     return manifest
 
 
-def faces(*argv: str, json_summary: bool = False) -> subprocess.CompletedProcess:
-    """`omni-jax faces ARGV` in a process whose code is optimised: the detector over a 1280×720
-    scene's 17 frames runs ~10× slower in the suite's compile-fast code (a test's 30 s → 10 s,
-    the process's start included; its programs come from the tracking fixture's run, cached)."""
-    return subprocess.run([sys.executable, "-m", "omni_jax.cli", *["--json"] * json_summary, "faces", *argv], cwd=REPO,
-                          env=devices_env(1, optimized=True), capture_output=True, text=True, timeout=600)
-
-
 def test_every_line_is_kept_and_bad_ones_are_counted(scenes, tracked, tmp_path):
     _, written = scenes
     manifest = clip_manifest(tmp_path, written[:2], copies=1)
@@ -125,11 +127,6 @@ def test_summary_and_redo(scenes, tracked, tmp_path):
     assert redone["id"] == "given" and len(redone["faces"]) == 17  # --redo: detected, the given box replaced
 
 
-def faces_command(manifest: Path, out: Path) -> list[str]:
-    return [sys.executable, "-m", "omni_jax.cli", "faces", "--manifest", str(manifest), "--out",
-            str(out)]
-
-
 def test_a_killed_run_resumes_with_no_line_lost_or_doubled(tracked, tmp_path):
     """SIGKILL after two of four scenes' lines; the same command resumes and writes the
     manifest a run never killed writes."""
@@ -137,8 +134,9 @@ def test_a_killed_run_resumes_with_no_line_lost_or_doubled(tracked, tmp_path):
     four = manifest.parent / f"four-{tmp_path.name}.jsonl"  # beside the clips its lines name
     four.write_text("".join(manifest.read_text().splitlines(keepends=True)[:4]))
     out = tmp_path / "out.jsonl"
-    killed = subprocess.Popen(faces_command(four, out), cwd=REPO, env=devices_env(1, optimized=True),
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    killed = subprocess.Popen(faces_command("--manifest", str(four), "--out", str(out)), cwd=REPO,
+                              env=devices_env(1, optimized=True), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True, start_new_session=True)
     progress = tmp_path / ".out.jsonl.progress-0-of-1"
     deadline = time.monotonic() + 300
     while not (progress.exists() and len(progress.read_text().splitlines()) >= 3):  # the key and two lines
@@ -148,8 +146,7 @@ def test_a_killed_run_resumes_with_no_line_lost_or_doubled(tracked, tmp_path):
     killed.wait()
     done = len(progress.read_text().splitlines()) - 1
     assert not out.exists() and 2 <= done < 4
-    resumed = subprocess.run(faces_command(four, out), cwd=REPO, env=devices_env(1, optimized=True),
-                             capture_output=True, text=True, timeout=600)
+    resumed = faces("--manifest", str(four), "--out", str(out))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"resuming after round {done} of 4" in resumed.stderr
     assert out.read_text() == "".join(single.read_text().splitlines(keepends=True)[:4])
