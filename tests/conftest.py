@@ -11,10 +11,10 @@ import tempfile
 # 8 simulated devices share 2 cores: a device's share of a sharded step can reach a collective
 # more than XLA:CPU's default 40 s after the others, which then abort ("Termination timeout").
 # The tests' programs are tiny: compiling them is most of the suite's time. Two flags halve it:
-# LLVM's cheapest optimisation level (a train step: 90 s -> 59 s) and XLA:CPU's older
-# elementwise emitters instead of its MLIR fusion emitters (the train step's compile: 8.7 s ->
-# 4.1 s; tests/train/test_step.py: 175 s -> 98 s). Both change the machine code, not what it
-# computes (no fast-math: no reassociation); the parity tests hold either way.
+# LLVM's cheapest optimisation level and XLA:CPU's older elementwise emitters instead of its
+# MLIR fusion emitters (the tiny train step compiles in 4.1 s instead of 8.7 s; docs/performance.md).
+# Both change the machine code, not what it computes (no fast-math: no reassociation); the
+# parity tests hold either way.
 # tests/processes.py drops both for a process that runs more than it compiles.
 COMPILE_FASTER = ("--xla_backend_optimization_level=0", "--xla_cpu_use_fusion_emitters=false")
 os.environ.setdefault("XLA_FLAGS", " ".join(("--xla_force_host_platform_device_count=8",
